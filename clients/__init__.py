@@ -1,0 +1,1 @@
+"""Clients of the relay: the Python client library, the `relay` command, and the web page's assets."""
