@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -271,11 +271,11 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.TYPE}
-        for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
-            value = getattr(self, name)
+        for spec in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
             if value is None:
                 continue
-            data[name] = value.to_dict() if isinstance(value, FileEntry) else value
+            data[spec.name] = value
         return data
 
     def to_json(self) -> str:
