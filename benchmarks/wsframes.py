@@ -97,7 +97,9 @@ class FrameScanner:
     _opcode: int = 0
     _message_opcode: int = 0
     _collect: bytearray = field(default_factory=bytearray)
+    _control: bytearray = field(default_factory=bytearray)
     _in_frame: bool = False
+    _fin: bool = True
 
     def feed(self, data: memoryview) -> None:
         """Consume ``data`` (any slice of the stream)."""
@@ -110,8 +112,10 @@ class FrameScanner:
             take = min(self._remaining, end - pos)
             if self._opcode == OP_BINARY:
                 self.on_binary(take)
-            else:
+            elif self._opcode == OP_TEXT:
                 self._collect += data[pos : pos + take]
+            else:
+                self._control += data[pos : pos + take]
             pos += take
             self._remaining -= take
             if self._remaining == 0:
@@ -139,7 +143,8 @@ class FrameScanner:
 
     def _start_frame(self) -> None:
         head = self._head
-        opcode = head[0] & 0x0F
+        first = head[0]
+        opcode = first & 0x0F
         short = head[1] & 0x7F
         if short == 126:
             length = struct.unpack_from("!H", head, 2)[0]
@@ -147,12 +152,13 @@ class FrameScanner:
             length = struct.unpack_from("!Q", head, 2)[0]
         else:
             length = short
-        self._fin = bool(head[0] & 0x80)
         head.clear()
         if opcode == OP_CONTINUATION:
             opcode = self._message_opcode
         elif opcode < 0x8:
             self._message_opcode = opcode
+        if opcode < 0x8:
+            self._fin = bool(first & 0x80)
         self._opcode = opcode
         self._remaining = length
         self._in_frame = True
@@ -170,6 +176,6 @@ class FrameScanner:
                 self._collect.clear()
                 self.on_text(text)
             return
-        payload = bytes(self._collect)
-        self._collect.clear()
+        payload = bytes(self._control)
+        self._control.clear()
         self.on_control(opcode, payload)
