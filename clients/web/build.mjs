@@ -1,0 +1,30 @@
+// Build the served assets into dist/ (or the folder after --outdir): the bundled page script, the service
+// worker, the HTML and the stylesheet. Output is deterministic for a given lockfile, so the committed dist/
+// can be compared with a fresh build (clients/web/check-dist.sh, tests/web/test_assets.py).
+
+import { build } from "esbuild";
+import { copyFile, mkdir, rm } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const flag = process.argv.indexOf("--outdir");
+const outdir = resolve(flag >= 0 ? process.argv[flag + 1] : join(here, "dist"));
+
+const common = {
+  bundle: true,
+  minify: true,
+  legalComments: "eof",
+  target: ["es2022"],
+  charset: "utf8",
+  loader: { ".txt": "text" },
+  logLevel: "warning",
+};
+
+await rm(outdir, { recursive: true, force: true });
+await mkdir(outdir, { recursive: true });
+await build({ ...common, entryPoints: [join(here, "src/main.js")], outfile: join(outdir, "app.js"), format: "esm" });
+await build({ ...common, entryPoints: [join(here, "src/sw.js")], outfile: join(outdir, "sw.js"), format: "iife" });
+await build({ ...common, entryPoints: [join(here, "src/style.css")], outfile: join(outdir, "style.css") });
+await copyFile(join(here, "src/index.html"), join(outdir, "index.html"));
+console.log(`built ${outdir}`);

@@ -1,0 +1,119 @@
+// One WebSocket to the relay, turned into a pull-style reader: `await connection.next()` yields frames in
+// order, so a session can be written as a plain loop. Sending respects bufferedAmount.
+
+import { encodeMessage, errorCodeOfClose } from "./protocol.js";
+
+const DRAIN_POLL_MS = 4;
+
+/** The WebSocket URL of a room on the relay that served this page. */
+export function roomUrl(code, params, location = window.location) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const query = new URLSearchParams({ ...params, v: "1" });
+  return `${scheme}//${location.host}/ws/${encodeURIComponent(code)}?${query}`;
+}
+
+/** A closed socket: `code` is the WebSocket close code, `errorCode` the protocol error it stands for. */
+export class ConnectionClosed extends Error {
+  constructor(code, reason) {
+    super(reason || `the connection to the relay closed (code ${code})`);
+    this.name = "ConnectionClosed";
+    this.code = code;
+    this.reason = reason;
+    this.errorCode = errorCodeOfClose(code);
+  }
+}
+
+export class Connection {
+  /** Open a socket; resolves once it is open, rejects with ConnectionClosed if it never opens. */
+  static open(url) {
+    return new Promise((resolve, reject) => {
+      const socket = new WebSocket(url);
+      socket.binaryType = "arraybuffer";
+      const connection = new Connection(socket);
+      socket.addEventListener("open", () => resolve(connection), { once: true });
+      socket.addEventListener(
+        "close",
+        (event) => reject(new ConnectionClosed(event.code, event.reason)),
+        { once: true },
+      );
+    });
+  }
+
+  constructor(socket) {
+    this.socket = socket;
+    this.queue = [];
+    this.waiter = null;
+    this.closeEvent = null;
+    this.queuedBytes = 0;
+    socket.addEventListener("message", (event) => this.#push(event.data));
+    socket.addEventListener("close", (event) => {
+      this.closeEvent = { code: event.code, reason: event.reason };
+      this.#wake();
+    });
+  }
+
+  /**
+   * The next frame: a string (text frame) or an ArrayBuffer (binary frame). Throws ConnectionClosed once
+   * every frame received before the close has been read.
+   */
+  async next() {
+    while (this.queue.length === 0) {
+      if (this.closeEvent !== null) throw new ConnectionClosed(this.closeEvent.code, this.closeEvent.reason);
+      await new Promise((resolve) => {
+        this.waiter = resolve;
+      });
+    }
+    const frame = this.queue.shift();
+    if (typeof frame !== "string") this.queuedBytes -= frame.byteLength;
+    return frame;
+  }
+
+  get isOpen() {
+    return this.socket.readyState === WebSocket.OPEN;
+  }
+
+  get bufferedAmount() {
+    return this.socket.bufferedAmount;
+  }
+
+  sendMessage(message) {
+    if (this.isOpen) this.socket.send(encodeMessage(message));
+  }
+
+  sendBinary(bytes) {
+    if (this.isOpen) this.socket.send(bytes);
+  }
+
+  /** Wait until at most `limit` bytes are queued for sending, or the socket is closed. */
+  async drain(limit) {
+    while (this.isOpen && this.socket.bufferedAmount > limit) {
+      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+    }
+  }
+
+  /** Wait until everything queued has been handed to the network, at most `timeoutMs`. */
+  async flush(timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    while (this.isOpen && this.socket.bufferedAmount > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+    }
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.socket.readyState === WebSocket.CONNECTING || this.socket.readyState === WebSocket.OPEN) {
+      this.socket.close(code, reason);
+    }
+  }
+
+  #push(data) {
+    this.queue.push(data);
+    if (typeof data !== "string") this.queuedBytes += data.byteLength;
+    this.#wake();
+  }
+
+  #wake() {
+    const waiter = this.waiter;
+    this.waiter = null;
+    if (waiter) waiter();
+  }
+}

@@ -1,0 +1,199 @@
+// The receiving side of one transfer, without any DOM: join a room as role=receive, show the offer, and
+// once the person accepts, check every chunk and file digest (TransferCheck) before storing it in a sink.
+
+import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
+import { createHashing } from "./hashing.js";
+import { ACK_INTERVAL, ProtocolError, TransferCheck, clipText, escapeText, parseMessage } from "./protocol.js";
+import { FINAL_STATES, describeError } from "./sender.js";
+import { SinkError } from "./sinks.js";
+
+/**
+ * One receive from room `code`. Listener methods (all optional): onState(state, detail), onOffer(offer),
+ * onProgress({done, total, file, fileDone, verifiedFiles}).
+ * States: connecting, waiting (for the offer), offered, transferring, verified, failed, cancelled.
+ */
+export class ReceiveSession {
+  constructor(code, { listener = {}, location = window.location } = {}) {
+    this.code = code;
+    this.listener = listener;
+    this.location = location;
+    this.state = "idle";
+    this.offer = null;
+    this.sink = null;
+    this.check = null;
+    this.fileOpen = false;
+    this.lastAck = 0;
+    this.verifiedFiles = 0;
+    this.maxMessage = undefined;
+  }
+
+  /** Run until the transfer ends; resolves with the final state. */
+  async run() {
+    this.hashing = await createHashing();
+    this.#setState("connecting");
+    try {
+      this.connection = await Connection.open(roomUrl(this.code, { role: "receive" }, this.location));
+      while (!FINAL_STATES.has(this.state)) {
+        const frame = await this.connection.next();
+        if (FINAL_STATES.has(this.state)) break;
+        if (typeof frame === "string") await this.#on(parseMessage(frame));
+        else await this.#payload(new Uint8Array(frame));
+      }
+    } catch (error) {
+      await this.#fail(error);
+    }
+    return this.state;
+  }
+
+  /** Accept the offer into `sink` (already chosen by the person); throws SinkError if it cannot hold it. */
+  async accept(sink) {
+    if (this.state !== "offered") return;
+    try {
+      await sink.prepare(this.offer);
+    } catch (error) {
+      if (error instanceof SinkError) this.listener.onState?.("offered", escapeText(error.message));
+      throw error;
+    }
+    if (this.state !== "offered") return;
+    this.sink = sink;
+    this.check = new TransferCheck(this.offer, this.hashing, this.maxMessage);
+    this.connection.sendMessage({ type: "accept" });
+    this.#setState("transferring", `saving to ${sink.label}`);
+  }
+
+  decline(reason = "declined by the receiver") {
+    if (this.state !== "offered") return;
+    this.connection.sendMessage({ type: "decline", reason: clipText(reason) });
+    this.#setState("cancelled", "you declined the offer");
+  }
+
+  cancel(reason = "cancelled by the receiver") {
+    if (FINAL_STATES.has(this.state)) return;
+    this.connection?.sendMessage({ type: "cancel", reason: clipText(reason) });
+    this.#setState("cancelled", "you cancelled the transfer");
+    this.#discardOpenFile();
+  }
+
+  async #on(message) {
+    switch (message.type) {
+      case "hello":
+        this.maxMessage = message.max_message;
+        this.#setState("waiting", "connected; waiting for the sender's offer");
+        return;
+      case "offer":
+        if (this.offer !== null) throw new ProtocolError("a second offer", "unexpected_message");
+        this.offer = message;
+        this.total = message.files.reduce((sum, entry) => sum + entry.size, 0);
+        this.#setState("offered", "");
+        this.listener.onOffer?.(message);
+        return;
+      case "chunk":
+        this.#requireAccepted(message);
+        this.check.chunk(message);
+        return;
+      case "file_done":
+        this.#requireAccepted(message);
+        await this.#fileDone(message);
+        return;
+      case "done":
+        this.#requireAccepted(message);
+        this.check.done();
+        this.connection.sendMessage({ type: "verified" });
+        this.#setState("verifying", "every file verified; waiting for the relay to confirm");
+        return;
+      case "complete":
+        if (!this.check || !this.check.finished) throw new ProtocolError("complete before done", "unexpected_message");
+        this.#setState("verified", `every file was verified and saved to ${this.sink.label}`);
+        return;
+      case "cancel":
+        this.#discardOpenFile();
+        this.#setState("cancelled", `the sender cancelled${message.reason ? `: ${escapeText(message.reason)}` : ""}`);
+        return;
+      case "error":
+        this.#discardOpenFile();
+        this.#setState("failed", describeError(message.code, message.message));
+        return;
+      case "peer_left":
+        this.#discardOpenFile();
+        this.#setState("failed", describeError("peer_left"));
+        return;
+      default:
+        throw new ProtocolError(`unexpected '${message.type}' message`, "unexpected_message");
+    }
+  }
+
+  #requireAccepted(message) {
+    if (this.check === null) throw new ProtocolError(`'${message.type}' before the offer was accepted`, "unexpected_message");
+  }
+
+  async #payload(bytes) {
+    if (this.check === null) throw new ProtocolError("binary frame before the offer was accepted", "unexpected_message");
+    const header = this.check.payload(bytes); // checks length and xxh3_64 before anything is stored
+    await this.#ensureOpen(header.file);
+    await this.sink.write(bytes);
+    if (this.check.offset - this.lastAck >= ACK_INTERVAL) {
+      this.lastAck = this.check.offset;
+      this.connection.sendMessage({ type: "ack", file: header.file, offset: this.check.offset });
+    }
+    this.#progress(header.file, this.check.offset);
+  }
+
+  async #fileDone(message) {
+    const index = this.check.fileIndex;
+    await this.#ensureOpen(message.file);
+    this.check.fileDone(message); // throws on a size or xxh3_128 mismatch; the file is then discarded
+    this.fileOpen = false;
+    await this.sink.closeFile();
+    this.verifiedFiles += 1;
+    this.lastAck = 0;
+    this.connection.sendMessage({ type: "ack", file: index, offset: message.size });
+    this.connection.sendMessage({ type: "file_ok", file: index });
+    this.#progress(index, message.size);
+  }
+
+  async #ensureOpen(index) {
+    if (this.fileOpen || index !== this.check.fileIndex || index >= this.offer.files.length) return;
+    await this.sink.openFile(index, this.offer.files[index]);
+    this.fileOpen = true;
+  }
+
+  #discardOpenFile() {
+    if (this.fileOpen && this.sink) {
+      this.fileOpen = false;
+      this.sink.abortFile();
+    }
+  }
+
+  #progress(file, fileDone) {
+    this.listener.onProgress?.({
+      done: this.check.bytesDone,
+      total: this.total,
+      file,
+      fileDone,
+      verifiedFiles: this.verifiedFiles,
+    });
+  }
+
+  async #fail(error) {
+    if (FINAL_STATES.has(this.state)) return;
+    this.#discardOpenFile();
+    if (error instanceof ConnectionClosed) {
+      const reason = error.errorCode
+        ? describeError(error.errorCode, error.reason)
+        : `the connection to the relay closed (code ${error.code})`;
+      this.#setState(error.errorCode === "cancelled" ? "cancelled" : "failed", reason);
+      return;
+    }
+    const code = error instanceof ProtocolError || error instanceof SinkError ? error.code : "internal_error";
+    this.connection?.sendMessage({ type: "error", code, message: clipText(error.message) });
+    this.#setState("failed", describeError(code, error.message));
+  }
+
+  #setState(state, detail = "") {
+    if (FINAL_STATES.has(this.state)) return;
+    this.state = state;
+    this.detail = detail;
+    if (FINAL_STATES.has(state)) this.connection?.close(1000);
+    this.listener.onState?.(state, detail);
+  }
+}

@@ -1,0 +1,228 @@
+// The sending side of one transfer, without any DOM: connect as role=send, wait for the receivers, offer the
+// files, stream them chunk by chunk (File.slice per chunk, pausing while the socket's send buffer is full),
+// and follow the receivers' acknowledgements until `complete`. The page listens through `listener`.
+
+import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
+import { generateCode } from "./codes.js";
+import { createHashing } from "./hashing.js";
+import { DEFAULT_CHUNK_SIZE, ProtocolError, clipText, escapeText, makeOffer, parseMessage } from "./protocol.js";
+
+/** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
+export const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
+const CODE_ATTEMPTS = 3;
+
+/** Terminal states of a session. */
+export const FINAL_STATES = new Set(["verified", "failed", "cancelled"]);
+
+/** Human text for an error code the relay or a receiver sent. */
+export function describeError(code, message) {
+  const text = message ? `: ${escapeText(message)}` : "";
+  switch (code) {
+    case "peer_left":
+      return `the other side left${text}`;
+    case "declined":
+      return `the receiver declined${text}`;
+    case "checksum_mismatch":
+      return `checksum mismatch${text}`;
+    default:
+      return `${code.replaceAll("_", " ")}${text}`;
+  }
+}
+
+/**
+ * One send. `items` are {path, file} (file is a File/Blob); `dirs` are empty folders to create.
+ * Listener methods (all optional): onCode(code), onState(state, detail), onProgress(progress).
+ */
+export class SendSession {
+  constructor(items, { dirs = [], receivers = 1, listener = {}, location = window.location } = {}) {
+    this.items = items;
+    this.receivers = receivers;
+    this.listener = listener;
+    this.location = location;
+    this.offer = makeOffer(items.map((item) => ({ path: item.path, size: item.file.size })), dirs);
+    this.total = this.offer.files.reduce((sum, entry) => sum + entry.size, 0);
+    this.state = "idle";
+    this.code = null;
+    this.connection = null;
+    this.sent = 0;
+    this.joined = 0;
+    this.fileOk = new Map(); // file index -> number of receivers that verified it
+    this.verifiedBy = 0;
+  }
+
+  /** Run the whole transfer; resolves with the final state ("verified", "failed" or "cancelled"). */
+  async run() {
+    this.hashing = await createHashing();
+    this.#setState("connecting");
+    try {
+      const first = await this.#connect();
+      await this.#handle(first);
+      while (!FINAL_STATES.has(this.state)) await this.#handle(await this.connection.next());
+    } catch (error) {
+      this.#fail(error);
+    }
+    return this.state;
+  }
+
+  /** Give up at any moment; the relay tells the receivers with `cancel`. */
+  cancel(reason = "cancelled by the sender") {
+    if (FINAL_STATES.has(this.state)) return;
+    this.connection?.sendMessage({ type: "cancel", reason: clipText(reason) });
+    this.#setState("cancelled", "you cancelled the transfer");
+  }
+
+  /** Bytes handed to the network so far (sent minus what still waits in the socket's buffer). */
+  get bytesOut() {
+    const buffered = this.connection ? this.connection.bufferedAmount : 0;
+    return Math.max(0, this.sent - buffered);
+  }
+
+  // Open the room with a fresh code; a code already in use (room_taken) gets a new one.
+  async #connect() {
+    for (let attempt = 1; ; attempt++) {
+      this.code = generateCode();
+      const url = roomUrl(this.code, { role: "send", receivers: String(this.receivers) }, this.location);
+      this.connection = await Connection.open(url);
+      const first = parseMessage(await this.connection.next());
+      if (first.type === "error" && first.code === "room_taken" && attempt < CODE_ATTEMPTS) {
+        this.connection.close();
+        continue;
+      }
+      if (first.type === "hello") this.listener.onCode?.(this.code);
+      return first;
+    }
+  }
+
+  async #handle(frame) {
+    if (typeof frame !== "string") throw new ProtocolError("the relay sent a binary frame to the sender", "unexpected_message");
+    await this.#on(parseMessage(frame));
+  }
+
+  async #on(message) {
+    switch (message.type) {
+      case "hello":
+        this.chunkSize = Math.min(DEFAULT_CHUNK_SIZE, message.max_message);
+        this.offer.chunk_size = this.chunkSize;
+        this.#setState("waiting", `waiting for the receiver (0 of ${message.receivers} joined)`);
+        break;
+      case "peer_joined":
+        this.joined = message.joined;
+        this.#setState("waiting", `waiting for receivers (${message.joined} of ${message.receivers} joined)`);
+        break;
+      case "paired":
+        this.connection.sendMessage(this.offer);
+        this.#setState("offered", "waiting for the receiver to accept");
+        break;
+      case "accept":
+      case "ack":
+        break;
+      case "decline":
+        this.#setState("failed", describeError("declined", message.reason));
+        break;
+      case "start":
+        this.#setState("transferring");
+        // Stream while this loop keeps reading the receivers' messages (acks, cancel, errors).
+        this.streaming = this.#stream().catch((error) => this.#fail(error));
+        break;
+      case "file_ok":
+        this.fileOk.set(message.file, (this.fileOk.get(message.file) ?? 0) + 1);
+        this.#progress();
+        break;
+      case "verified":
+        this.verifiedBy += 1;
+        break;
+      case "complete":
+        this.#setState("verified", "the receiver has every file and its checksum matched");
+        break;
+      case "cancel":
+        this.#setState("cancelled", `the other side cancelled${message.reason ? `: ${escapeText(message.reason)}` : ""}`);
+        break;
+      case "error":
+        this.#setState("failed", describeError(message.code, message.message));
+        break;
+      case "peer_left":
+        this.#setState("failed", describeError("peer_left"));
+        break;
+      default:
+        throw new ProtocolError(`unexpected '${message.type}' message`, "unexpected_message");
+    }
+  }
+
+  async #stream() {
+    const { hashing, connection } = this;
+    for (const [index, entry] of this.offer.files.entries()) {
+      const file = this.items[index].file;
+      const digest = hashing.newFileDigest();
+      let offset = 0;
+      let nextRead = entry.size > 0 ? this.#read(file, 0, entry.size) : null;
+      while (offset < entry.size) {
+        const bytes = await nextRead;
+        if (FINAL_STATES.has(this.state)) return;
+        const end = offset + bytes.length;
+        // Read the next slice while this one is hashed and sent.
+        nextRead = end < entry.size ? this.#read(file, end, entry.size) : null;
+        const header = { type: "chunk", file: index, offset, size: bytes.length, xxh3_64: hashing.chunkDigest(bytes) };
+        digest.update(bytes);
+        await connection.drain(SEND_BUFFER_LIMIT);
+        if (FINAL_STATES.has(this.state)) return;
+        connection.sendMessage(header);
+        connection.sendBinary(bytes);
+        offset = end;
+        this.sent += bytes.length;
+        this.#progress();
+      }
+      connection.sendMessage({ type: "file_done", file: index, size: entry.size, xxh3_128: digest.hexdigest() });
+    }
+    connection.sendMessage({ type: "done" });
+    this.#setState("verifying", "all sent; waiting for the receiver to verify");
+    // Keep the progress moving while the last megabytes leave the send buffer.
+    while (this.state === "verifying" && connection.bufferedAmount > 0) {
+      this.#progress();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    this.#progress();
+  }
+
+  async #read(file, offset, size) {
+    const end = Math.min(offset + this.chunkSize, size);
+    let buffer;
+    try {
+      buffer = await file.slice(offset, end).arrayBuffer();
+    } catch (error) {
+      throw new Error(`could not read ${file.name || "a file"}: ${error.message}`);
+    }
+    if (buffer.byteLength !== end - offset) throw new Error(`${file.name || "a file"} changed while it was being sent`);
+    return new Uint8Array(buffer);
+  }
+
+  #progress() {
+    this.listener.onProgress?.({ done: this.bytesOut, total: this.total, fileOk: this.fileOk, receivers: this.receivers });
+  }
+
+  #fail(error) {
+    if (FINAL_STATES.has(this.state)) return;
+    if (error instanceof ConnectionClosed) {
+      const reason = error.errorCode
+        ? describeError(error.errorCode, error.reason)
+        : `the connection to the relay closed (code ${error.code})`;
+      this.#setState(error.errorCode === "cancelled" ? "cancelled" : "failed", reason);
+      return;
+    }
+    if (error instanceof ProtocolError && this.connection) {
+      this.connection.sendMessage({ type: "error", code: error.code, message: clipText(error.message) });
+    } else if (this.connection) {
+      // A local problem (an unreadable file): tell the receivers why the transfer stops.
+      this.connection.sendMessage({ type: "cancel", reason: clipText(error.message) });
+    }
+    this.#setState("failed", escapeText(error.message));
+  }
+
+  #setState(state, detail = "") {
+    if (FINAL_STATES.has(this.state)) return;
+    this.state = state;
+    this.detail = detail;
+    // Ending closes our socket; anything still queued (a cancel or error message) goes out first.
+    if (FINAL_STATES.has(state)) this.connection?.close(1000);
+    this.listener.onState?.(state, detail);
+  }
+}

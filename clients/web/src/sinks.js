@@ -1,0 +1,348 @@
+// Where received files go. Every sink has the same shape:
+//   prepare(offer)        check the offer can be stored (throws SinkError), create empty folders
+//   openFile(index, entry) start a file
+//   write(bytes)          append verified bytes (Uint8Array owning its whole ArrayBuffer)
+//   closeFile()           the file's digest matched: make it final
+//   abortFile()           the file failed: throw away what was written
+//
+// Three ways, best first: a folder or file the person picks (File System Access API: streams to disk and
+// commits atomically on close), a streamed download through our service worker (streams to the downloads
+// folder), and an in-memory Blob (only for small files; the whole file is held in the tab until saved).
+
+export const MEMORY_LIMIT = 256 * 1024 * 1024;
+const DOWNLOAD_START_TIMEOUT_MS = 15000;
+const KEEPALIVE_MS = 10000;
+
+/** A failure to store; `code` is the protocol error code to report to the sender. */
+export class SinkError extends Error {
+  constructor(message, code = "write_failed") {
+    super(message);
+    this.name = "SinkError";
+    this.code = code;
+  }
+}
+
+function splitPath(path) {
+  const parts = path.split("/");
+  return { folders: parts.slice(0, -1), name: parts[parts.length - 1] };
+}
+
+function writeFailed(error, what) {
+  if (error instanceof SinkError) return error;
+  if (error && error.name === "QuotaExceededError") return new SinkError(`no space left for ${what}`, "disk_full");
+  return new SinkError(`could not write ${what}: ${error && error.message ? error.message : error}`);
+}
+
+/** A name for a downloads folder, which has no sub-folders: "a/b/c.txt" -> "a_b_c.txt". */
+export function downloadName(path) {
+  return path.split("/").join("_");
+}
+
+// --- File System Access API --------------------------------------------------------------------------------
+
+export const canPickFolder = () => typeof window.showDirectoryPicker === "function";
+export const canPickFile = () => typeof window.showSaveFilePicker === "function";
+
+/** Files under a folder the person picked; refuses to overwrite anything that exists. */
+export class FolderSink {
+  static async pick() {
+    return new FolderSink(await window.showDirectoryPicker({ id: "relay-receive", mode: "readwrite" }));
+  }
+
+  constructor(root) {
+    this.root = root;
+    this.label = `folder "${root.name}"`;
+    this.current = null;
+  }
+
+  async prepare(offer) {
+    for (const entry of offer.files) {
+      if (await this.#exists(entry.path)) {
+        throw new SinkError(`${entry.path} already exists in the chosen folder`, "file_exists");
+      }
+    }
+    try {
+      for (const dir of offer.dirs) await this.#folder(dir.split("/"), true);
+    } catch (error) {
+      throw writeFailed(error, "a folder");
+    }
+  }
+
+  async openFile(index, entry) {
+    const { folders, name } = splitPath(entry.path);
+    try {
+      const parent = await this.#folder(folders, true);
+      const handle = await parent.getFileHandle(name, { create: true });
+      // createWritable writes to a hidden swap file; close() commits it under the real name at once.
+      this.current = { parent, name, writable: await handle.createWritable({ keepExistingData: false }), path: entry.path };
+    } catch (error) {
+      throw writeFailed(error, entry.path);
+    }
+  }
+
+  async write(bytes) {
+    try {
+      await this.current.writable.write(bytes);
+    } catch (error) {
+      throw writeFailed(error, this.current.path);
+    }
+  }
+
+  async closeFile() {
+    const { writable, path } = this.current;
+    this.current = null;
+    try {
+      await writable.close();
+    } catch (error) {
+      throw writeFailed(error, path);
+    }
+  }
+
+  async abortFile() {
+    const current = this.current;
+    this.current = null;
+    if (current === null) return;
+    await current.writable.abort().catch(() => {});
+    await current.parent.removeEntry(current.name).catch(() => {});
+  }
+
+  async #folder(parts, create) {
+    let folder = this.root;
+    for (const part of parts) folder = await folder.getDirectoryHandle(part, { create });
+    return folder;
+  }
+
+  async #exists(path) {
+    const { folders, name } = splitPath(path);
+    try {
+      const parent = await this.#folder(folders, false);
+      await parent.getFileHandle(name);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+/** One file saved where the person chose in a "Save as" dialog. */
+export class SaveFileSink {
+  static async pick(offer) {
+    const suggestedName = splitPath(offer.files[0].path).name;
+    return new SaveFileSink(await window.showSaveFilePicker({ id: "relay-receive", suggestedName }));
+  }
+
+  constructor(handle) {
+    this.handle = handle;
+    this.label = `file "${handle.name}"`;
+    this.writable = null;
+  }
+
+  async prepare(offer) {
+    if (offer.files.length !== 1) throw new SinkError("a save-as file can hold only one file");
+  }
+
+  async openFile(index, entry) {
+    try {
+      this.writable = await this.handle.createWritable({ keepExistingData: false });
+    } catch (error) {
+      throw writeFailed(error, entry.path);
+    }
+  }
+
+  async write(bytes) {
+    try {
+      await this.writable.write(bytes);
+    } catch (error) {
+      throw writeFailed(error, this.handle.name);
+    }
+  }
+
+  async closeFile() {
+    const writable = this.writable;
+    this.writable = null;
+    try {
+      await writable.close();
+    } catch (error) {
+      throw writeFailed(error, this.handle.name);
+    }
+  }
+
+  async abortFile() {
+    const writable = this.writable;
+    this.writable = null;
+    if (writable !== null) await writable.abort().catch(() => {});
+  }
+}
+
+// --- streamed download through the service worker ----------------------------------------------------------
+
+let registrationPromise = null;
+
+/** Register sw.js once; resolves to the active registration, or null where service workers are unavailable. */
+export function registerDownloadWorker() {
+  if (registrationPromise === null) {
+    registrationPromise = (async () => {
+      if (!("serviceWorker" in navigator) || !window.isSecureContext) return null;
+      try {
+        await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+        const registration = await navigator.serviceWorker.ready;
+        return registration.active ? registration : null;
+      } catch {
+        return null;
+      }
+    })();
+  }
+  return registrationPromise;
+}
+
+function randomId() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Each file becomes one browser download whose bytes the service worker streams from this page: the page
+ * posts a chunk only when the worker's stream asks for one ("pull"), so neither side queues more than a few
+ * chunks, whatever the file size.
+ */
+export class StreamDownloadSink {
+  constructor(registration) {
+    this.worker = registration.active;
+    this.label = "your downloads folder";
+    this.current = null;
+    this.frames = [];
+  }
+
+  async prepare() {}
+
+  async openFile(index, entry) {
+    const channel = new MessageChannel();
+    const id = randomId();
+    const current = { port: channel.port1, credits: 0, waiter: null, started: false, cancelled: false, path: entry.path };
+    this.current = current;
+    const wake = () => {
+      const waiter = current.waiter;
+      current.waiter = null;
+      if (waiter) waiter();
+    };
+    current.port.onmessage = (event) => {
+      const kind = event.data && event.data.type;
+      if (kind === "pull") current.credits += 1;
+      if (kind === "started") current.started = true;
+      if (kind === "cancelled") current.cancelled = true;
+      wake();
+    };
+    current.keepalive = setInterval(() => this.worker.postMessage({ type: "keepalive" }), KEEPALIVE_MS);
+    this.worker.postMessage(
+      { type: "download", id, name: downloadName(entry.path), size: entry.size },
+      [channel.port2],
+    );
+    const frame = document.createElement("iframe");
+    frame.hidden = true;
+    frame.title = "download";
+    frame.src = `/relay-download/${id}/${encodeURIComponent(downloadName(entry.path))}`;
+    document.body.append(frame);
+    this.frames.push(frame);
+    const deadline = Date.now() + DOWNLOAD_START_TIMEOUT_MS;
+    while (!current.started && !current.cancelled) {
+      if (Date.now() > deadline) {
+        await this.abortFile();
+        throw new SinkError(`the browser did not start the download of ${entry.path}`);
+      }
+      await new Promise((resolve) => {
+        current.waiter = resolve;
+        setTimeout(resolve, 250);
+      });
+    }
+  }
+
+  async write(bytes) {
+    const current = this.current;
+    while (current.credits === 0 && !current.cancelled) {
+      await new Promise((resolve) => {
+        current.waiter = resolve;
+      });
+    }
+    if (current.cancelled) throw new SinkError(`the download of ${current.path} was cancelled in the browser`);
+    current.credits -= 1;
+    const buffer =
+      bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes.buffer : bytes.slice().buffer;
+    current.port.postMessage({ type: "chunk", buffer }, [buffer]);
+  }
+
+  async closeFile() {
+    this.#end({ type: "end" });
+  }
+
+  async abortFile() {
+    this.#end({ type: "abort" });
+  }
+
+  /** Remove the hidden download frames (the downloads themselves continue). */
+  dispose() {
+    for (const frame of this.frames) frame.remove();
+    this.frames = [];
+  }
+
+  #end(message) {
+    const current = this.current;
+    this.current = null;
+    if (current === null) return;
+    clearInterval(current.keepalive);
+    current.port.postMessage(message);
+    current.port.close();
+  }
+}
+
+// --- in-memory fallback ------------------------------------------------------------------------------------
+
+/** Holds each file in memory until it is verified, then hands it to the browser as a download. */
+export class MemorySink {
+  constructor(limit = MEMORY_LIMIT) {
+    this.limit = limit;
+    this.label = "your downloads folder";
+    this.current = null;
+    this.urls = [];
+  }
+
+  /** The offered files this sink cannot hold. */
+  tooBig(offer) {
+    return offer.files.filter((entry) => entry.size > this.limit);
+  }
+
+  async prepare(offer) {
+    const big = this.tooBig(offer);
+    if (big.length > 0) throw new SinkError(`${big[0].path} is too big to receive into memory`, "disk_full");
+  }
+
+  async openFile(index, entry) {
+    this.current = { entry, parts: [] };
+  }
+
+  async write(bytes) {
+    this.current.parts.push(bytes);
+  }
+
+  async closeFile() {
+    const { entry, parts } = this.current;
+    this.current = null;
+    const url = URL.createObjectURL(new Blob(parts, { type: "application/octet-stream" }));
+    this.urls.push(url);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = downloadName(entry.path);
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+  }
+
+  async abortFile() {
+    this.current = null;
+  }
+
+  /** Release the Blobs (call once the downloads have had time to start). */
+  dispose() {
+    for (const url of this.urls) URL.revokeObjectURL(url);
+    this.urls = [];
+  }
+}
