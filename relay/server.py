@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from relay import __version__
+from relay import __version__, web
 from relay.config import Settings
 from relay.rooms import JoinRequest, PeerGone
 from relay.service import Relay
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"))
         await relay.serve(AsgiPeerSocket(websocket), request)
 
+    app.include_router(web.router)
     return app
 
 
