@@ -85,7 +85,7 @@ class Room:
 
     __slots__ = (
         "code", "expected", "settings", "sender", "receivers", "state", "check",
-        "created_at", "last_activity", "_next_peer",
+        "created_at", "last_activity", "_next_peer", "outcome",
     )
 
     def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
@@ -99,6 +99,8 @@ class Room:
         self.created_at = now
         self.last_activity = now
         self._next_peer = 1
+        # Why the room ended: "complete" or an ErrorCode value; read by the service for metrics and logs.
+        self.outcome = ""
 
     @property
     def tag(self) -> str:
@@ -243,6 +245,7 @@ class Room:
     async def complete(self) -> None:
         """Every receiver verified: tell everyone and close normally."""
         self.state = State.ENDED
+        self.outcome = "complete"
         log.info("room %s complete: %d receiver(s), %d bytes", self.tag, len(self.receivers),
                  self.check.bytes_done if self.check else 0)
         text = p.Complete().to_json()
@@ -252,6 +255,7 @@ class Room:
         if self.state is State.ENDED:
             return
         self.state = State.ENDED
+        self.outcome = ErrorCode.CANCELLED.value
         log.info("room %s cancelled by peer %d", self.tag, by)
         text = p.Cancel(reason[: p.MAX_TEXT], by).to_json()
         close = ErrorCode.CANCELLED.close_code
@@ -265,6 +269,7 @@ class Room:
         if self.state is State.ENDED:
             return
         self.state = State.ENDED
+        self.outcome = ErrorCode.PEER_LEFT.value
         log.info("room %s: peer %d (%s) left", self.tag, party.peer, party.role.value)
         text = p.PeerLeft(party.peer, party.role.value).to_json()
         close = ErrorCode.PEER_LEFT.close_code
@@ -279,6 +284,7 @@ class Room:
         if self.state is State.ENDED:
             return
         self.state = State.ENDED
+        self.outcome = code.value
         log.info("room %s ended: %s (peer %s)", self.tag, code.value, culprit)
         message = message[: p.MAX_TEXT]
         tasks = []
