@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 POLL_INTERVAL = 0.01
 
@@ -34,15 +35,17 @@ class ClientOutcome:
 
 
 class ClientProcess:
-    """One load-client process (``python -m benchmarks.loadclient ...`` or any command printing JSON lines)."""
+    """One client process: ``python -m benchmarks.loadclient ...``, or any ``command`` (plain lines become
+    ``{"event": "line", "text": ...}``)."""
 
     def __init__(self, args: list[str], *, module: str = "benchmarks.loadclient", command: list[str] | None = None,
                  stdin_pipe: bool = False) -> None:
         self.command = command if command is not None else [sys.executable, "-m", module, *args]
         self.lines: queue.Queue[dict | None] = queue.Queue()
         self.stderr_tail = b""
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            self.command,
+            self.command, env=child_environment(),
             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
@@ -57,9 +60,13 @@ class ClientProcess:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             try:
-                self.lines.put(json.loads(raw))
+                line = json.loads(raw)
             except json.JSONDecodeError:
-                continue
+                line = None
+            if not isinstance(line, dict):
+                # A plain line (e.g. the code line of `relay send`): report it as a "line" event.
+                line = {"event": "line", "text": raw.decode(errors="replace").rstrip("\n")}
+            self.lines.put(line)
         self.lines.put(None)
 
     def _read_stderr(self) -> None:
@@ -95,10 +102,11 @@ class ClientProcess:
         except ClientFailed:
             self.kill()
             raise
-        returncode, cpu = self._reap(timeout=10.0)
+        returncode, cpu = self.wait_exit(timeout=10.0)
         return ClientOutcome(result, returncode, cpu, result.get("rooms", []))
 
-    def _reap(self, timeout: float) -> tuple[int, float]:
+    def wait_exit(self, timeout: float) -> tuple[int, float]:
+        """Reap the process (killing it after ``timeout``); return its exit code and CPU seconds (rusage)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
@@ -113,6 +121,13 @@ class ClientProcess:
         if self.proc.returncode is None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for client processes: ours, with this repository importable as ``benchmarks``."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
 def loadclient_args(role: str, port: int, **options: object) -> list[str]:

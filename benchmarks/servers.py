@@ -8,7 +8,6 @@ by probing (socat accepts exactly one connection per listening address, so a pro
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from benchmarks.clientproc import child_environment
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 PIPING_BIN = CACHE_DIR / "node_modules" / "piping-server" / "dist" / "src" / "index.js"
@@ -79,7 +80,7 @@ class Server:
         raise NotImplementedError
 
     def environment(self) -> dict[str, str]:
-        return dict(os.environ)
+        return child_environment()
 
     def start(self) -> Server:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ class RelayServer(Server):
 
     def environment(self) -> dict[str, str]:
         # Per-connection access logs would be measured as relay cost in the many-room scenarios.
-        return {**os.environ, "RELAY_LOG_LEVEL": "warning"}
+        return {**child_environment(), "RELAY_LOG_LEVEL": "warning"}
 
 
 class TcpRelayServer(Server):
@@ -224,3 +225,22 @@ class PipingServer(Server):
     def start(self) -> Server:
         self.command()
         return super().start()
+
+
+def established_count(pid: int, port: int) -> int:
+    """How many client connections the server process has accepted on ``port`` and still holds open."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return 0
+    return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+
+
+def wait_established(pid: int, port: int, count: int, timeout: float) -> bool:
+    """Wait (bounded) until the server holds ``count`` connections on ``port``; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if established_count(pid, port) >= count:
+            return True
+        time.sleep(0.01)
+    return False

@@ -1,0 +1,250 @@
+"""Turning measurements into the report: markdown tables, the raw JSON, a PNG chart, and the targets check."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.plan import MIB, Measurement
+
+SYSTEMS = ("relay", "tcp-relay", "socat", "piping-server")
+
+
+def machine_description() -> dict:
+    """What the numbers were measured on."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        memory = f"{psutil.virtual_memory().total / 2**30:.1f} GiB"
+    except ImportError:
+        memory = "?"
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": _version(["node", "--version"]),
+        "socat": _version(["socat", "-V"], grep="socat version"),
+        "commit": _version(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"]),
+    }
+
+
+def _version(command: list[str], grep: str | None = None) -> str:
+    if shutil.which(command[0]) is None:
+        return "not installed"
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = [line for line in out.splitlines() if grep is None or grep in line]
+    return lines[0].strip() if lines else "?"
+
+
+def _size(n: int) -> str:
+    if n >= MIB:
+        return f"{n // MIB} MiB"
+    return f"{n // 1024} KiB"
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.0f}"
+
+
+def _cost_rows(rows: list[Measurement]) -> dict[tuple[int, str], Measurement]:
+    return {(r.chunk, r.system): r for r in rows if r.scenario.startswith("1 ")}
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    met: bool | None  # None: could not be measured
+    margin: str
+
+
+def check_targets(rows: list[Measurement], chunk: int = MIB) -> list[Target]:
+    """Issue 4's targets against this run; ``margin`` says by how much each is met or missed."""
+    cost = _cost_rows(rows)
+    relay = cost.get((chunk, "relay"))
+    socat = cost.get((chunk, "socat"))
+    piping = cost.get((chunk, "piping-server"))
+    targets: list[Target] = []
+
+    def ratio_target(name: str, value: float | None, limit: float, unit: str, at_most: bool) -> None:
+        if value is None:
+            targets.append(Target(name, "not measured", None, ""))
+            return
+        met = value <= limit if at_most else value >= limit
+        margin = (value / limit - 1) * 100
+        targets.append(Target(name, f"{value:.2f}{unit}", met, f"{margin:+.0f}% of the limit"))
+
+    ok = relay is not None and relay.ok
+
+    def usable(row: Measurement | None) -> bool:
+        return row is not None and row.ok and row.cpu_s_per_gib > 0 and row.mib_s > 0
+
+    ratio_target("relay CPU per GiB at 1 MiB chunks <= 0.5 s", relay.cpu_s_per_gib if ok else None, 0.5, " s", True)
+    ratio_target("relay CPU <= 1.6x socat's", relay.cpu_s_per_gib / socat.cpu_s_per_gib
+                 if ok and usable(socat) else None, 1.6, "x", True)
+    ratio_target("relay CPU <= 0.5x piping-server's", relay.cpu_s_per_gib / piping.cpu_s_per_gib
+                 if ok and usable(piping) else None, 0.5, "x", True)
+    ratio_target("single-room throughput >= 1.5x piping-server's", relay.mib_s / piping.mib_s
+                 if ok and usable(piping) else None, 1.5, "x", False)
+    e2e = next((r for r in rows if r.scenario.startswith("2 ") and r.ok), None)
+    ratio_target("end to end (CLI to disk) >= 1024 MiB/s", e2e.mib_s if e2e else None, 1024, " MiB/s", False)
+    for row in rows:
+        if row.system != "relay" or not row.ok or row.scenario[0] not in "134":
+            continue
+        rooms = row.extra.get("rooms", 1)
+        allowed = row.rss_idle + 2 * row.chunk * rooms
+        targets.append(Target(
+            f"memory {row.scenario} {_size(row.chunk)}: peak <= idle + 2 x chunk x {rooms} room(s)",
+            f"{_mib(row.rss_peak)} MiB (idle {_mib(row.rss_idle)}, limit {_mib(allowed)})",
+            row.rss_peak <= allowed, f"{(row.rss_peak - allowed) / MIB:+.1f} MiB vs the limit"))
+    slow = next((r for r in rows if r.scenario.startswith("5 ") and r.ok), None)
+    growth = slow.extra.get("rss_growth_mib") if slow else None
+    targets.append(Target("slow receiver: relay RSS flat (growth first -> last quarter < 1 chunk)",
+                          f"{growth} MiB growth" if growth is not None else "not measured",
+                          None if growth is None else growth < chunk / MIB, ""))
+    pairing = next((r for r in rows if r.scenario.startswith("6 ") and r.ok), None)
+    ratio_target("pairing latency p99 <= 10 ms", pairing.extra.get("p99_ms") if pairing else None, 10, " ms", True)
+    idle = next((r for r in rows if r.scenario.startswith("7 ") and r.system == "relay" and r.ok), None)
+    ratio_target("idle waiting room <= 20 KiB", idle.extra.get("kib_per_room") if idle else None, 20, " KiB", True)
+    return targets
+
+
+def markdown(rows: list[Measurement], machine: dict, quick: bool) -> str:
+    out = [f"# relay benchmarks{' (quick run: tiny sizes, not for comparison)' if quick else ''}", ""]
+    out.append(f"{machine['date']} · {machine['cpu']} · {machine['cores']} cores · {machine['memory']} RAM · "
+               f"Linux {machine['kernel']} · Python {machine['python']} · Node {machine['node']} · "
+               f"{machine['socat']} · commit {machine['commit']}")
+    out += ["", "Command: `python -m benchmarks" + (" --quick" if quick else "") + "`. Relay CPU and RSS are read "
+            "from the OS (psutil) for the server process; throughput is payload bytes delivered over the time from "
+            "the first receiver's connect to the last payload byte.", ""]
+    cost = _cost_rows(rows)
+    if cost:
+        size = next(iter(cost.values()))
+        out += [f"## 1. Relay cost: one room, {size.bytes // MIB if size.ok else '?'} MiB, by chunk size", "",
+                "| chunk | system | MiB/s | relay CPU s/GiB | relay RSS idle -> peak (MiB) | load clients CPU s | "
+                "throughput vs piping-server | CPU vs socat | CPU vs piping-server |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for (chunk, system), row in sorted(cost.items(), key=lambda kv: (kv[0][0], SYSTEMS.index(kv[0][1]))):
+            if not row.ok:
+                out.append(f"| {_size(chunk)} | {system} | - | - | - | - | | | {row.error} |")
+                continue
+            piping = cost.get((chunk, "piping-server"))
+            socat = cost.get((chunk, "socat"))
+            vs_piping = _ratio(row.mib_s, piping.mib_s if piping and piping.ok else 0)
+            cpu_socat = _ratio(row.cpu_s_per_gib, socat.cpu_s_per_gib if socat and socat.ok else 0)
+            cpu_piping = _ratio(row.cpu_s_per_gib, piping.cpu_s_per_gib if piping and piping.ok else 0)
+            out.append(f"| {_size(chunk)} | {system} | {row.mib_s:.0f} | {row.cpu_s_per_gib:.2f} | "
+                       f"{_mib(row.rss_idle)} -> {_mib(row.rss_peak)} | {row.client_cpu_s:.2f} | {vs_piping} | "
+                       f"{cpu_socat} | {cpu_piping} |")
+        out.append("")
+    others = [r for r in rows if not r.scenario.startswith("1 ")]
+    if others:
+        out += ["## 2-7. Scenarios", "",
+                "| scenario | system | MiB/s | relay CPU s/GiB | relay RSS idle -> peak (MiB) | clients CPU s | result |",
+                "|---|---|---:|---:|---:|---:|---|"]
+        for row in others:
+            out.append(f"| {row.scenario} | {row.system} | {row.mib_s:.0f} | "
+                       f"{row.cpu_s_per_gib:.2f} | {_mib(row.rss_idle)} -> {_mib(row.rss_peak)} | "
+                       f"{row.client_cpu_s:.2f} | {_notes(row)} |")
+        out.append("")
+    out += ["## Targets (issue 4)", "", "| target | measured | met | margin |", "|---|---|---|---|"]
+    for target in check_targets(rows):
+        met = {True: "yes", False: "**no**", None: "n/a"}[target.met]
+        out.append(f"| {target.name} | {target.measured} | {met} | {target.margin} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base > 0 else "n/a"
+
+
+def _notes(row: Measurement) -> str:
+    if not row.ok:
+        return f"failed: {row.error}"
+    extra = row.extra
+    if "p99_ms" in extra:
+        return f"p50 {extra['p50_ms']:.2f} ms, p99 {extra['p99_ms']:.2f} ms, max {extra['max_ms']:.1f} ms"
+    if "kib_per_room" in extra:
+        return f"{extra['kib_per_room']:.1f} KiB per waiting room ({_mib(extra['rss_with_rooms'])} MiB held)"
+    if "rss_growth_mib" in extra:
+        return f"RSS growth first -> last quarter: {extra['rss_growth_mib']} MiB"
+    if "receiver_cpu_s" in extra:
+        return f"verified; CPU send {extra['sender_cpu_s']:.2f} s, receive {extra['receiver_cpu_s']:.2f} s"
+    if "rooms" in extra:
+        return f"{extra['rooms']} rooms"
+    return "ok"
+
+
+def chart(rows: list[Measurement], path: Path) -> str | None:
+    """Throughput and relay CPU per GiB by chunk size, relay against the baselines; None if it was drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib)"
+    cost = _cost_rows(rows)
+    chunks = sorted({chunk for chunk, _ in cost})
+    systems = [s for s in SYSTEMS if any(system == s for _, system in cost)]
+    if not chunks:
+        return "no relay-cost rows to draw"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(systems), 1)
+    for i, system in enumerate(systems):
+        xs = [c + (i - (len(systems) - 1) / 2) * width for c in range(len(chunks))]
+        rates = [cost[(ch, system)].mib_s if (ch, system) in cost and cost[(ch, system)].ok else 0 for ch in chunks]
+        cpus = [cost[(ch, system)].cpu_s_per_gib if (ch, system) in cost and cost[(ch, system)].ok else 0
+                for ch in chunks]
+        left.bar(xs, rates, width, label=system)
+        right.bar(xs, cpus, width, label=system)
+    for axis, title in ((left, "throughput, one room (MiB/s, higher is better)"),
+                        (right, "relay CPU per GiB (s, lower is better)")):
+        axis.set_xticks(range(len(chunks)), [_size(c) for c in chunks])
+        axis.set_xlabel("chunk size")
+        axis.set_title(title, fontsize=10)
+        axis.grid(axis="y", alpha=0.3)
+    right.axhline(0.5, color="black", linestyle="--", linewidth=1, label="target 0.5 s")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def write_all(rows: list[Measurement], out_dir: Path, quick: bool) -> str:
+    """Write results.md, results.json and chart.png into ``out_dir``; return the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_description()
+    text = markdown(rows, machine, quick)
+    problem = chart(rows, out_dir / "chart.png")
+    if problem:
+        text += f"\nChart not drawn: {problem}\n"
+    else:
+        text += "\n![throughput and relay CPU per GiB by chunk size](chart.png)\n"
+    (out_dir / "results.md").write_text(text)
+    raw = {"machine": machine, "quick": quick, "rows": [row.to_dict() for row in rows],
+           "targets": [vars(t) for t in check_targets(rows)]}
+    (out_dir / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return text
