@@ -24,6 +24,7 @@ CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 
 # 'wasm-unsafe-eval' lets hash-wasm compile its WebAssembly (it allows no JavaScript eval). ws:/wss: of the

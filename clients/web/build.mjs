@@ -26,5 +26,5 @@ await mkdir(outdir, { recursive: true });
 await build({ ...common, entryPoints: [join(here, "src/main.js")], outfile: join(outdir, "app.js"), format: "esm" });
 await build({ ...common, entryPoints: [join(here, "src/sw.js")], outfile: join(outdir, "sw.js"), format: "iife" });
 await build({ ...common, entryPoints: [join(here, "src/style.css")], outfile: join(outdir, "style.css") });
-await copyFile(join(here, "src/index.html"), join(outdir, "index.html"));
+for (const name of ["index.html", "favicon.svg"]) await copyFile(join(here, "src", name), join(outdir, name));
 console.log(`built ${outdir}`);

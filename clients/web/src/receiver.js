@@ -78,7 +78,7 @@ export class ReceiveSession {
     switch (message.type) {
       case "hello":
         this.maxMessage = message.max_message;
-        this.#setState("waiting", "connected; waiting for the sender's offer");
+        this.#setState("waiting", "waiting for the sender's offer");
         return;
       case "offer":
         if (this.offer !== null) throw new ProtocolError("a second offer", "unexpected_message");
@@ -99,7 +99,7 @@ export class ReceiveSession {
         this.#requireAccepted(message);
         this.check.done();
         this.connection.sendMessage({ type: "verified" });
-        this.#setState("verifying", "every file verified; waiting for the relay to confirm");
+        this.#setState("verifying", "every file checked; waiting for the relay to confirm");
         return;
       case "complete":
         if (!this.check || !this.check.finished) throw new ProtocolError("complete before done", "unexpected_message");

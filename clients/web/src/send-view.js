@@ -10,6 +10,7 @@ import { FINAL_STATES, SendSession } from "./sender.js";
 const STATE_TEXT = {
   connecting: "Connecting to the relay...",
   waiting: "Waiting for the receiver",
+  // (detail: "0 of 1 joined")
   offered: "Waiting for the receiver to accept",
   transferring: "Transferring",
   verifying: "Sent; waiting for the receiver to verify",

@@ -56,7 +56,7 @@ export class SendSession {
     this.#setState("connecting");
     try {
       const first = await this.#connect();
-      await this.#handle(first);
+      await this.#on(first);
       while (!FINAL_STATES.has(this.state)) await this.#handle(await this.connection.next());
     } catch (error) {
       this.#fail(error);
@@ -103,15 +103,15 @@ export class SendSession {
       case "hello":
         this.chunkSize = Math.min(DEFAULT_CHUNK_SIZE, message.max_message);
         this.offer.chunk_size = this.chunkSize;
-        this.#setState("waiting", `waiting for the receiver (0 of ${message.receivers} joined)`);
+        this.#setState("waiting", `0 of ${message.receivers} joined`);
         break;
       case "peer_joined":
         this.joined = message.joined;
-        this.#setState("waiting", `waiting for receivers (${message.joined} of ${message.receivers} joined)`);
+        this.#setState("waiting", `${message.joined} of ${message.receivers} joined`);
         break;
       case "paired":
         this.connection.sendMessage(this.offer);
-        this.#setState("offered", "waiting for the receiver to accept");
+        this.#setState("offered");
         break;
       case "accept":
       case "ack":
@@ -132,7 +132,7 @@ export class SendSession {
         this.verifiedBy += 1;
         break;
       case "complete":
-        this.#setState("verified", "the receiver has every file and its checksum matched");
+        this.#setState("verified", "the receiver has every file, and every checksum matched");
         break;
       case "cancel":
         this.#setState("cancelled", `the other side cancelled${message.reason ? `: ${escapeText(message.reason)}` : ""}`);
@@ -174,7 +174,7 @@ export class SendSession {
       connection.sendMessage({ type: "file_done", file: index, size: entry.size, xxh3_128: digest.hexdigest() });
     }
     connection.sendMessage({ type: "done" });
-    this.#setState("verifying", "all sent; waiting for the receiver to verify");
+    this.#setState("verifying");
     // Keep the progress moving while the last megabytes leave the send buffer.
     while (this.state === "verifying" && connection.bufferedAmount > 0) {
       this.#progress();
