@@ -73,6 +73,7 @@ class Party:
     verified: bool = False
     closed: bool = False
     task: asyncio.Task[None] | None = None
+    farewell: asyncio.Future[None] | None = None  # its last message and close, once the room ends
 
 
 def code_tag(code: str) -> str:
@@ -249,7 +250,7 @@ class Room:
         log.info("room %s complete: %d receiver(s), %d bytes", self.tag, len(self.receivers),
                  self.check.bytes_done if self.check else 0)
         text = p.Complete().to_json()
-        await asyncio.gather(*(self._farewell(party, text, p.CLOSE_NORMAL) for party in self.parties))
+        await self._farewells([(party, text, p.CLOSE_NORMAL) for party in self.parties])
 
     async def end_cancelled(self, by: int, reason: str) -> None:
         if self.state is State.ENDED:
@@ -259,9 +260,7 @@ class Room:
         log.info("room %s cancelled by peer %d", self.tag, by)
         text = p.Cancel(reason[: p.MAX_TEXT], by).to_json()
         close = ErrorCode.CANCELLED.close_code
-        await asyncio.gather(
-            *(self._farewell(party, text if party.peer != by else None, close) for party in self.parties)
-        )
+        await self._farewells([(party, text if party.peer != by else None, close) for party in self.parties])
 
     async def party_left(self, party: Party) -> None:
         """A socket closed: if the room was still live, everyone else is told and the room ends."""
@@ -273,7 +272,7 @@ class Room:
         log.info("room %s: peer %d (%s) left", self.tag, party.peer, party.role.value)
         text = p.PeerLeft(party.peer, party.role.value).to_json()
         close = ErrorCode.PEER_LEFT.close_code
-        await asyncio.gather(*(self._farewell(other, text, close) for other in self.parties if other is not party))
+        await self._farewells([(other, text, close) for other in self.parties if other is not party])
 
     async def end(self, code: ErrorCode, message: str, culprit: int | None = None, forward: bool = False) -> None:
         """End the room with an error: each party gets one ``error`` and the code's close code.
@@ -287,7 +286,7 @@ class Room:
         self.outcome = code.value
         log.info("room %s ended: %s (peer %s)", self.tag, code.value, culprit)
         message = message[: p.MAX_TEXT]
-        tasks = []
+        farewells: list[tuple[Party, str | None, int]] = []
         for party in self.parties:
             if forward and party.peer == culprit:
                 text = None
@@ -295,13 +294,21 @@ class Room:
                 text = p.Error(code.value, message, culprit).to_json()
             else:
                 text = p.Error(code.value, message).to_json()
-            tasks.append(self._farewell(party, text, code.close_code))
+            farewells.append((party, text, code.close_code))
+        await self._farewells(farewells)
+
+    async def _farewells(self, farewells: list[tuple[Party, str | None, int]]) -> None:
+        """Send each party its last message and close, all at once; each party's route waits for its own."""
+        tasks = []
+        for party, text, close_code in farewells:
+            if party.closed:
+                continue
+            party.closed = True
+            party.farewell = asyncio.ensure_future(self._farewell(party, text, close_code))
+            tasks.append(party.farewell)
         await asyncio.gather(*tasks)
 
     async def _farewell(self, party: Party, text: str | None, close_code: int) -> None:
-        if party.closed:
-            return
-        party.closed = True
         try:
             async with asyncio.timeout(FAREWELL_TIMEOUT):
                 if text is not None:
@@ -311,7 +318,7 @@ class Room:
             pass
         except TimeoutError:
             # The peer is not reading: stop its reading loop so the route returns and the socket is dropped.
-            if party.task is not None and party.task is not asyncio.current_task():
+            if party.task is not None:
                 party.task.cancel()
 
 
