@@ -30,7 +30,8 @@ export function renderFileRows(list, entries) {
 
 /** Set one row's progress (bytes) and state word. */
 export function updateFileRow(row, done, stateText) {
-  row.bar.value = row.entry.size === 0 ? (done >= 0 && stateText !== "" ? 1 : 0) : Math.min(done, row.entry.size);
+  const finished = stateText === "sent" || stateText === "verified";
+  row.bar.value = row.entry.size === 0 ? (finished ? 1 : 0) : Math.min(done, row.entry.size);
   if (row.state.textContent !== stateText) {
     row.state.textContent = stateText;
     row.item.dataset.state = stateText;

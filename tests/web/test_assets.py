@@ -1,0 +1,58 @@
+"""The web page as the relay serves it: the shipped dist/ is a fresh build, headers are strict, GETs are inert."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+
+WEB = Path(__file__).resolve().parents[2] / "clients" / "web"
+
+
+def test_shipped_dist_matches_a_fresh_build(tmp_path: Path):
+    node = shutil.which("node")
+    assert node, "Node.js is needed to rebuild the web client"
+    assert (WEB / "node_modules" / "esbuild").is_dir(), "run: npm --prefix clients/web ci"
+    fresh = tmp_path / "dist"
+    subprocess.run([node, str(WEB / "build.mjs"), "--outdir", str(fresh)], check=True, timeout=120, capture_output=True)
+    shipped = sorted(path.name for path in (WEB / "dist").iterdir())
+    assert shipped == sorted(path.name for path in fresh.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(WEB / "dist", fresh, shipped, shallow=False)
+    assert mismatch == [] and errors == [], (
+        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' and commit dist/"
+    )
+
+
+def test_page_and_assets_are_served_with_strict_headers(relay_server):
+    with httpx.Client(base_url=relay_server.http_url, timeout=10) as client:
+        for path, kind in (("/", "text/html"), ("/app.js", "text/javascript"), ("/sw.js", "text/javascript"),
+                           ("/style.css", "text/css")):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].startswith(kind)
+            csp = response.headers["content-security-policy"]
+            assert "default-src 'none'" in csp and "script-src 'self' 'wasm-unsafe-eval'" in csp
+            assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+            assert f"ws://127.0.0.1:{relay_server.port}" in csp
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["referrer-policy"] == "no-referrer"
+        page = client.get("/").text
+        assert "<script" in page and "<script>" not in page  # only external scripts; inline ones would be blocked
+
+
+def test_unknown_paths_are_not_served(relay_server):
+    with httpx.Client(base_url=relay_server.http_url, timeout=10) as client:
+        for path in ("/index.html", "/../pyproject.toml", "/%2e%2e/relay/web.py", "/relay-download/abc/x.bin",
+                     "/web.py", "/dist/app.js", "/node_modules/hash-wasm/package.json"):
+            assert client.get(path).status_code == 404, path
+
+
+def test_plain_gets_never_touch_a_room(relay_server):
+    with httpx.Client(base_url=relay_server.http_url, timeout=10) as client:
+        before = len(relay_server.relay.rooms)
+        for path in ("/", "/?code=word-word-word-word", "/ws/word-word-word-word", "/ws/word-word-word-word?role=receive"):
+            assert client.get(path).status_code in (200, 404), path
+        assert len(relay_server.relay.rooms) == before
