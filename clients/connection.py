@@ -22,6 +22,12 @@ def default_relay_url() -> str:
     return os.environ.get("RELAY_URL") or DEFAULT_RELAY
 
 
+def token_headers() -> dict[str, str]:
+    """A private relay's token, from ``RELAY_TOKEN`` (not argv, which others can read), as a Bearer header."""
+    token = os.environ.get("RELAY_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def websocket_base(url: str) -> str:
     """Map a relay URL a person typed (``http(s)://``, ``ws(s)://`` or a bare host:port) to a WebSocket base."""
     if "://" not in url:
@@ -70,6 +76,7 @@ class RelayConnection:
             websocket = await websockets.connect(
                 url, compression=None, max_size=MAX_INCOMING, open_timeout=OPEN_TIMEOUT,
                 ping_interval=20, ping_timeout=60, write_limit=2**20, proxy=None,
+                additional_headers=token_headers(),
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"cannot reach the relay at {websocket_base(relay_url)}: {exc}") from exc
