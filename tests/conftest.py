@@ -16,6 +16,9 @@ from relay.config import Settings
 from relay.server import create_app, uvicorn_config
 
 STARTUP_TIMEOUT = 10.0
+# Every test client connects from 127.0.0.1, so the per-address limits (sockets, joins per minute) are off in
+# the shared fixtures; tests/hardening turns them on explicitly to attack them.
+TEST_LIMITS: dict[str, object] = {"max_connections_per_ip": 0, "max_joins_per_minute": 0}
 
 
 @dataclass
@@ -73,7 +76,7 @@ def relay_factory() -> Iterator[Callable[..., RunningRelay]]:
     started: list[RunningRelay] = []
 
     def make(**overrides: object) -> RunningRelay:
-        running = start_relay(Settings(**overrides))  # type: ignore[arg-type]
+        running = start_relay(Settings(**{**TEST_LIMITS, **overrides}))  # type: ignore[arg-type]
         started.append(running)
         return running
 
@@ -85,6 +88,6 @@ def relay_factory() -> Iterator[Callable[..., RunningRelay]]:
 @pytest.fixture(scope="module")
 def relay_server() -> Iterator[RunningRelay]:
     """One relay with default settings, shared by the tests of a module."""
-    running = start_relay(Settings())
+    running = start_relay(Settings(**TEST_LIMITS))  # type: ignore[arg-type]
     yield running
     running.stop()
