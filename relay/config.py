@@ -25,6 +25,31 @@ class Settings:
     )
     pairing_timeout: float = field(default=600.0, metadata={"help": "seconds a room waits for all its receivers"})
     idle_timeout: float = field(default=120.0, metadata={"help": "seconds a paired room may move no frame"})
+    max_connections_per_ip: int = field(
+        default=32, metadata={"help": "most WebSockets open at once from one client address (IPv6: per /64)"}
+    )
+    max_joins_per_minute: int = field(
+        default=60, metadata={"help": "join attempts one client address may make per minute (a burst of this many)"}
+    )
+    failed_join_cost: int = field(
+        default=10, metadata={"help": "how many join attempts a failed join (unknown room, bad token) counts as"}
+    )
+    handshake_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a new TCP connection has to send its complete HTTP request"}
+    )
+    shutdown_grace: float = field(
+        default=30.0, metadata={"help": "seconds running transfers may finish after SIGTERM before going_away"}
+    )
+    token: str = field(
+        default="", repr=False,
+        metadata={"help": "shared token a private relay requires (prefer the env var: argv is visible to others)"},
+    )
+    allowed_origins: str = field(
+        default="", metadata={"help": "comma-separated browser origins allowed besides the relay's own; * for any"}
+    )
+    forwarded_allow_ips: str = field(
+        default="", metadata={"help": "comma-separated proxy addresses whose X-Forwarded-For is trusted; * for any"}
+    )
     log_level: str = field(default="info", metadata={"help": "log level: debug, info, warning, error"})
 
     @classmethod

@@ -1,29 +1,39 @@
-"""The FastAPI application: routes parse the request and delegate to ``relay.service``."""
+"""The FastAPI application: routes parse the request and delegate to ``relay.service``.
+
+Besides the room WebSocket at ``/ws/{code}`` it serves ``/healthz`` (liveness), ``/readyz`` (503 while the
+relay drains for shutdown) and ``/metrics`` (Prometheus). ``serve`` runs it under ``RelayServer``, which on
+SIGTERM drains the rooms before uvicorn closes the sockets.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import uvicorn
 from fastapi import Depends, FastAPI, WebSocket
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from relay import __version__, web
+from relay import __version__, logs, web
+from relay.access import Client, bearer_token, client_key
 from relay.config import Settings
-from relay.rooms import JoinRequest, PeerGone
+from relay.metrics import Stats, make_registry
+from relay.rooms import FAREWELL_TIMEOUT, JoinRequest, PeerGone
 from relay.service import Relay
+from relay.transport import LINGER, RelayWebSocketProtocol, http_protocol_class
 
 
 class AsgiPeerSocket:
     """``PeerSocket`` over a Starlette WebSocket: every disconnect surfaces as ``PeerGone``."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_ws", "_stats")
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, stats: Stats | None = None) -> None:
         self._ws = websocket
+        self._stats = stats or Stats()
 
     async def receive(self) -> str | bytes:
         try:
@@ -33,13 +43,19 @@ class AsgiPeerSocket:
         if message["type"] == "websocket.disconnect":
             raise PeerGone()
         data = message.get("bytes")
-        return data if data is not None else message["text"]
+        if data is None:
+            return message["text"]
+        stats = self._stats
+        stats.payload_bytes_in += len(data)
+        stats.payload_frames += 1
+        return data
 
     async def send_text(self, text: str) -> None:
         await self._send({"type": "websocket.send", "text": text})
 
     async def send_bytes(self, data: bytes) -> None:
         await self._send({"type": "websocket.send", "bytes": data})
+        self._stats.payload_bytes_out += len(data)
 
     async def close(self, code: int, reason: str = "") -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
@@ -58,50 +74,100 @@ def get_ws_relay(websocket: WebSocket) -> Relay:
 WsRelayDep = Annotated[Relay, Depends(get_ws_relay)]
 
 
+def client_of(websocket: WebSocket) -> Client:
+    """What the service needs to know about who is connecting: address key, Origin, Host, token."""
+    address = websocket.client.host if websocket.client else None  # the proxy's client when trusted
+    headers = websocket.headers
+    token = websocket.query_params.get("token")
+    if token is None:
+        token = bearer_token(headers.get("authorization"))
+    return Client(client_key(address), headers.get("origin"), headers.get("host"), token)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the relay's ASGI app; the ``Relay`` and its sweeper live as long as the app's lifespan."""
     settings = settings or Settings.from_env()
     relay = Relay(settings)
+    registry = make_registry(relay)
+    logs.install_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with relay.running():
             yield
 
-    app = FastAPI(title="relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.relay = relay
     app.state.settings = settings
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
+        """Liveness: the process answers."""
         return {"status": "ok", "rooms": len(relay.rooms)}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 while the relay admits new rooms, 503 once it is draining for shutdown."""
+        if relay.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/ws/{code}")
     async def room_socket(websocket: WebSocket, code: str, relay: WsRelayDep) -> None:
         await websocket.accept()
         query = websocket.query_params
         request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"))
-        await relay.serve(AsgiPeerSocket(websocket), request)
+        await relay.serve(AsgiPeerSocket(websocket, relay.stats), request, client_of(websocket))
 
     app.include_router(web.router)
     return app
 
 
 def uvicorn_config(settings: Settings, app: FastAPI | None = None) -> uvicorn.Config:
-    """The uvicorn settings the relay must run with: the fast sans-I/O WebSocket backend, no compression."""
+    """The uvicorn settings the relay must run with.
+
+    The sans-I/O WebSocket backend (subclassed to drop sockets that will not close), no compression, the
+    message size limit, an HTTP parser with a handshake deadline, client addresses from ``X-Forwarded-For``
+    only from the proxies ``forwarded_allow_ips`` names, and a backstop on uvicorn's own shutdown wait.
+    """
     return uvicorn.Config(
         app or create_app(settings),
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        http=http_protocol_class(settings.handshake_timeout),
+        ws=RelayWebSocketProtocol,
         ws_per_message_deflate=False,
         ws_max_size=settings.max_message,
         log_level=settings.log_level,
         lifespan="on",
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        server_header=False,
+        timeout_graceful_shutdown=FAREWELL_TIMEOUT + LINGER + 1.0,
     )
 
 
+class RelayServer(uvicorn.Server):
+    """uvicorn's server with a drain first: on SIGTERM (or SIGINT) the relay stops admitting, gives transfers
+    under way ``shutdown_grace`` seconds, tells the rest ``going_away`` (1001), and only then lets uvicorn
+    close its listening sockets and connections. A second Ctrl-C cuts the grace short."""
+
+    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+        super().__init__(config)
+        self.relay = relay
+
+    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        await self.relay.drain(self.relay.settings.shutdown_grace, give_up=lambda: self.force_exit)
+        await super().shutdown(sockets)
+
+
 def serve(settings: Settings) -> None:
-    """Run the relay in the foreground until interrupted."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.Server(uvicorn_config(settings)).run()
+    """Run the relay in the foreground until SIGTERM or Ctrl-C, then drain and exit."""
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    RelayServer(uvicorn_config(settings, app), app.state.relay).run()
