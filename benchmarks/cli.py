@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, install_baselines=False)
     out_dir = args.output or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     only = {part.strip() for part in args.only.split(",") if part.strip()} or None
+    # On SIGTERM unwind normally, so every server and client this run started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     limit = raise_fd_limit()
     if limit < 2 * plan.idle_rooms + 1000:
         print(f"warning: only {limit} file descriptors; idle capacity may fail", file=sys.stderr)

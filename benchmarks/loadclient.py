@@ -28,6 +28,7 @@ from benchmarks.wsframes import OP_BINARY, OP_TEXT, client_frame
 
 FILE_NAME = "bench.bin"
 OPEN_CONCURRENCY = 64
+SENDER_RECV_SIZE = 64 * 1024
 
 
 class ChunkFrames:
@@ -74,6 +75,8 @@ class RoomResult:
     ok: bool = False
     error: str = ""
     connect_at: float = 0.0
+    hello_at: float = 0.0
+    offer_at: float = 0.0
     start_at: float = 0.0
     first_byte_at: float = 0.0
     last_byte_at: float = 0.0
@@ -117,10 +120,11 @@ async def expect(conn: WsConnection, wanted: str, skip: tuple[str, ...]) -> dict
 
 async def open_room(args: Args, code: str, query: str, result: RoomResult) -> WsConnection:
     result.connect_at = time.monotonic()
-    conn = await WsConnection.open(
-        args.host, args.port, f"/ws/{code}?{query}", recv_size=args.recv_size, rate=args.rate
-    )
+    # A sender only reads small control messages: a big buffer per room would cost gigabytes with 5,000 rooms.
+    recv_size = min(args.recv_size, SENDER_RECV_SIZE) if args.role == "send" else args.recv_size
+    conn = await WsConnection.open(args.host, args.port, f"/ws/{code}?{query}", recv_size=recv_size, rate=args.rate)
     await expect(conn, "hello", ())
+    result.hello_at = time.monotonic()
     return conn
 
 
@@ -167,6 +171,7 @@ async def run_receiver_room(args: Args, code: str, gate: asyncio.Semaphore) -> R
         async with gate:
             conn = await open_room(args, code, "role=receive", result)
             await expect(conn, "offer", ())
+            result.offer_at = time.monotonic()
             await conn.send_json({"type": "accept"})
             result.start_at = time.monotonic()
             if args.concurrency > 0:

@@ -36,6 +36,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far (/proc/PID/stat field 10): a sign of memory freshly mapped per chunk."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[7])
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent busy (not idle, not waiting for I/O) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) - getattr(
+        times, "guest_nice", 0.0)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` and its live children."""
     total = 0
@@ -56,6 +72,9 @@ class Window:
     rss_peak: int
     rss_end: int
     samples: list[tuple[float, int]]
+    minor_faults: int = 0
+    machine_busy_s: float = 0.0  # every process on the machine, the measured ones included
+    seconds: float = 0.0
 
 
 class ProcessMonitor:
@@ -109,6 +128,8 @@ class _WindowContext:
         self.started = time.monotonic()
         self.cpu_start = cpu_seconds(self.monitor.pid)
         self.rss_start = rss_bytes(self.monitor.pid)
+        self.faults_start = minor_faults(self.monitor.pid)
+        self.busy_start = machine_busy_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -116,4 +137,7 @@ class _WindowContext:
         rss_end = rss_bytes(self.monitor.pid)
         samples = self.monitor.samples_since(self.started)
         peak = max([rss for _, rss in samples] + [self.rss_start, rss_end])
-        self.result = Window(cpu_end - self.cpu_start, self.rss_start, peak, rss_end, samples)
+        faults = minor_faults(self.monitor.pid) - self.faults_start
+        busy = machine_busy_seconds() - self.busy_start
+        self.result = Window(cpu_end - self.cpu_start, self.rss_start, peak, rss_end, samples, faults, busy,
+                             time.monotonic() - self.started)

@@ -61,6 +61,8 @@ class Measurement:
     rss_idle: int = 0  # relay RSS just before the scenario's clients start
     rss_peak: int = 0  # highest sampled relay RSS during the scenario
     client_cpu_s: float = 0.0  # user + system of every load-client process together
+    machine_busy_s: float = 0.0  # busy CPU seconds of the whole machine over the same window
+    window_s: float = 0.0  # length of that window
     extra: dict = field(default_factory=dict)
 
     @property
@@ -71,8 +73,14 @@ class Measurement:
     def cpu_s_per_gib(self) -> float:
         return self.relay_cpu_s / (self.bytes / GIB) if self.bytes else 0.0
 
+    @property
+    def other_cpu_s(self) -> float:
+        """CPU other processes (not the relay, not the load clients) used during the window: noise."""
+        return max(0.0, self.machine_busy_s - self.relay_cpu_s - self.client_cpu_s)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["mib_s"] = round(self.mib_s, 1)
         data["cpu_s_per_gib"] = round(self.cpu_s_per_gib, 3)
+        data["other_cpu_s"] = round(self.other_cpu_s, 2)
         return data

@@ -40,11 +40,17 @@ def transfer_timeout(total_bytes: int) -> float:
     return 60.0 + total_bytes / (20 * MIB)
 
 
-def fill(row: Measurement, window: Window, outcomes: list[ClientOutcome], receiver_rooms: list[dict]) -> None:
-    """Fill a row from the relay's measured window and the receivers' per-room timestamps."""
+def record_window(row: Measurement, window: Window) -> None:
     row.relay_cpu_s = window.cpu_s
     row.rss_idle = window.rss_start
     row.rss_peak = window.rss_peak
+    row.machine_busy_s = window.machine_busy_s
+    row.window_s = window.seconds
+
+
+def fill(row: Measurement, window: Window, outcomes: list[ClientOutcome], receiver_rooms: list[dict]) -> None:
+    """Fill a row from the relay's measured window and the receivers' per-room timestamps."""
+    record_window(row, window)
     row.client_cpu_s = sum(o.cpu_s for o in outcomes)
     failed = [r for r in receiver_rooms if not r.get("ok")]
     failed += [r for o in outcomes for r in o.rooms if not r.get("ok")]
@@ -92,6 +98,7 @@ def ws_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, *, ro
                 client.kill()
     fill(row, window.result, outcomes, [room for o in outcomes[:-1] for room in o.rooms])
     row.extra["rss_samples"] = len(window.result.samples)
+    row.extra["relay_minor_faults"] = window.result.minor_faults
 
 
 def warmed(body: Callable[[Server, ProcessMonitor], None]) -> Callable[[Server, ProcessMonitor], None]:
@@ -233,7 +240,7 @@ def _cli_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, sou
             for client in clients:
                 client.kill()
     result = window.result
-    row.relay_cpu_s, row.rss_idle, row.rss_peak = result.cpu_s, result.rss_start, result.rss_peak
+    record_window(row, result)
     row.client_cpu_s = sum(cpu)
     row.seconds = finished - started
     row.extra.update(receiver_cpu_s=round(cpu[0], 3), sender_cpu_s=round(cpu[1], 3),
@@ -306,7 +313,8 @@ def pairing_latency(plan: Plan, log_dir: Path) -> Measurement:
             try:
                 sender.wait_event("ready", READY_TIMEOUT)
                 receiver = ClientProcess(loadclient_args("receive", server.port, rooms=plan.pairing_rooms,
-                                                         prefix="pair", size=size, concurrency=1, timeout=timeout))
+                                                         prefix="pair", size=size, concurrency=1,
+                                                         recv_size=size, timeout=timeout))
                 clients.append(receiver)
                 outcomes = [receiver.finish(timeout), sender.finish(timeout)]
             finally:
@@ -314,7 +322,9 @@ def pairing_latency(plan: Plan, log_dir: Path) -> Measurement:
                     client.kill()
         fill(row, window.result, outcomes, outcomes[0].rooms)
         row.seconds = 0.0  # throughput means nothing here; the latencies below are the result
-        latencies = sorted((r["first_byte_at"] - r["connect_at"]) * 1000 for r in outcomes[0].rooms if r["ok"])
+        in_order = [(r["first_byte_at"] - r["connect_at"]) * 1000 for r in outcomes[0].rooms if r["ok"]]
+        row.extra["latencies_ms"] = [round(ms, 3) for ms in in_order]
+        latencies = sorted(in_order)
         if latencies:
             row.extra.update(p50_ms=round(statistics.median(latencies), 3),
                              p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
@@ -342,7 +352,7 @@ def idle_capacity(plan: Plan, log_dir: Path) -> Measurement:
             finally:
                 holder.kill()
         result = window.result
-        row.relay_cpu_s, row.rss_idle, row.rss_peak = result.cpu_s, result.rss_start, result.rss_peak
+        record_window(row, result)
         row.client_cpu_s = outcome.cpu_s
         failed = [r for r in outcome.rooms if not r["ok"]]
         row.ok = ready.get("rooms") == plan.idle_rooms and not failed
@@ -371,7 +381,7 @@ def idle_capacity_tcp(plan: Plan, log_dir: Path) -> Measurement:
             finally:
                 holder.kill()
         result = window.result
-        row.relay_cpu_s, row.rss_idle, row.rss_peak = result.cpu_s, result.rss_start, result.rss_peak
+        record_window(row, result)
         row.client_cpu_s = outcome.cpu_s
         row.ok = ready.get("rooms") == plan.idle_rooms
         row.extra.update(rooms=plan.idle_rooms, rss_with_rooms=held,

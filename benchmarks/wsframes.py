@@ -14,7 +14,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from websockets.utils import apply_mask
+try:  # the C implementation; the pure-Python fallback costs seconds per GiB
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
