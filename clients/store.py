@@ -9,6 +9,7 @@ has verified; on any failure the parts are deleted, so nothing is ever left unde
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import secrets
@@ -37,6 +38,7 @@ class Part:
     part_name: str
     handle: AsyncBufferedIOBase | None = None
     written: bool = False
+    writing: asyncio.Future[int] | None = None  # the one write still in flight, if any
 
 
 @dataclass(slots=True)
@@ -100,14 +102,23 @@ class Destination:
         return part
 
     async def write(self, part: Part, data: bytes) -> None:
+        """Start writing ``data`` after the previous write of this part; the caller may receive meanwhile."""
         assert part.handle is not None
-        try:
-            await part.handle.write(data)
-        except OSError as exc:
-            raise _write_error(part.entry.path, exc) from exc
+        await self._settle(part)
+        part.writing = asyncio.ensure_future(part.handle.write(data))
+
+    async def _settle(self, part: Part) -> None:
+        """Wait for the write in flight, raising its error."""
+        if part.writing is not None:
+            writing, part.writing = part.writing, None
+            try:
+                await writing
+            except OSError as exc:
+                raise _write_error(part.entry.path, exc) from exc
 
     async def finish(self, part: Part) -> None:
         """Flush and close a verified part; it keeps its temporary name until ``commit``."""
+        await self._settle(part)
         if part.handle is not None:
             try:
                 await part.handle.close()
@@ -133,6 +144,10 @@ class Destination:
     async def discard(self) -> None:
         """Delete every part not yet committed: a failed transfer leaves nothing under a final name."""
         for part in self.parts:
+            try:
+                await self._settle(part)
+            except LocalFailure:
+                pass
             if part.handle is not None:
                 try:
                     await part.handle.close()

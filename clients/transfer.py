@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,26 +150,44 @@ async def _stream(
     sent = 0
     for index, local in enumerate(outgoing.files):
         digest = p.FileDigest()
-        size = local.entry.size
         offset = 0
-        try:
-            async with aiofiles.open(local.source, "rb") as source:
+        async for data in _read_chunks(local.source, local.entry.size, chunk_size):
+            digest.update(data)
+            if watcher.done():
+                watcher.result()  # re-raise what ended the room
+                raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
+            await _send_or_explain(connection, p.Chunk(index, offset, len(data), p.chunk_digest(data)), watcher)
+            await _send_or_explain(connection, data, watcher)
+            offset += len(data)
+            sent += len(data)
+            reporter.advanced(sent)
+        await _send_or_explain(connection, p.FileDone(index, offset, digest.hexdigest()), watcher)
+
+
+async def _read_chunks(source: Path, size: int, chunk_size: int) -> AsyncIterator[bytes]:
+    """The first ``size`` bytes of ``source`` in chunks, reading one chunk ahead of the caller.
+
+    The read-ahead lets the disk and the network work at the same time. A file that shrank since it was
+    offered is an error; bytes it grew by are not sent (the offer said ``size``).
+    """
+    try:
+        async with aiofiles.open(source, "rb") as handle:
+            offset = 0
+            reading = asyncio.ensure_future(handle.read(min(chunk_size, size)))
+            try:
                 while offset < size:
-                    data = await source.read(min(chunk_size, size - offset))
+                    data = await reading
                     if not data:
-                        raise LocalFailure(ErrorCode.SIZE_MISMATCH, f"{local.source} shrank while it was being sent")
-                    digest.update(data)
-                    if watcher.done():
-                        watcher.result()  # re-raise what ended the room
-                        raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
-                    await _send_or_explain(connection, p.Chunk(index, offset, len(data), p.chunk_digest(data)), watcher)
-                    await _send_or_explain(connection, data, watcher)
+                        raise LocalFailure(ErrorCode.SIZE_MISMATCH, f"{source} shrank while it was being sent")
                     offset += len(data)
-                    sent += len(data)
-                    reporter.advanced(sent)
-        except OSError as exc:
-            raise LocalFailure(ErrorCode.WRITE_FAILED, f"cannot read {local.source}: {exc.strerror or exc}") from exc
-        await _send_or_explain(connection, p.FileDone(index, size, digest.hexdigest()), watcher)
+                    if offset < size:
+                        reading = asyncio.ensure_future(handle.read(min(chunk_size, size - offset)))
+                    yield data
+            finally:
+                with contextlib.suppress(OSError, ValueError, LocalFailure):
+                    await reading  # let the read ahead finish before its file is closed
+    except OSError as exc:
+        raise LocalFailure(ErrorCode.WRITE_FAILED, f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
 async def _send_or_explain(connection: RelayConnection, frame: p.Message | bytes, watcher: asyncio.Task[None]) -> None:

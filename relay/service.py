@@ -96,6 +96,9 @@ class Relay:
         try:
             await room.greet(party)
             await self._read_frames(room, party, loop)
+            if party.farewell is not None:
+                # Returning closes the socket at once: first let the room's last message to it go out.
+                await party.farewell
         except asyncio.CancelledError:
             if not party.closed:
                 raise
