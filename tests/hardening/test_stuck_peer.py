@@ -1,0 +1,145 @@
+"""A receiver that stops reading: the relay's memory stays bounded, the idle timeout fires, the socket is dropped.
+
+The stuck receiver is a raw TCP socket with a small receive buffer driven by websockets' sans-I/O client: it
+opens the WebSocket, reads up to the offer, accepts, and never reads again. The relay runs as a subprocess so
+its memory and its open connections are measured from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import websockets
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
+
+from relay import protocol as p
+from tests.hardening.wire import WAIT, outcome
+
+CHUNK = 1024 * 1024
+FILE_SIZE = 256 * CHUNK  # what each sender tries to push through its stuck receiver
+ROOMS = 3
+MEMORY_BOUND = 64 * 1024 * 1024  # growth allowed for ROOMS rooms; each sender tries to push 256 MiB
+
+
+class StuckReceiver:
+    """Joins a room, accepts the offer, then never reads from its socket again."""
+
+    def __init__(self, port: int, code: str) -> None:
+        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws/{code}?role=receive"))
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(("127.0.0.1", port))
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def _flush(self) -> None:
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def accept_offer(self) -> None:
+        """Read (and answer pings) until the offer arrives, send accept, and stop reading for good."""
+        for _ in range(100):
+            data = self.sock.recv(65536)
+            assert data, "the relay closed the socket before the offer"
+            self.protocol.receive_data(data)
+            self._flush()
+            for event in self.protocol.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    if p.parse_message(event.data.decode()).TYPE == "offer":
+                        self.protocol.send_text(p.Accept().to_json().encode())
+                        self._flush()
+                        return
+        raise AssertionError("no offer arrived")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def push(ws_url: str, code: str, started: asyncio.Event) -> tuple[list, int | None, int]:
+    """A sender that streams as fast as the relay lets it; returns what the relay said, its close, bytes sent."""
+    sent = 0
+    async with websockets.connect(f"{ws_url}/ws/{code}?role=send", compression=None, proxy=None,
+                                  max_size=2**23, write_limit=2**16) as ws:
+        while p.parse_message(await asyncio.wait_for(ws.recv(), WAIT)).TYPE != "paired":
+            pass
+        await ws.send(p.Offer((p.FileEntry("big.bin", FILE_SIZE),), (), CHUNK).to_json())
+        while p.parse_message(await asyncio.wait_for(ws.recv(), WAIT)).TYPE != "start":
+            pass
+        started.set()
+        data = bytes(range(256)) * (CHUNK // 256)
+        digest = p.chunk_digest(data)
+        try:
+            for offset in range(0, FILE_SIZE, CHUNK):
+                await ws.send(p.Chunk(0, offset, CHUNK, digest).to_json())
+                await ws.send(data)
+                sent += CHUNK
+        except websockets.ConnectionClosed:
+            pass
+        seen, close = await outcome(ws)
+        return seen, close, sent
+
+
+class PeakMemory:
+    """Samples a process's RSS in a thread until stopped; ``peak`` is the largest seen."""
+
+    def __init__(self, relay) -> None:
+        self.relay = relay
+        self.peak = relay.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, self.relay.rss())
+            except Exception:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak
+
+
+async def test_receivers_that_never_read_leave_relay_memory_bounded_and_are_dropped(relay_process) -> None:
+    relay = relay_process("--idle-timeout", "3", "--max-connections-per-ip", "0", "--max-joins-per-minute", "0")
+    baseline = relay.rss()
+    memory = PeakMemory(relay)
+    stuck: list[StuckReceiver] = []
+    try:
+        senders = []
+        for index in range(ROOMS):
+            code = f"stuck-{index}"
+            started = asyncio.Event()
+            senders.append((asyncio.create_task(push(relay.ws_url, code, started)), started))
+            for _ in range(200):
+                if relay.get("/healthz").json()["rooms"] > index:
+                    break
+                await asyncio.sleep(0.02)
+            receiver = await asyncio.to_thread(StuckReceiver, relay.port, code)
+            stuck.append(receiver)
+            await asyncio.to_thread(receiver.accept_offer)
+            await asyncio.wait_for(started.wait(), WAIT)
+        results = await asyncio.wait_for(asyncio.gather(*(task for task, _ in senders)), 60)
+    finally:
+        peak = memory.stop()
+    for seen, close, sent in results:
+        assert close == 4041 and seen[-1]["code"] == "idle_timeout", (seen, close)
+        assert sent < FILE_SIZE  # the sender was held back, not buffered without end
+    assert peak - baseline < MEMORY_BOUND, f"relay grew by {(peak - baseline) >> 20} MiB"
+    # The stuck sockets are really closed by the relay (not left waiting for a drain that never comes).
+    deadline = time.monotonic() + 30
+    while relay.established() > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert relay.established() == 0, "the relay still holds the stuck receivers' sockets"
+    assert relay.get("/healthz").json()["rooms"] == 0
+    assert relay.metric("relay_connections") == 0
+    assert relay.metric("relay_transfers_total", 'outcome="timed_out"') == ROOMS
+    for receiver in stuck:
+        receiver.close()
