@@ -26,6 +26,7 @@ class Plan:
     pairing_rooms: int  # 6: rooms whose receiver's connect -> first byte is timed
     idle_rooms: int  # 7: rooms held open waiting for a receiver
     chunk: int = MIB  # chunk size of scenarios 2-7
+    cost_repeat: int = 1  # attempts per relay-cost measurement; the least CPU per GiB is kept
     install_baselines: bool = True
 
     @classmethod
@@ -33,7 +34,7 @@ class Plan:
         return cls(
             quick=False, cost_size=GIB, cost_chunks=(64 * KIB, 256 * KIB, MIB, 4 * MIB), e2e_size=GIB,
             fanout_size=256 * MIB, fanout_receivers=3, many_rooms=100, many_size=20 * MIB,
-            slow_size=200 * MIB, slow_rate=50 * MIB, pairing_rooms=1000, idle_rooms=5000,
+            slow_size=200 * MIB, slow_rate=50 * MIB, pairing_rooms=1000, idle_rooms=5000, cost_repeat=2,
         )
 
     @classmethod

@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(server: RelayServer, monitor: ProcessMonitor) -> None:
         warm_up(server)
-        common = [py_spy, "record", "--pid", str(server.pid), "--rate", str(args.rate), "--nonblocking"]
-        if args.native:
-            common.append("--native")
+        common = [py_spy, "record", "--pid", str(server.pid), "--rate", str(args.rate)]
+        # Native unwinding needs the process paused while sampled; Python-only sampling does not.
+        common.append("--native" if args.native else "--nonblocking")
         spies.append(subprocess.Popen([*common, "--format", "flamegraph", "-o", str(svg)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         spies.append(subprocess.Popen([*common, "--format", "raw", "-o", str(raw)],
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transfer failed: {row.error}", file=sys.stderr)
         return 1
     header = (f"relay, one room, {args.size // MIB} MiB at {args.chunk // 1024} KiB chunks, under py-spy "
-              f"(two samplers at {args.rate} Hz, non-blocking): {row.mib_s:.0f} MiB/s, {row.cpu_s_per_gib:.2f} CPU-s/GiB\n")
+              f"(two samplers at {args.rate} Hz{', native' if args.native else ''}): {row.mib_s:.0f} MiB/s, {row.cpu_s_per_gib:.2f} CPU-s/GiB\n")
     text = header + "\n" + (summarize(raw) if raw.exists() else "py-spy wrote no samples")
     (args.output / f"{name}.txt").write_text(text + "\n")
     print(text)

@@ -137,7 +137,8 @@ def markdown(rows: list[Measurement], machine: dict, quick: bool) -> str:
     out += ["", "Command: `python -m benchmarks" + (" --quick" if quick else "") + "`. Relay CPU and RSS are read "
             "from the OS (psutil) for the server process; throughput is payload bytes delivered over the time from "
             "the first receiver's connect to the last payload byte. \"other processes CPU\" is what the rest of "
-            "the machine used meanwhile (this harness included, ~0.1 s/s): when it is large, the run was disturbed.", ""]
+            "the machine used meanwhile (this harness included, ~0.1 s/s): when it is large, the run was disturbed. "
+            "Relay-cost rows are the best (least relay CPU) of the attempts listed in results.json.", ""]
     cost = _cost_rows(rows)
     if cost:
         size = next(iter(cost.values()))

@@ -390,14 +390,29 @@ def idle_capacity_tcp(plan: Plan, log_dir: Path) -> Measurement:
     return on_server(lambda: TcpRelayServer(log_dir, plan.chunk), row, body)
 
 
+def best_of(attempts: int, measure: Callable[[], Measurement]) -> Measurement:
+    """Run ``measure`` ``attempts`` times; keep the attempt with the least relay CPU per GiB.
+
+    The machine is shared and noisy; noise only ever adds CPU time, so the least is the best estimate. Every
+    attempt's figures stay in ``extra["attempts"]``.
+    """
+    rows = [measure() for _ in range(max(1, attempts))]
+    good = [row for row in rows if row.ok] or rows
+    best = min(good, key=lambda row: row.cpu_s_per_gib if row.ok else float("inf"))
+    best.extra["attempts"] = [{"mib_s": round(r.mib_s, 1), "cpu_s_per_gib": round(r.cpu_s_per_gib, 3),
+                               "other_cpu_s": round(r.other_cpu_s, 2), "ok": r.ok} for r in rows]
+    return best
+
+
 def all_scenarios(plan: Plan, log_dir: Path, only: set[str] | None = None,
                   progress: Callable[[Measurement], None] = lambda row: None) -> list[Measurement]:
     """Run every scenario (or those whose number is in ``only``), reporting each row as it is measured."""
     steps: list[tuple[str, Callable[[], Measurement]]] = []
     for chunk in plan.cost_chunks:
-        steps.append(("1", lambda chunk=chunk: relay_cost(plan, log_dir, chunk)))
+        steps.append(("1", lambda chunk=chunk: best_of(plan.cost_repeat, lambda: relay_cost(plan, log_dir, chunk))))
         for system in BASELINES:
-            steps.append(("1", lambda chunk=chunk, system=system: baseline_cost(plan, log_dir, system, chunk)))
+            steps.append(("1", lambda chunk=chunk, system=system: best_of(
+                plan.cost_repeat, lambda: baseline_cost(plan, log_dir, system, chunk))))
     steps += [
         ("2", lambda: end_to_end(plan, log_dir)),
         ("3", lambda: fan_out(plan, log_dir)),
