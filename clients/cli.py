@@ -13,11 +13,13 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from collections.abc import Coroutine
+from typing import Any, TextIO
 
 from relay import protocol as p
 from relay.codes import generate_code
 from relay.config import Settings
+from relay.tuning import tune_allocator
 from clients.connection import DEFAULT_RELAY, default_relay_url
 from clients.errors import LocalFailure, RelayUnavailable, TransferError
 from clients.progress import ProgressBar, human_size
@@ -121,15 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     if args.command == "serve":
         return run_serve(args)
     try:
         if args.command == "send":
-            return asyncio.run(run_send(args))
-        return asyncio.run(run_receive(args))
+            return run(run_send(args))
+        return run(run_receive(args))
     except KeyboardInterrupt:
         print("relay: cancelled", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a transfer on uvloop where it is installed: its socket I/O costs a fraction of asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def run_serve(args: argparse.Namespace) -> int:

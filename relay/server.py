@@ -23,6 +23,7 @@ from relay.config import Settings
 from relay.metrics import Stats, make_registry
 from relay.rooms import FAREWELL_TIMEOUT, JoinRequest, PeerGone
 from relay.service import Relay
+from relay.tuning import tune_allocator
 from relay.transport import LINGER, RelayWebSocketProtocol, http_protocol_class
 
 
@@ -169,5 +170,6 @@ class RelayServer(uvicorn.Server):
 def serve(settings: Settings) -> None:
     """Run the relay in the foreground until SIGTERM or Ctrl-C, then drain and exit."""
     logs.configure(settings.log_level)
+    tune_allocator()
     app = create_app(settings)
     RelayServer(uvicorn_config(settings, app), app.state.relay).run()
