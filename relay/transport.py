@@ -18,9 +18,12 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseHttp
@@ -39,8 +42,33 @@ _TIMEOUT_RESPONSE = (
 )
 
 
+def binary_frame_header(length: int) -> bytes:
+    """The header of one unmasked, final binary frame (RFC 6455 section 5.2) carrying ``length`` bytes."""
+    if length < 126:
+        return struct.pack("!BB", 0x82, length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x82, 126, length)
+    return struct.pack("!BBQ", 0x82, 127, length)
+
+
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, plus a hard drop of connections that will not close."""
+    """uvicorn's sans-I/O WebSocket protocol, plus a hard drop of connections that will not close.
+
+    It also writes binary messages without copying them: uvicorn's path serializes each frame into a new
+    buffer and joins it again (two copies of every chunk); here the header and the payload go to the
+    transport as they are.
+    """
+
+    async def send(self, message: Any) -> None:
+        data = message.get("bytes") if message["type"] == "websocket.send" else None
+        if data is None or not self.handshake_complete or self.close_sent or self.initial_response is not None:
+            await super().send(message)
+            return
+        await self.writable.wait()
+        if self.disconnected or self.conn.state is not State.OPEN:
+            raise ClientDisconnected()
+        self.transport.write(binary_frame_header(len(data)))
+        self.transport.write(data)
 
     async def run_asgi(self) -> None:
         await super().run_asgi()
