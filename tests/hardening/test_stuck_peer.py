@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 
 import websockets
@@ -18,6 +17,7 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from relay import protocol as p
+from tests.hardening.measure import PeakMemory
 from tests.hardening.wire import WAIT, outcome
 
 CHUNK = 1024 * 1024
@@ -84,29 +84,6 @@ async def push(ws_url: str, code: str, started: asyncio.Event) -> tuple[list, in
         return seen, close, sent
 
 
-class PeakMemory:
-    """Samples a process's RSS in a thread until stopped; ``peak`` is the largest seen."""
-
-    def __init__(self, relay) -> None:
-        self.relay = relay
-        self.peak = relay.rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                self.peak = max(self.peak, self.relay.rss())
-            except Exception:
-                return
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        return self.peak
-
-
 async def test_receivers_that_never_read_leave_relay_memory_bounded_and_are_dropped(relay_process) -> None:
     relay = relay_process("--idle-timeout", "3", "--max-connections-per-ip", "0", "--max-joins-per-minute", "0")
     baseline = relay.rss()
@@ -132,6 +109,7 @@ async def test_receivers_that_never_read_leave_relay_memory_bounded_and_are_drop
     for seen, close, sent in results:
         assert close == 4041 and seen[-1]["code"] == "idle_timeout", (seen, close)
         assert sent < FILE_SIZE  # the sender was held back, not buffered without end
+    print(f"relay RSS: baseline {baseline >> 20} MiB, peak {peak >> 20} MiB with {ROOMS} stuck receivers")
     assert peak - baseline < MEMORY_BOUND, f"relay grew by {(peak - baseline) >> 20} MiB"
     # The stuck sockets are really closed by the relay (not left waiting for a drain that never comes).
     deadline = time.monotonic() + 30

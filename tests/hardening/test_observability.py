@@ -1,0 +1,89 @@
+"""Metrics, readiness and logs as an operator sees them from a ``relay serve`` process; codes never logged."""
+
+from __future__ import annotations
+
+import os
+
+from relay import protocol as p
+from relay.rooms import code_tag
+from tests.hardening.wire import connect, first, outcome
+from tests.peers import RawPeer, send_file, start_transfer
+
+TOKEN = "tok-" + "5" * 20
+CHUNK = 64 * 1024
+
+
+def auth(query: str) -> str:
+    return f"{query}&token={TOKEN}"
+
+
+async def open_room(ws_url: str, code: str) -> tuple[RawPeer, list[RawPeer]]:
+    sender = await RawPeer.connect(ws_url, code, "send", token=TOKEN)
+    await sender.expect("hello")
+    receiver = await RawPeer.connect(ws_url, code, "receive", token=TOKEN)
+    await receiver.expect("hello")
+    await sender.expect("peer_joined")
+    await sender.expect("paired")
+    return sender, [receiver]
+
+
+async def test_metrics_logs_and_health_after_a_mix_of_transfers(relay_process) -> None:
+    relay = relay_process("--token", TOKEN, "--log-level", "info", "--max-joins-per-minute", "0")
+    assert relay.get("/healthz").json()["status"] == "ok"
+    assert relay.get("/readyz").json() == {"status": "ready"}
+    good, bad, missing = "secret-good-code-1", "secret-bad-code-2", "secret-missing-code-3"
+
+    # A completed transfer.
+    data = os.urandom(3 * CHUNK + 5)
+    sender, (receiver,) = await open_room(relay.ws_url, good)
+    await start_transfer(sender, [receiver], p.Offer((p.FileEntry("f.bin", len(data)),), (), CHUNK))
+    await send_file(sender, 0, data, CHUNK)
+    await sender.send(p.Done())
+    for _ in range(20):
+        message = await receiver.recv()
+        if isinstance(message, dict) and message["type"] == "done":
+            break
+    await receiver.send(p.Verified())
+    await sender.expect("verified")
+    await sender.expect("complete")
+    await receiver.expect("complete")
+
+    # A corrupted chunk, caught by the relay.
+    sender, (receiver,) = await open_room(relay.ws_url, bad)
+    await start_transfer(sender, [receiver], p.Offer((p.FileEntry("f.bin", 10),), (), CHUNK))
+    await sender.send(p.Chunk(0, 0, 10, p.chunk_digest(b"0123456789")))
+    await sender.send(b"0123456789"[::-1])
+    assert (await sender.closed())[0] == 4020
+
+    # A receiver for a room that does not exist, and one without the token.
+    ws = await connect(relay.ws_url, missing, auth("role=receive"))
+    assert (await first(ws))["code"] == "room_not_found"
+    await outcome(ws)
+    ws = await connect(relay.ws_url, missing, "role=receive")
+    assert (await first(ws))["code"] == "unauthorized"
+    await outcome(ws)
+
+    assert relay.metric("relay_transfers_total", 'outcome="completed"') == 1
+    assert relay.metric("relay_transfers_total", 'outcome="checksum_failed"') == 1
+    assert relay.metric("relay_checksum_failures_total") == 1
+    assert relay.metric("relay_join_failures_total", 'code="room_not_found"') == 1
+    assert relay.metric("relay_join_failures_total", 'code="unauthorized"') == 1
+    assert relay.metric("relay_joins_total", 'role="send"') == 2
+    assert relay.metric("relay_joins_total", 'role="receive"') == 2
+    assert relay.metric("relay_payload_relayed_bytes_total") == len(data)
+    assert relay.metric("relay_errors_total") == 0
+    assert relay.metric("relay_connections") == 0
+    assert relay.metric("process_resident_memory_bytes") > 0
+
+    log = relay.log()
+    for secret in (good, bad, missing, TOKEN):
+        assert secret not in log, f"{secret} appears in the log"
+    good_tag, bad_tag = code_tag(good), code_tag(bad)
+    assert f"event=room_opened room={good_tag} receivers=1" in log
+    assert f"event=peer_joined room={good_tag} peer=1" in log
+    assert f"event=room_ended room={good_tag} outcome=completed" in log
+    assert f"event=room_ended room={bad_tag} outcome=checksum_failed code=checksum_mismatch" in log
+    assert "event=join_refused code=room_not_found" in log
+    assert f'"WebSocket /ws/{good_tag}"' in log  # uvicorn's own line, redacted
+    lifecycle = [line for line in log.splitlines() if f"room={good_tag}" in line]
+    assert len(lifecycle) == 3  # one line per event: opened, joined, ended
