@@ -9,6 +9,8 @@ import { DEFAULT_CHUNK_SIZE, ProtocolError, clipText, escapeText, makeOffer, par
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
 export const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
+/** Slices of a file being read at once (each at most one chunk). */
+const READ_AHEAD = 4;
 const CODE_ATTEMPTS = 3;
 
 /** Terminal states of a session. */
@@ -154,13 +156,24 @@ export class SendSession {
       const file = this.items[index].file;
       const digest = hashing.newFileDigest();
       let offset = 0;
-      let nextRead = entry.size > 0 ? this.#read(file, 0, entry.size) : null;
+      // Keep a few slices being read ahead while earlier ones are hashed and sent: reading a File slice is
+      // an asynchronous round trip to the browser process, and one at a time it limits the throughput.
+      const reads = [];
+      let readOffset = 0;
+      const readAhead = () => {
+        while (reads.length < READ_AHEAD && readOffset < entry.size) {
+          const size = Math.min(this.chunkSize, entry.size - readOffset);
+          const read = this.#read(file, readOffset, size);
+          read.catch(() => {}); // a read left behind by a cancel must not become an unhandled rejection
+          reads.push(read);
+          readOffset += size;
+        }
+      };
       while (offset < entry.size) {
-        const bytes = await nextRead;
+        readAhead();
+        const bytes = await reads.shift();
         if (FINAL_STATES.has(this.state)) return;
         const end = offset + bytes.length;
-        // Read the next slice while this one is hashed and sent.
-        nextRead = end < entry.size ? this.#read(file, end, entry.size) : null;
         const header = { type: "chunk", file: index, offset, size: bytes.length, xxh3_64: hashing.chunkDigest(bytes) };
         digest.update(bytes);
         await connection.drain(SEND_BUFFER_LIMIT);
@@ -184,7 +197,7 @@ export class SendSession {
   }
 
   async #read(file, offset, size) {
-    const end = Math.min(offset + this.chunkSize, size);
+    const end = offset + size;
     let buffer;
     try {
       buffer = await file.slice(offset, end).arrayBuffer();

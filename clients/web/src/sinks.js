@@ -217,7 +217,9 @@ export class StreamDownloadSink {
   async openFile(index, entry) {
     const channel = new MessageChannel();
     const id = randomId();
-    const current = { port: channel.port1, credits: 0, waiter: null, started: false, cancelled: false, path: entry.path };
+    const current = {
+      port: channel.port1, credits: 0, waiter: null, registered: false, started: false, cancelled: false, path: entry.path,
+    };
     this.current = current;
     const wake = () => {
       const waiter = current.waiter;
@@ -227,6 +229,7 @@ export class StreamDownloadSink {
     current.port.onmessage = (event) => {
       const kind = event.data && event.data.type;
       if (kind === "pull") current.credits += 1;
+      if (kind === "registered") current.registered = true;
       if (kind === "started") current.started = true;
       if (kind === "cancelled") current.cancelled = true;
       wake();
@@ -236,17 +239,23 @@ export class StreamDownloadSink {
       { type: "download", id, name: downloadName(entry.path), size: entry.size },
       [channel.port2],
     );
+    const deadline = Date.now() + DOWNLOAD_START_TIMEOUT_MS;
+    await this.#until(current, () => current.registered, deadline, entry.path);
     const frame = document.createElement("iframe");
     frame.hidden = true;
     frame.title = "download";
     frame.src = `/relay-download/${id}/${encodeURIComponent(downloadName(entry.path))}`;
     document.body.append(frame);
     this.frames.push(frame);
-    const deadline = Date.now() + DOWNLOAD_START_TIMEOUT_MS;
-    while (!current.started && !current.cancelled) {
+    await this.#until(current, () => current.started, deadline, entry.path);
+  }
+
+  // Wait for a message from the worker (or a cancel), at most until `deadline`.
+  async #until(current, condition, deadline, path) {
+    while (!condition() && !current.cancelled) {
       if (Date.now() > deadline) {
         await this.abortFile();
-        throw new SinkError(`the browser did not start the download of ${entry.path}`);
+        throw new SinkError(`the browser did not start the download of ${path}`);
       }
       await new Promise((resolve) => {
         current.waiter = resolve;

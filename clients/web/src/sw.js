@@ -17,6 +17,8 @@ self.addEventListener("message", (event) => {
   if (!data || data.type !== "download" || event.ports.length !== 1) return; // "keepalive" needs no answer
   if (typeof data.id !== "string" || !/^[0-9a-f]{32}$/.test(data.id)) return;
   pending.set(data.id, { port: event.ports[0], name: String(data.name), size: data.size });
+  // The page opens the download URL only after this answer, so the fetch never arrives before the stream.
+  event.ports[0].postMessage({ type: "registered" });
 });
 
 function streamFrom(port) {
