@@ -7,13 +7,22 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
-# Debian packages: Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads one).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages: Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads one),
+# Node.js and npm to check that the shipped web assets match a fresh build, socat for the benchmark baselines.
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
+command -v socat >/dev/null 2>&1 || missing="$missing socat"
+if [ -n "$missing" ]; then
     $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing
 fi
-command -v chromium >/dev/null 2>&1 || { echo "scripts/test.sh: chromium is missing after install" >&2; exit 1; }
+for tool in chromium node npm socat; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "scripts/test.sh: $tool is missing after install" >&2; exit 1; }
+done
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+npm --prefix clients/web ci --no-audit --no-fund --loglevel=error
 
 exec python3 -m pytest -q "$@"
