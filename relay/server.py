@@ -75,6 +75,13 @@ def get_ws_relay(websocket: WebSocket) -> Relay:
 WsRelayDep = Annotated[Relay, Depends(get_ws_relay)]
 
 
+# Keep-alive pings find dead peers while no data flows. A pong waits behind whatever is already queued to the
+# peer (up to a chunk), so the timeout is generous: 60 s lets a link as slow as ~20 KB/s keep up with 1 MiB chunks.
+# A peer that misses it is closed with 1011 and dropped (relay.transport).
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 60.0
+
+
 def client_of(websocket: WebSocket) -> Client:
     """What the service needs to know about who is connecting: address key, Origin, Host, token."""
     address = websocket.client.host if websocket.client else None  # the proxy's client when trusted
@@ -144,6 +151,8 @@ def uvicorn_config(settings: Settings, app: FastAPI | None = None) -> uvicorn.Co
         ws=RelayWebSocketProtocol,
         ws_per_message_deflate=False,
         ws_max_size=settings.max_message,
+        ws_ping_interval=PING_INTERVAL,
+        ws_ping_timeout=PING_TIMEOUT,
         log_level=settings.log_level,
         lifespan="on",
         proxy_headers=bool(settings.forwarded_allow_ips),
