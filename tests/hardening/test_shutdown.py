@@ -133,3 +133,15 @@ async def test_a_relay_with_no_rooms_exits_at_once_on_sigterm(relay_process) -> 
     relay = relay_process("--shutdown-grace", "600")
     relay.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(relay_exit, relay) == CLEAN_EXIT  # would time out if it waited out the grace
+
+
+async def test_sigterm_ends_rooms_still_waiting_for_receivers_at_once(relay_process, code) -> None:
+    from tests.hardening.wire import connect, first, outcome
+
+    relay = relay_process("--shutdown-grace", "600")
+    ws = await connect(relay.ws_url, code)
+    assert (await first(ws))["type"] == "hello"
+    relay.process.send_signal(signal.SIGTERM)
+    seen, close = await outcome(ws)  # bounded by the helper's wait, far below the 600 s grace
+    assert seen[-1]["code"] == "going_away" and close == 1001
+    assert await asyncio.to_thread(relay_exit, relay) == CLEAN_EXIT
