@@ -1,7 +1,7 @@
 """Logging: one ``key=value`` line per room lifecycle event, and no room code or token in any log line.
 
 Room codes and tokens are secrets. The relay's own lines carry a room's tag (``rooms.code_tag``, 8 hex digits
-of its SHA-256), never its code. uvicorn logs every WebSocket and HTTP request with its path and query
+of a keyed HMAC-SHA-256), never its code. uvicorn logs every WebSocket and HTTP request with its path and query
 string, which would print ``/ws/<code>?token=...``; ``RedactPaths`` rewrites those lines to show the tag and
 drop the query string.
 """

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -76,9 +78,16 @@ class Party:
     farewell: asyncio.Future[None] | None = None  # its last message and close, once the room ends
 
 
+# A key of this process's own: a reader of the logs cannot test guessed codes against the tags offline.
+_TAG_KEY = secrets.token_bytes(16)
+
+
 def code_tag(code: str) -> str:
-    """A short hash of a room code for logs: codes are secrets and never logged in clear."""
-    return hashlib.sha256(code.encode()).hexdigest()[:8]
+    """A short keyed hash of a room code for logs: codes are secrets and never logged in clear.
+
+    The tag is stable for the life of the process, so one room's lines can be followed.
+    """
+    return hmac.new(_TAG_KEY, code.encode(), hashlib.sha256).hexdigest()[:8]
 
 
 class Room:
