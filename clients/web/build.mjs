@@ -25,6 +25,7 @@ await rm(outdir, { recursive: true, force: true });
 await mkdir(outdir, { recursive: true });
 await build({ ...common, entryPoints: [join(here, "src/main.js")], outfile: join(outdir, "app.js"), format: "esm" });
 await build({ ...common, entryPoints: [join(here, "src/sw.js")], outfile: join(outdir, "sw.js"), format: "iife" });
+await build({ ...common, entryPoints: [join(here, "src/tick.js")], outfile: join(outdir, "tick.js"), format: "iife" });
 await build({ ...common, entryPoints: [join(here, "src/style.css")], outfile: join(outdir, "style.css") });
 for (const name of ["index.html", "favicon.svg"]) await copyFile(join(here, "src", name), join(outdir, name));
 console.log(`built ${outdir}`);

@@ -1,31 +1,35 @@
 """Measure the web client: browser-to-browser and browser-to-CLI throughput, and the tabs' memory meanwhile.
 
-Not a test (no assertions on speed): run `python -m tests.web.measure [MiB]` and copy the printed lines into the
-issue note. Memory is read from the pages through the Chrome DevTools Protocol (Performance.getMetrics,
-JSHeapUsedSize) and from the Chromium processes' resident sizes (psutil), sampled every half second. Set
-RELAY_MEASURE_URL=http://127.0.0.1:PORT to measure against a relay in its own process (`relay serve`); by
-default one runs in a thread of this process, which shares its interpreter with the Playwright driver.
+Not a test (no assertions on speed): run `python -m tests.web.measure [MiB] [runs]` and copy the printed lines into
+the issue note. Chromium is driven through a bare DevTools client (tests/web/cdp.py), not Playwright: Playwright
+turns on DevTools network reporting, which copies every WebSocket frame into a DevTools event and caps the page
+at about 30 MiB/s, so it would measure itself rather than the page.
+
+Memory is read from the pages through the DevTools Protocol (Performance.getMetrics, JSHeapUsedSize) and from
+the resident sizes of this Chromium's processes (psutil), sampled every half second. Set
+RELAY_MEASURE_URL=http://127.0.0.1:PORT to measure against a running `relay serve`; by default one runs in a
+thread of this process.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-from playwright.sync_api import Page, sync_playwright
-
 from relay.config import Settings
 from tests.conftest import start_relay
+from tests.web.cdp import Chromium, Page
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
-from tests.web.driver import open_offer, sha256, start_sending
+from tests.web.driver import sha256
 
 MiB = 1024 * 1024
 TIMEOUT_S = 900
+FINAL = ("verified", "failed", "cancelled")
 
 
 def make_file(folder: Path, size: int) -> Path:
@@ -37,92 +41,129 @@ def make_file(folder: Path, size: int) -> Path:
     return path
 
 
-class Sampler:
-    """Peak JS heap per page and peak resident memory of all Chromium processes."""
+def state(page: Page, selector: str) -> str:
+    return page.evaluate(f"document.querySelector({selector!r}).dataset.state || ''")
 
-    def __init__(self, context, pages: list[Page], browser_pid: int | None) -> None:
-        self.sessions = []
-        for page in pages:
-            session = context.new_cdp_session(page)
-            session.send("Performance.enable")
-            self.sessions.append(session)
+
+class Sampler:
+    """Peak JS heap per page and peak resident memory of the Chromium processes."""
+
+    def __init__(self, browser: Chromium, pages: list[Page]) -> None:
+        self.browser = browser
+        self.pages = pages
         self.heap_peak = [0] * len(pages)
         self.rss_peak = 0
-        self.browser_pid = browser_pid
 
     def sample(self) -> None:
-        for index, session in enumerate(self.sessions):
-            metrics = {m["name"]: m["value"] for m in session.send("Performance.getMetrics")["metrics"]}
-            self.heap_peak[index] = max(self.heap_peak[index], int(metrics.get("JSHeapUsedSize", 0)))
-        self.rss_peak = max(self.rss_peak, chromium_rss())
+        for index, page in enumerate(self.pages):
+            self.heap_peak[index] = max(self.heap_peak[index], page.js_heap_used())
+        self.rss_peak = max(self.rss_peak, self.browser.rss())
 
-    def wait(self, page: Page, selector: str) -> None:
+    def wait(self, page: Page, selector: str) -> str:
         deadline = time.monotonic() + TIMEOUT_S
-        while page.get_attribute(selector, "data-state") not in ("verified", "failed", "cancelled"):
+        while (shown := state(page, selector)) not in FINAL:
             if time.monotonic() > deadline:
                 raise TimeoutError("transfer did not finish")
             self.sample()
-            page.wait_for_timeout(500)
+            time.sleep(0.5)
         self.sample()
+        return shown
 
 
-def chromium_rss() -> int:
-    total = 0
-    for process in psutil.process_iter(["name", "memory_info"]):
-        if process.info["name"] and "chromium" in process.info["name"] and process.info["memory_info"]:
-            total += process.info["memory_info"].rss
-    return total
+def start_sending(page: Page, base: str, source: Path) -> str:
+    page.goto(base + "/")
+    page.set_files("#file-input", [source])
+    page.wait_for("!document.getElementById('picked').hidden", 30)
+    page.click("#send-start")
+    page.wait_for("document.getElementById('send-status').dataset.state === 'waiting'", 30)
+    return page.evaluate("document.getElementById('send-code').textContent")
 
 
-def main(size_mib: int) -> None:
-    # A relay in its own process (as in use) unless RELAY_MEASURE_URL names one already running.
+def wait_download(folder: Path, name: str, size: int) -> Path:
+    """The finished download (Chromium writes a .crdownload file and renames it when done)."""
+    path = folder / name
+    deadline = time.monotonic() + 60
+    while not (path.exists() and path.stat().st_size == size):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"download of {name} did not finish")
+        time.sleep(0.1)
+    return path
+
+
+def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Path) -> tuple[float, Sampler, bool]:
+    sender, receiver = browser.new_page("about:blank"), browser.new_page("about:blank")
+    code = start_sending(sender, base, source)
+    receiver.goto(f"{base}/#receive={code}")
+    receiver.click("#receive-connect")
+    receiver.wait_for("!document.getElementById('receive-offer').hidden", 30)
+    receiver.evaluate("(() => { const box = document.getElementById('save-downloads'); box.checked = true;"
+                      " box.dispatchEvent(new Event('change', { bubbles: true })); })()")
+    sampler = Sampler(browser, [sender, receiver])
+    started = time.monotonic()
+    receiver.click("#receive-accept")
+    shown = sampler.wait(receiver, "#receive-status")
+    elapsed = time.monotonic() - started
+    ok = shown == "verified" and sha256(wait_download(downloads, source.name, source.stat().st_size)) == sha256(source)
+    (downloads / source.name).unlink(missing_ok=True)
+    sender.close()
+    receiver.close()
+    return elapsed, sampler, ok
+
+
+def browser_to_cli(browser: Chromium, base: str, source: Path, out: Path) -> tuple[float, Sampler, bool]:
+    page = browser.new_page("about:blank")
+    code = start_sending(page, base, source)
+    sampler = Sampler(browser, [page])
+    started = time.monotonic()
+    process = subprocess.Popen([str(Path(sys.executable).with_name("relay")), "receive", code, "--relay", base,
+                                "--output", str(out), "--yes", "--quiet"])
+    shown = sampler.wait(page, "#send-status")
+    process.wait(TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    ok = shown == "verified" and sha256(out / source.name) == sha256(source)
+    (out / source.name).unlink(missing_ok=True)
+    page.close()
+    return elapsed, sampler, ok
+
+
+def main(size_mib: int, runs: int) -> None:
     external = os.environ.get("RELAY_MEASURE_URL")
     relay = None if external else start_relay(Settings())
     base = external or relay.http_url
-    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         source = make_file(folder, size_mib * MiB)
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(accept_downloads=True)
-        context.set_default_timeout(TIMEOUT_S * 1000)
-        sender, receiver = context.new_page(), context.new_page()
-        rss_idle = chromium_rss()
-
-        code = start_sending(sender, base, [source])
-        open_offer(receiver, base, code)
-        sampler = Sampler(context, [sender, receiver], None)
-        receiver.check("#save-downloads")
-        with receiver.expect_download(timeout=TIMEOUT_S * 1000) as info:
-            started = time.monotonic()
-            receiver.click("#receive-accept")
-            sampler.wait(receiver, "#receive-status")
-            elapsed = time.monotonic() - started
-        ok = sha256(Path(info.value.path())) == sha256(source)
-        print(f"browser -> browser (service-worker stream to downloads): {size_mib} MiB in {elapsed:.1f} s = "
-              f"{size_mib / elapsed:.1f} MiB/s, bytes match: {ok}")
-        print(f"  peak JS heap: sender tab {sampler.heap_peak[0] / MiB:.1f} MiB, receiver tab "
-              f"{sampler.heap_peak[1] / MiB:.1f} MiB; Chromium RSS idle {rss_idle / MiB:.0f} MiB, "
-              f"peak {sampler.rss_peak / MiB:.0f} MiB (all processes)")
-        info.value.delete()
-
-        page = context.new_page()
-        code = start_sending(page, base, [source])
-        out = folder / "out"
+        downloads, out = folder / "downloads", folder / "out"
+        downloads.mkdir()
         out.mkdir()
-        sampler = Sampler(context, [page], None)
-        started = time.monotonic()
-        process = subprocess.Popen([str(Path(sys.executable).with_name("relay")), "receive", code, "--relay", base,
-                                    "--output", str(out), "--yes", "--quiet"])
-        sampler.wait(page, "#send-status")
-        process.wait(TIMEOUT_S)
-        elapsed = time.monotonic() - started
-        ok = sha256(out / source.name) == sha256(source)
-        print(f"browser -> relay receive: {size_mib} MiB in {elapsed:.1f} s = {size_mib / elapsed:.1f} MiB/s, "
-              f"bytes match: {ok}; peak JS heap of the sending tab {sampler.heap_peak[0] / MiB:.1f} MiB")
-        browser.close()
+        browser = Chromium(CHROMIUM, CHROMIUM_ARGS)
+        try:
+            browser.allow_downloads(downloads)
+            rss_idle = browser.rss()
+            rates = []
+            for run in range(runs):
+                elapsed, sampler, ok = browser_to_browser(browser, base, source, downloads)
+                rates.append(size_mib / elapsed)
+                print(f"browser -> browser (service-worker stream to downloads), run {run + 1}: {size_mib} MiB in "
+                      f"{elapsed:.1f} s = {size_mib / elapsed:.1f} MiB/s, bytes match: {ok}; peak JS heap: sender tab "
+                      f"{sampler.heap_peak[0] / MiB:.1f} MiB, receiver tab {sampler.heap_peak[1] / MiB:.1f} MiB; "
+                      f"Chromium RSS idle {rss_idle / MiB:.0f} MiB, peak {sampler.rss_peak / MiB:.0f} MiB",
+                      flush=True)
+            print(f"browser -> browser median: {statistics.median(rates):.1f} MiB/s", flush=True)
+            rates = []
+            for run in range(runs):
+                elapsed, sampler, ok = browser_to_cli(browser, base, source, out)
+                rates.append(size_mib / elapsed)
+                print(f"browser -> relay receive, run {run + 1}: {size_mib} MiB in {elapsed:.1f} s = "
+                      f"{size_mib / elapsed:.1f} MiB/s, bytes match: {ok}; peak JS heap of the sending tab "
+                      f"{sampler.heap_peak[0] / MiB:.1f} MiB; Chromium RSS peak {sampler.rss_peak / MiB:.0f} MiB",
+                      flush=True)
+            print(f"browser -> relay receive median: {statistics.median(rates):.1f} MiB/s", flush=True)
+        finally:
+            browser.close()
     if relay is not None:
         relay.stop()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256, int(sys.argv[2]) if len(sys.argv) > 2 else 1)

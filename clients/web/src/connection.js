@@ -4,6 +4,40 @@
 import { encodeMessage, errorCodeOfClose } from "./protocol.js";
 
 const DRAIN_POLL_MS = 4;
+/** How often a full send buffer is looked at again (through the tick worker, so also in a background tab). */
+const DRAIN_TICK_MS = 2;
+
+let ticker;
+
+/**
+ * Sleep about `ms` milliseconds without the page's own timers, which a hidden tab throttles to about one per
+ * second: a dedicated worker (tick.js) answers after `ms`. Falls back to setTimeout where workers are missing.
+ */
+function tick(ms) {
+  if (ticker === undefined) {
+    ticker = null;
+    try {
+      if (typeof Worker === "function") ticker = { worker: new Worker("/tick.js"), waiters: [] };
+    } catch {
+      ticker = null;
+    }
+    if (ticker !== null) {
+      const current = ticker;
+      current.worker.addEventListener("message", () => current.waiters.shift()?.());
+      current.worker.addEventListener("error", () => {
+        // No worker after all (blocked or failed to load): wake everyone and use timers from now on.
+        ticker = null;
+        for (const waiter of current.waiters.splice(0)) waiter();
+      });
+    }
+  }
+  if (ticker === null) return new Promise((resolve) => setTimeout(resolve, ms));
+  const current = ticker;
+  return new Promise((resolve) => {
+    current.waiters.push(resolve);
+    current.worker.postMessage({ type: "sleep", ms });
+  });
+}
 
 /** The WebSocket URL of a room on the relay that served this page. */
 export function roomUrl(code, params, location = window.location) {
@@ -86,9 +120,7 @@ export class Connection {
 
   /** Wait until at most `limit` bytes are queued for sending, or the socket is closed. */
   async drain(limit) {
-    while (this.isOpen && this.socket.bufferedAmount > limit) {
-      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
-    }
+    while (this.isOpen && this.socket.bufferedAmount > limit) await tick(DRAIN_TICK_MS);
   }
 
   /** Wait until everything queued has been handed to the network, at most `timeoutMs`. */

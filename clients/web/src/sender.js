@@ -8,7 +8,7 @@ import { createHashing } from "./hashing.js";
 import { DEFAULT_CHUNK_SIZE, ProtocolError, clipText, escapeText, makeOffer, parseMessage } from "./protocol.js";
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
-export const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
+export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
 /** Slices of a file being read at once (each at most one chunk). */
 const READ_AHEAD = 4;
 const CODE_ATTEMPTS = 3;
