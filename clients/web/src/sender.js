@@ -1,5 +1,5 @@
 // The sending side of one transfer, without any DOM: connect as role=send, wait for the receivers, offer the
-// files, stream them chunk by chunk (File.slice per chunk, pausing while the socket's send buffer is full),
+// files, stream them chunk by chunk (one File.stream() per file, pausing while the socket's send buffer is full),
 // and follow the receivers' acknowledgements until `complete`. The page listens through `listener`.
 
 import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
@@ -9,8 +9,6 @@ import { DEFAULT_CHUNK_SIZE, ProtocolError, clipText, escapeText, makeOffer, par
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
 export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
-/** Slices of a file being read at once (each at most one chunk). */
-const READ_AHEAD = 4;
 const CODE_ATTEMPTS = 3;
 
 /** Terminal states of a session. */
@@ -156,34 +154,25 @@ export class SendSession {
       const file = this.items[index].file;
       const digest = hashing.newFileDigest();
       let offset = 0;
-      // Keep a few slices being read ahead while earlier ones are hashed and sent: reading a File slice is
-      // an asynchronous round trip to the browser process, and one at a time it limits the throughput.
-      const reads = [];
-      let readOffset = 0;
-      const readAhead = () => {
-        while (reads.length < READ_AHEAD && readOffset < entry.size) {
-          const size = Math.min(this.chunkSize, entry.size - readOffset);
-          const read = this.#read(file, readOffset, size);
-          read.catch(() => {}); // a read left behind by a cancel must not become an unhandled rejection
-          reads.push(read);
-          readOffset += size;
+      const chunks = this.#chunks(file, entry.size);
+      try {
+        for (;;) {
+          const { value: bytes, done } = await chunks.next();
+          if (done || FINAL_STATES.has(this.state)) break;
+          const header = { type: "chunk", file: index, offset, size: bytes.length, xxh3_64: hashing.chunkDigest(bytes) };
+          digest.update(bytes);
+          await connection.drain(SEND_BUFFER_LIMIT);
+          if (FINAL_STATES.has(this.state)) break;
+          connection.sendMessage(header);
+          connection.sendBinary(bytes);
+          offset += bytes.length;
+          this.sent += bytes.length;
+          this.#progress();
         }
-      };
-      while (offset < entry.size) {
-        readAhead();
-        const bytes = await reads.shift();
-        if (FINAL_STATES.has(this.state)) return;
-        const end = offset + bytes.length;
-        const header = { type: "chunk", file: index, offset, size: bytes.length, xxh3_64: hashing.chunkDigest(bytes) };
-        digest.update(bytes);
-        await connection.drain(SEND_BUFFER_LIMIT);
-        if (FINAL_STATES.has(this.state)) return;
-        connection.sendMessage(header);
-        connection.sendBinary(bytes);
-        offset = end;
-        this.sent += bytes.length;
-        this.#progress();
+      } finally {
+        await chunks.return(undefined); // stops reading the file when the transfer ended early
       }
+      if (FINAL_STATES.has(this.state)) return;
       connection.sendMessage({ type: "file_done", file: index, size: entry.size, xxh3_128: digest.hexdigest() });
     }
     connection.sendMessage({ type: "done" });
@@ -196,16 +185,51 @@ export class SendSession {
     this.#progress();
   }
 
-  async #read(file, offset, size) {
-    const end = offset + size;
-    let buffer;
+  /**
+   * The file's bytes as chunks of exactly chunkSize bytes (the last one shorter), each a Uint8Array owning its
+   * buffer. One stream of the whole file (File.stream()) instead of a File.slice() per chunk: the browser reads
+   * ahead into the stream on its own (bounded by the stream's queue), and a slice costs a round trip to the
+   * browser process each (~1.5 ms of the page's time per MiB, and about 40% more CPU in all).
+   */
+  async *#chunks(file, size) {
+    const name = file.name || "a file";
+    let reader;
     try {
-      buffer = await file.slice(offset, end).arrayBuffer();
+      reader = file.stream().getReader();
     } catch (error) {
-      throw new Error(`could not read ${file.name || "a file"}: ${error.message}`);
+      throw new Error(`could not read ${name}: ${error.message}`);
     }
-    if (buffer.byteLength !== end - offset) throw new Error(`${file.name || "a file"} changed while it was being sent`);
-    return new Uint8Array(buffer);
+    let total = 0;
+    let chunk = new Uint8Array(Math.min(this.chunkSize, size));
+    let fill = 0;
+    try {
+      for (;;) {
+        let result;
+        try {
+          result = await reader.read();
+        } catch (error) {
+          throw new Error(`could not read ${name}: ${error.message}`);
+        }
+        if (result.done) break;
+        const value = result.value;
+        if (total + value.length > size) throw new Error(`${name} changed while it was being sent`);
+        total += value.length;
+        for (let used = 0; used < value.length; ) {
+          const take = Math.min(value.length - used, chunk.length - fill);
+          chunk.set(value.subarray(used, used + take), fill);
+          fill += take;
+          used += take;
+          if (fill === chunk.length) {
+            yield chunk;
+            chunk = new Uint8Array(Math.min(this.chunkSize, size - total + (value.length - used)));
+            fill = 0;
+          }
+        }
+      }
+      if (total !== size || fill !== 0) throw new Error(`${name} changed while it was being sent`);
+    } finally {
+      reader.cancel().catch(() => {});
+    }
   }
 
   #progress() {
