@@ -45,6 +45,10 @@ def state(page: Page, selector: str) -> str:
     return page.evaluate(f"document.querySelector({selector!r}).dataset.state || ''")
 
 
+def status_text(page: Page, element: str) -> str:
+    return page.evaluate(f"document.getElementById({element!r}).textContent")
+
+
 class Sampler:
     """Peak JS heap per page and peak resident memory of the Chromium processes."""
 
@@ -98,11 +102,18 @@ def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Pa
     receiver.wait_for("!document.getElementById('receive-offer').hidden", 30)
     receiver.evaluate("(() => { const box = document.getElementById('save-downloads'); box.checked = true;"
                       " box.dispatchEvent(new Event('change', { bubbles: true })); })()")
+    # Accept only once the page streams to the downloads folder through its service worker (until the worker is
+    # ready the page offers the in-memory fallback, or blocks a file too big for it).
+    receiver.wait_for("document.getElementById('save-note').textContent.includes('streamed to your downloads')"
+                      " && !document.getElementById('receive-accept').disabled", 30)
     sampler = Sampler(browser, [sender, receiver])
     started = time.monotonic()
     receiver.click("#receive-accept")
     shown = sampler.wait(receiver, "#receive-status")
     elapsed = time.monotonic() - started
+    if shown != "verified":
+        print(f"  receiver ended {shown}: {status_text(receiver, 'receive-status')}; sender: "
+              f"{status_text(sender, 'send-status')}", flush=True)
     ok = shown == "verified" and sha256(wait_download(downloads, source.name, source.stat().st_size)) == sha256(source)
     (downloads / source.name).unlink(missing_ok=True)
     sender.close()
@@ -120,6 +131,8 @@ def browser_to_cli(browser: Chromium, base: str, source: Path, out: Path) -> tup
     shown = sampler.wait(page, "#send-status")
     process.wait(TIMEOUT_S)
     elapsed = time.monotonic() - started
+    if shown != "verified":
+        print(f"  sender ended {shown}: {status_text(page, 'send-status')}", flush=True)
     ok = shown == "verified" and sha256(out / source.name) == sha256(source)
     (out / source.name).unlink(missing_ok=True)
     page.close()

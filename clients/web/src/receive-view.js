@@ -41,6 +41,9 @@ export function setUpReceiveView() {
   let registration = null;
   registerDownloadWorker().then((value) => {
     registration = value;
+    // The worker can become ready after the offer is shown: say how the files will now be saved, and unblock
+    // a file too big for the in-memory fallback.
+    explainSave();
   });
 
   const canFolder = canPickFolder();
