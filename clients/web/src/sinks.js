@@ -178,18 +178,30 @@ export class SaveFileSink {
 
 let registrationPromise = null;
 
-/** Register sw.js once; resolves to the active registration, or null where service workers are unavailable. */
+const REGISTER_ATTEMPTS = 3;
+const REGISTER_RETRY_MS = 1000;
+
+/**
+ * Register sw.js once; resolves to the active registration, or null where service workers are unavailable.
+ * A registration can fail for a moment (seen in Chromium while the worker of an earlier tab was still busy with
+ * a download): then the registration already in place is used, or registering is tried again a little later.
+ */
 export function registerDownloadWorker() {
   if (registrationPromise === null) {
     registrationPromise = (async () => {
       if (!("serviceWorker" in navigator) || !window.isSecureContext) return null;
-      try {
-        await navigator.serviceWorker.register("/sw.js", { scope: "/" });
-        const registration = await navigator.serviceWorker.ready;
-        return registration.active ? registration : null;
-      } catch {
-        return null;
+      for (let attempt = 1; attempt <= REGISTER_ATTEMPTS; attempt++) {
+        try {
+          await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+          const registration = await navigator.serviceWorker.ready;
+          if (registration.active) return registration;
+        } catch {
+          const existing = await navigator.serviceWorker.getRegistration("/").catch(() => undefined);
+          if (existing && existing.active) return existing;
+        }
+        if (attempt < REGISTER_ATTEMPTS) await new Promise((resolve) => setTimeout(resolve, REGISTER_RETRY_MS));
       }
+      return null;
     })();
   }
   return registrationPromise;
