@@ -118,9 +118,12 @@ export class Connection {
     if (this.isOpen) this.socket.send(bytes);
   }
 
-  /** Wait until at most `limit` bytes are queued for sending, or the socket is closed. */
-  async drain(limit) {
-    while (this.isOpen && this.socket.bufferedAmount > limit) await tick(DRAIN_TICK_MS);
+  /**
+   * Wait until at most `limit` bytes are queued for sending and `blocked()` (if given) is false, or the socket
+   * is closed.
+   */
+  async drain(limit, blocked = () => false) {
+    while (this.isOpen && (this.socket.bufferedAmount > limit || blocked())) await tick(DRAIN_TICK_MS);
   }
 
   /** Wait until everything queued has been handed to the network, at most `timeoutMs`. */

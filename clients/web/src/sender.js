@@ -9,6 +9,13 @@ import { DEFAULT_CHUNK_SIZE, ProtocolError, clipText, escapeText, makeOffer, par
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
 export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
+/**
+ * Send at most this many bytes beyond what the slowest receiver has acknowledged as written. A browser's
+ * WebSocket cannot stop reading, so without this a receiving tab whose disk (or download) is slower than the
+ * network would queue the difference in memory. Receivers ack at least every 8 MiB; the window applies once
+ * every receiver has sent an ack (acks are optional in the protocol, and one that never acks is not waited for).
+ */
+export const ACK_WINDOW = 64 * 1024 * 1024;
 const CODE_ATTEMPTS = 3;
 
 /** Terminal states of a session. */
@@ -48,6 +55,13 @@ export class SendSession {
     this.joined = 0;
     this.fileOk = new Map(); // file index -> number of receivers that verified it
     this.verifiedBy = 0;
+    this.acked = new Map(); // receiver peer -> bytes of the whole offer it has written (from its acks)
+    this.fileStarts = [];
+    let start = 0;
+    for (const entry of this.offer.files) {
+      this.fileStarts.push(start);
+      start += entry.size;
+    }
   }
 
   /** Run the whole transfer; resolves with the final state ("verified", "failed" or "cancelled"). */
@@ -114,7 +128,12 @@ export class SendSession {
         this.#setState("offered");
         break;
       case "accept":
+        break;
       case "ack":
+        if (message.file < this.fileStarts.length) {
+          const position = this.fileStarts[message.file] + message.offset;
+          this.acked.set(message.peer, Math.max(this.acked.get(message.peer) ?? 0, position));
+        }
         break;
       case "decline":
         this.#setState("failed", describeError("declined", message.reason));
@@ -161,7 +180,7 @@ export class SendSession {
           if (done || FINAL_STATES.has(this.state)) break;
           const header = { type: "chunk", file: index, offset, size: bytes.length, xxh3_64: hashing.chunkDigest(bytes) };
           digest.update(bytes);
-          await connection.drain(SEND_BUFFER_LIMIT);
+          await connection.drain(SEND_BUFFER_LIMIT, () => this.#aheadOfReceivers() > ACK_WINDOW);
           if (FINAL_STATES.has(this.state)) break;
           connection.sendMessage(header);
           connection.sendBinary(bytes);
@@ -230,6 +249,12 @@ export class SendSession {
     } finally {
       reader.cancel().catch(() => {});
     }
+  }
+
+  // Bytes sent beyond the slowest receiver's last ack; 0 until every receiver has acked (see ACK_WINDOW).
+  #aheadOfReceivers() {
+    if (FINAL_STATES.has(this.state) || this.acked.size < this.receivers) return 0;
+    return this.sent - Math.min(...this.acked.values());
   }
 
   #progress() {
