@@ -396,17 +396,13 @@ class Offer(Message):
             if key in file_paths:
                 raise UnsafePath(f"path offered twice: {escape_text(entry.path)}")
             file_paths.add(key)
-        if _total(self.files) > MAX_SAFE_INT:
+        if self.total_size > MAX_SAFE_INT:
             raise MalformedMessage("total size too large")
         for path in [entry.path for entry in self.files] + list(self.dirs):
             parts = path.casefold().split("/")
             for depth in range(1, len(parts)):
                 if "/".join(parts[:depth]) in file_paths:
                     raise UnsafePath(f"a file is also used as a folder: {escape_text(path)}")
-
-
-def _total(files: tuple[FileEntry, ...]) -> int:
-    return sum(entry.size for entry in files)
 
 
 @dataclass(frozen=True, slots=True)
