@@ -54,15 +54,20 @@ def tree(root: Path) -> dict[str, str | None]:
     }
 
 
+async def wait_for_room(relay, code: str) -> None:
+    """Wait (at most 5 s) until a sender has opened the room ``code``, so a receiver never races it."""
+    for _ in range(500):
+        if code in relay.relay.rooms.by_code:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the sender never opened its room")
+
+
 async def transfer(relay, code: str, paths: list[Path], outputs: list[Path], chunk_size: int = p.DEFAULT_CHUNK_SIZE,
                    **receive_options: object) -> None:
     """Run one ``send`` and one ``receive`` per output folder against each other."""
     sending = asyncio.create_task(send(paths, SendOptions(code, relay.ws_url, len(outputs), chunk_size)))
-    await asyncio.sleep(0)  # let the sender open the room first
-    for _ in range(500):
-        if code in relay.relay.rooms.by_code:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for_room(relay, code)
     receiving = [
         receive(ReceiveOptions(code, output, relay.ws_url, **receive_options), yes)  # type: ignore[arg-type]
         for output in outputs
@@ -283,10 +288,7 @@ def wait_stalled(process: subprocess.Popen[str]) -> None:
 async def test_a_sender_killed_mid_transfer_is_reported_and_no_file_is_left(relay_server, code, tmp_path) -> None:
     peer = start_stalled_peer("send", relay_server, code)
     try:
-        for _ in range(500):
-            if code in relay_server.relay.rooms.by_code:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for_room(relay_server, code)
         receiving = asyncio.create_task(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), yes))
         await asyncio.to_thread(wait_stalled, peer)
         peer.send_signal(signal.SIGKILL)
@@ -311,10 +313,7 @@ async def test_a_receiver_killed_mid_transfer_is_reported_to_the_sender(relay_se
 
     reporter = Started()
     sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url), reporter))
-    for _ in range(500):
-        if code in relay_server.relay.rooms.by_code:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for_room(relay_server, code)
     peer = start_stalled_peer("receive", relay_server, code)
     try:
         await asyncio.to_thread(wait_stalled, peer)
