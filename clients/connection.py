@@ -16,6 +16,8 @@ DEFAULT_RELAY = "ws://127.0.0.1:8000"
 OPEN_TIMEOUT = 15.0
 # Room for the largest chunk plus any control message the relay may send.
 MAX_INCOMING = p.DEFAULT_MAX_MESSAGE + 64 * 1024
+# After a close, how many still-queued frames to look through for the message saying why.
+UNREAD_AFTER_CLOSE = 64
 
 
 def default_relay_url() -> str:
@@ -98,7 +100,27 @@ class RelayConnection:
         try:
             await self.websocket.send(frame)
         except websockets.ConnectionClosed as exc:
-            raise self._closed_error(exc) from exc
+            raise await self._reason_for_close(exc) from exc
+
+    async def _reason_for_close(self, exc: websockets.ConnectionClosed) -> TransferError:
+        """Why the relay closed: the ending message it sent just before, if still unread, else the close code.
+
+        A send fails as soon as the relay's close arrives, while its ``peer_left``/``error``/``cancel`` may still
+        wait in the receive queue. When another task is reading (the sender's watcher), that task will see it.
+        """
+        for _ in range(UNREAD_AFTER_CLOSE):
+            try:
+                frame = await self.websocket.recv()
+            except (websockets.ConnectionClosed, websockets.ConcurrencyError):
+                break
+            if isinstance(frame, str):
+                try:
+                    error = error_from_message(p.parse_message(frame))
+                except p.ProtocolError:
+                    continue
+                if error is not None:
+                    return error
+        return self._closed_error(exc)
 
     async def receive(self) -> p.Message | bytes:
         """The next message or payload; ``error``/``cancel``/``peer_left`` and closes raise ``TransferError``."""

@@ -269,6 +269,32 @@ async def test_a_hostile_path_from_a_hostile_relay_is_refused_by_the_receiver(co
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_the_reason_sent_just_before_a_close_is_reported_even_when_a_send_fails(code, tmp_path) -> None:
+    """The receiver's accept goes out after the relay closed; the queued ``peer_left`` still names who left."""
+    closed = asyncio.Event()
+
+    async def relay_that_ends_at_once(ws: websockets.ServerConnection) -> None:
+        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
+        await ws.send(p.Offer((p.FileEntry("f.bin", 10),), (), 10).to_json())
+        await ws.send(p.PeerLeft(0, "send").to_json())
+        await ws.close(ErrorCode.PEER_LEFT.close_code)
+        closed.set()
+
+    async def accept_after_the_close(offer: p.Offer) -> bool:
+        await asyncio.wait_for(closed.wait(), WAIT)
+        await asyncio.sleep(0.1)  # the close frame has reached the client
+        return True
+
+    async with websockets.serve(relay_that_ends_at_once, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        options = ReceiveOptions(code, tmp_path, f"ws://127.0.0.1:{port}")
+        with pytest.raises(TransferRefused) as caught:
+            await asyncio.wait_for(receive(options, accept_after_the_close), WAIT)
+    assert caught.value.code is ErrorCode.PEER_LEFT
+    assert str(caught.value) == "the sender disconnected before the transfer finished"
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- a party killed mid-transfer ---------------------------------------------------------------------------
 
 
