@@ -177,8 +177,8 @@ class FileDigest:
 
 # --- paths -------------------------------------------------------------------------------------------------
 
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
-_WINDOWS_FORBIDDEN_CHARS = set('<>:"|?*\\')
+MAX_PATH_BYTES = 4096
+MAX_SEGMENT_BYTES = 255
 
 
 def _is_control(char: str) -> bool:
@@ -188,35 +188,47 @@ def _is_control(char: str) -> bool:
 def check_path(path: object) -> str:
     """Return ``path`` if it is a safe relative POSIX path for a receiver to create, else raise ``UnsafePath``.
 
-    A sender's paths are hostile input: this refuses anything that could land outside the receiver's folder,
-    hide as something else on screen, or mean something special on Windows.
+    A sender's paths are hostile input: this refuses anything that could land outside the receiver's folder
+    (traversal, absolute paths, separators or NUL inside a segment) or hide as something else on screen (control
+    characters, text that is not Unicode). Names that only some file systems refuse (``aux.c``, ``a:b``,
+    ``trailing.``) are legal on the wire: each receiver maps what its own file system cannot store
+    (``clients.store.local_name``).
     """
     if not isinstance(path, str):
         raise MalformedMessage("a path must be a string")
     shown = escape_text(path)
     if not path:
         raise UnsafePath("an empty path was offered")
-    if len(path.encode("utf-8", "surrogatepass")) > 4096:
+    if _has_surrogate(path):
+        raise UnsafePath(f"path is not valid Unicode: {shown}")
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise UnsafePath(f"path too long: {shown[:80]}...")
     if path.startswith("/"):
         raise UnsafePath(f"absolute path refused: {shown}")
     for char in path:
         if _is_control(char):
             raise UnsafePath(f"control character in path refused: {shown}")
-        if char in _WINDOWS_FORBIDDEN_CHARS:
-            raise UnsafePath(f"character {char!r} in path refused: {shown}")
-        if "\ud800" <= char <= "\udfff":
-            raise UnsafePath(f"path is not valid Unicode: {shown}")
+        if char == "\\":
+            raise UnsafePath(f"backslash in path refused: {shown}")
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             raise UnsafePath(f"empty, '.' or '..' segment refused: {shown}")
-        if len(segment.encode("utf-8")) > 255:
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise UnsafePath(f"path segment too long: {shown[:80]}...")
-        if segment[-1] in ". ":
-            raise UnsafePath(f"segment ending in a dot or space refused: {shown}")
-        if segment.split(".", 1)[0].rstrip(" ").lower() in _WINDOWS_RESERVED:
-            raise UnsafePath(f"Windows-reserved name refused: {shown}")
     return path
+
+
+def path_key(path: str) -> str:
+    """The form two names are compared in: NFC after case folding, so ``é``/``e\u0301`` and ``docs``/``Docs``
+    are one name, as they are on macOS and Windows file systems (docs/protocol.md section 3)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+
+
+def _has_surrogate(text: str) -> bool:
+    return _SURROGATE_RE.search(text) is not None
 
 
 def escape_text(text: str) -> str:
@@ -335,74 +347,141 @@ class Paired(Message):
         return cls(_int_field(data.get("receivers"), "receivers"))
 
 
+MAX_MTIME = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second every platform's file times can hold
+MAX_TEXT_OFFER = 1024 * 1024
+
+
+class OfferKind(StrEnum):
+    """What an offer carries: files to save (the default), a text to show, or bytes read from standard input."""
+
+    FILES = "files"
+    TEXT = "text"
+    STDIN = "stdin"
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One offered file: its relative POSIX path and size in bytes."""
+    """One offered file: its relative POSIX path and size in bytes, and optionally its mtime and executable bit.
+
+    ``mtime`` is whole seconds since the epoch (0 to year 9999); ``exec`` is ``True`` when the file should be
+    executable. Both are hints the receiver applies on commit; absent means "today" and "not executable".
+    """
 
     path: str
     size: int
+    mtime: int | None = None
+    exec: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size}
+        data: dict[str, Any] = {"path": self.path, "size": self.size}
+        if self.mtime is not None:
+            data["mtime"] = self.mtime
+        if self.exec:
+            data["exec"] = True
+        return data
+
+    @classmethod
+    def from_dict(cls, item: object) -> FileEntry:
+        if not isinstance(item, dict):
+            raise MalformedMessage("each entry of 'files' must be an object")
+        mtime = item.get("mtime")
+        executable = item.get("exec", False)
+        if type(executable) is not bool:
+            raise MalformedMessage("field 'exec' must be true or false")
+        return cls(
+            check_path(item.get("path")),
+            _int_field(item.get("size"), "size"),
+            None if mtime is None else _int_field(mtime, "mtime", 0, MAX_MTIME),
+            executable,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Offer(Message):
-    """The manifest: every file (by index) and every folder to create, and the sender's chunk size."""
+    """The manifest: every file (by index) and every folder to create, the sender's chunk size, and its kind."""
 
     TYPE: ClassVar[str] = "offer"
     files: tuple[FileEntry, ...]
     dirs: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    kind: OfferKind = OfferKind.FILES
 
     @property
     def total_size(self) -> int:
         return sum(entry.size for entry in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "type": self.TYPE,
             "files": [entry.to_dict() for entry in self.files],
             "dirs": list(self.dirs),
             "chunk_size": self.chunk_size,
         }
+        if self.kind is not OfferKind.FILES:
+            data["kind"] = self.kind.value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Offer:
         files = data.get("files")
         dirs = data.get("dirs", [])
+        kind = data.get("kind", OfferKind.FILES.value)
         if not isinstance(files, list) or len(files) > MAX_FILES:
             raise MalformedMessage(f"field 'files' must be a list of at most {MAX_FILES} entries")
         if not isinstance(dirs, list) or len(dirs) > MAX_FILES:
             raise MalformedMessage(f"field 'dirs' must be a list of at most {MAX_FILES} entries")
-        entries = []
-        for item in files:
-            if not isinstance(item, dict):
-                raise MalformedMessage("each entry of 'files' must be an object")
-            entries.append(FileEntry(check_path(item.get("path")), _int_field(item.get("size"), "size")))
+        if kind not in OfferKind.__members__.values():
+            raise MalformedMessage("field 'kind' must be 'files', 'text' or 'stdin'")
         offer = cls(
-            tuple(entries),
+            tuple(FileEntry.from_dict(item) for item in files),
             tuple(check_path(d) for d in dirs),
             _int_field(data.get("chunk_size", DEFAULT_CHUNK_SIZE), "chunk_size", 1),
+            OfferKind(kind),
         )
         offer.check_layout()
         return offer
 
     def check_layout(self) -> None:
-        """Refuse duplicate paths and a file that is also a parent folder of another entry."""
-        file_paths: set[str] = set()
-        for entry in self.files:
-            key = entry.path.casefold()
-            if key in file_paths:
-                raise UnsafePath(f"path offered twice: {escape_text(entry.path)}")
-            file_paths.add(key)
+        """Refuse an offer whose names cannot all exist side by side in one folder, on any file system.
+
+        Names are compared by ``path_key`` (NFC, case-folded). Refused: a path offered twice (as files, as
+        folders, or once as each), and a file that is also a folder above another entry. A ``text`` or
+        ``stdin`` offer is exactly one file and no folder (a text at most 1 MiB).
+        """
+        if self.kind is not OfferKind.FILES:
+            if len(self.files) != 1 or self.dirs:
+                raise MalformedMessage(f"a {self.kind.value!r} offer holds exactly one file and no folder")
+            if self.kind is OfferKind.TEXT and self.files[0].size > MAX_TEXT_OFFER:
+                raise MalformedMessage(f"a text offer is at most {MAX_TEXT_OFFER} bytes")
         if self.total_size > MAX_SAFE_INT:
             raise MalformedMessage("total size too large")
+        file_keys: dict[str, str] = {}
+        for entry in self.files:
+            key = path_key(entry.path)
+            if key in file_keys:
+                raise UnsafePath(f"path offered twice: {_twins(file_keys[key], entry.path)}")
+            file_keys[key] = entry.path
+        folder_keys: dict[str, str] = {}  # every folder the offer names or implies
+        for path in self.dirs:
+            key = path_key(path)
+            if key in folder_keys:
+                raise UnsafePath(f"folder offered twice: {_twins(folder_keys[key], path)}")
+            folder_keys[key] = path
         for path in [entry.path for entry in self.files] + list(self.dirs):
-            parts = path.casefold().split("/")
-            for depth in range(1, len(parts)):
-                if "/".join(parts[:depth]) in file_paths:
-                    raise UnsafePath(f"a file is also used as a folder: {escape_text(path)}")
+            segments = path.split("/")
+            for depth in range(1, len(segments)):
+                folder = "/".join(segments[:depth])
+                spelled = folder_keys.setdefault(path_key(folder), folder)
+                if spelled != folder:  # ``docs/a`` and ``Docs/b``: one folder on macOS and Windows, two on Linux
+                    raise UnsafePath(f"one folder offered under two names: {_twins(spelled, folder)}")
+        for key, path in file_keys.items():
+            if key in folder_keys:
+                raise UnsafePath(f"a path is both a file and a folder: {_twins(path, folder_keys[key])}")
+
+
+def _twins(first: str, second: str) -> str:
+    shown = escape_text(first)
+    return shown if first == second else f"{shown} and {escape_text(second)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,11 +664,23 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 def parse_message(text: str | bytes) -> Message:
-    """Parse one text frame into its message, or raise ``MalformedMessage`` / ``UnknownType`` / ``UnsafePath``."""
+    """Parse one text frame into its message, or raise ``MalformedMessage`` / ``UnknownType`` / ``UnsafePath``.
+
+    Any string in the frame (a value or a key, at any depth, even in a field this version ignores) that is not
+    valid Unicode, such as a lone surrogate written as ``"\\ud800"``, makes the whole frame malformed: nothing
+    downstream (forwarding, logging, printing, creating a file) can then fail to encode it.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage("text frame is not valid UTF-8") from exc
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise MalformedMessage("text frame is not valid JSON") from exc
+    if _MAY_HOLD_SURROGATE.search(text) is not None and not _encodable(data):
+        raise MalformedMessage("text frame holds a string that is not valid Unicode (a lone surrogate)")
     if not isinstance(data, dict):
         raise MalformedMessage("a control message must be a JSON object")
     kind = data.get("type")
@@ -599,6 +690,27 @@ def parse_message(text: str | bytes) -> Message:
     if cls is None:
         raise UnknownType(f"unknown message type {escape_text(kind[:64])!r}")
     return cls.from_dict(data)
+
+
+# A lone surrogate reaches a parsed string only through a \\uD800-\\uDFFF escape (or as itself, in a str a
+# caller built); frames without either skip the walk.
+_MAY_HOLD_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
+
+
+def _encodable(data: object) -> bool:
+    """Whether every string in parsed JSON (keys included) is valid Unicode; iterative, so depth costs no stack."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return False
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
 
 
 # --- the stream of one transfer ----------------------------------------------------------------------------

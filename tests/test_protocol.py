@@ -135,22 +135,20 @@ HOSTILE_PATHS = [
     "bell\x07",
     "del\x7f",
     "c1\x85",
-    "CON",
-    "con.txt",
-    "dir/Nul",
-    "LPT1.log",
-    "com9",
-    "aux .txt",
-    "a:b",
-    "what?",
-    "star*",
-    'quote"',
-    "pipe|",
-    "<angle>",
-    "trailing.",
-    "trailing ",
     "x" * 256,
+    "é" * 128,
     "/".join(["d"] * 2100),
+    "lone\ud800surrogate",
+    "dir/\udfffx",
+    "a/b\\c",
+    "line\u2028sep",
+]
+
+# Legal on the wire: a safe relative path that only some file systems cannot store. The receiver maps these
+# (clients.store.local_name); the sender's system may hold them, so refusing them would fail whole folders.
+WIRE_LEGAL_ELSEWHERE_ILLEGAL = [
+    "CON", "con.txt", "dir/Nul", "LPT1.log", "com9", "aux .txt", "aux.c", "a:b.txt", "what?.txt", "star*",
+    'quote"', "pipe|", "<angle>", "trailing.", "trailing ", "dir./file", "x" * 255, "é" * 127,
 ]
 
 
@@ -163,6 +161,12 @@ def test_hostile_paths_are_refused(path: str) -> None:
 @pytest.mark.parametrize("path", ["a.txt", "folder/sub/file.tar.gz", "ünïcödé/名前.txt", ".hidden", "a b/c d", "con-fig", "comma,file", "x" * 255])
 def test_ordinary_paths_are_allowed(path: str) -> None:
     assert p.check_path(path) == path
+
+
+@pytest.mark.parametrize("path", WIRE_LEGAL_ELSEWHERE_ILLEGAL)
+def test_names_some_file_systems_refuse_are_legal_on_the_wire(path: str) -> None:
+    assert p.check_path(path) == path
+    assert p.parse_message(json.dumps({"type": "offer", "files": [{"path": path, "size": 1}]}))
 
 
 def test_a_hostile_path_inside_an_offer_is_refused() -> None:
@@ -183,6 +187,131 @@ def test_the_same_path_offered_twice_is_refused() -> None:
 def test_a_file_that_is_also_a_folder_is_refused() -> None:
     with pytest.raises(p.UnsafePath):
         p.Offer((p.FileEntry("a", 1), p.FileEntry("a/b", 1))).check_layout()
+
+
+def offer_json(files: list[str], dirs: list[str] = ()) -> str:  # type: ignore[assignment]
+    return json.dumps({"type": "offer", "files": [{"path": f, "size": 1} for f in files], "dirs": list(dirs)})
+
+
+@pytest.mark.parametrize(
+    "files, dirs",
+    [
+        (["a"], ["a"]),  # a file and a folder of one name
+        (["b", "a"], ["a"]),  # the probe's offer: file b, file a, folder a
+        (["a", "a/b"], []),  # a file that is also the folder above another file
+        (["x/a"], ["x/a"]),
+        (["a"], ["a/b"]),  # a file that is also the folder above an offered folder
+        ([], ["d", "d"]),  # a folder listed twice
+        ([], ["d", "D"]),
+        (["a", "A"], []),  # case twins
+        (["caf\u00e9"], ["cafe\u0301"]),
+        (["caf\u00e9.txt", "cafe\u0301.txt"], []),  # composed and decomposed é
+        (["docs/a", "Docs/b"], []),  # case twins among folders, implied by their files
+        ([], ["docs", "Docs"]),
+        (["\u00c9t\u00e9/a", "e\u0301te\u0301/b"], []),  # unicode and case twins among folders at once
+        (["straße", "STRASSE"], []),  # full case folding, not lower-casing
+    ],
+)
+def test_names_that_cannot_exist_side_by_side_are_refused(files: list[str], dirs: list[str]) -> None:
+    with pytest.raises(p.UnsafePath):
+        p.parse_message(offer_json(files, dirs))
+
+
+@pytest.mark.parametrize(
+    "files, dirs",
+    [
+        (["a/b", "a/c"], ["a"]), (["a/b"], ["a/c"]), (["docs/a", "docs/b"], []), (["ab", "a/b"], []),
+        (["a.txt", "a"], []),
+    ],
+)
+def test_names_that_can_exist_side_by_side_are_allowed(files: list[str], dirs: list[str]) -> None:
+    assert isinstance(p.parse_message(offer_json(files, dirs)), p.Offer)
+
+
+LONE_SURROGATES = [
+    '{"type":"cancel","reason":"\\ud800"}',
+    '{"type":"decline","reason":"ok \\uDFFF"}',
+    '{"type":"error","code":"write_failed","message":"x\\udc00y"}',
+    '{"type":"offer","files":[{"path":"a\\ud800","size":1}]}',
+    '{"type":"offer","files":[],"dirs":["\\ud83d"]}',
+    '{"type":"ack","file":0,"offset":0,"extra":{"deep":[["\\ud800"]]}}',
+    '{"type":"start","\\udbff":1}',
+    '{"type":"frobnicate\\ud800"}',
+]
+
+
+@pytest.mark.parametrize("text", LONE_SURROGATES)
+def test_a_lone_surrogate_anywhere_in_a_frame_is_malformed(text: str) -> None:
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(text)
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(text.encode("utf-8"))
+
+
+def test_a_string_holding_a_raw_surrogate_is_malformed() -> None:
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message('{"type":"cancel","reason":"\ud800"}')
+
+
+def test_an_escaped_pair_and_an_escaped_backslash_are_fine() -> None:
+    assert p.parse_message('{"type":"cancel","reason":"\\ud83d\\ude00 \\\\ud800"}') == p.Cancel("\U0001f600 \\ud800")
+
+
+def test_bytes_that_are_not_utf8_are_malformed() -> None:
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(b'{"type":"cancel","reason":"\xed\xa0\x80"}')
+
+
+def test_every_parsed_message_can_be_encoded_again() -> None:
+    for text in ['{"type":"cancel","reason":"\\ud83d\\ude00"}', offer_json(["é/ü"], ["d"])]:
+        p.parse_message(text).to_json().encode("utf-8")
+
+
+def test_mtime_and_exec_travel_in_the_offer() -> None:
+    offer = p.Offer((p.FileEntry("run.sh", 3, 1_700_000_000, True), p.FileEntry("b", 1)))
+    assert p.parse_message(offer.to_json()) == offer
+    assert offer.to_dict()["files"][1] == {"path": "b", "size": 1}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"mtime": -1}, {"mtime": 253_402_300_800}, {"mtime": 1.5}, {"mtime": "1"}, {"mtime": True},
+     {"exec": 1}, {"exec": "yes"}, {"exec": None}],
+)
+def test_out_of_range_mtime_and_exec_are_malformed(entry: dict[str, object]) -> None:
+    text = json.dumps({"type": "offer", "files": [{"path": "a", "size": 1, **entry}]})
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(text)
+
+
+def test_offer_kinds_round_trip_and_default_to_files() -> None:
+    assert p.parse_message(offer_json(["a"])).kind is p.OfferKind.FILES  # type: ignore[attr-defined]
+    for kind in p.OfferKind:
+        offer = p.Offer((p.FileEntry("a", 5),), (), 4, kind)
+        assert p.parse_message(offer.to_json()) == offer
+    assert "kind" not in p.Offer((p.FileEntry("a", 5),)).to_dict()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"kind": "texts", "files": [{"path": "a", "size": 1}]},
+        {"kind": 1, "files": [{"path": "a", "size": 1}]},
+        {"kind": "text", "files": []},
+        {"kind": "text", "files": [{"path": "a", "size": 1}, {"path": "b", "size": 1}]},
+        {"kind": "text", "files": [{"path": "a", "size": 1}], "dirs": ["d"]},
+        {"kind": "text", "files": [{"path": "a", "size": 1024 * 1024 + 1}]},
+        {"kind": "stdin", "files": [{"path": "a", "size": 1}], "dirs": ["d"]},
+        {"kind": "stdin", "files": []},
+    ],
+)
+def test_text_and_stdin_offers_hold_exactly_one_file(data: dict[str, object]) -> None:
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps({"type": "offer", **data}))
+
+
+def test_a_large_stdin_offer_is_fine() -> None:
+    assert p.parse_message(json.dumps({"type": "offer", "kind": "stdin", "files": [{"path": "stdin", "size": 2**40}]}))
 
 
 def test_escape_text_makes_control_and_bidi_characters_visible() -> None:
