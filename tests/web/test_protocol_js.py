@@ -23,7 +23,8 @@ PATHS = [
     "é" * 128, "/abs", "a//b", "./a", "a/./b", "../up", "a/..", "", "back\\slash", "nul\x00byte", "tab\tname",
     "del\x7fname", "c1\x85name", "line\u2028sep", "CON", "con.txt", "a/Lpt9.tar.gz", "com0", "COM1 .txt",
     "aux ", "ends.", "a<b", "a>b", 'a"b', "a|b", "a?b", "a*b", "a:b", "bidi\u202eexe.txt", "zero\u200bwidth",
-    "lone\ud800surrogate", "/".join(["d"] * 2049), "a/" * 1000 + "b" * 2000,
+    "lone\ud800surrogate", "/".join(["d"] * 2049), "a/" * 1000 + "b" * 2000, "aux.c", "a:b.txt", "what?.txt",
+    "trailing.", "trailing ", "dir./x", "CON/nul.txt", "\udc00", "x\U0001f600", "é" * 127 + "e",
 ]
 MESSAGES = [
     '{"type":"hello","version":1,"role":"send","peer":0,"receivers":1,"max_message":4194304}',
@@ -48,6 +49,34 @@ MESSAGES = [
     '{"type":"peer_left","peer":1,"role":"receive"}',
     '{"type":"ack","file":"0","offset":0}',
     '{"type":"frobnicate"}', '{"kind":"hello"}', "[1,2]", "not json", '{"type":7}',
+    # lone surrogates anywhere: malformed_message
+    '{"type":"cancel","reason":"\\ud800"}', '{"type":"error","code":"write_failed","message":"\\uDFFF"}',
+    '{"type":"ack","file":0,"offset":0,"x":{"y":["\\ud800"]}}', '{"type":"start","\\udbff":1}',
+    '{"type":"offer","files":[{"path":"a\\ud800","size":1}]}', '{"type":"cancel","reason":"\\ud83d\\ude00"}',
+    '{"type":"cancel","reason":"\\\\ud800"}', '{"type":"frobnicate\\ud800"}',
+    # names that cannot exist side by side
+    '{"type":"offer","files":[{"path":"a","size":1}],"dirs":["a"]}',
+    '{"type":"offer","files":[{"path":"b","size":1},{"path":"a","size":1}],"dirs":["a"]}',
+    '{"type":"offer","files":[{"path":"a","size":1}],"dirs":["a/b"]}',
+    '{"type":"offer","files":[],"dirs":["d","d"]}', '{"type":"offer","files":[],"dirs":["d","D"]}',
+    '{"type":"offer","files":[{"path":"caf\u00e9","size":1},{"path":"cafe\u0301","size":1}]}',
+    '{"type":"offer","files":[{"path":"docs/a","size":1},{"path":"Docs/b","size":1}]}',
+    '{"type":"offer","files":[{"path":"stra\u00dfe","size":1},{"path":"STRASSE","size":1}]}',
+    '{"type":"offer","files":[{"path":"a/b","size":1},{"path":"a/c","size":1}],"dirs":["a"]}',
+    '{"type":"offer","files":[{"path":"aux.c","size":1},{"path":"a:b","size":1}],"dirs":["trailing."]}',
+    # mtime, exec and kind
+    '{"type":"offer","files":[{"path":"a","size":1,"mtime":1700000000,"exec":true}]}',
+    '{"type":"offer","files":[{"path":"a","size":1,"mtime":-1}]}',
+    '{"type":"offer","files":[{"path":"a","size":1,"mtime":253402300800}]}',
+    '{"type":"offer","files":[{"path":"a","size":1,"mtime":"1"}]}',
+    '{"type":"offer","files":[{"path":"a","size":1,"exec":1}]}',
+    '{"type":"offer","files":[{"path":"a","size":1,"exec":null}]}',
+    '{"type":"offer","kind":"text","files":[{"path":"a","size":1048576}]}',
+    '{"type":"offer","kind":"text","files":[{"path":"a","size":1048577}]}',
+    '{"type":"offer","kind":"text","files":[{"path":"a","size":1}],"dirs":["d"]}',
+    '{"type":"offer","kind":"stdin","files":[{"path":"a","size":1},{"path":"b","size":1}]}',
+    '{"type":"offer","kind":"stdin","files":[{"path":"a","size":9007199254740991}]}',
+    '{"type":"offer","kind":"folder","files":[{"path":"a","size":1}]}',
 ]
 CODES = ["Actor Table_Ocean.ring", "  abc  ", "-x-", "UPPER", "a" * 129, "é-word", "a--b"]
 TEXTS = ["plain", "new\nline", "tab\t", "bell\x07", "bidi\u202eexe", "c1\x9b", "zwj\u200dx", "ok ünïcödé"]

@@ -105,12 +105,8 @@ export function isValidCode(code) {
 
 // --- paths -------------------------------------------------------------------------------------------------
 
-const WINDOWS_RESERVED = new Set(["con", "prn", "aux", "nul"]);
-for (let i = 1; i <= 9; i++) {
-  WINDOWS_RESERVED.add(`com${i}`);
-  WINDOWS_RESERVED.add(`lpt${i}`);
-}
-const WINDOWS_FORBIDDEN_RE = /[<>:"|?*\\]/;
+export const MAX_PATH_BYTES = 4096;
+export const MAX_SEGMENT_BYTES = 255;
 const utf8 = new TextEncoder();
 
 const LONE_SURROGATE_RE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
@@ -125,57 +121,82 @@ function utf8Length(text) {
 
 /**
  * Return `path` if it is a safe relative POSIX path for a receiver to create, else throw (unsafe_path).
- * Same rules as relay.protocol.check_path: nothing that could land outside the receiver's folder, hide as
- * something else on screen, or mean something special on Windows.
+ * Same rules as relay.protocol.check_path: nothing that could land outside the receiver's folder or hide as
+ * something else on screen. Names only some file systems refuse (`aux.c`, `a:b`, `trailing.`) are legal on the
+ * wire; each receiver maps what its own file system cannot store.
  */
 export function checkPath(path) {
   if (typeof path !== "string") throw malformed("a path must be a string");
   const shown = escapeText(path);
   if (path === "") throw unsafe("an empty path was offered");
   if (!isWellFormed(path)) throw unsafe(`path is not valid Unicode: ${shown}`);
-  if (utf8Length(path) > 4096) throw unsafe(`path too long: ${shown.slice(0, 80)}...`);
+  if (utf8Length(path) > MAX_PATH_BYTES) throw unsafe(`path too long: ${shown.slice(0, 80)}...`);
   if (path.startsWith("/")) throw unsafe(`absolute path refused: ${shown}`);
   if (CONTROL_RE.test(path)) throw unsafe(`control character in path refused: ${shown}`);
-  const forbidden = path.match(WINDOWS_FORBIDDEN_RE);
-  if (forbidden) throw unsafe(`character '${forbidden[0]}' in path refused: ${shown}`);
+  if (path.includes("\\")) throw unsafe(`backslash in path refused: ${shown}`);
   for (const segment of path.split("/")) {
     if (segment === "" || segment === "." || segment === "..") {
       throw unsafe(`empty, '.' or '..' segment refused: ${shown}`);
     }
-    if (utf8Length(segment) > 255) throw unsafe(`path segment too long: ${shown.slice(0, 80)}...`);
-    if (segment.endsWith(".") || segment.endsWith(" ")) {
-      throw unsafe(`segment ending in a dot or space refused: ${shown}`);
-    }
-    const stem = segment.split(".", 1)[0].replace(/ +$/, "").toLowerCase();
-    if (WINDOWS_RESERVED.has(stem)) throw unsafe(`Windows-reserved name refused: ${shown}`);
+    if (utf8Length(segment) > MAX_SEGMENT_BYTES) throw unsafe(`path segment too long: ${shown.slice(0, 80)}...`);
   }
   return path;
 }
 
-// Python compares paths with str.casefold(); upper- then lower-casing gives the same folding for the cases
-// that matter here (ASCII, accents, German sharp s).
-function foldCase(text) {
-  return text.toUpperCase().toLowerCase();
+/**
+ * The form two names are compared in, like relay.protocol.path_key: NFC after case folding. Python folds with
+ * str.casefold(); upper- then lower-casing gives the same folding for the cases that matter here (ASCII,
+ * accents, German sharp s).
+ */
+export function pathKey(path) {
+  return path.normalize("NFC").toUpperCase().toLowerCase().normalize("NFC");
 }
 
-/** Refuse duplicate paths and a file that is also a parent folder of another entry. */
-export function checkLayout(files, dirs) {
-  const filePaths = new Set();
-  let total = 0;
-  for (const entry of files) {
-    const key = foldCase(entry.path);
-    if (filePaths.has(key)) throw unsafe(`path offered twice: ${escapeText(entry.path)}`);
-    filePaths.add(key);
-    total += entry.size;
+function twins(first, second) {
+  return first === second ? escapeText(first) : `${escapeText(first)} and ${escapeText(second)}`;
+}
+
+export const OFFER_KINDS = Object.freeze(["files", "text", "stdin"]);
+export const MAX_TEXT_OFFER = 1024 * 1024;
+export const MAX_MTIME = 253_402_300_799; // 9999-12-31T23:59:59Z
+
+/**
+ * Refuse an offer whose names cannot all exist side by side in one folder, on any file system (same rules as
+ * relay.protocol.Offer.check_layout): a path twice (as files, folders or one of each, compared by pathKey), a
+ * file that is also a folder above another entry, one folder under two spellings; a text/stdin offer is one file.
+ */
+export function checkLayout(files, dirs, kind = "files") {
+  if (kind !== "files") {
+    if (files.length !== 1 || dirs.length !== 0) throw malformed(`a '${kind}' offer holds exactly one file and no folder`);
+    if (kind === "text" && files[0].size > MAX_TEXT_OFFER) throw malformed(`a text offer is at most ${MAX_TEXT_OFFER} bytes`);
   }
+  let total = 0;
+  for (const entry of files) total += entry.size;
   if (total > MAX_SAFE_INT) throw malformed("total size too large");
+  const fileKeys = new Map();
+  for (const entry of files) {
+    const key = pathKey(entry.path);
+    if (fileKeys.has(key)) throw unsafe(`path offered twice: ${twins(fileKeys.get(key), entry.path)}`);
+    fileKeys.set(key, entry.path);
+  }
+  const folderKeys = new Map();
+  for (const path of dirs) {
+    const key = pathKey(path);
+    if (folderKeys.has(key)) throw unsafe(`folder offered twice: ${twins(folderKeys.get(key), path)}`);
+    folderKeys.set(key, path);
+  }
   for (const path of [...files.map((entry) => entry.path), ...dirs]) {
-    const parts = foldCase(path).split("/");
-    for (let depth = 1; depth < parts.length; depth++) {
-      if (filePaths.has(parts.slice(0, depth).join("/"))) {
-        throw unsafe(`a file is also used as a folder: ${escapeText(path)}`);
-      }
+    const segments = path.split("/");
+    for (let depth = 1; depth < segments.length; depth++) {
+      const folder = segments.slice(0, depth).join("/");
+      const key = pathKey(folder);
+      if (!folderKeys.has(key)) folderKeys.set(key, folder);
+      const spelled = folderKeys.get(key);
+      if (spelled !== folder) throw unsafe(`one folder offered under two names: ${twins(spelled, folder)}`);
     }
+  }
+  for (const [key, path] of fileKeys) {
+    if (folderKeys.has(key)) throw unsafe(`a path is both a file and a folder: ${twins(path, folderKeys.get(key))}`);
   }
 }
 
@@ -217,25 +238,36 @@ function roleField(value) {
 
 // --- messages ----------------------------------------------------------------------------------------------
 
+function fileEntry(item) {
+  if (item === null || typeof item !== "object" || Array.isArray(item)) {
+    throw malformed("each entry of 'files' must be an object");
+  }
+  const entry = { path: checkPath(item.path), size: intField(item.size, "size") };
+  if (item.mtime !== undefined && item.mtime !== null) entry.mtime = intField(item.mtime, "mtime", 0, MAX_MTIME);
+  const executable = item.exec === undefined ? false : item.exec;
+  if (typeof executable !== "boolean") throw malformed("field 'exec' must be true or false");
+  if (executable) entry.exec = true;
+  return entry;
+}
+
 function parseOffer(data) {
   const files = data.files;
   const dirs = data.dirs === undefined ? [] : data.dirs;
+  const kind = data.kind === undefined ? "files" : data.kind;
   if (!Array.isArray(files) || files.length > MAX_FILES) {
     throw malformed(`field 'files' must be a list of at most ${MAX_FILES} entries`);
   }
   if (!Array.isArray(dirs) || dirs.length > MAX_FILES) {
     throw malformed(`field 'dirs' must be a list of at most ${MAX_FILES} entries`);
   }
-  const entries = files.map((item) => {
-    if (item === null || typeof item !== "object" || Array.isArray(item)) {
-      throw malformed("each entry of 'files' must be an object");
-    }
-    return { path: checkPath(item.path), size: intField(item.size, "size") };
-  });
+  if (!OFFER_KINDS.includes(kind)) throw malformed("field 'kind' must be 'files', 'text' or 'stdin'");
+  const entries = files.map(fileEntry);
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   const chunkSize = intField(data.chunk_size === undefined ? DEFAULT_CHUNK_SIZE : data.chunk_size, "chunk_size", 1);
-  checkLayout(entries, checkedDirs);
-  return { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
+  checkLayout(entries, checkedDirs, kind);
+  const offer = { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
+  if (kind !== "files") offer.kind = kind;
+  return offer;
 }
 
 /** Per type: build the checked message from the parsed JSON object. Unknown extra fields are dropped. */
@@ -286,13 +318,38 @@ const PARSERS = {
   peer_left: (d) => ({ type: "peer_left", peer: intField(d.peer, "peer"), role: roleField(d.role) }),
 };
 
-/** Parse one text frame into its checked message object, or throw a ProtocolError. */
+// A lone surrogate reaches a parsed string only through a \uD800-\uDFFF escape (or as itself); frames without
+// either skip the walk.
+const MAY_HOLD_SURROGATE_RE = /[\ud800-\udfff]|\\u[dD][89a-fA-F]/;
+
+/** Whether every string in parsed JSON (keys included) is valid Unicode; iterative, so depth costs no stack. */
+function encodable(data) {
+  const pending = [data];
+  while (pending.length > 0) {
+    const item = pending.pop();
+    if (typeof item === "string") {
+      if (!isWellFormed(item)) return false;
+    } else if (item !== null && typeof item === "object") {
+      if (!Array.isArray(item)) for (const key of Object.keys(item)) pending.push(key);
+      for (const value of Object.values(item)) pending.push(value);
+    }
+  }
+  return true;
+}
+
+/**
+ * Parse one text frame into its checked message object, or throw a ProtocolError. A string anywhere in the frame
+ * that is not valid Unicode (a lone surrogate, written "\ud800") makes the whole frame malformed_message.
+ */
 export function parseMessage(text) {
   let data;
   try {
     data = JSON.parse(text);
   } catch {
     throw malformed("text frame is not valid JSON");
+  }
+  if (MAY_HOLD_SURROGATE_RE.test(text) && !encodable(data)) {
+    throw malformed("text frame holds a string that is not valid Unicode (a lone surrogate)");
   }
   if (data === null || typeof data !== "object" || Array.isArray(data)) {
     throw malformed("a control message must be a JSON object");
@@ -305,7 +362,7 @@ export function parseMessage(text) {
 
 /** Build an offer message for local files, checking it by the same rules a receiver will apply. */
 export function makeOffer(files, dirs = [], chunkSize = DEFAULT_CHUNK_SIZE) {
-  const entries = files.map((entry) => ({ path: checkPath(entry.path), size: intField(entry.size, "size") }));
+  const entries = files.map(fileEntry);
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   checkLayout(entries, checkedDirs);
   return { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
