@@ -3,8 +3,19 @@
 Every path from a sender is hostile. Confinement here is by construction, not by string checks alone: each
 folder on the way to a file is opened relative to the previous one with ``O_NOFOLLOW``, so a symbolic link
 anywhere below the destination (planted before or during the transfer) is refused rather than followed.
+
 Files are written to ``.relay-<random>.part`` beside their final name and renamed only when the whole transfer
-has verified; on any failure the parts are deleted, so nothing is ever left under a final name.
+has verified. The commit is all-or-nothing: if the k-th rename fails, the k-1 files already renamed are removed
+again (a file they replaced under ``overwrite`` is put back), every part is deleted and every folder this
+transfer created is removed, so nothing is ever left under a final name.
+
+Descriptors are bounded by a small constant whatever the number of files and folders: a part remembers the
+names of its folders, not an open descriptor; the one folder used last stays open (files usually arrive folder
+by folder), and any other is opened by a fresh no-follow walk from the root when it is needed and closed after.
+
+Names: the wire carries any safe relative path (``relay.protocol.check_path``); ``local_name`` maps what this
+platform's file system cannot store (Windows: forbidden characters, reserved device names, trailing dots and
+spaces), and the mappings are reported to the user.
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ import errno
 import os
 import secrets
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,74 +40,158 @@ from clients.errors import LocalFailure
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
+# --- names this file system cannot store -------------------------------------------------------------------
+
+_WINDOWS_RESERVED = (
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"{device}{digit}" for device in ("com", "lpt") for digit in "123456789\u00b9\u00b2\u00b3"}
+)
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+
+
+def local_name(segment: str, platform: str = sys.platform) -> str:
+    """The name one path segment is stored under on ``platform`` (docs/protocol.md section 3, "Receivers").
+
+    On Windows (``platform == "win32"``) each of ``<>:"|?*`` becomes ``_``; a reserved device name (``CON``,
+    ``aux.c``, ``COM1 .txt``, any case) gets ``_`` after its stem (``CON_``, ``aux_.c``); a name ending in a dot
+    or a space gets ``_`` appended. Elsewhere the name is stored as it is. Pure, so it is tested on any system.
+    """
+    if platform != "win32":
+        return segment
+    name = "".join("_" if char in _WINDOWS_FORBIDDEN else char for char in segment)
+    stem, dot, rest = name.partition(".")
+    device = stem.rstrip(" ")
+    if device.casefold() in _WINDOWS_RESERVED:
+        name = f"{device}_{stem[len(device):]}{dot}{rest}"
+    if name[-1] in ". ":
+        name += "_"
+    return name
+
+
+def local_path(path: str, platform: str = sys.platform) -> str:
+    """``path`` (already checked by ``check_path``) with every segment mapped by ``local_name``."""
+    return "/".join(local_name(segment, platform) for segment in path.split("/"))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+# --- the destination folder --------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Part:
-    """One file being received: its temporary name, open in the folder (``dir_fd``) it will be renamed in."""
+    """One file being received: its folder and names (local spelling), and its temporary file while open."""
 
     entry: p.FileEntry
-    dir_fd: int
+    folders: tuple[str, ...]
     name: str
     part_name: str
     handle: AsyncBufferedIOBase | None = None
-    written: bool = False
+    written: bool = False  # the temporary file exists
+    committed: bool = False  # renamed to ``name``
+    backup: str | None = None  # under overwrite: the replaced file, kept under a temporary name until the end
     writing: asyncio.Future[int] | None = None  # the one write still in flight, if any
 
 
 @dataclass(slots=True)
 class Destination:
-    """The receiver's folder: checks an offer against it, then writes parts and renames them at the end."""
+    """The receiver's folder: checks an offer against it, then writes parts and renames them at the end.
+
+    ``mappings`` lists ``(offered path, local path)`` for each name ``local_name`` changed on this platform.
+    """
 
     root: Path
     overwrite: bool = False
+    platform: str = sys.platform
     parts: list[Part] = field(default_factory=list)
+    mappings: list[tuple[str, str]] = field(default_factory=list)
+    created: list[tuple[str, ...]] = field(default_factory=list)  # folders this transfer made, in order
+    _local: dict[str, str] = field(default_factory=dict)
+    _open: tuple[tuple[str, ...], int] | None = None  # the folder used last, still open
 
     def check(self, offer: p.Offer) -> None:
         """Refuse, before accepting, an offer that would overwrite, go through a link, or not fit on disk."""
         if not self.root.is_dir():
             raise LocalFailure(ErrorCode.WRITE_FAILED, f"the output folder does not exist: {self.root}")
+        self._map_names(offer)
+        dirs = {self._local[path] for path in offer.dirs}
         existing = []
-        for path in [entry.path for entry in offer.files] + list(offer.dirs):
+        for path in [self._local[entry.path] for entry in offer.files] + sorted(dirs):
             target = self.root
             parts = path.split("/")
             for depth, part in enumerate(parts):
                 target = target / part
+                shown = escape_text(path)
                 if target.is_symlink():
-                    raise LocalFailure(ErrorCode.UNSAFE_PATH, f"refusing {escape_text(path)}: it goes through a symbolic link")
+                    raise LocalFailure(ErrorCode.UNSAFE_PATH, f"refusing {shown}: it goes through a symbolic link")
                 last = depth == len(parts) - 1
                 if not last and target.exists() and not target.is_dir():
-                    raise LocalFailure(ErrorCode.FILE_EXISTS, f"refusing {escape_text(path)}: {escape_text(part)} is a file here")
-            if path in offer.dirs:
+                    raise LocalFailure(ErrorCode.FILE_EXISTS, f"refusing {shown}: {escape_text(part)} is a file here")
+            if path in dirs:
                 if target.exists() and not target.is_dir():
-                    raise LocalFailure(ErrorCode.FILE_EXISTS, f"refusing folder {escape_text(path)}: a file has that name")
+                    raise LocalFailure(ErrorCode.FILE_EXISTS, f"refusing folder {shown}: a file has that name")
             elif target.is_dir():
-                raise LocalFailure(ErrorCode.FILE_EXISTS, f"refusing {escape_text(path)}: a folder has that name")
+                raise LocalFailure(ErrorCode.FILE_EXISTS, f"refusing {shown}: a folder has that name")
             elif target.exists():
                 existing.append(path)
         if existing and not self.overwrite:
-            shown = ", ".join(escape_text(x) for x in existing[:3]) + (" ..." if len(existing) > 3 else "")
-            raise LocalFailure(ErrorCode.FILE_EXISTS, f"would overwrite {len(existing)} file(s) ({shown}); use --overwrite")
+            listed = ", ".join(escape_text(x) for x in existing[:3]) + (" ..." if len(existing) > 3 else "")
+            raise LocalFailure(
+                ErrorCode.FILE_EXISTS, f"would overwrite {len(existing)} file(s) ({listed}); use --overwrite"
+            )
         free = shutil.disk_usage(self.root).free
         if offer.total_size > free:
             raise LocalFailure(
                 ErrorCode.DISK_FULL, f"the offer needs {offer.total_size} bytes but only {free} are free in {self.root}"
             )
 
+    def _map_names(self, offer: p.Offer) -> None:
+        """Give every offered path its local spelling; refuse an offer whose mapped names collide."""
+        self._local.clear()
+        self.mappings.clear()
+        for path in [entry.path for entry in offer.files] + list(offer.dirs):
+            local = local_path(path, self.platform)
+            self._local[path] = local
+            if local != path:
+                self.mappings.append((path, local))
+        if not self.mappings:
+            return
+        mapped = p.Offer(
+            tuple(p.FileEntry(self._local[entry.path], entry.size) for entry in offer.files),
+            tuple(self._local[path] for path in offer.dirs),
+        )
+        try:
+            mapped.check_layout()
+        except p.ProtocolError as exc:
+            raise LocalFailure(
+                ErrorCode.UNSAFE_PATH, f"names this system cannot store collide once renamed: {exc.message}"
+            ) from exc
+
+    def local(self, path: str) -> str:
+        """The local spelling of an offered path (after ``check``)."""
+        return self._local.get(path) or local_path(path, self.platform)
+
     def make_dirs(self, dirs: tuple[str, ...]) -> None:
+        """Create the offer's folders (the empty ones and their parents)."""
         for path in dirs:
-            fd = self._open_folder(path.split("/"), path)
-            os.close(fd)
+            self._folder(tuple(self.local(path).split("/")), path)
 
     async def open_part(self, entry: p.FileEntry) -> Part:
         """Create the temporary file for ``entry`` (and the folders above it)."""
-        *folders, name = entry.path.split("/")
-        dir_fd = self._open_folder(folders, entry.path)
-        part_name = f".relay-{secrets.token_hex(6)}.part"
-        part = Part(entry, dir_fd, name, part_name)
+        *folders, name = self.local(entry.path).split("/")
+        dir_fd = self._folder(tuple(folders), entry.path)
+        part = Part(entry, tuple(folders), name, f".relay-{secrets.token_hex(6)}.part")
         self.parts.append(part)
         try:
             part.handle = await aiofiles.open(
-                part_name, "wb", opener=lambda n, flags: os.open(n, _PART_FLAGS, 0o644, dir_fd=dir_fd)
+                part.part_name, "wb", opener=lambda n, flags: os.open(n, _PART_FLAGS, 0o644, dir_fd=dir_fd)
             )
         except OSError as exc:
             raise _write_error(entry.path, exc) from exc
@@ -117,32 +214,70 @@ class Destination:
                 raise _write_error(part.entry.path, exc) from exc
 
     async def finish(self, part: Part) -> None:
-        """Flush and close a verified part; it keeps its temporary name until ``commit``."""
+        """Flush a verified part, give it the offered mode and mtime, and close it; it keeps its temporary name."""
         await self._settle(part)
         if part.handle is not None:
             try:
+                await part.handle.flush()
+                _apply_metadata(part.handle.fileno(), part.entry)
                 await part.handle.close()
             except OSError as exc:
                 raise _write_error(part.entry.path, exc) from exc
             part.handle = None
 
     def commit(self) -> None:
-        """Give every verified part its final name; without ``overwrite`` an existing file is never replaced."""
+        """Give every verified part its final name, all or nothing.
+
+        Without ``overwrite`` an existing file is never replaced. With it, a replaced file is kept under a
+        temporary name until every rename succeeded. If any rename fails, the files renamed so far are removed
+        (replaced ones put back), every part is deleted and the folders this transfer created are removed.
+        """
+        try:
+            for part in self.parts:
+                dir_fd = self._folder(part.folders, part.entry.path, create=False)
+                try:
+                    if self.overwrite:
+                        part.backup = _keep_aside(dir_fd, part.name)
+                        os.replace(part.part_name, part.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    else:
+                        _rename_no_clobber(dir_fd, part.part_name, part.name)
+                except FileExistsError as exc:
+                    raise LocalFailure(
+                        ErrorCode.FILE_EXISTS, f"{escape_text(part.entry.path)} appeared meanwhile; not overwritten"
+                    ) from exc
+                except OSError as exc:
+                    raise _write_error(part.entry.path, exc) from exc
+                part.written = False
+                part.committed = True
+        except BaseException:
+            self._roll_back()
+            raise
         for part in self.parts:
-            try:
-                if self.overwrite:
-                    os.replace(part.part_name, part.name, src_dir_fd=part.dir_fd, dst_dir_fd=part.dir_fd)
-                else:
-                    _rename_no_clobber(part)
-            except FileExistsError as exc:
-                raise LocalFailure(ErrorCode.FILE_EXISTS, f"{escape_text(part.entry.path)} appeared meanwhile; not overwritten") from exc
-            except OSError as exc:
-                raise _write_error(part.entry.path, exc) from exc
-            part.written = False
+            if part.backup is not None:
+                self._unlink(part.folders, part.backup)
+        self.created.clear()
+        self.parts.clear()
         self.close()
 
+    def _roll_back(self) -> None:
+        """Undo a commit that failed halfway, then remove what the transfer made: no final name is left."""
+        for part in reversed(self.parts):
+            if not part.committed:
+                continue
+            try:
+                dir_fd = self._folder(part.folders, part.entry.path, create=False)
+                if part.backup is not None:
+                    os.replace(part.backup, part.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    part.backup = None
+                else:
+                    os.unlink(part.name, dir_fd=dir_fd)
+            except (OSError, LocalFailure):
+                pass
+            part.committed = False
+        self._remove_leftovers()
+
     async def discard(self) -> None:
-        """Delete every part not yet committed: a failed transfer leaves nothing under a final name."""
+        """Delete every part not yet committed and every folder made for it: a failed transfer leaves nothing."""
         for part in self.parts:
             try:
                 await self._settle(part)
@@ -154,30 +289,58 @@ class Destination:
                 except OSError:
                     pass
                 part.handle = None
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        for part in self.parts:
             if part.written:
-                try:
-                    os.unlink(part.part_name, dir_fd=part.dir_fd)
-                except FileNotFoundError:
-                    pass
+                self._unlink(part.folders, part.part_name)
                 part.written = False
+            if part.backup is not None:  # only when putting it back failed: keep the user's file, never delete it
+                part.backup = None
+        self.parts.clear()
         self.close()
+        for folder in reversed(self.created):  # deepest last-made first; a folder someone filled meanwhile stays
+            try:
+                parent_fd = self._folder(folder[:-1], "/".join(folder), create=False)
+                os.rmdir(folder[-1], dir_fd=parent_fd)
+            except (OSError, LocalFailure):
+                pass
+            self.close()  # never keep a removed folder (or its parent) open
+        self.created.clear()
+
+    def _unlink(self, folders: tuple[str, ...], name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._folder(folders, name, create=False))
+        except (OSError, LocalFailure):
+            pass
 
     def close(self) -> None:
-        for part in self.parts:
-            if part.dir_fd >= 0:
-                os.close(part.dir_fd)
-                part.dir_fd = -1
-        self.parts.clear()
+        """Close the one folder descriptor kept open."""
+        if self._open is not None:
+            os.close(self._open[1])
+            self._open = None
 
-    def _open_folder(self, folders: list[str], shown: str) -> int:
-        """Open (creating as needed) the folder ``root/folders...`` without following any link."""
+    def _folder(self, folders: tuple[str, ...], shown: str, create: bool = True) -> int:
+        """A descriptor of ``root/folders...`` (creating folders as needed), reached without following any link.
+
+        The descriptor stays owned by the destination (it is the one kept open) and must not be closed by the
+        caller; it is valid until the next call.
+        """
+        if self._open is not None and self._open[0] == folders:
+            return self._open[1]
+        self.close()
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for folder in folders:
-                try:
-                    os.mkdir(folder, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
+            for depth, folder in enumerate(folders):
+                if create:
+                    try:
+                        os.mkdir(folder, 0o755, dir_fd=fd)
+                        self.created.append(folders[: depth + 1])
+                    except FileExistsError:
+                        pass
+                    except OSError as exc:
+                        raise _write_error(shown, exc) from exc
                 try:
                     next_fd = os.open(folder, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -192,12 +355,35 @@ class Destination:
         except BaseException:
             os.close(fd)
             raise
+        self._open = (folders, fd)
         return fd
 
 
-def _rename_no_clobber(part: Part) -> None:
+def _apply_metadata(fd: int, entry: p.FileEntry) -> None:
+    """The offered executable bit (0o755 or 0o644, after umask: never setuid/setgid/sticky) and mtime."""
+    if entry.exec:
+        os.fchmod(fd, 0o755 & ~_UMASK)
+    if entry.mtime is not None and os.utime in os.supports_fd:
+        os.utime(fd, ns=(time.time_ns(), entry.mtime * 1_000_000_000))
+
+
+def _keep_aside(dir_fd: int, name: str) -> str | None:
+    """Under overwrite: link the file about to be replaced to a temporary name so a failed commit can restore it."""
+    backup = f".relay-{secrets.token_hex(6)}.old"
     try:
-        os.link(part.part_name, part.name, src_dir_fd=part.dir_fd, dst_dir_fd=part.dir_fd, follow_symlinks=False)
+        os.link(name, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            return None  # no hard links here: the replaced file cannot be kept (documented in security.md)
+        raise
+    return backup
+
+
+def _rename_no_clobber(dir_fd: int, part_name: str, name: str) -> None:
+    try:
+        os.link(part_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -205,12 +391,12 @@ def _rename_no_clobber(part: Part) -> None:
             raise
         # A file system without hard links: check, then rename (a small race we accept there).
         try:
-            os.stat(part.name, dir_fd=part.dir_fd, follow_symlinks=False)
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            os.rename(part.part_name, part.name, src_dir_fd=part.dir_fd, dst_dir_fd=part.dir_fd)
+            os.rename(part_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             return
-        raise FileExistsError(part.name) from exc
-    os.unlink(part.part_name, dir_fd=part.dir_fd)
+        raise FileExistsError(name) from exc
+    os.unlink(part_name, dir_fd=dir_fd)
 
 
 def _write_error(path: str, exc: OSError) -> LocalFailure:
