@@ -2,6 +2,10 @@
 
 ``send`` and ``receive`` report what happens through a ``Reporter`` (the CLI draws progress bars from it; tests
 record it) and raise a ``TransferError`` subclass with a one-line message when a transfer does not finish.
+
+Every wait is bounded (``Deadlines``): a relay or a peer that goes silent ends the transfer with
+``DeadlineExceeded`` naming what was awaited, never a hang. The sender reports success only after a ``verified``
+from every receiver, counted by peer; a ``complete`` without them is a protocol error from the relay.
 """
 
 from __future__ import annotations
@@ -10,15 +14,16 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiofiles
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
 from clients.connection import RelayConnection, default_relay_url
-from clients.errors import LocalFailure, TransferError, TransferRefused
+from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
 from clients.store import Destination
 
@@ -44,6 +49,30 @@ class Reporter:
     def finished(self) -> None:
         """Every byte arrived and every checksum matched."""
 
+    def skipped(self, left_out: list[tuple[str, str]]) -> None:
+        """Sender, before offering: these local paths are not sent, each with the reason (unreadable, a link to a
+        folder, not a regular file). Only called when the list is not empty."""
+
+    def renamed(self, mappings: list[tuple[str, str]]) -> None:
+        """Receiver, before accepting: these offered paths will be stored under another name on this system
+        (``clients.store.local_name``), as ``(offered, stored as)``. Only called when the list is not empty."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long, in seconds, each wait may last before the transfer ends with ``DeadlineExceeded``.
+
+    The defaults are generous and a bit longer than the relay's own limits, so that with a working relay its
+    clear error arrives first: 10 minutes for pairing, 30 minutes for every receiver to answer an offer
+    (``offer_timeout``), 2 minutes for an idle room.
+    """
+
+    connect: float = 60.0  # the relay's ``hello`` after opening the WebSocket
+    receivers: float = 660.0  # sender: until every receiver joined; receiver: until the offer came
+    answer: float = 1860.0  # sender: until every receiver accepted; receiver: until the first chunk after accepting
+    frame: float = 300.0  # while streaming: the next frame (receiver), or the relay taking a frame (sender)
+    verified: float = 600.0  # sender: after ``done``, until every ``verified`` and ``complete``
+
 
 @dataclass(frozen=True, slots=True)
 class SendOptions:
@@ -51,6 +80,9 @@ class SendOptions:
     relay_url: str = ""
     receivers: int = 1
     chunk_size: int = p.DEFAULT_CHUNK_SIZE
+    skip_unreadable: bool = False  # send what can be read and report the rest, instead of refusing to start
+    kind: p.OfferKind = p.OfferKind.FILES
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     @property
     def url(self) -> str:
@@ -63,6 +95,7 @@ class ReceiveOptions:
     output: Path = Path(".")
     relay_url: str = ""
     overwrite: bool = False
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     @property
     def url(self) -> str:
@@ -70,6 +103,48 @@ class ReceiveOptions:
 
 
 Confirm = Callable[[p.Offer], Awaitable[bool]]
+T = TypeVar("T")
+
+# What a receiver tells the room when it refuses an offer or fails on its own side: a neutral reason per error
+# code. The local detail (file names, folder, "use --overwrite") stays in the receiver's own message.
+PUBLIC_REASONS: dict[ErrorCode, str] = {
+    ErrorCode.FILE_EXISTS: "the receiver's files would be overwritten",
+    ErrorCode.DISK_FULL: "the receiver does not have enough free space",
+    ErrorCode.UNSAFE_PATH: "the receiver cannot store a path of the offer safely",
+    ErrorCode.WRITE_FAILED: "the receiver could not write the files",
+    ErrorCode.DECLINED: "the receiver declined",
+}
+DECLINED_REASON = "the receiver declined"
+RECEIVER_CANCELLED = "the receiver cancelled"
+SENDER_CANCELLED = "the sender cancelled"
+
+
+def public_reason(failure: LocalFailure) -> str:
+    """The short neutral reason a receiver sends for a failure on its own side."""
+    return PUBLIC_REASONS.get(failure.code, "the receiver could not finish")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} s"
+
+
+async def _within(seconds: float, what: str, awaitable: Awaitable[T], code: ErrorCode = ErrorCode.IDLE_TIMEOUT) -> T:
+    """Await ``awaitable`` for at most ``seconds``; past that raise ``DeadlineExceeded`` saying what was awaited."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise DeadlineExceeded(code, f"gave up after {_duration(seconds)} waiting for {what}") from None
+
+
+async def _open(options: SendOptions | ReceiveOptions, role: str, receivers: int | None = None) -> RelayConnection:
+    try:
+        opening = RelayConnection.open(options.url, options.code, role, receivers)
+        return await _within(options.deadlines.connect, "the relay to answer", opening)
+    except DeadlineExceeded as exc:
+        raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"the relay at {options.url} did not answer: {exc}") from None
 
 
 # --- sending -----------------------------------------------------------------------------------------------
@@ -78,22 +153,29 @@ Confirm = Callable[[p.Offer], Awaitable[bool]]
 async def send(paths: list[str | os.PathLike[str]], options: SendOptions, reporter: Reporter | None = None) -> None:
     """Offer ``paths`` under ``options.code`` and stream them; returns once every receiver has verified."""
     reporter = reporter or Reporter()
-    outgoing = collect(paths)
+    outgoing = collect(paths, options.skip_unreadable)
     if options.chunk_size > p.DEFAULT_MAX_MESSAGE or options.chunk_size < 1:
         raise LocalFailure(ErrorCode.BAD_REQUEST, f"chunk size must be 1 to {p.DEFAULT_MAX_MESSAGE} bytes")
-    connection = await RelayConnection.open(options.url, options.code, "send", options.receivers)
+    try:
+        outgoing.offer(options.chunk_size, options.kind).check_layout()
+    except p.ProtocolError as exc:
+        raise LocalFailure(ErrorCode.BAD_REQUEST, f"cannot send this as {options.kind.value!r}: {exc.message}") from exc
+    if outgoing.left_out:
+        reporter.skipped(list(outgoing.left_out))
+    deadlines = options.deadlines
+    connection = await _open(options, "send", options.receivers)
     chunk_size = min(options.chunk_size, connection.hello.max_message)
     try:
         reporter.waiting(options.code, options.receivers)
-        await _wait_until_paired(connection, reporter)
-        await connection.send(outgoing.offer(chunk_size))
-        await _wait_until_started(connection)
+        await _wait_until_paired(connection, reporter, deadlines.receivers)
+        await connection.send(outgoing.offer(chunk_size, options.kind))
+        await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection))
         reporter.started(outgoing.total_size)
-        watcher = asyncio.create_task(_watch_receivers(connection))
+        watcher = asyncio.create_task(_watch_receivers(connection, options.receivers))
         try:
-            await _stream(connection, outgoing, chunk_size, reporter, watcher)
-            await connection.send(p.Done())
-            await watcher
+            await _stream(connection, outgoing, chunk_size, reporter, watcher, deadlines.frame)
+            await _send_or_explain(connection, p.Done(), watcher, deadlines.frame)
+            await _within(deadlines.verified, "every receiver to confirm its checksums", asyncio.shield(watcher))
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, TransferError):
@@ -102,24 +184,37 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
     except LocalFailure as failure:
         await connection.abort(failure.code, str(failure))
         raise
+    except DeadlineExceeded as exc:
+        await connection.abort(exc.code, str(exc))
+        raise
     except TransferError:
         await connection.close()
         raise
     except asyncio.CancelledError:
-        await connection.cancel("the sender stopped")
+        await connection.cancel(SENDER_CANCELLED)
         raise
     await connection.close()
 
 
-async def _wait_until_paired(connection: RelayConnection, reporter: Reporter) -> None:
-    while True:
-        message = await connection.receive()
-        if isinstance(message, p.PeerJoined):
-            reporter.joined(message.joined, message.receivers)
-        elif isinstance(message, p.Paired):
-            return
-        else:
-            raise _unexpected(message, "waiting for receivers")
+async def _wait_until_paired(connection: RelayConnection, reporter: Reporter, seconds: float) -> None:
+    joined = 0
+    expected = connection.hello.receivers
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await connection.receive()
+                if isinstance(message, p.PeerJoined):
+                    joined, expected = message.joined, message.receivers
+                    reporter.joined(message.joined, message.receivers)
+                elif isinstance(message, p.Paired):
+                    return
+                else:
+                    raise _unexpected(message, "waiting for receivers")
+    except TimeoutError:
+        raise DeadlineExceeded(
+            ErrorCode.PAIRING_TIMEOUT,
+            f"gave up after {_duration(seconds)} waiting for the receivers to join ({joined} of {expected} joined)",
+        ) from None
 
 
 async def _wait_until_started(connection: RelayConnection) -> None:
@@ -134,18 +229,33 @@ async def _wait_until_started(connection: RelayConnection) -> None:
             raise _unexpected(message, "waiting for the receivers to accept")
 
 
-async def _watch_receivers(connection: RelayConnection) -> None:
-    """Read what the relay passes back while streaming, until ``complete``; ending messages raise."""
+async def _watch_receivers(connection: RelayConnection, receivers: int) -> None:
+    """Read what the relay passes back while streaming, until ``complete``; ending messages raise.
+
+    ``complete`` counts only once every receiver (peers 1 to ``receivers``) has sent ``verified``: the relay
+    saying so alone proves nothing.
+    """
+    verified: set[int] = set()
     while True:
         message = await connection.receive()
         if isinstance(message, p.Complete):
+            if len(verified) < receivers:
+                raise TransferRefused(
+                    ErrorCode.UNEXPECTED_MESSAGE,
+                    f"the relay said the transfer was complete, but only {len(verified)} of {receivers} receiver(s) "
+                    "confirmed their checksums",
+                )
             return
-        if not isinstance(message, (p.Ack, p.FileOk, p.Verified)):
+        if isinstance(message, p.Verified):
+            if message.peer is not None and 1 <= message.peer <= receivers:
+                verified.add(message.peer)
+        elif not isinstance(message, (p.Ack, p.FileOk)):
             raise _unexpected(message, "streaming")
 
 
 async def _stream(
-    connection: RelayConnection, outgoing: Outgoing, chunk_size: int, reporter: Reporter, watcher: asyncio.Task[None]
+    connection: RelayConnection, outgoing: Outgoing, chunk_size: int, reporter: Reporter, watcher: asyncio.Task[None],
+    seconds: float,
 ) -> None:
     sent = 0
     for index, local in enumerate(outgoing.files):
@@ -156,12 +266,13 @@ async def _stream(
             if watcher.done():
                 watcher.result()  # re-raise what ended the room
                 raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
-            await _send_or_explain(connection, p.Chunk(index, offset, len(data), p.chunk_digest(data)), watcher)
-            await _send_or_explain(connection, data, watcher)
+            header = p.Chunk(index, offset, len(data), p.chunk_digest(data))
+            await _send_or_explain(connection, header, watcher, seconds)
+            await _send_or_explain(connection, data, watcher, seconds)
             offset += len(data)
             sent += len(data)
             reporter.advanced(sent)
-        await _send_or_explain(connection, p.FileDone(index, offset, digest.hexdigest()), watcher)
+        await _send_or_explain(connection, p.FileDone(index, offset, digest.hexdigest()), watcher, seconds)
 
 
 async def _read_chunks(source: Path, size: int, chunk_size: int) -> AsyncIterator[bytes]:
@@ -190,13 +301,15 @@ async def _read_chunks(source: Path, size: int, chunk_size: int) -> AsyncIterato
         raise LocalFailure(ErrorCode.WRITE_FAILED, f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
-async def _send_or_explain(connection: RelayConnection, frame: p.Message | bytes, watcher: asyncio.Task[None]) -> None:
-    """Send a frame; if the room ended meanwhile, raise the reason the relay gave rather than a bare close."""
+async def _send_or_explain(
+    connection: RelayConnection, frame: p.Message | bytes, watcher: asyncio.Task[None], seconds: float
+) -> None:
+    """Send a frame within ``seconds``; if the room ended meanwhile, raise the reason the relay gave (not a close)."""
     try:
-        if isinstance(frame, bytes):
-            await connection.send_payload(frame)
-        else:
-            await connection.send(frame)
+        sending = connection.send_payload(frame) if isinstance(frame, bytes) else connection.send(frame)
+        await _within(seconds, "the relay to take the next chunk", sending)
+    except DeadlineExceeded:
+        raise
     except TransferError:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(watcher), timeout=2)
@@ -211,50 +324,67 @@ async def _send_or_explain(connection: RelayConnection, frame: p.Message | bytes
 async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter | None = None) -> p.Offer:
     """Join the room of ``options.code``, accept if ``confirm`` says so, and store every verified file."""
     reporter = reporter or Reporter()
-    connection = await RelayConnection.open(options.url, options.code, "receive")
+    deadlines = options.deadlines
+    connection = await _open(options, "receive")
     destination = Destination(options.output, options.overwrite)
     try:
-        offer = await connection.receive()
+        offer = await _within(
+            deadlines.receivers, "the offer (the sender offers once every receiver has joined)", connection.receive()
+        )
         if not isinstance(offer, p.Offer):
             raise _unexpected(offer, "waiting for the offer")
         reporter.offered(offer)
         destination.check(offer)
+        if destination.mappings:
+            reporter.renamed(list(destination.mappings))
         if not await confirm(offer):
-            await connection.send(p.Decline("the receiver declined"))
+            await connection.send(p.Decline(DECLINED_REASON))
             await connection.close()
             raise TransferRefused(ErrorCode.DECLINED, "you declined the offer")
         destination.make_dirs(offer.dirs)
         await connection.send(p.Accept())
         reporter.started(offer.total_size)
-        await _receive_stream(connection, offer, destination, reporter)
+        await _receive_stream(connection, offer, destination, reporter, deadlines)
     except p.ProtocolError as error:
         await destination.discard()
         await connection.abort(error.code, error.message)
         raise TransferRefused(error.code, error.message) from error
     except LocalFailure as failure:
         await destination.discard()
-        await connection.abort(failure.code, str(failure))
+        await connection.abort(failure.code, public_reason(failure))
+        raise
+    except DeadlineExceeded as exc:
+        await destination.discard()
+        await connection.abort(exc.code, str(exc))
         raise
     except TransferError:
         await destination.discard()
         await connection.close()
         raise
     except asyncio.CancelledError:
-        await destination.discard()
-        await connection.cancel("the receiver stopped")
+        try:
+            await connection.cancel(RECEIVER_CANCELLED)  # first: the others learn at once, however long cleanup takes
+        finally:
+            await destination.discard()
         raise
     reporter.finished()
     return offer
 
 
 async def _receive_stream(
-    connection: RelayConnection, offer: p.Offer, destination: Destination, reporter: Reporter
+    connection: RelayConnection, offer: p.Offer, destination: Destination, reporter: Reporter, deadlines: Deadlines
 ) -> None:
     check = p.TransferCheck(offer, connection.hello.max_message, hash_files=True)
     part = None
     next_ack = p.ACK_INTERVAL
+    started = False
     while True:
-        frame = await connection.receive()
+        if started:
+            frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
+        else:  # every receiver must accept before the first chunk: as long as the relay's offer timeout
+            what = "the transfer to start (every receiver must accept)"
+            frame = await _within(deadlines.answer, what, connection.receive())
+            started = True
         if isinstance(frame, bytes):
             header = check.payload(frame)
             if part is None:
@@ -280,16 +410,16 @@ async def _receive_stream(
                 check.done()
                 destination.commit()
                 await connection.send(p.Verified())
-                await _wait_complete(connection)
+                await _wait_complete(connection, deadlines.verified)
                 return
             case _:
                 raise _unexpected(frame, "receiving")
 
 
-async def _wait_complete(connection: RelayConnection) -> None:
+async def _wait_complete(connection: RelayConnection, seconds: float) -> None:
     """After this receiver verified: wait for ``complete``; our files are stored whatever happens next."""
     with contextlib.suppress(TransferError):
-        message = await connection.receive()
+        message = await _within(seconds, "the other receivers to finish", connection.receive())
         if not isinstance(message, p.Complete):
             raise _unexpected(message, "waiting for the end")
     await connection.close()

@@ -117,7 +117,7 @@ def test_an_existing_file_exits_4_and_is_untouched_and_the_sender_is_told(relay_
     received = relay_command("receive", code, "--relay", relay_server.http_url, "--yes", "--output", str(tmp_path))
     _, sender_err = finish(sender)
     assert received.returncode == 4 and "use --overwrite" in received.stderr
-    assert sender.returncode == 1 and "would overwrite" in sender_err
+    assert sender.returncode == 1 and "files would be overwritten" in sender_err and "notes.txt" not in sender_err
     assert (tmp_path / "notes.txt").read_text() == "precious"
 
 

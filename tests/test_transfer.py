@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,10 @@ import websockets
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
-from clients.errors import LocalFailure, TransferError, TransferRefused
-from clients.transfer import ReceiveOptions, Reporter, SendOptions, receive, send
+from relay.config import Settings
+from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
+from clients.offer import Unreadable
+from clients.transfer import Deadlines, ReceiveOptions, Reporter, SendOptions, receive, send
 from tests.peers import WAIT, RawPeer, send_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -351,3 +355,319 @@ async def test_a_receiver_killed_mid_transfer_is_reported_to_the_sender(relay_se
         peer.wait()
     assert caught.value.code is ErrorCode.PEER_LEFT and "receiver" in str(caught.value)
     assert 0 < reporter.sent < source.stat().st_size
+
+
+# --- fake relays: a relay that lies or goes silent -----------------------------------------------------------
+
+SHORT = Deadlines(connect=5, receivers=0.3, answer=0.3, frame=0.3, verified=0.3)
+Handler = Callable[[websockets.ServerConnection], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def fake_relay(handler: Handler) -> AsyncIterator[str]:
+    """A tiny WebSocket server on loopback that speaks as a relay through ``handler``; yields its URL."""
+    async with websockets.serve(handler, "127.0.0.1", 0, compression=None) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def read_until(ws: websockets.ServerConnection, kind: str) -> list[dict[str, object]]:
+    """Read the client's frames up to and including the message of type ``kind``."""
+    seen: list[dict[str, object]] = []
+    for _ in range(10_000):
+        frame = await asyncio.wait_for(ws.recv(), WAIT)
+        if isinstance(frame, str):
+            seen.append(json.loads(frame))
+            if seen[-1]["type"] == kind:
+                return seen
+    raise AssertionError(f"no {kind!r} from the client")
+
+
+async def silent(ws: websockets.ServerConnection, told: list[dict[str, object]]) -> None:
+    """Say nothing more; record what the client sends before it leaves."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for frame in ws:
+            if isinstance(frame, str):
+                told.append(json.loads(frame))
+
+
+def sender_hello(receivers: int = 1) -> str:
+    return p.Hello(1, "send", 0, receivers, p.DEFAULT_MAX_MESSAGE).to_json()
+
+
+async def test_a_complete_without_verified_is_not_trusted(code, tmp_path) -> None:
+    source = make_file(tmp_path / "x.bin", 1000)
+
+    async def lying_relay(ws: websockets.ServerConnection) -> None:
+        await ws.send(sender_hello())
+        await ws.send(p.Paired(1).to_json())
+        await read_until(ws, "offer")
+        await ws.send(p.Start().to_json())
+        await read_until(ws, "done")
+        await ws.send(p.Complete().to_json())
+        await silent(ws, [])
+
+    async with fake_relay(lying_relay) as url:
+        with pytest.raises(TransferRefused) as caught:
+            await asyncio.wait_for(send([source], SendOptions(code, url)), WAIT)
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
+    assert "only 0 of 1 receiver(s) confirmed" in str(caught.value)
+
+
+async def test_every_receiver_must_verify_counted_by_peer(code, tmp_path) -> None:
+    source = make_file(tmp_path / "x.bin", 1000)
+
+    async def lying_relay(ws: websockets.ServerConnection) -> None:
+        await ws.send(sender_hello(2))
+        await ws.send(p.Paired(2).to_json())
+        await read_until(ws, "offer")
+        await ws.send(p.Start().to_json())
+        await read_until(ws, "done")
+        for peer in (1, 1, 0, 3, None):  # one receiver twice, the sender's own number, a stranger, no number
+            await ws.send(p.Verified(peer).to_json())
+        await ws.send(p.Complete().to_json())
+        await silent(ws, [])
+
+    async with fake_relay(lying_relay) as url:
+        with pytest.raises(TransferRefused) as caught:
+            await asyncio.wait_for(send([source], SendOptions(code, url, receivers=2)), WAIT)
+    assert "only 1 of 2 receiver(s) confirmed" in str(caught.value)
+
+
+async def test_the_sender_gives_up_on_receivers_that_never_come(code, tmp_path) -> None:
+    source = make_file(tmp_path / "x.bin", 10)
+    told: list[dict[str, object]] = []
+
+    async def empty_room(ws: websockets.ServerConnection) -> None:
+        await ws.send(sender_hello(2))
+        await ws.send(p.PeerJoined(1, 1, 2).to_json())
+        await silent(ws, told)
+
+    async with fake_relay(empty_room) as url:
+        with pytest.raises(DeadlineExceeded) as caught:
+            await asyncio.wait_for(send([source], SendOptions(code, url, receivers=2, deadlines=SHORT)), WAIT)
+    assert caught.value.code is ErrorCode.PAIRING_TIMEOUT
+    assert "waiting for the receivers to join (1 of 2 joined)" in str(caught.value)
+    assert told and told[-1]["type"] == "error"
+
+
+async def test_the_sender_gives_up_on_an_offer_nobody_answers(code, tmp_path) -> None:
+    source = make_file(tmp_path / "x.bin", 10)
+
+    async def unanswered(ws: websockets.ServerConnection) -> None:
+        await ws.send(sender_hello())
+        await ws.send(p.Paired(1).to_json())
+        await silent(ws, [])
+
+    async with fake_relay(unanswered) as url:
+        with pytest.raises(DeadlineExceeded, match="every receiver to accept the offer"):
+            await asyncio.wait_for(send([source], SendOptions(code, url, deadlines=SHORT)), WAIT)
+
+
+async def test_the_sender_gives_up_when_no_receiver_confirms_its_checksums(code, tmp_path) -> None:
+    source = make_file(tmp_path / "x.bin", 10)
+
+    async def unconfirmed(ws: websockets.ServerConnection) -> None:
+        await ws.send(sender_hello())
+        await ws.send(p.Paired(1).to_json())
+        await read_until(ws, "offer")
+        await ws.send(p.Start().to_json())
+        await silent(ws, [])
+
+    async with fake_relay(unconfirmed) as url:
+        with pytest.raises(DeadlineExceeded, match="every receiver to confirm its checksums"):
+            await asyncio.wait_for(send([source], SendOptions(code, url, deadlines=SHORT)), WAIT)
+
+
+async def test_the_receiver_gives_up_on_an_offer_that_never_comes(code, tmp_path) -> None:
+    told: list[dict[str, object]] = []
+
+    async def no_offer(ws: websockets.ServerConnection) -> None:
+        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
+        await silent(ws, told)
+
+    async with fake_relay(no_offer) as url:
+        with pytest.raises(DeadlineExceeded, match="waiting for the offer"):
+            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url, deadlines=SHORT), yes), WAIT)
+    assert told and told[-1]["type"] == "error"
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_receiver_gives_up_on_a_transfer_that_never_starts(code, tmp_path) -> None:
+    async def never_starts(ws: websockets.ServerConnection) -> None:
+        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
+        await ws.send(p.Offer((p.FileEntry("f.bin", 10),), ("empty",), 10).to_json())
+        await silent(ws, [])
+
+    async with fake_relay(never_starts) as url:
+        with pytest.raises(DeadlineExceeded, match="the transfer to start"):
+            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url, deadlines=SHORT), yes), WAIT)
+    assert list(tmp_path.iterdir()) == []  # the empty folder it made is gone too
+
+
+async def test_the_receiver_gives_up_when_the_next_chunk_never_comes(code, tmp_path) -> None:
+    data = b"a" * 10
+
+    async def stalls(ws: websockets.ServerConnection) -> None:
+        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
+        await ws.send(p.Offer((p.FileEntry("d/f.bin", 20),), (), 10).to_json())
+        await read_until(ws, "accept")
+        await ws.send(p.Chunk(0, 0, 10, p.chunk_digest(data)).to_json())
+        await ws.send(data)
+        await silent(ws, [])
+
+    async with fake_relay(stalls) as url:
+        with pytest.raises(DeadlineExceeded, match="the next chunk from the sender"):
+            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url, deadlines=SHORT), yes), WAIT)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_relay_that_never_says_hello_is_unreachable(code, tmp_path) -> None:
+    async with fake_relay(lambda ws: silent(ws, [])) as url:
+        with pytest.raises(RelayUnavailable, match="did not answer"):
+            options = ReceiveOptions(code, tmp_path, url, deadlines=Deadlines(connect=0.3))
+            await asyncio.wait_for(receive(options, yes), WAIT)
+
+
+def test_default_deadlines_outlast_the_relays_own_timeouts() -> None:
+    defaults, relay = Deadlines(), Settings()
+    assert defaults.receivers > relay.pairing_timeout
+    assert defaults.answer > 1800  # the relay's offer_timeout
+    assert defaults.frame > relay.idle_timeout
+
+
+# --- what the other side is told -----------------------------------------------------------------------------
+
+
+async def test_the_sender_gets_a_neutral_reason_not_the_receivers_file_names(relay_server, code, tmp_path) -> None:
+    source = make_file(tmp_path / "in" / "secret-plans.txt", 100)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "secret-plans.txt").write_text("mine")
+    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
+    await wait_for_room(relay_server, code)
+    with pytest.raises(LocalFailure, match="use --overwrite"):
+        await asyncio.wait_for(receive(ReceiveOptions(code, out, relay_server.ws_url), yes), WAIT)
+    with pytest.raises(TransferRefused) as caught:
+        await asyncio.wait_for(sending, WAIT)
+    assert str(caught.value) == "the receiver's files would be overwritten"
+    assert caught.value.code is ErrorCode.FILE_EXISTS
+
+
+async def test_a_receiver_that_refuses_locally_sends_a_neutral_decline(relay_server, code, tmp_path) -> None:
+    async def refuses(offer: p.Offer) -> bool:
+        raise LocalFailure(ErrorCode.DECLINED, "not asking on a non-terminal stdin: pass --yes")
+
+    source = make_file(tmp_path / "in" / "x.txt", 10)
+    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
+    await wait_for_room(relay_server, code)
+    with pytest.raises(LocalFailure):
+        await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), refuses), WAIT)
+    with pytest.raises(TransferRefused) as caught:
+        await asyncio.wait_for(sending, WAIT)
+    assert str(caught.value) == "the receiver declined" and "--yes" not in str(caught.value)
+
+
+@pytest.mark.parametrize("when", ["asking", "streaming"])
+async def test_an_interrupted_receiver_is_reported_to_the_sender_as_cancelled(relay_server, code, tmp_path, when):
+    source = make_file(tmp_path / "in" / "big.bin", 64 * 1024 * 1024)
+    out = tmp_path / "out"
+    out.mkdir()
+    asking, moving = asyncio.Event(), asyncio.Event()
+
+    async def ask(offer: p.Offer) -> bool:
+        asking.set()
+        if when == "asking":
+            await asyncio.Event().wait()  # a person who never answers, then presses Ctrl-C
+        return True
+
+    class Progress(Reporter):
+        def advanced(self, done: int) -> None:
+            moving.set()
+
+    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
+    await wait_for_room(relay_server, code)
+    receiving = asyncio.create_task(receive(ReceiveOptions(code, out, relay_server.ws_url), ask, Progress()))
+    await asyncio.wait_for((asking if when == "asking" else moving).wait(), WAIT)
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    with pytest.raises(TransferRefused) as caught:
+        await asyncio.wait_for(sending, WAIT)
+    assert caught.value.code is ErrorCode.CANCELLED
+    assert "the receiver cancelled" in str(caught.value)
+    assert list(out.iterdir()) == []
+
+
+# --- what is sent --------------------------------------------------------------------------------------------
+
+
+async def test_an_unreadable_file_fails_before_any_room_is_opened(relay_server, code, tmp_path) -> None:
+    folder = tmp_path / "udir"
+    make_file(folder / "ok.txt", 10)
+    (folder / "gone").symlink_to(tmp_path / "missing")
+    with pytest.raises(Unreadable, match="udir/gone"):
+        await send([folder], SendOptions(code, relay_server.ws_url))
+    assert code not in relay_server.relay.rooms.by_code
+
+
+async def test_skip_unreadable_sends_the_rest_and_reports_what_it_skipped(relay_server, code, tmp_path) -> None:
+    folder = tmp_path / "udir"
+    make_file(folder / "ok.txt", 10)
+    (folder / "gone").symlink_to(tmp_path / "missing")
+    out = tmp_path / "out"
+    out.mkdir()
+    skipped: list[tuple[str, str]] = []
+
+    class Skips(Reporter):
+        def skipped(self, left_out: list[tuple[str, str]]) -> None:
+            skipped.extend(left_out)
+
+    options = SendOptions(code, relay_server.ws_url, skip_unreadable=True)
+    sending = asyncio.create_task(send([folder], options, Skips()))
+    await wait_for_room(relay_server, code)
+    await asyncio.wait_for(asyncio.gather(sending, receive(ReceiveOptions(code, out, relay_server.ws_url), yes)), WAIT)
+    assert [path for path, _ in skipped] == [str(folder / "gone")]
+    assert tree(out) == {"udir": None, "udir/ok.txt": digest(folder / "ok.txt")}
+
+
+async def test_the_executable_bit_and_mtime_arrive(relay_server, code, tmp_path) -> None:
+    script = make_file(tmp_path / "in" / "run.sh", 100)
+    script.chmod(0o755)
+    os.utime(script, (1_234_567_890, 1_234_567_890))
+    out = tmp_path / "out"
+    out.mkdir()
+    await transfer(relay_server, code, [script], [out])
+    arrived = (out / "run.sh").stat()
+    assert arrived.st_mode & 0o111 and arrived.st_mtime == 1_234_567_890
+
+
+async def test_names_windows_would_refuse_arrive_as_they_are_on_linux(relay_server, code, tmp_path) -> None:
+    folder = tmp_path / "in" / "names"
+    for name in ("aux.c", "a:b.txt", "what?.txt", "trailing."):
+        make_file(folder / name, 5)
+    out = tmp_path / "out"
+    out.mkdir()
+    await transfer(relay_server, code, [folder], [out])
+    assert tree(out / "names") == tree(folder)
+
+
+async def test_a_text_offer_of_two_files_is_refused_before_connecting(relay_server, code, tmp_path) -> None:
+    sources = [make_file(tmp_path / "a.txt", 5), make_file(tmp_path / "b.txt", 5)]
+    with pytest.raises(LocalFailure, match="exactly one file"):
+        await send(sources, SendOptions(code, relay_server.ws_url, kind=p.OfferKind.TEXT))
+    assert code not in relay_server.relay.rooms.by_code
+
+
+async def test_a_file_and_a_folder_of_one_name_from_a_hostile_relay_write_nothing(code, tmp_path) -> None:
+    """The probe's offer (files b and a, folder a): refused by the receiver's offer check, nothing written."""
+    async def hostile(ws: websockets.ServerConnection) -> None:
+        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
+        offer = {"type": "offer", "files": [{"path": "b", "size": 1}, {"path": "a", "size": 1}], "dirs": ["a"]}
+        await ws.send(json.dumps(offer))
+        await silent(ws, [])
+
+    async with fake_relay(hostile) as url:
+        with pytest.raises(TransferRefused) as caught:
+            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url), yes), WAIT)
+    assert caught.value.code is ErrorCode.UNSAFE_PATH
+    assert list(tmp_path.iterdir()) == []
