@@ -254,7 +254,9 @@ async def test_a_corrupted_chunk_from_a_hostile_relay_is_caught_by_the_receiver(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("path", ["../../etc/cron.d/x", "/root/.ssh/authorized_keys", "a\\..\\b", "a/./b", "x\x1b]0;pwn\x07"])
+@pytest.mark.parametrize(
+    "path", ["../../etc/cron.d/x", "/root/.ssh/authorized_keys", "a\\..\\b", "a/./b", "x\x1b]0;pwn\x07"]
+)
 async def test_a_hostile_path_from_a_hostile_relay_is_refused_by_the_receiver(code, tmp_path, path) -> None:
     reported: list[dict[str, object]] = []
 
