@@ -166,9 +166,17 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
     connection = await _open(options, "send", options.receivers)
     chunk_size = min(options.chunk_size, connection.hello.max_message)
     try:
+        offer = outgoing.offer(chunk_size, options.kind)
+        offer_bytes = len(offer.to_json().encode("utf-8"))
+        if offer_bytes > connection.hello.max_message:
+            raise LocalFailure(
+                ErrorCode.MESSAGE_TOO_BIG,
+                f"the list of {len(outgoing.files)} file(s) takes {offer_bytes} bytes, over the "
+                f"{connection.hello.max_message} this relay takes in one message: send fewer files at once",
+            )
         reporter.waiting(options.code, options.receivers)
         await _wait_until_paired(connection, reporter, deadlines.receivers)
-        await connection.send(outgoing.offer(chunk_size, options.kind))
+        await connection.send(offer)
         await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection))
         reporter.started(outgoing.total_size)
         watcher = asyncio.create_task(_watch_receivers(connection, options.receivers))

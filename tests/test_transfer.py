@@ -673,3 +673,12 @@ async def test_a_file_and_a_folder_of_one_name_from_a_hostile_relay_write_nothin
             await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url), yes), WAIT)
     assert caught.value.code is ErrorCode.UNSAFE_PATH
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_offer_over_the_relays_message_size_fails_before_anyone_joins(relay_factory, code, tmp_path) -> None:
+    relay = relay_factory(max_message=4096)
+    folder = tmp_path / "many"
+    for i in range(200):
+        make_file(folder / f"a-rather-long-file-name-{i:04d}.txt", 1)
+    with pytest.raises(LocalFailure, match="send fewer files at once"):
+        await asyncio.wait_for(send([folder], SendOptions(code, relay.ws_url, chunk_size=4096)), WAIT)
