@@ -72,6 +72,7 @@ class Deadlines:
     answer: float = 1860.0  # sender: until every receiver accepted; receiver: until the first chunk after accepting
     frame: float = 300.0  # while streaming: the next frame (receiver), or the relay taking a frame (sender)
     verified: float = 600.0  # sender: after ``done``, until every ``verified`` and ``complete``
+    leave: float = 5.0  # telling the room why this party leaves (a relay that stopped reading never takes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,18 @@ async def _within(seconds: float, what: str, awaitable: Awaitable[T], code: Erro
         raise DeadlineExceeded(code, f"gave up after {_duration(seconds)} waiting for {what}") from None
 
 
+async def _leave(connection: RelayConnection, ending: Awaitable[None], seconds: float) -> None:
+    """Run an ending (abort, cancel, close) for at most ``seconds``, then drop the socket regardless.
+
+    A relay that stopped reading leaves the socket's buffers full, so even a last ``error`` could wait forever.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await ending
+    except TimeoutError:
+        connection.websocket.transport.abort()
+
+
 async def _open(options: SendOptions | ReceiveOptions, role: str, receivers: int | None = None) -> RelayConnection:
     try:
         opening = RelayConnection.open(options.url, options.code, role, receivers)
@@ -190,18 +203,18 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
                 await watcher
         reporter.finished()
     except LocalFailure as failure:
-        await connection.abort(failure.code, str(failure))
+        await _leave(connection, connection.abort(failure.code, str(failure)), deadlines.leave)
         raise
     except DeadlineExceeded as exc:
-        await connection.abort(exc.code, str(exc))
+        await _leave(connection, connection.abort(exc.code, str(exc)), deadlines.leave)
         raise
     except TransferError:
-        await connection.close()
+        await _leave(connection, connection.close(), deadlines.leave)
         raise
     except asyncio.CancelledError:
-        await connection.cancel(SENDER_CANCELLED)
+        await _leave(connection, connection.cancel(SENDER_CANCELLED), deadlines.leave)
         raise
-    await connection.close()
+    await _leave(connection, connection.close(), deadlines.leave)
 
 
 async def _wait_until_paired(connection: RelayConnection, reporter: Reporter, seconds: float) -> None:
@@ -347,7 +360,7 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
             reporter.renamed(list(destination.mappings))
         if not await confirm(offer):
             await connection.send(p.Decline(DECLINED_REASON))
-            await connection.close()
+            await _leave(connection, connection.close(), deadlines.leave)
             raise TransferRefused(ErrorCode.DECLINED, "you declined the offer")
         destination.make_dirs(offer.dirs)
         await connection.send(p.Accept())
@@ -355,23 +368,24 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         await _receive_stream(connection, offer, destination, reporter, deadlines)
     except p.ProtocolError as error:
         await destination.discard()
-        await connection.abort(error.code, error.message)
+        await _leave(connection, connection.abort(error.code, error.message), deadlines.leave)
         raise TransferRefused(error.code, error.message) from error
     except LocalFailure as failure:
         await destination.discard()
-        await connection.abort(failure.code, public_reason(failure))
+        await _leave(connection, connection.abort(failure.code, public_reason(failure)), deadlines.leave)
         raise
     except DeadlineExceeded as exc:
         await destination.discard()
-        await connection.abort(exc.code, str(exc))
+        await _leave(connection, connection.abort(exc.code, str(exc)), deadlines.leave)
         raise
     except TransferError:
         await destination.discard()
-        await connection.close()
+        await _leave(connection, connection.close(), deadlines.leave)
         raise
     except asyncio.CancelledError:
         try:
-            await connection.cancel(RECEIVER_CANCELLED)  # first: the others learn at once, however long cleanup takes
+            # first: the others learn at once, however long cleaning up takes
+            await _leave(connection, connection.cancel(RECEIVER_CANCELLED), deadlines.leave)
         finally:
             await destination.discard()
         raise
@@ -418,19 +432,19 @@ async def _receive_stream(
                 check.done()
                 destination.commit()
                 await connection.send(p.Verified())
-                await _wait_complete(connection, deadlines.verified)
+                await _wait_complete(connection, deadlines)
                 return
             case _:
                 raise _unexpected(frame, "receiving")
 
 
-async def _wait_complete(connection: RelayConnection, seconds: float) -> None:
+async def _wait_complete(connection: RelayConnection, deadlines: Deadlines) -> None:
     """After this receiver verified: wait for ``complete``; our files are stored whatever happens next."""
     with contextlib.suppress(TransferError):
-        message = await _within(seconds, "the other receivers to finish", connection.receive())
+        message = await _within(deadlines.verified, "the other receivers to finish", connection.receive())
         if not isinstance(message, p.Complete):
             raise _unexpected(message, "waiting for the end")
-    await connection.close()
+    await _leave(connection, connection.close(), deadlines.leave)
 
 
 def _unexpected(message: p.Message | bytes, when: str) -> TransferRefused:

@@ -361,14 +361,14 @@ async def test_a_receiver_killed_mid_transfer_is_reported_to_the_sender(relay_se
 
 # --- fake relays: a relay that lies or goes silent -----------------------------------------------------------
 
-SHORT = Deadlines(connect=5, receivers=0.3, answer=0.3, frame=0.3, verified=0.3)
+SHORT = Deadlines(connect=5, receivers=0.3, answer=0.3, frame=0.3, verified=0.3, leave=0.3)
 Handler = Callable[[websockets.ServerConnection], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
 async def fake_relay(handler: Handler) -> AsyncIterator[str]:
     """A tiny WebSocket server on loopback that speaks as a relay through ``handler``; yields its URL."""
-    async with websockets.serve(handler, "127.0.0.1", 0, compression=None) as server:
+    async with websockets.serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.5) as server:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
@@ -682,3 +682,22 @@ async def test_an_offer_over_the_relays_message_size_fails_before_anyone_joins(r
         make_file(folder / f"a-rather-long-file-name-{i:04d}.txt", 1)
     with pytest.raises(LocalFailure, match="send fewer files at once"):
         await asyncio.wait_for(send([folder], SendOptions(code, relay.ws_url, chunk_size=4096)), WAIT)
+
+
+async def test_the_sender_gives_up_when_the_relay_stops_taking_data(code, tmp_path) -> None:
+    source = make_file(tmp_path / "big.bin", 64 * 1024 * 1024)
+    stop = asyncio.Event()
+
+    async def stops_reading(ws: websockets.ServerConnection) -> None:
+        await ws.send(sender_hello())
+        await ws.send(p.Paired(1).to_json())
+        await read_until(ws, "offer")
+        await ws.send(p.Start().to_json())
+        await stop.wait()  # reads nothing more: the socket's buffers fill and the sender's writes block
+
+    async with fake_relay(stops_reading) as url:
+        try:
+            with pytest.raises(DeadlineExceeded, match="the relay to take the next chunk"):
+                await asyncio.wait_for(send([source], SendOptions(code, url, deadlines=SHORT)), WAIT)
+        finally:
+            stop.set()
