@@ -66,7 +66,9 @@ MAX_OFFSET = 2**64 - 1  # chunk offset: 8 bytes of the chunk's associated data
 MAX_CONTROL_MESSAGES = 2**64  # control counter: the last 8 bytes of the control nonce
 
 CODE_RE = re.compile(r"(?P<nameplate>[0-9]{1,8})-(?P<words>[a-z0-9]+(?:-[a-z0-9]+)*)")
-_SEPARATORS_RE = re.compile(r"[\s_.\-]+")
+# The Unicode White_Space characters spelled out: Python's \s also matches U+001C..U+001F, JavaScript's also
+# U+FEFF, and the two normalisations must agree (clients/web/src/crypto.js has the same class).
+_SEPARATORS_RE = re.compile("[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000_.\\-]+")
 
 
 class Role(StrEnum):
