@@ -245,11 +245,20 @@ class PairKeys:
         if not isinstance(mac, bytes) or not hmac.compare_digest(mac, self.confirmation(role)):
             raise WrongCode("the code was wrong; nothing was sent; start again with a new code")
 
-    def control_channel(self, role: Role) -> ControlChannel:
-        """The sealed party-to-party channel as seen by ``role`` (sends on its direction, opens the other)."""
-        if role is Role.SENDER:
-            return ControlChannel(self.control_sender_to_receiver, self.control_receiver_to_sender)
-        return ControlChannel(self.control_receiver_to_sender, self.control_sender_to_receiver)
+    def control_channel(self, role: Role, generation: int = 0) -> ControlChannel:
+        """The sealed party-to-party channel as seen by ``role`` (sends on its direction, opens the other).
+
+        ``generation`` counts reconnections (issue 11): after the n-th resume both parties start a fresh channel
+        of generation n, with fresh keys, so its counters restart at 0 without reusing a nonce, and messages lost
+        with the old connection cannot be replayed into the new one.
+        """
+        s2r, r2s = self.control_sender_to_receiver, self.control_receiver_to_sender
+        if generation:
+            if not 0 < generation < 2**32:
+                raise LimitExceeded("control generation beyond 32 bits")
+            info = LABEL + b" control generation" + generation.to_bytes(4, "big")
+            s2r, r2s = hkdf(s2r, b"", info), hkdf(r2s, b"", info)
+        return ControlChannel(s2r, r2s) if role is Role.SENDER else ControlChannel(r2s, s2r)
 
     def seal_content_key(self, content_key: bytes) -> bytes:
         """Seal the transfer's content key to this receiver (AES-256-GCM; the wrap key is used exactly once)."""

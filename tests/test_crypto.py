@@ -194,6 +194,21 @@ def test_control_messages_cannot_be_dropped_replayed_reordered_or_reflected():
         sender_keys.control_channel(c.Role.SENDER).open(first)
 
 
+def test_each_reconnection_generation_gets_fresh_control_keys():
+    sender_keys, receiver_keys = pair()
+    old = sender_keys.control_channel(c.Role.SENDER)
+    lost = old.seal(b"sent just before the connection dropped")
+    new_sender = sender_keys.control_channel(c.Role.SENDER, generation=1)
+    new_receiver = receiver_keys.control_channel(c.Role.RECEIVER, generation=1)
+    with pytest.raises(c.Tampered):  # a message of the old connection cannot be replayed into the new one
+        new_receiver.open(lost)
+    first = new_sender.seal(b"resync")
+    assert first != sender_keys.control_channel(c.Role.SENDER).seal(b"resync")  # counter 0 again, another key
+    assert new_receiver.open(first) == b"resync"
+    with pytest.raises(c.LimitExceeded):
+        sender_keys.control_channel(c.Role.SENDER, generation=2**32)
+
+
 def test_control_nonces_are_the_counter():
     assert c._control_nonce(0) == bytes(12)
     assert c._control_nonce(258) == bytes(10) + b"\x01\x02"

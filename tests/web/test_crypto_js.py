@@ -215,6 +215,8 @@ def test_js_seals_what_python_seals_and_each_opens_the_other(cases_and_results, 
     receiver = pair.control_channel(c.Role.RECEIVER)
     assert [receiver.open(bytes.fromhex(m)) for m in out["sealed_control"]] == ctx["control_messages"]
     assert out["opened_control"] == [m.hex() for m in ctx["control_messages"]]
+    after_resume = pair.control_channel(c.Role.RECEIVER, generation=1)
+    assert after_resume.open(bytes.fromhex(out["sealed_generation_1"])) == ctx["control_messages"][0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

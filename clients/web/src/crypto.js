@@ -380,9 +380,18 @@ export class PairKeys {
     if (!equalBytes(mac, await this.confirmation(role))) throw new WrongCode();
   }
 
-  /** The sealed party-to-party channel as seen by `role`. */
-  async controlChannel(role) {
-    const { controlSenderToReceiver: s2r, controlReceiverToSender: r2s } = this.keys;
+  /** The sealed party-to-party channel as seen by `role`; `generation` counts reconnections (as Python). */
+  async controlChannel(role, generation = 0) {
+    let { controlSenderToReceiver: s2r, controlReceiverToSender: r2s } = this.keys;
+    if (generation) {
+      if (!Number.isInteger(generation) || generation < 0 || generation >= 2 ** 32) {
+        throw new LimitExceeded("control generation beyond 32 bits");
+      }
+      const info = new Uint8Array(utf8(`${LABEL} control generation`).length + 4);
+      info.set(utf8(`${LABEL} control generation`));
+      new DataView(info.buffer).setUint32(info.length - 4, generation);
+      [s2r, r2s] = [await this.backend.hkdf(s2r, EMPTY, info), await this.backend.hkdf(r2s, EMPTY, info)];
+    }
     const [send, receive] = role === SENDER ? [s2r, r2s] : [r2s, s2r];
     return new ControlChannel(await this.backend.aead(send), await this.backend.aead(receive));
   }
