@@ -57,6 +57,7 @@ NONCE_SIZE = 12
 EPOCH_SALT_SIZE = 32
 PAKE_MESSAGE_SIZE = 33  # python-spake2: one side byte ("A" or "B") and a 32-byte Ed25519 element
 CONFIRMATION_SIZE = 32
+RESYNC_HALF_SIZE = 16
 SEALED_CONTENT_KEY_SIZE = KEY_SIZE + TAG_SIZE
 
 MAX_CODE_LENGTH = 128
@@ -245,19 +246,20 @@ class PairKeys:
         if not isinstance(mac, bytes) or not hmac.compare_digest(mac, self.confirmation(role)):
             raise WrongCode("the code was wrong; nothing was sent; start again with a new code")
 
-    def control_channel(self, role: Role, generation: int = 0) -> ControlChannel:
+    def control_channel(self, role: Role, resync: bytes = b"") -> ControlChannel:
         """The sealed party-to-party channel as seen by ``role`` (sends on its direction, opens the other).
 
-        ``generation`` counts reconnections (issue 11): after the n-th resume both parties start a fresh channel
-        of generation n, with fresh keys, so its counters restart at 0 without reusing a nonce, and messages lost
-        with the old connection cannot be replayed into the new one.
+        ``resync`` is empty on the first connection. After a reconnection (issue 11) it is the sender's 16 fresh
+        random bytes followed by the receiver's (exchanged in clear): the new channel's keys are
+        HKDF(direction key, salt = resync), so its counters restart at 0 without reusing a nonce, messages of the
+        old connection cannot be replayed into it, and each side's sending key is fresh as long as its *own*
+        random half is, whatever a relay replays or repeats.
         """
         s2r, r2s = self.control_sender_to_receiver, self.control_receiver_to_sender
-        if generation:
-            if not 0 < generation < 2**32:
-                raise LimitExceeded("control generation beyond 32 bits")
-            info = LABEL + b" control generation" + generation.to_bytes(4, "big")
-            s2r, r2s = hkdf(s2r, b"", info), hkdf(r2s, b"", info)
+        if resync:
+            if len(resync) != 2 * RESYNC_HALF_SIZE:
+                raise ValueError(f"resync is {2 * RESYNC_HALF_SIZE} bytes: the sender's half, then the receiver's")
+            s2r, r2s = hkdf(s2r, resync, _RESYNC_INFO), hkdf(r2s, resync, _RESYNC_INFO)
         return ControlChannel(s2r, r2s) if role is Role.SENDER else ControlChannel(r2s, s2r)
 
     def seal_content_key(self, content_key: bytes) -> bytes:
@@ -278,6 +280,14 @@ class PairKeys:
     def resume_token(self, role: Role) -> bytes:
         """The secret ``role`` shows to come back into a parked room (issue 11); the relay keeps its SHA-256."""
         return self.resume_sender if role is Role.SENDER else self.resume_receiver
+
+
+_RESYNC_INFO = LABEL + b" control resync"
+
+
+def new_resync_half() -> bytes:
+    """This party's fresh random half of a reconnection's ``resync`` salt (see :meth:`PairKeys.control_channel`)."""
+    return secrets.token_bytes(RESYNC_HALF_SIZE)
 
 
 def _content_key_aad(transcript: bytes) -> bytes:

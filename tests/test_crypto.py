@@ -194,19 +194,30 @@ def test_control_messages_cannot_be_dropped_replayed_reordered_or_reflected():
         sender_keys.control_channel(c.Role.SENDER).open(first)
 
 
-def test_each_reconnection_generation_gets_fresh_control_keys():
+def test_after_a_reconnection_the_control_channel_has_fresh_keys():
     sender_keys, receiver_keys = pair()
     old = sender_keys.control_channel(c.Role.SENDER)
     lost = old.seal(b"sent just before the connection dropped")
-    new_sender = sender_keys.control_channel(c.Role.SENDER, generation=1)
-    new_receiver = receiver_keys.control_channel(c.Role.RECEIVER, generation=1)
+    resync = c.new_resync_half() + c.new_resync_half()
+    new_sender = sender_keys.control_channel(c.Role.SENDER, resync)
+    new_receiver = receiver_keys.control_channel(c.Role.RECEIVER, resync)
     with pytest.raises(c.Tampered):  # a message of the old connection cannot be replayed into the new one
         new_receiver.open(lost)
     first = new_sender.seal(b"resync")
     assert first != sender_keys.control_channel(c.Role.SENDER).seal(b"resync")  # counter 0 again, another key
     assert new_receiver.open(first) == b"resync"
-    with pytest.raises(c.LimitExceeded):
-        sender_keys.control_channel(c.Role.SENDER, generation=2**32)
+    assert new_sender.open(new_receiver.seal(b"ok")) == b"ok"
+    with pytest.raises(ValueError):
+        sender_keys.control_channel(c.Role.SENDER, resync[:16])
+
+
+def test_a_party_whose_own_resync_half_is_fresh_never_reuses_a_sending_key():
+    """A relay that repeats the receiver's half from an earlier reconnection cannot make the sender reuse a key."""
+    sender_keys, _ = pair()
+    replayed_receiver_half = c.new_resync_half()
+    first = sender_keys.control_channel(c.Role.SENDER, c.new_resync_half() + replayed_receiver_half)
+    second = sender_keys.control_channel(c.Role.SENDER, c.new_resync_half() + replayed_receiver_half)
+    assert first.seal(b"same") != second.seal(b"same")
 
 
 def test_control_nonces_are_the_counter():

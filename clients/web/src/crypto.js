@@ -28,6 +28,7 @@ export const NONCE_SIZE = 12;
 export const EPOCH_SALT_SIZE = 32;
 export const PAKE_MESSAGE_SIZE = 33;
 export const CONFIRMATION_SIZE = 32;
+export const RESYNC_HALF_SIZE = 16;
 export const SEALED_CONTENT_KEY_SIZE = KEY_SIZE + TAG_SIZE;
 export const MAX_CODE_LENGTH = 128;
 export const MAX_FILES = 2 ** 32;
@@ -380,17 +381,16 @@ export class PairKeys {
     if (!equalBytes(mac, await this.confirmation(role))) throw new WrongCode();
   }
 
-  /** The sealed party-to-party channel as seen by `role`; `generation` counts reconnections (as Python). */
-  async controlChannel(role, generation = 0) {
+  /**
+   * The sealed party-to-party channel as seen by `role`. `resync` is empty on the first connection; after a
+   * reconnection it is the sender's 16 fresh random bytes then the receiver's (as clients/crypto.py).
+   */
+  async controlChannel(role, resync = EMPTY) {
     let { controlSenderToReceiver: s2r, controlReceiverToSender: r2s } = this.keys;
-    if (generation) {
-      if (!Number.isInteger(generation) || generation < 0 || generation >= 2 ** 32) {
-        throw new LimitExceeded("control generation beyond 32 bits");
-      }
-      const info = new Uint8Array(utf8(`${LABEL} control generation`).length + 4);
-      info.set(utf8(`${LABEL} control generation`));
-      new DataView(info.buffer).setUint32(info.length - 4, generation);
-      [s2r, r2s] = [await this.backend.hkdf(s2r, EMPTY, info), await this.backend.hkdf(r2s, EMPTY, info)];
+    if (resync.length) {
+      if (resync.length !== 2 * RESYNC_HALF_SIZE) throw new RangeError("resync is the sender's half, then the receiver's");
+      const info = utf8(`${LABEL} control resync`);
+      [s2r, r2s] = [await this.backend.hkdf(s2r, resync, info), await this.backend.hkdf(r2s, resync, info)];
     }
     const [send, receive] = role === SENDER ? [s2r, r2s] : [r2s, s2r];
     return new ControlChannel(await this.backend.aead(send), await this.backend.aead(receive));
@@ -419,6 +419,11 @@ export class PairKeys {
   #contentKeyAad() {
     return concatBytes(utf8(`${LABEL} content key`), this.transcript);
   }
+}
+
+/** This party's fresh random half of a reconnection's resync salt. */
+export function newResyncHalf() {
+  return randomBytes(RESYNC_HALF_SIZE);
 }
 
 export function newContentKey() {

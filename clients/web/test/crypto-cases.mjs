@@ -122,8 +122,8 @@ async function runBackend(cases, backend) {
   for (const message of control.messages) sealedControl.push(hex(await channelS.seal(unhex(message))));
   const openedControl = [];
   for (const message of control.python_sealed_to_sender) openedControl.push(hex(await channelS.open(unhex(message))));
-  const nextGeneration = await pairKeys.controlChannel(c.SENDER, 1);
-  const sealedGeneration1 = hex(await nextGeneration.seal(unhex(control.messages[0])));
+  const afterResync = await pairKeys.controlChannel(c.SENDER, unhex(control.resync));
+  const sealedAfterResync = hex(await afterResync.seal(unhex(control.messages[0])));
   const controlAttacks = [];
   for (const sequence of control.attacks) {
     const channel = await pairKeys.controlChannel(c.RECEIVER);
@@ -143,7 +143,7 @@ async function runBackend(cases, backend) {
     sealed_control: sealedControl,
     opened_control: openedControl,
     control_attacks: controlAttacks,
-    sealed_generation_1: sealedGeneration1,
+    sealed_after_resync: sealedAfterResync,
     plan: { chunk_count: plan.chunkCount(), ciphertext_size: plan.ciphertextSize() },
   };
 }
