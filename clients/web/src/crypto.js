@@ -286,7 +286,7 @@ export class Spake2 {
 
   /** The 32-byte shared key from the peer's message; BadPakeMessage if it is not a valid one. */
   finish(inbound) {
-    if (this.finished) throw new CryptoError("finish() may only be called once");
+    if (this.finished) throw new BadPakeMessage("a PAKE takes one message: one guess per code");
     this.finished = true;
     if (!(inbound instanceof Uint8Array) || inbound.length !== PAKE_MESSAGE_SIZE) {
       throw new BadPakeMessage(`a PAKE message is ${PAKE_MESSAGE_SIZE} bytes`);
