@@ -21,7 +21,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MAX_SETTING_DIGITS = 16
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 _ASCII_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
-_PRINTABLE = re.compile(r"[\x21-\x7e]*")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 class SettingsError(ValueError):
@@ -44,7 +44,10 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on", "min": 1, "max": 253})
     port: int = field(default=8000, metadata={"help": "TCP port to listen on", "min": 1, "max": 65535})
-    max_message: int = field(default=DEFAULT_MAX_MESSAGE, metadata={"help": "largest WebSocket message in bytes", "min": 4096, "max": 1 << 30})
+    max_message: int = field(
+        default=DEFAULT_MAX_MESSAGE,
+        metadata={"help": "largest WebSocket message in bytes", "min": 4096, "max": 1 << 30},
+    )
     max_receivers: int = field(
         default=8, metadata={"help": "most receivers one room may wait for", "min": 1, "max": 1000}
     )
@@ -65,8 +68,9 @@ class Settings:
                                   "max": 1e7}
     )
     max_connections_per_ip: int = field(
-        default=32, metadata={"help": "most WebSockets open at once from one client address (IPv6: per /64); 0: no limit",
-                           "min": 0, "max": 10**9}
+        default=32,
+        metadata={"help": "most WebSockets open at once from one client address (IPv6: per /64); 0: no limit",
+                  "min": 0, "max": 10**9},
     )
     max_joins_per_minute: int = field(
         default=60, metadata={"help": "join attempts one client address may make per minute (a burst of this many); "
@@ -131,7 +135,7 @@ def check_value(name: str, value: object, bounds: Any) -> None:
         raise SettingsError(f"{setting_name(name)} must be a finite number")
     if isinstance(value, str):
         if not _PRINTABLE.fullmatch(value) and name != "host":
-            raise SettingsError(f"{setting_name(name)} may hold only printable ASCII without spaces")
+            raise SettingsError(f"{setting_name(name)} may hold only printable ASCII characters")
         if name == "host" and not re.fullmatch(r"[A-Za-z0-9.:%\[\]-]*", value):
             raise SettingsError(f"{setting_name(name)} must be a host name or an IP address")
         measured: float = len(value)
@@ -139,12 +143,13 @@ def check_value(name: str, value: object, bounds: Any) -> None:
         measured = value
     minimum, maximum = bounds.get("min"), bounds.get("max")
     if minimum is not None and measured < minimum or maximum is not None and measured > maximum:
-        what = "length" if isinstance(value, str) else "value"
-        raise SettingsError(f"{setting_name(name)} must have a {what} from {minimum if minimum is not None else 0} "
-                            f"to {maximum}, not {value!r}"[:300])
+        low = minimum if minimum is not None else 0
+        if isinstance(value, str):  # never echoed: it may be the token
+            raise SettingsError(f"{setting_name(name)} must be {low} to {maximum} characters long, not {len(value)}")
+        raise SettingsError(f"{setting_name(name)} must have a value from {low} to {maximum}, not {value!r}")
     choices = bounds.get("choices")
     if choices is not None and value not in choices:
-        raise SettingsError(f"{setting_name(name)} must be one of {', '.join(choices)}, not {value!r}"[:300])
+        raise SettingsError(f"{setting_name(name)} must be one of {', '.join(choices)}, not {value[:40]!r}")
 
 
 def parse_setting(kind: Any, raw: str, name: str) -> Any:

@@ -503,7 +503,6 @@ class Room:
             self._end_with_error(ErrorCode.IDLE_TIMEOUT, "the transfer stalled")
 
 
-W, PA, O, S, D, E = State.WAITING, State.PAIRED, State.OFFERED, State.STREAMING, State.DONE, State.ENDED
 
 # The life of a room (docs/rooms.md shows this table; tests/test_rooms.py checks that the two agree). A state
 # of None means every live state. A frame from a party that no row names is `unexpected_message`.
@@ -511,34 +510,34 @@ W, PA, O, S, D, E = State.WAITING, State.PAIRED, State.OFFERED, State.STREAMING,
 # "rejoined" trigger from PARKED back to STREAMING. To add end-to-end encryption: a KEYING state between PAIRED
 # and OFFERED whose "pake" rows forward opaque messages between the sender and receiver k.
 TRANSITIONS: tuple[Transition, ...] = (
-    Transition(W, SENDER, "joined", (W,), Room._greet),
-    Transition(W, RECEIVER, "joined", (W, PA), Room._greet),
-    Transition(W, RELAY, "timer", (W, E), Room._pairing_deadline),
-    Transition(PA, SENDER, "offer", (O,), Room._offer),
-    Transition(PA, RELAY, "timer", (PA, E), Room._idle_deadline),
-    Transition(O, RECEIVER, "accept", (O, S), Room._accept),
-    Transition(O, RECEIVER, "decline", (E,), Room._decline),
-    Transition(O, RELAY, "timer", (O, E), Room._offer_deadline),
-    Transition(S, SENDER, "chunk", (S,), Room._chunk),
-    Transition(S, SENDER, "binary", (S,), Room._payload),
-    Transition(S, SENDER, "file_done", (S,), Room._file_done),
-    Transition(S, SENDER, "done", (D,), Room._done),
-    Transition(S, RECEIVER, "ack", (S,), Room._progress),
-    Transition(S, RECEIVER, "file_ok", (S,), Room._progress),
-    Transition(S, RELAY, "timer", (S, E), Room._idle_deadline),
-    Transition(D, RECEIVER, "ack", (D,), Room._progress),
-    Transition(D, RECEIVER, "file_ok", (D,), Room._progress),
-    Transition(D, RECEIVER, "verified", (D,), Room._verified),
-    Transition(D, RELAY, "all_verified", (E,), Room._complete),
-    Transition(D, RELAY, "timer", (D, E), Room._idle_deadline),
-    Transition(None, SENDER, "cancel", (E,), Room._cancel),
-    Transition(None, RECEIVER, "cancel", (E,), Room._cancel),
-    Transition(None, SENDER, "error", (E,), Room._reported_error),
-    Transition(None, RECEIVER, "error", (E,), Room._reported_error),
-    Transition(None, SENDER, "gone", (E,), Room._gone),
-    Transition(None, RECEIVER, "gone", (E,), Room._gone),
-    Transition(None, RELAY, "crash", (E,), Room._crash),
-    Transition(None, RELAY, "shutdown", (E,), Room._shutdown),
+    Transition(State.WAITING, SENDER, "joined", (State.WAITING,), Room._greet),
+    Transition(State.WAITING, RECEIVER, "joined", (State.WAITING, State.PAIRED), Room._greet),
+    Transition(State.WAITING, RELAY, "timer", (State.WAITING, State.ENDED), Room._pairing_deadline),
+    Transition(State.PAIRED, SENDER, "offer", (State.OFFERED,), Room._offer),
+    Transition(State.PAIRED, RELAY, "timer", (State.PAIRED, State.ENDED), Room._idle_deadline),
+    Transition(State.OFFERED, RECEIVER, "accept", (State.OFFERED, State.STREAMING), Room._accept),
+    Transition(State.OFFERED, RECEIVER, "decline", (State.ENDED,), Room._decline),
+    Transition(State.OFFERED, RELAY, "timer", (State.OFFERED, State.ENDED), Room._offer_deadline),
+    Transition(State.STREAMING, SENDER, "chunk", (State.STREAMING,), Room._chunk),
+    Transition(State.STREAMING, SENDER, "binary", (State.STREAMING,), Room._payload),
+    Transition(State.STREAMING, SENDER, "file_done", (State.STREAMING,), Room._file_done),
+    Transition(State.STREAMING, SENDER, "done", (State.DONE,), Room._done),
+    Transition(State.STREAMING, RECEIVER, "ack", (State.STREAMING,), Room._progress),
+    Transition(State.STREAMING, RECEIVER, "file_ok", (State.STREAMING,), Room._progress),
+    Transition(State.STREAMING, RELAY, "timer", (State.STREAMING, State.ENDED), Room._idle_deadline),
+    Transition(State.DONE, RECEIVER, "ack", (State.DONE,), Room._progress),
+    Transition(State.DONE, RECEIVER, "file_ok", (State.DONE,), Room._progress),
+    Transition(State.DONE, RECEIVER, "verified", (State.DONE,), Room._verified),
+    Transition(State.DONE, RELAY, "all_verified", (State.ENDED,), Room._complete),
+    Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
+    Transition(None, SENDER, "cancel", (State.ENDED,), Room._cancel),
+    Transition(None, RECEIVER, "cancel", (State.ENDED,), Room._cancel),
+    Transition(None, SENDER, "error", (State.ENDED,), Room._reported_error),
+    Transition(None, RECEIVER, "error", (State.ENDED,), Room._reported_error),
+    Transition(None, SENDER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, RECEIVER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, RELAY, "crash", (State.ENDED,), Room._crash),
+    Transition(None, RELAY, "shutdown", (State.ENDED,), Room._shutdown),
 )
 TABLE: dict[tuple[State | None, str, str], Transition] = {(t.state, t.source, t.trigger): t for t in TRANSITIONS}
 assert len(TABLE) == len(TRANSITIONS), "two rows of the transition table share a (state, source, trigger)"

@@ -296,8 +296,9 @@ class Relay:
         event("draining", rooms=len(self.rooms), waiting=len(waiting), grace=grace)
         await self._going_away(waiting)
         deadline = loop.time() + grace
-        while self._live_rooms() and loop.time() < deadline and not give_up():
-            await asyncio.sleep(DRAIN_POLL)  # noqa: ASYNC110 - polls a deadline and a callback, not one event
+        # Polled: the end of the wait is a deadline, a callback and "no live room", not one event.
+        while self._live_rooms() and loop.time() < deadline and not give_up():  # noqa: ASYNC110
+            await asyncio.sleep(DRAIN_POLL)
         left = self._live_rooms()
         if left:
             event("grace_expired", rooms=len(left))

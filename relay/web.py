@@ -1,10 +1,10 @@
 """The web page: serves the browser client's built assets (``relay/static``, built from ``clients/web``) at ``/``.
 
-Only the files the build produced are served, from a table made when the app is built (``router()``): no path from the request ever
-reaches the file system, and nothing a peer sent is ever served (peer bytes only travel over ``/ws/``). Every
-response carries a strict Content-Security-Policy. A GET here never touches a room: the receive link
-``/#receive=CODE`` keeps the code in the fragment, which browsers do not send, and the page joins only when
-the person presses Connect.
+Only the files the build produced are served, from a table made when the app is built (``router()``): no path
+from the request ever reaches the file system, and nothing a peer sent is ever served (peer bytes only travel
+over ``/ws/``). Every response carries a strict Content-Security-Policy. A GET here never touches a room: the
+receive link ``/#receive=CODE`` keeps the code in the fragment, which browsers do not send, and the page joins
+only when the person presses Connect.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ class Asset:
     content_type: str
 
 
-def load_assets(folder: Path = STATIC) -> dict[str, Asset]:
-    """Read every built file once; a missing build is an error when the app is built rather than a blank page."""
+def load_assets(folder: Path | None = None) -> dict[str, Asset]:
+    """Read every built file of ``folder`` (default ``STATIC``) once; a missing build is an error when the app is
+    built rather than a blank page."""
+    folder = STATIC if folder is None else folder
     assets: dict[str, Asset] = {}
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         content_type = CONTENT_TYPES.get(path.suffix)
