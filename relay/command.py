@@ -84,9 +84,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         return fail(str(exc))
     from relay.server import serve  # FastAPI and uvicorn only once the settings are known to be good
+    from relay.web import AssetsMissing
 
     try:
         serve(settings)
+    except AssetsMissing as exc:
+        return fail(str(exc), 1)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # e.g. the port is taken or the address is not ours

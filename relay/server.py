@@ -179,8 +179,11 @@ class RelayServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    """Run the relay in the foreground until SIGTERM or Ctrl-C, then drain and exit."""
+    """Run the relay in the foreground until SIGTERM or Ctrl-C, then drain and exit.
+
+    Raises ``relay.web.AssetsMissing`` before anything is configured or listens if the page is not built.
+    """
+    app = create_app(settings)
     logs.configure(settings.log_level)
     tune_allocator()
-    app = create_app(settings)
     RelayServer(uvicorn_config(settings, app), app.state.relay).run()

@@ -124,3 +124,12 @@ def test_flags_override_the_environment() -> None:
 
 def test_the_offer_timeout_defaults_to_half_an_hour() -> None:
     assert Settings().offer_timeout == 1800.0
+
+
+def test_serve_without_a_built_page_says_how_to_build_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    from relay import web
+
+    monkeypatch.setattr(web, "STATIC", tmp_path)
+    assert command.main(["serve", "--port", "1"]) == 1  # refused before anything listens
+    err = capsys.readouterr().err
+    assert err.startswith("relay: error: the web page is not built") and "npm --prefix clients/web" in err
