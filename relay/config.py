@@ -149,7 +149,7 @@ def check_value(name: str, value: object, bounds: Any) -> None:
         raise SettingsError(f"{setting_name(name)} must have a value from {low} to {maximum}, not {value!r}")
     choices = bounds.get("choices")
     if choices is not None and value not in choices:
-        raise SettingsError(f"{setting_name(name)} must be one of {', '.join(choices)}, not {value[:40]!r}")
+        raise SettingsError(f"{setting_name(name)} must be one of {', '.join(choices)}, not {str(value)[:40]!r}")
 
 
 def parse_setting(kind: Any, raw: str, name: str) -> Any:

@@ -130,6 +130,10 @@ class AllVerified:
 
 
 Event = Joined | TextFrame | BinaryFrame | Gone | TimerFired | Crashed | ShuttingDown | AllVerified
+_PARTY_EVENTS = (Joined, TextFrame, BinaryFrame, Gone)
+# The table's name for each event that carries no message ("crash" and frames are named in Room._classify).
+_TRIGGERS: dict[type, str] = {Joined: "joined", Gone: "gone", TimerFired: "timer", ShuttingDown: "shutdown",
+                              AllVerified: "all_verified"}
 
 
 # --- effects: what the service must do --------------------------------------------------------------------
@@ -222,7 +226,7 @@ class Room:
 
     __slots__ = (
         "code", "expected", "settings", "sender", "receivers", "state", "check",
-        "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out",
+        "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer",
     )
 
     def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
@@ -240,6 +244,7 @@ class Room:
         # Why the room ended: "complete" or an ErrorCode value.
         self.outcome = ""
         self._out: list[Effect] = []
+        self._by_peer: dict[int, Party] = {}
 
     @property
     def tag(self) -> str:
@@ -250,12 +255,15 @@ class Room:
         return ([self.sender] if self.sender else []) + self.receivers
 
     def party(self, peer: int) -> Party | None:
-        if peer == 0:
-            return self.sender
-        for receiver in self.receivers:
-            if receiver.peer == peer:
-                return receiver
-        return None
+        return self._by_peer.get(peer)
+
+    def seat(self, party: Party) -> None:
+        """Add an admitted party (``Rooms.admit`` does; the ``joined`` event then greets it)."""
+        if party.role is Role.SEND:
+            self.sender = party
+        else:
+            self.receivers.append(party)
+        self._by_peer[party.peer] = party
 
     def reachable(self, peer: int) -> bool:
         """Whether ``peer``'s socket is still there (the service skips sends to a party that is gone)."""
@@ -272,16 +280,16 @@ class Room:
         """
         out: list[Effect] = []
         self._out = out
+        party = self._by_peer.get(event.peer) if isinstance(event, _PARTY_EVENTS) else None
         if self.state is State.ENDED:
-            if isinstance(event, Gone) and (party := self.party(event.peer)) is not None:
+            if type(event) is Gone and party is not None:
                 party.closed = party.gone = True
             return out
-        party = self.party(event.peer) if isinstance(event, Joined | TextFrame | BinaryFrame | Gone) else None
         try:
             source, trigger, payload = self._classify(event, party, now)
             transition = TABLE.get((self.state, source, trigger)) or TABLE.get((None, source, trigger))
             if transition is None:
-                if isinstance(event, Joined):
+                if type(event) is Joined:
                     raise RuntimeError(f"a party joined a room that is {self.state.value}")
                 if source == RELAY:
                     return out  # e.g. AllVerified after the room changed: nothing to do
@@ -297,33 +305,22 @@ class Room:
         return out
 
     def _classify(self, event: Event, party: Party | None, now: float) -> tuple[str, str, object]:
-        """Name an event as the table does: (source, trigger, payload)."""
-        if isinstance(event, Joined | TextFrame | BinaryFrame | Gone):
-            if party is None:
-                raise RuntimeError(f"no party {event.peer} in this room")
+        """Name an event as the table does: (source, trigger, payload). Frames count as activity."""
+        if party is not None:
             source = SENDER if party.role is Role.SEND else RECEIVER
-            match event:
-                case Joined():
-                    return source, "joined", None
-                case Gone():
-                    return source, "gone", None
-                case BinaryFrame():
-                    self.last_activity = now
-                    return source, "binary", event.data
-                case TextFrame():
-                    self.last_activity = now
-                    message = p.parse_message(event.text)
-                    return source, message.TYPE, message
-        match event:
-            case TimerFired():
-                return RELAY, "timer", None
-            case Crashed():
-                return RELAY, "crash", event.what
-            case ShuttingDown():
-                return RELAY, "shutdown", None
-            case AllVerified():
-                return RELAY, "all_verified", None
-        raise RuntimeError(f"unknown event {event!r}")
+            if type(event) is BinaryFrame:
+                self.last_activity = now
+                return source, "binary", event.data
+            if type(event) is TextFrame:
+                self.last_activity = now
+                message = p.parse_message(event.text)
+                return source, message.TYPE, message
+            return source, _TRIGGERS[type(event)], None
+        if isinstance(event, _PARTY_EVENTS):
+            raise RuntimeError(f"no party {event.peer} in this room")
+        if type(event) is Crashed:
+            return RELAY, "crash", event.what
+        return RELAY, _TRIGGERS[type(event)], None
 
     def abandon(self) -> None:
         """The last resort after a bug while ending: the room is over (``internal_error`` unless it had already
@@ -595,8 +592,9 @@ class Rooms:
         if len(self.by_code) >= self.settings.max_rooms:
             raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has too many open rooms; try again later")
         room = Room(request.code, expected, self.settings, now)
-        room.sender = Party(0, Role.SEND)
+        room.seat(Party(0, Role.SEND))
         self.by_code[request.code] = room
+        assert room.sender is not None
         return room, room.sender
 
     def _admit_receiver(self, request: JoinRequest) -> tuple[Room, Party]:
@@ -607,7 +605,7 @@ class Rooms:
             raise JoinRefused(ErrorCode.ROOM_FULL, "this room already has all its receivers")
         party = Party(room._next_peer, Role.RECEIVE)
         room._next_peer += 1
-        room.receivers.append(party)
+        room.seat(party)
         return room, party
 
     def remove(self, room: Room) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -182,12 +182,15 @@ class Relay:
     async def _apply(self, room: Room, effects: list[Effect]) -> None:
         """Carry out effects in order. A send that fails is fed back as ``Gone`` and the room's answer to it
         runs next; farewells run concurrently and are awaited at the end, each bounded by its timeout."""
-        pending = deque(effects)
-        seats = self.seats.get(room, {})
+        seats = self.seats.get(room) or {}
         farewells: list[asyncio.Future[None]] = []
-        while pending:
-            effect = pending.popleft()
-            if isinstance(effect, SendText | SendBytes):
+        index = 0
+        while index < len(effects):
+            effect = effects[index]
+            index += 1
+            kind = type(effect)
+            if kind is SendText or kind is SendBytes:
+                assert isinstance(effect, SendText | SendBytes)
                 seat = seats.get(effect.peer)
                 if seat is None or seat.farewell is not None or not room.reachable(effect.peer):
                     continue  # gone, or already saying goodbye: what an earlier decision queued is moot
@@ -197,14 +200,14 @@ class Relay:
                     else:
                         await seat.socket.send_bytes(effect.data)
                 except PeerGone:
-                    pending.extendleft(reversed(room.handle(Gone(effect.peer), _now())))
+                    effects[index:index] = room.handle(Gone(effect.peer), _now())
             elif isinstance(effect, Close):
                 seat = seats.get(effect.peer)
                 if seat is not None and seat.farewell is None:
                     seat.farewell = asyncio.ensure_future(_farewell(seat, effect.last, effect.code))
                     farewells.append(seat.farewell)
             elif isinstance(effect, Feed):
-                pending.extendleft(reversed(room.handle(effect.event, _now())))
+                effects[index:index] = room.handle(effect.event, _now())
             elif isinstance(effect, Ended):
                 self.finish(room)
         if farewells:

@@ -18,7 +18,7 @@ from relay.config import Settings
 from relay.protocol import ErrorCode
 from relay.rooms import (
     TRANSITIONS, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined, JoinRefused,
-    JoinRequest, Room, Rooms, SendBytes, SendText, ShuttingDown, State, TextFrame, TimerFired, code_tag,
+    JoinRequest, Party, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State, TextFrame, TimerFired, code_tag,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,8 +324,24 @@ def test_a_receiver_may_not_send_binary_frames() -> None:
 
 
 def test_file_done_and_done_are_forwarded_and_done_moves_to_done() -> None:
-    room = done_room(receivers=2)
-    assert room.state is State.DONE
+    room = streaming_room(receivers=2)
+    for offset in (0, 8):
+        piece = DATA[offset : offset + 8]
+        room.handle(text(0, p.Chunk(0, offset, 8, p.chunk_digest(piece))), 0.0)
+        room.handle(BinaryFrame(0, piece), 0.0)
+    digest = p.FileDigest()
+    digest.update(DATA)
+    file_done = p.FileDone(0, len(DATA), digest.hexdigest())
+    effects = room.handle(text(0, file_done), 0.0)
+    assert effects == [SendText(1, file_done.to_json()), SendText(2, file_done.to_json())]
+    assert room.state is State.STREAMING
+    effects = room.handle(text(0, p.Done()), 0.0)
+    assert types(effects, 1) == types(effects, 2) == ["done"] and room.state is State.DONE
+
+
+def test_a_file_done_before_the_file_is_complete_is_a_size_mismatch() -> None:
+    room = streaming_room()
+    assert ended(room.handle(text(0, p.FileDone(0, len(DATA), "0" * 32)), 0.0)) == "size_mismatch"
 
 
 def test_done_before_every_file_is_unexpected() -> None:
@@ -522,6 +538,23 @@ def test_docs_rooms_md_shows_exactly_the_transition_table_of_the_code() -> None:
     documented = documented_rows()
     assert documented, "docs/rooms.md has no transition table"
     assert documented == coded, f"only in the docs: {documented - coded}; only in the code: {coded - documented}"
+
+
+def test_a_row_whose_action_leaves_its_targets_is_a_bug_not_a_silent_state(monkeypatch) -> None:
+    from relay import rooms as module
+
+    row = module.TABLE[(State.PAIRED, module.SENDER, "offer")]
+    monkeypatch.setitem(module.TABLE, (State.PAIRED, module.SENDER, "offer"),
+                        module.Transition(row.state, row.source, row.trigger, (State.PAIRED,), row.action))
+    with pytest.raises(RuntimeError, match="led to offered"):
+        open_room().handle(text(0, offer()), 0.0)
+
+
+def test_a_party_joining_a_room_past_waiting_is_a_bug() -> None:
+    room = open_room()
+    room.seat(Party(5, Role.RECEIVE))  # admission would have refused it (room_full)
+    with pytest.raises(RuntimeError, match="joined a room that is paired"):
+        room.handle(Joined(5), 0.0)
 
 
 def test_every_state_but_ended_has_a_deadline() -> None:
