@@ -18,6 +18,9 @@ from tests.hardening.wire import WAIT, connect, first, outcome
 # decline 4032), or the relay's own failure to send it (1011). Never no close at all.
 ACCEPTABLE = {1011, 4002, 4022, 4031, 4032}
 LONE = "\\ud800"  # as it travels in JSON: an escape that decodes to an unpaired surrogate
+CANCEL = '{"type":"cancel","reason":"' + LONE + '"}'
+ERROR = '{"type":"error","code":"disk_full","message":"' + LONE + '"}'
+DECLINE = '{"type":"decline","reason":"' + LONE + '"}'
 
 
 async def open_room(relay, code: str):
@@ -32,14 +35,14 @@ async def open_room(relay, code: str):
 
 async def room_gone(relay, code: str) -> None:
     async with asyncio.timeout(WAIT):
-        while code in relay.relay.rooms.by_code:
+        while code in relay.relay.rooms.by_code:  # noqa: ASYNC110 - another thread's state, polled with a bound
             await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("who,frame", [
-    ("sender", '{"type":"cancel","reason":"%s"}' % LONE),
-    ("receiver", '{"type":"cancel","reason":"%s"}' % LONE),
-    ("receiver", '{"type":"error","code":"disk_full","message":"%s"}' % LONE),
+    ("sender", CANCEL),
+    ("receiver", CANCEL),
+    ("receiver", ERROR),
 ])
 async def test_an_unencodable_farewell_still_closes_every_socket(relay_factory, who: str, frame: str) -> None:
     relay = relay_factory()
@@ -58,7 +61,7 @@ async def test_an_unencodable_decline_reason_still_closes_every_socket(relay_fac
     sender, receiver = await open_room(relay, code)
     await sender.send('{"type":"offer","files":[{"path":"a","size":1}],"chunk_size":1024}')
     assert (await first(receiver))["type"] == "offer"
-    await receiver.send('{"type":"decline","reason":"%s"}' % LONE)
+    await receiver.send(DECLINE)
     for ws in (sender, receiver):
         _, close = await outcome(ws)
         assert close in ACCEPTABLE, close
