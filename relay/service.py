@@ -62,6 +62,7 @@ class Relay:
         self.allowed_origins = parse_origins(settings.allowed_origins)
         self.draining = False
         self.seats: dict[Room, dict[int, Seat]] = {}
+        self._background: set[asyncio.Future[None]] = set()  # farewells started by routes that were cancelled
         self._last_prune = 0.0
 
     # --- what /metrics reads (relay.metrics.Observed) ---------------------------------------------------
@@ -135,8 +136,22 @@ class Relay:
             if current is not None:
                 current.uncancel()
         finally:
-            if room.state is State.ENDED:
+            if not party.closed:
+                self._left_unexpectedly(room, party)  # the room's end then finishes it
+            elif room.state is State.ENDED:
                 self.finish(room)
+
+    def _left_unexpectedly(self, room: Room, party: Party) -> None:
+        """This party's route is ending while its room still counts on it (the route was cancelled from
+        outside, e.g. by the server): the room hears ``gone`` now, and the others are told in the background."""
+        try:
+            work = self._run(room, room.handle(Gone(party.peer), _now()))
+        except Exception:
+            log.exception("room %s: could not end it for a cancelled route", room.tag)
+            work = self._abandon(room)
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _refuse(self, socket: PeerSocket, client: Client, refused: JoinRefused) -> None:
         self.stats.join_failures[refused.code.value] += 1

@@ -261,6 +261,18 @@ async def test_a_sender_that_leaves_while_a_chunk_is_forwarded_ends_the_room_onc
     assert room.relay.stats.transfers == {"peer_lost": 1}
 
 
+async def test_a_route_cancelled_from_outside_ends_its_room_and_the_others_are_told() -> None:
+    room = await Room.open()
+    sender_route = room.tasks[0]
+    sender_route.cancel()  # e.g. the server cancelling its connection tasks
+    (receiver,) = room.receivers
+    await until(lambda: receiver.close_code is not None, "the receiver's close")
+    assert receiver.sent[-1] == {"type": "peer_left", "peer": 0, "role": "send"} and receiver.close_code == 4030
+    assert "abc" not in room.relay.rooms.by_code
+    room.tasks.remove(sender_route)
+    await room.finished()
+
+
 async def test_the_sweeper_ends_an_unanswered_offer_with_offer_timeout() -> None:
     room = await Room.open(settings=Settings(max_joins_per_minute=0, max_connections_per_ip=0,
                                              idle_timeout=0.001, offer_timeout=0.05))
