@@ -69,8 +69,8 @@ def install_redaction() -> None:
 def configure(level: str) -> None:
     """Send the relay's log lines to stderr at ``level``.
 
-    ``relay.rooms`` writes a free-text line for some of the same moments ``relay.events`` records; those
-    are shown at ``debug`` only, so an info log has exactly one line per lifecycle event.
+    The room machine (``relay.rooms``) logs nothing; the service writes one ``relay.events`` line per
+    lifecycle event. The ``relay.rooms`` logger stays quiet below ``debug`` for code that may log there later.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from relay.protocol import ErrorCode
-
-if TYPE_CHECKING:
-    from relay.service import Relay
 
 # How a room ended (``Room.outcome``: "complete" or an error code) -> the ``outcome`` label of transfers_total.
 OUTCOMES: dict[str, str] = {
@@ -29,6 +26,7 @@ OUTCOMES: dict[str, str] = {
     ErrorCode.CHECKSUM_MISMATCH: "checksum_failed",
     ErrorCode.PAIRING_TIMEOUT: "timed_out",
     ErrorCode.IDLE_TIMEOUT: "timed_out",
+    ErrorCode.OFFER_TIMEOUT: "timed_out",
     ErrorCode.TRANSFER_TOO_LARGE: "rejected_by_limit",
     ErrorCode.GOING_AWAY: "going_away",
     ErrorCode.INTERNAL_ERROR: "relay_error",
@@ -71,22 +69,39 @@ class Stats:
             self.relay_errors += 1
 
 
-class RelayCollector(Collector):
-    """Reads a ``Relay``'s ``Stats`` and live state at scrape time."""
+class Observed(Protocol):
+    """What the collector reads from a relay (``relay.service.Relay`` provides it; metrics imports no service)."""
 
-    def __init__(self, relay: Relay) -> None:
+    stats: Stats
+    draining: bool
+
+    def rooms_by_state(self) -> Counter[str]: ...
+
+    def open_connections(self) -> tuple[int, int]: ...  # (WebSockets, client addresses)
+
+    def limiter_keys(self) -> int: ...
+
+
+ROOM_STATES = ("waiting", "paired", "offered", "streaming", "done", "ended")
+
+
+class RelayCollector(Collector):
+    """Reads a relay's ``Stats`` and live state at scrape time."""
+
+    def __init__(self, relay: Observed) -> None:
         self.relay = relay
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         relay, stats = self.relay, self.relay.stats
         rooms = GaugeMetricFamily("relay_rooms", "Rooms open now, by state", labels=["state"])
-        by_state = Counter(room.state.value for room in list(relay.rooms.by_code.values()))
-        for state in ("waiting", "paired", "offered", "streaming", "done", "ended"):
+        by_state = relay.rooms_by_state()
+        for state in ROOM_STATES:
             rooms.add_metric([state], by_state.get(state, 0))
         yield rooms
-        yield GaugeMetricFamily("relay_connections", "WebSockets open now", value=relay.connections.total)
+        sockets, addresses = relay.open_connections()
+        yield GaugeMetricFamily("relay_connections", "WebSockets open now", value=sockets)
         yield GaugeMetricFamily("relay_client_addresses", "Client addresses with a WebSocket open now",
-                                value=len(relay.connections))
+                                value=addresses)
         yield GaugeMetricFamily("relay_draining", "1 while the relay is shutting down", value=int(relay.draining))
 
         yield CounterMetricFamily("relay_payload_received_bytes", "Payload bytes read from senders",
@@ -111,10 +126,10 @@ class RelayCollector(Collector):
         yield failures
         yield CounterMetricFamily("relay_errors", "Internal relay errors (bugs)", value=stats.relay_errors)
         yield GaugeMetricFamily("relay_join_limiter_keys", "Client addresses the join limiter remembers",
-                                value=len(relay.joins))
+                                value=relay.limiter_keys())
 
 
-def make_registry(relay: Relay) -> CollectorRegistry:
+def make_registry(relay: Observed) -> CollectorRegistry:
     """A registry with the relay's metrics and the process's CPU, memory and file descriptors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(relay))

@@ -61,6 +61,7 @@ class ErrorCode(StrEnum):
     DECLINED = "declined"
     PAIRING_TIMEOUT = "pairing_timeout"
     IDLE_TIMEOUT = "idle_timeout"
+    OFFER_TIMEOUT = "offer_timeout"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN_ORIGIN = "forbidden_origin"
@@ -102,6 +103,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.DECLINED: 4032,
     ErrorCode.PAIRING_TIMEOUT: 4040,
     ErrorCode.IDLE_TIMEOUT: 4041,
+    ErrorCode.OFFER_TIMEOUT: 4043,
     ErrorCode.HANDSHAKE_TIMEOUT: 4042,
     ErrorCode.UNAUTHORIZED: 4401,
     ErrorCode.FORBIDDEN_ORIGIN: 4403,

@@ -1,31 +1,36 @@
-"""Rooms: admission, the per-room state machine, and forwarding between one sender and its receivers.
+"""Rooms: admission, and the life of one room as a pure state machine.
 
-Decide, then act: ``Rooms.admit`` and ``Rooms.expired`` decide with no I/O and return plain results; the
-``Room`` methods that act on sockets are short and go through ``PeerSocket``, so the FastAPI layer (or a
-test) can supply any transport. Data flows sender -> relay -> receivers, one chunk at a time: the sender's
-reading loop forwards a chunk to every receiver before it reads the next frame, so a slow receiver slows the
-sender and the relay holds at most one chunk per room.
+Decide, then act. ``Rooms.admit`` decides who may join with no I/O. ``Room.handle(event, now)`` is the whole
+life of a room: an event goes in (a party joined, a frame arrived from party k, party k's socket went away,
+the timer fired, ...), the room checks it against ``TRANSITIONS`` (a table, documented in docs/rooms.md),
+updates its state, and returns a list of effects (send this text or these bytes to party k, close party k
+with code c after its last message, the room ended). Nothing in this module awaits or touches a socket; the
+clock is passed in. ``relay.service`` carries out the effects in order and feeds what it learns while doing
+so (a send that failed) back in as events.
+
+Data flows sender -> relay -> receivers, one chunk at a time: a binary frame from the sender becomes "send the
+header, then the payload, to every receiver", and the service reads the sender's next frame only after every
+receiver's socket took it, so a slow receiver slows the sender and the relay holds at most one chunk per room.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from relay import protocol as p
-from relay.config import Settings
+from relay.config import Settings, parse_ascii_int
 from relay.protocol import ErrorCode, ProtocolError, UnexpectedMessage
-
-log = logging.getLogger("relay.rooms")
 
 # Give up writing a farewell message to a socket that does not drain within this many seconds.
 FAREWELL_TIMEOUT = 2.0
+# The longest `receivers` / `v` query value read at all: anything longer is refused before int() sees it.
+MAX_QUERY_DIGITS = 6
 
 
 class Role(StrEnum):
@@ -42,6 +47,9 @@ class State(StrEnum):
     ENDED = "ended"
 
 
+LIVE_STATES = tuple(state for state in State if state is not State.ENDED)
+
+
 class PeerGone(Exception):
     """The party's socket closed; raised by ``PeerSocket.receive`` and ``send_*``."""
 
@@ -55,7 +63,7 @@ class JoinRefused(Exception):
 
 
 class PeerSocket(Protocol):
-    """What a room needs from one party's WebSocket."""
+    """What the service needs from one party's WebSocket. Every method raises ``PeerGone`` once it is gone."""
 
     async def receive(self) -> str | bytes: ...
 
@@ -66,16 +74,122 @@ class PeerSocket(Protocol):
     async def close(self, code: int, reason: str = "") -> None: ...
 
 
+# --- events: what happens to a room ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Party ``peer`` was admitted (by ``Rooms.admit``) and its socket is open."""
+
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class TextFrame:
+    """A text frame arrived from party ``peer``."""
+
+    peer: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryFrame:
+    """A binary frame arrived from party ``peer``."""
+
+    peer: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """Party ``peer``'s socket closed, or a send to it failed."""
+
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The sweeper's tick: deadlines are checked against the ``now`` given to ``handle``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """The shell hit an unexpected exception (a bug) while serving this room; ``what`` names it for the peers."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShuttingDown:
+    """The relay is going away: the room ends with ``going_away``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllVerified:
+    """Fed back by the room itself once every receiver's ``verified`` has been written to the sender."""
+
+
+Event = Joined | TextFrame | BinaryFrame | Gone | TimerFired | Crashed | ShuttingDown | AllVerified
+_PARTY_EVENTS = (Joined, TextFrame, BinaryFrame, Gone)
+# The table's name for each event that carries no message ("crash" and frames are named in Room._classify).
+_TRIGGERS: dict[type, str] = {Joined: "joined", Gone: "gone", TimerFired: "timer", ShuttingDown: "shutdown",
+                              AllVerified: "all_verified"}
+
+
+# --- effects: what the service must do --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendText:
+    peer: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendBytes:
+    peer: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Send ``last`` (if any) and close with ``code``, bounded by ``FAREWELL_TIMEOUT``; farewells run at once."""
+
+    peer: int
+    code: int
+    last: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """Once every effect before this one has been carried out, feed ``event`` back to the room."""
+
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The room is over: ``outcome`` is "complete" or an error code. Remove it, count it, log it."""
+
+    outcome: str
+
+
+Effect = SendText | SendBytes | Close | Feed | Ended
+
+
+# --- the room -------------------------------------------------------------------------------------------
+
+
 @dataclass(slots=True, eq=False)
 class Party:
+    """One party as the room sees it; its socket belongs to the service."""
+
     peer: int
     role: Role
-    socket: PeerSocket
     accepted: bool = False
     verified: bool = False
-    closed: bool = False
-    task: asyncio.Task[None] | None = None
-    farewell: asyncio.Future[None] | None = None  # its last message and close, once the room ends
+    closed: bool = False  # the room will write nothing more to it: its socket is gone or its farewell is decided
+    gone: bool = False  # its socket closed or a send to it failed
 
 
 # A key of this process's own: a reader of the logs cannot test guessed codes against the tags offline.
@@ -90,12 +204,29 @@ def code_tag(code: str) -> str:
     return hmac.new(_TAG_KEY, code.encode(), hashlib.sha256).hexdigest()[:8]
 
 
+# Who an event comes from, as written in the transition table.
+SENDER, RECEIVER, PARTY, RELAY = "sender", "receiver", "party", "relay"
+Action = Callable[["Room", "Party | None", object, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of the table: in ``state`` (``None``: any live state), ``trigger`` from ``source`` leads to one
+    of ``targets`` by running ``action``."""
+
+    state: State | None
+    source: str
+    trigger: str
+    targets: tuple[State, ...]
+    action: Action
+
+
 class Room:
-    """One sender, up to ``expected`` receivers, and the transfer between them."""
+    """One sender, up to ``expected`` receivers, and the transfer between them: a pure state machine."""
 
     __slots__ = (
         "code", "expected", "settings", "sender", "receivers", "state", "check",
-        "created_at", "last_activity", "_next_peer", "outcome",
+        "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer",
     )
 
     def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
@@ -108,9 +239,12 @@ class Room:
         self.check: p.TransferCheck | None = None
         self.created_at = now
         self.last_activity = now
+        self.offered_at = now
         self._next_peer = 1
-        # Why the room ended: "complete" or an ErrorCode value; read by the service for metrics and logs.
+        # Why the room ended: "complete" or an ErrorCode value.
         self.outcome = ""
+        self._out: list[Effect] = []
+        self._by_peer: dict[int, Party] = {}
 
     @property
     def tag(self) -> str:
@@ -120,180 +254,112 @@ class Room:
     def parties(self) -> list[Party]:
         return ([self.sender] if self.sender else []) + self.receivers
 
-    # --- opening ---------------------------------------------------------------------------------------
+    def party(self, peer: int) -> Party | None:
+        return self._by_peer.get(peer)
 
-    async def greet(self, party: Party) -> None:
-        """Send ``hello`` to a newly admitted party and tell the sender who arrived."""
-        hello = p.Hello(p.PROTOCOL_VERSION, party.role.value, party.peer, self.expected, self.settings.max_message)
-        await self._send(party, hello.to_json())
-        if party.role is Role.RECEIVE and self.sender is not None:
-            await self._send(self.sender, p.PeerJoined(party.peer, len(self.receivers), self.expected).to_json())
-            if len(self.receivers) == self.expected and self.state is State.WAITING:
-                self.state = State.PAIRED
-                await self._send(self.sender, p.Paired(self.expected).to_json())
+    def seat(self, party: Party) -> None:
+        """Add an admitted party (``Rooms.admit`` does; the ``joined`` event then greets it)."""
+        if party.role is Role.SEND:
+            self.sender = party
+        else:
+            self.receivers.append(party)
+        self._by_peer[party.peer] = party
 
-    # --- frames from the sender ------------------------------------------------------------------------
+    def reachable(self, peer: int) -> bool:
+        """Whether ``peer``'s socket is still there (the service skips sends to a party that is gone)."""
+        party = self.party(peer)
+        return party is not None and not party.gone
 
-    async def from_sender(self, frame: str | bytes) -> None:
-        """Handle one frame from the sender: check it, then forward it to every receiver."""
-        if isinstance(frame, bytes):
-            await self._forward_payload(frame)
-            return
-        message = p.parse_message(frame)
-        match message:
-            case p.Chunk():
-                self._require(State.STREAMING, message)
-                assert self.check is not None
-                self.check.chunk(message)
-            case p.Offer():
-                self._require(State.PAIRED, message)
-                if message.total_size > self.settings.max_transfer_bytes:
-                    raise ProtocolError(
-                        f"the offer is {message.total_size} bytes; this relay allows "
-                        f"{self.settings.max_transfer_bytes} per transfer",
-                        ErrorCode.TRANSFER_TOO_LARGE,
-                    )
-                if message.chunk_size > self.settings.max_message:
-                    raise p.MalformedMessage(f"chunk_size is over this relay's max_message {self.settings.max_message}")
-                self.check = p.TransferCheck(message, self.settings.max_message)
-                self.state = State.OFFERED
-                await self._to_receivers(message.to_json())
-            case p.FileDone():
-                self._require(State.STREAMING, message)
-                assert self.check is not None
-                self.check.file_done(message)
-                await self._to_receivers(message.to_json())
-            case p.Done():
-                self._require(State.STREAMING, message)
-                assert self.check is not None
-                self.check.done()
-                self.state = State.DONE
-                await self._to_receivers(message.to_json())
-            case p.Cancel():
-                await self.end_cancelled(0, message.reason)
-            case p.Error():
-                await self.end(message.error_code, message.message, culprit=0, forward=True)
-            case _:
-                raise UnexpectedMessage(f"a sender may not send {message.TYPE!r}")
+    # --- the one entry point ---------------------------------------------------------------------------
 
-    async def _forward_payload(self, data: bytes) -> None:
-        if self.state is not State.STREAMING or self.check is None:
-            raise UnexpectedMessage("binary frame before the transfer started")
-        header = self.check.payload(data)
-        text = header.to_json()
-        for receiver in self.receivers:
-            await self._send(receiver, text)
-            await self._send(receiver, data)
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        """Apply one event at time ``now``; return what the service must do, in order.
 
-    # --- frames from a receiver ------------------------------------------------------------------------
-
-    async def from_receiver(self, party: Party, frame: str | bytes) -> None:
-        """Handle one frame from a receiver; forward what the sender needs to know, tagged with its peer."""
-        if isinstance(frame, bytes):
-            raise UnexpectedMessage("a receiver may not send binary frames")
-        message = p.parse_message(frame)
-        assert self.sender is not None
-        match message:
-            case p.Ack() | p.FileOk():
-                if self.state not in (State.STREAMING, State.DONE):
-                    raise UnexpectedMessage(f"{message.TYPE!r} before the transfer started")
-                if isinstance(message, p.Ack):
-                    forwarded = p.Ack(message.file, message.offset, party.peer)
-                else:
-                    forwarded = p.FileOk(message.file, party.peer)
-                await self._send(self.sender, forwarded.to_json())
-            case p.Accept():
-                self._require(State.OFFERED, message)
-                if party.accepted:
-                    raise UnexpectedMessage("accept sent twice")
-                party.accepted = True
-                await self._send(self.sender, p.Accept(party.peer).to_json())
-                if all(r.accepted for r in self.receivers):
-                    self.state = State.STREAMING
-                    await self._send(self.sender, p.Start().to_json())
-            case p.Decline():
-                self._require(State.OFFERED, message)
-                await self._send(self.sender, p.Decline(message.reason, party.peer).to_json())
-                await self.end(ErrorCode.DECLINED, f"receiver {party.peer} declined the offer", culprit=party.peer)
-            case p.Verified():
-                self._require(State.DONE, message)
-                if party.verified:
-                    raise UnexpectedMessage("verified sent twice")
-                party.verified = True
-                await self._send(self.sender, p.Verified(party.peer).to_json())
-                if all(r.verified for r in self.receivers):
-                    await self.complete()
-            case p.Cancel():
-                await self.end_cancelled(party.peer, message.reason)
-            case p.Error():
-                await self.end(message.error_code, message.message, culprit=party.peer, forward=True)
-            case _:
-                raise UnexpectedMessage(f"a receiver may not send {message.TYPE!r}")
-
-    def _require(self, state: State, message: p.Message) -> None:
-        if self.state is not state:
-            raise UnexpectedMessage(f"{message.TYPE!r} is not allowed while the room is {self.state.value}")
-
-    async def _to_receivers(self, text: str) -> None:
-        for receiver in self.receivers:
-            await self._send(receiver, text)
-
-    async def _send(self, party: Party, frame: str | bytes) -> None:
-        """Write one frame to a party; if its socket is gone, the room ends with ``peer_left``."""
-        if party.closed:
-            return
+        A peer that breaks the protocol ends the room with the error's code. Any other exception is a bug in
+        the relay and propagates: the service then feeds ``Crashed``.
+        """
+        out: list[Effect] = []
+        self._out = out
+        party = self._by_peer.get(event.peer) if isinstance(event, _PARTY_EVENTS) else None
+        if self.state is State.ENDED:
+            if type(event) is Gone and party is not None:
+                party.closed = party.gone = True
+            return out
         try:
-            if isinstance(frame, str):
-                await party.socket.send_text(frame)
-            else:
-                await party.socket.send_bytes(frame)
-        except PeerGone:
-            await self.party_left(party)
+            source, trigger, payload = self._classify(event, party, now)
+            transition = TABLE.get((self.state, source, trigger)) or TABLE.get((None, source, trigger))
+            if transition is None:
+                if type(event) is Joined:
+                    raise RuntimeError(f"a party joined a room that is {self.state.value}")
+                if source == RELAY:
+                    return out  # e.g. AllVerified after the room changed: nothing to do
+                raise UnexpectedMessage(f"{trigger!r} from the {source} is not allowed while the room is "
+                                        f"{self.state.value}")
+            transition.action(self, party, payload, now)
+        except ProtocolError as error:
+            self._end_with_error(error.code, error.message, culprit=party.peer if party else None)
+            return out
+        if self.state not in transition.targets:
+            raise RuntimeError(f"{transition.trigger} in {transition.state} led to {self.state}, "
+                               f"not one of {transition.targets}")
+        return out
 
-    # --- ending ----------------------------------------------------------------------------------------
+    def _classify(self, event: Event, party: Party | None, now: float) -> tuple[str, str, object]:
+        """Name an event as the table does: (source, trigger, payload). Frames count as activity."""
+        if party is not None:
+            source = SENDER if party.role is Role.SEND else RECEIVER
+            if type(event) is BinaryFrame:
+                self.last_activity = now
+                return source, "binary", event.data
+            if type(event) is TextFrame:
+                self.last_activity = now
+                message = p.parse_message(event.text)
+                return source, message.TYPE, message
+            return source, _TRIGGERS[type(event)], None
+        if isinstance(event, _PARTY_EVENTS):
+            raise RuntimeError(f"no party {event.peer} in this room")
+        if type(event) is Crashed:
+            return RELAY, "crash", event.what
+        return RELAY, _TRIGGERS[type(event)], None
 
-    async def complete(self) -> None:
-        """Every receiver verified: tell everyone and close normally."""
+    def abandon(self) -> None:
+        """The last resort after a bug while ending: the room is over (``internal_error`` unless it had already
+        ended) and nothing more is written to anyone; the service then closes every socket itself."""
+        if self.state is not State.ENDED:
+            self.state = State.ENDED
+            self.outcome = ErrorCode.INTERNAL_ERROR.value
+        for party in self.parties:
+            party.closed = True
+
+    # --- effects ---------------------------------------------------------------------------------------
+
+    def _send(self, party: Party, message: p.Message) -> None:
+        if not party.closed:
+            self._out.append(SendText(party.peer, message.to_json()))
+
+    def _to_receivers(self, message: p.Message) -> None:
+        text = message.to_json()
+        self._out.extend(SendText(r.peer, text) for r in self.receivers if not r.closed)
+
+    def _end(self, outcome: str, farewells: list[tuple[Party, str | None, int]]) -> None:
+        """Move to ENDED: each open party gets its last message and close, then ``Ended``."""
         self.state = State.ENDED
-        self.outcome = "complete"
-        log.info("room %s complete: %d receiver(s), %d bytes", self.tag, len(self.receivers),
-                 self.check.bytes_done if self.check else 0)
-        text = p.Complete().to_json()
-        await self._farewells([(party, text, p.CLOSE_NORMAL) for party in self.parties])
+        self.outcome = outcome
+        for party, text, close_code in farewells:
+            if not party.closed:
+                party.closed = True
+                self._out.append(Close(party.peer, close_code, text))
+        for party in self.parties:  # nothing more is ever written to anyone
+            party.closed = True
+        self._out.append(Ended(outcome))
 
-    async def end_cancelled(self, by: int, reason: str) -> None:
-        if self.state is State.ENDED:
-            return
-        self.state = State.ENDED
-        self.outcome = ErrorCode.CANCELLED.value
-        log.info("room %s cancelled by peer %d", self.tag, by)
-        text = p.Cancel(reason[: p.MAX_TEXT], by).to_json()
-        close = ErrorCode.CANCELLED.close_code
-        await self._farewells([(party, text if party.peer != by else None, close) for party in self.parties])
-
-    async def party_left(self, party: Party) -> None:
-        """A socket closed: if the room was still live, everyone else is told and the room ends."""
-        party.closed = True
-        if self.state is State.ENDED:
-            return
-        self.state = State.ENDED
-        self.outcome = ErrorCode.PEER_LEFT.value
-        log.info("room %s: peer %d (%s) left", self.tag, party.peer, party.role.value)
-        text = p.PeerLeft(party.peer, party.role.value).to_json()
-        close = ErrorCode.PEER_LEFT.close_code
-        await self._farewells([(other, text, close) for other in self.parties if other is not party])
-
-    async def end(self, code: ErrorCode, message: str, culprit: int | None = None, forward: bool = False) -> None:
-        """End the room with an error: each party gets one ``error`` and the code's close code.
+    def _end_with_error(self, code: ErrorCode, message: str, culprit: int | None = None,
+                        forward: bool = False) -> None:
+        """End with an error: each party gets one ``error`` and the code's close code.
 
         ``culprit`` is the peer whose frame caused it; with ``forward`` the error was reported by that peer and
         is passed on to the others with its ``peer`` number instead of being echoed back.
         """
-        if self.state is State.ENDED:
-            return
-        self.state = State.ENDED
-        self.outcome = code.value
-        log.info("room %s ended: %s (peer %s)", self.tag, code.value, culprit)
         message = message[: p.MAX_TEXT]
         farewells: list[tuple[Party, str | None, int]] = []
         for party in self.parties:
@@ -304,31 +370,177 @@ class Room:
             else:
                 text = p.Error(code.value, message).to_json()
             farewells.append((party, text, code.close_code))
-        await self._farewells(farewells)
+        self._end(code.value, farewells)
 
-    async def _farewells(self, farewells: list[tuple[Party, str | None, int]]) -> None:
-        """Send each party its last message and close, all at once; each party's route waits for its own."""
-        tasks = []
-        for party, text, close_code in farewells:
-            if party.closed:
-                continue
-            party.closed = True
-            party.farewell = asyncio.ensure_future(self._farewell(party, text, close_code))
-            tasks.append(party.farewell)
-        await asyncio.gather(*tasks)
+    # --- actions: one per row of the table (each may move only to its row's targets) -------------------
 
-    async def _farewell(self, party: Party, text: str | None, close_code: int) -> None:
-        try:
-            async with asyncio.timeout(FAREWELL_TIMEOUT):
-                if text is not None:
-                    await party.socket.send_text(text)
-                await party.socket.close(close_code)
-        except PeerGone:
-            pass
-        except TimeoutError:
-            # The peer is not reading: stop its reading loop so the route returns and the socket is dropped.
-            if party.task is not None:
-                party.task.cancel()
+    def _greet(self, party: Party | None, _: object, now: float) -> None:
+        assert party is not None
+        hello = p.Hello(p.PROTOCOL_VERSION, party.role.value, party.peer, self.expected, self.settings.max_message)
+        self._send(party, hello)
+        if party.role is Role.RECEIVE and self.sender is not None:
+            self._send(self.sender, p.PeerJoined(party.peer, len(self.receivers), self.expected))
+            if len(self.receivers) == self.expected:
+                self.state = State.PAIRED
+                self.last_activity = now
+                self._send(self.sender, p.Paired(self.expected))
+
+    def _offer(self, _: Party | None, message: object, now: float) -> None:
+        assert isinstance(message, p.Offer)
+        if message.total_size > self.settings.max_transfer_bytes:
+            raise ProtocolError(
+                f"the offer is {message.total_size} bytes; this relay allows "
+                f"{self.settings.max_transfer_bytes} per transfer",
+                ErrorCode.TRANSFER_TOO_LARGE,
+            )
+        if message.chunk_size > self.settings.max_message:
+            raise p.MalformedMessage(f"chunk_size is over this relay's max_message {self.settings.max_message}")
+        self.check = p.TransferCheck(message, self.settings.max_message)
+        self.state = State.OFFERED
+        self.offered_at = now
+        self._to_receivers(message)
+
+    def _accept(self, party: Party | None, _: object, now: float) -> None:
+        assert party is not None and self.sender is not None
+        if party.accepted:
+            raise UnexpectedMessage("accept sent twice")
+        party.accepted = True
+        self._send(self.sender, p.Accept(party.peer))
+        if all(r.accepted for r in self.receivers):
+            self.state = State.STREAMING
+            self.last_activity = now
+            self._send(self.sender, p.Start())
+
+    def _decline(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and self.sender is not None and isinstance(message, p.Decline)
+        self._send(self.sender, p.Decline(message.reason, party.peer))
+        self._end_with_error(ErrorCode.DECLINED, f"receiver {party.peer} declined the offer", culprit=party.peer)
+
+    def _chunk(self, _: Party | None, message: object, __: float) -> None:
+        assert self.check is not None and isinstance(message, p.Chunk)
+        self.check.chunk(message)
+
+    def _payload(self, _: Party | None, data: object, __: float) -> None:
+        assert self.check is not None and isinstance(data, bytes)
+        text = self.check.payload(data).to_json()
+        for receiver in self.receivers:
+            if not receiver.closed:
+                self._out.append(SendText(receiver.peer, text))
+                self._out.append(SendBytes(receiver.peer, data))
+
+    def _file_done(self, _: Party | None, message: object, __: float) -> None:
+        assert self.check is not None and isinstance(message, p.FileDone)
+        self.check.file_done(message)
+        self._to_receivers(message)
+
+    def _done(self, _: Party | None, message: object, __: float) -> None:
+        assert self.check is not None and isinstance(message, p.Done)
+        self.check.done()
+        self.state = State.DONE
+        self._to_receivers(message)
+
+    def _progress(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and self.sender is not None
+        if isinstance(message, p.Ack):
+            self._send(self.sender, p.Ack(message.file, message.offset, party.peer))
+        else:
+            assert isinstance(message, p.FileOk)
+            self._send(self.sender, p.FileOk(message.file, party.peer))
+
+    def _verified(self, party: Party | None, _: object, __: float) -> None:
+        assert party is not None and self.sender is not None
+        if party.verified:
+            raise UnexpectedMessage("verified sent twice")
+        party.verified = True
+        self._send(self.sender, p.Verified(party.peer))
+        if all(r.verified for r in self.receivers):
+            # Complete only once the sender has been given every `verified`: if that write fails, the room
+            # ends with peer_left first and this event finds it ended.
+            self._out.append(Feed(AllVerified()))
+
+    def _complete(self, _: Party | None, __: object, ___: float) -> None:
+        text = p.Complete().to_json()
+        self._end("complete", [(party, text, p.CLOSE_NORMAL) for party in self.parties])
+
+    def _cancel(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and isinstance(message, p.Cancel)
+        text = p.Cancel(message.reason[: p.MAX_TEXT], party.peer).to_json()
+        close = ErrorCode.CANCELLED.close_code
+        self._end(ErrorCode.CANCELLED.value,
+                  [(other, text if other is not party else None, close) for other in self.parties])
+
+    def _reported_error(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and isinstance(message, p.Error)
+        self._end_with_error(message.error_code, message.message, culprit=party.peer, forward=True)
+
+    def _gone(self, party: Party | None, _: object, __: float) -> None:
+        assert party is not None
+        party.closed = party.gone = True
+        text = p.PeerLeft(party.peer, party.role.value).to_json()
+        close = ErrorCode.PEER_LEFT.close_code
+        self._end(ErrorCode.PEER_LEFT.value, [(other, text, close) for other in self.parties if other is not party])
+
+    def _crash(self, _: Party | None, what: object, __: float) -> None:
+        self._end_with_error(ErrorCode.INTERNAL_ERROR, f"internal relay error: {what}")
+
+    def _shutdown(self, _: Party | None, __: object, ___: float) -> None:
+        self._end_with_error(ErrorCode.GOING_AWAY, "the relay is shutting down")
+
+    def _pairing_deadline(self, _: Party | None, __: object, now: float) -> None:
+        if now - self.created_at >= self.settings.pairing_timeout:
+            self._end_with_error(ErrorCode.PAIRING_TIMEOUT, "no receiver joined in time")
+
+    def _offer_deadline(self, _: Party | None, __: object, now: float) -> None:
+        # A person may be reading the offer: the idle timeout is off here, this longer deadline applies.
+        if now - self.offered_at >= self.settings.offer_timeout:
+            self._end_with_error(ErrorCode.OFFER_TIMEOUT, "nobody answered the offer in time")
+
+    def _idle_deadline(self, _: Party | None, __: object, now: float) -> None:
+        if now - self.last_activity >= self.settings.idle_timeout:
+            self._end_with_error(ErrorCode.IDLE_TIMEOUT, "the transfer stalled")
+
+
+
+# The life of a room (docs/rooms.md shows this table; tests/test_rooms.py checks that the two agree). A state
+# of None means every live state. A frame from a party that no row names is `unexpected_message`.
+# To add resume: a PARKED state, (STREAMING, party, "gone") -> PARKED before the catch-all row, and a
+# "rejoined" trigger from PARKED back to STREAMING. To add end-to-end encryption: a KEYING state between PAIRED
+# and OFFERED whose "pake" rows forward opaque messages between the sender and receiver k.
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(State.WAITING, SENDER, "joined", (State.WAITING,), Room._greet),
+    Transition(State.WAITING, RECEIVER, "joined", (State.WAITING, State.PAIRED), Room._greet),
+    Transition(State.WAITING, RELAY, "timer", (State.WAITING, State.ENDED), Room._pairing_deadline),
+    Transition(State.PAIRED, SENDER, "offer", (State.OFFERED,), Room._offer),
+    Transition(State.PAIRED, RELAY, "timer", (State.PAIRED, State.ENDED), Room._idle_deadline),
+    Transition(State.OFFERED, RECEIVER, "accept", (State.OFFERED, State.STREAMING), Room._accept),
+    Transition(State.OFFERED, RECEIVER, "decline", (State.ENDED,), Room._decline),
+    Transition(State.OFFERED, RELAY, "timer", (State.OFFERED, State.ENDED), Room._offer_deadline),
+    Transition(State.STREAMING, SENDER, "chunk", (State.STREAMING,), Room._chunk),
+    Transition(State.STREAMING, SENDER, "binary", (State.STREAMING,), Room._payload),
+    Transition(State.STREAMING, SENDER, "file_done", (State.STREAMING,), Room._file_done),
+    Transition(State.STREAMING, SENDER, "done", (State.DONE,), Room._done),
+    Transition(State.STREAMING, RECEIVER, "ack", (State.STREAMING,), Room._progress),
+    Transition(State.STREAMING, RECEIVER, "file_ok", (State.STREAMING,), Room._progress),
+    Transition(State.STREAMING, RELAY, "timer", (State.STREAMING, State.ENDED), Room._idle_deadline),
+    Transition(State.DONE, RECEIVER, "ack", (State.DONE,), Room._progress),
+    Transition(State.DONE, RECEIVER, "file_ok", (State.DONE,), Room._progress),
+    Transition(State.DONE, RECEIVER, "verified", (State.DONE,), Room._verified),
+    Transition(State.DONE, RELAY, "all_verified", (State.ENDED,), Room._complete),
+    Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
+    Transition(None, SENDER, "cancel", (State.ENDED,), Room._cancel),
+    Transition(None, RECEIVER, "cancel", (State.ENDED,), Room._cancel),
+    Transition(None, SENDER, "error", (State.ENDED,), Room._reported_error),
+    Transition(None, RECEIVER, "error", (State.ENDED,), Room._reported_error),
+    Transition(None, SENDER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, RECEIVER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, RELAY, "crash", (State.ENDED,), Room._crash),
+    Transition(None, RELAY, "shutdown", (State.ENDED,), Room._shutdown),
+)
+TABLE: dict[tuple[State | None, str, str], Transition] = {(t.state, t.source, t.trigger): t for t in TRANSITIONS}
+assert len(TABLE) == len(TRANSITIONS), "two rows of the transition table share a (state, source, trigger)"
+
+
+# --- admission ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +554,7 @@ class JoinRequest:
 
 
 class Rooms:
-    """The registry of live rooms: admission decisions and expiry, no socket I/O."""
+    """The registry of live rooms: admission decisions, no socket I/O."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -351,64 +563,61 @@ class Rooms:
     def __len__(self) -> int:
         return len(self.by_code)
 
-    def admit(self, request: JoinRequest, socket: PeerSocket, now: float) -> tuple[Room, Party]:
-        """Decide whether a party may join; on success it is registered. Raises ``JoinRefused``."""
-        if request.version not in (None, "", str(p.PROTOCOL_VERSION)):
-            raise JoinRefused(ErrorCode.UNSUPPORTED_VERSION, f"this relay speaks protocol version {p.PROTOCOL_VERSION}")
+    def admit(self, request: JoinRequest, now: float) -> tuple[Room, Party]:
+        """Decide whether a party may join; on success it is registered. Raises ``JoinRefused``.
+
+        The caller then feeds ``Joined(party.peer)`` to the room.
+        """
+        if request.version not in (None, ""):
+            version = parse_ascii_int(request.version, MAX_QUERY_DIGITS)
+            if version is None:
+                raise JoinRefused(ErrorCode.BAD_REQUEST, "'v' must be a whole number written in ASCII digits")
+            if version != p.PROTOCOL_VERSION:
+                raise JoinRefused(ErrorCode.UNSUPPORTED_VERSION,
+                                  f"this relay speaks protocol version {p.PROTOCOL_VERSION}")
         if not p.is_valid_code(request.code):
             raise JoinRefused(ErrorCode.BAD_REQUEST, "a room code is 1-128 characters of a-z, 0-9 and '-'")
         if request.role == Role.SEND:
-            return self._admit_sender(request, socket, now)
+            return self._admit_sender(request, now)
         if request.role == Role.RECEIVE:
             if request.receivers not in (None, ""):
                 raise JoinRefused(ErrorCode.BAD_REQUEST, "only a sender may set 'receivers'")
-            return self._admit_receiver(request, socket)
+            return self._admit_receiver(request)
         raise JoinRefused(ErrorCode.BAD_REQUEST, "query parameter 'role' must be 'send' or 'receive'")
 
-    def _admit_sender(self, request: JoinRequest, socket: PeerSocket, now: float) -> tuple[Room, Party]:
-        expected = _parse_receivers(request.receivers, self.settings.max_receivers)
+    def _admit_sender(self, request: JoinRequest, now: float) -> tuple[Room, Party]:
+        expected = parse_receivers(request.receivers, self.settings.max_receivers)
         if request.code in self.by_code:
             raise JoinRefused(ErrorCode.ROOM_TAKEN, "this room already has a sender; choose another code")
         if len(self.by_code) >= self.settings.max_rooms:
             raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has too many open rooms; try again later")
         room = Room(request.code, expected, self.settings, now)
-        room.sender = Party(0, Role.SEND, socket)
+        room.seat(Party(0, Role.SEND))
         self.by_code[request.code] = room
-        log.info("room %s opened for %d receiver(s)", room.tag, expected)
+        assert room.sender is not None
         return room, room.sender
 
-    def _admit_receiver(self, request: JoinRequest, socket: PeerSocket) -> tuple[Room, Party]:
+    def _admit_receiver(self, request: JoinRequest) -> tuple[Room, Party]:
         room = self.by_code.get(request.code)
         if room is None or room.state is State.ENDED:
             raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no sender is waiting with this code")
         if len(room.receivers) >= room.expected or room.state is not State.WAITING:
             raise JoinRefused(ErrorCode.ROOM_FULL, "this room already has all its receivers")
-        party = Party(room._next_peer, Role.RECEIVE, socket)
+        party = Party(room._next_peer, Role.RECEIVE)
         room._next_peer += 1
-        room.receivers.append(party)
+        room.seat(party)
         return room, party
 
     def remove(self, room: Room) -> None:
         if self.by_code.get(room.code) is room:
             del self.by_code[room.code]
 
-    def expired(self, now: float) -> list[tuple[Room, ErrorCode]]:
-        """Rooms whose pairing or idle deadline has passed, with the error to end them with."""
-        found = []
-        for room in self.by_code.values():
-            if room.state is State.ENDED:
-                continue
-            if room.state is State.WAITING:
-                if now - room.created_at >= self.settings.pairing_timeout:
-                    found.append((room, ErrorCode.PAIRING_TIMEOUT))
-            elif now - room.last_activity >= self.settings.idle_timeout:
-                found.append((room, ErrorCode.IDLE_TIMEOUT))
-        return found
 
-
-def _parse_receivers(raw: str | None, maximum: int) -> int:
+def parse_receivers(raw: str | None, maximum: int) -> int:
+    """The ``receivers`` query value: ASCII digits only (not ``²`` or ``٣``), 1 to ``maximum``."""
     if raw in (None, ""):
         return 1
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    value = parse_ascii_int(raw, MAX_QUERY_DIGITS)
+    if value is None or not 1 <= value <= maximum:
         raise JoinRefused(ErrorCode.BAD_REQUEST, f"'receivers' must be a whole number from 1 to {maximum}")
-    return int(raw)
+    return value

@@ -8,6 +8,8 @@ SIGTERM drains the rooms before uvicorn closes the sockets.
 from __future__ import annotations
 
 import contextlib
+import math
+import socket
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -132,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"))
         await relay.serve(AsgiPeerSocket(websocket, relay.stats), request, client_of(websocket))
 
-    app.include_router(web.router)
+    app.include_router(web.router())
     return app
 
 
@@ -158,7 +160,7 @@ def uvicorn_config(settings: Settings, app: FastAPI | None = None) -> uvicorn.Co
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
         server_header=False,
-        timeout_graceful_shutdown=FAREWELL_TIMEOUT + LINGER + 1.0,
+        timeout_graceful_shutdown=math.ceil(FAREWELL_TIMEOUT + LINGER + 1.0),
     )
 
 
@@ -171,14 +173,17 @@ class RelayServer(uvicorn.Server):
         super().__init__(config)
         self.relay = relay
 
-    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.relay.drain(self.relay.settings.shutdown_grace, give_up=lambda: self.force_exit)
         await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> None:
-    """Run the relay in the foreground until SIGTERM or Ctrl-C, then drain and exit."""
+    """Run the relay in the foreground until SIGTERM or Ctrl-C, then drain and exit.
+
+    Raises ``relay.web.AssetsMissing`` before anything is configured or listens if the page is not built.
+    """
+    app = create_app(settings)
     logs.configure(settings.log_level)
     tune_allocator()
-    app = create_app(settings)
     RelayServer(uvicorn_config(settings, app), app.state.relay).run()

@@ -1,9 +1,10 @@
 """The relay service: runs one party's connection from admission to the end of its room.
 
 The FastAPI route only parses the URL and headers and hands the socket here; ``Relay.serve`` checks the
-client's limits and access, admits the party, greets it, and loops over its frames, turning protocol errors
-into a documented error and close for the whole room. Decide, then act: ``Relay.check`` decides who may
-join with no I/O; ``serve`` then refuses or admits.
+client's limits and access, admits the party, and loops over its frames. Decide, then act: ``Relay.check``
+and ``Rooms.admit`` decide who may join, and ``Room.handle`` decides everything about a room, with no I/O;
+this module is the thin shell that carries out the effects the room returns (writes, farewells, the end) and
+feeds back what it learns doing so (a send that failed, a socket that closed, an exception that is a bug).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from relay import protocol as p
 from relay.access import Client, origin_ok, parse_origins, token_ok
@@ -19,8 +22,12 @@ from relay.config import Settings
 from relay.limits import ConnectionCounter, JoinLimiter
 from relay.logs import event
 from relay.metrics import Stats, outcome_label
-from relay.protocol import ErrorCode, ProtocolError
-from relay.rooms import JoinRefused, JoinRequest, Party, PeerGone, PeerSocket, Role, Room, Rooms, State
+from relay.protocol import ErrorCode
+from relay.rooms import (
+    FAREWELL_TIMEOUT, BinaryFrame, Close, Crashed, Effect, Ended, Event, Feed, Gone, Joined, JoinRefused,
+    JoinRequest, Party, PeerGone, PeerSocket, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State,
+    TextFrame, TimerFired,
+)
 
 log = logging.getLogger("relay")
 
@@ -34,6 +41,15 @@ GUESS_CODES = frozenset({ErrorCode.ROOM_NOT_FOUND, ErrorCode.UNAUTHORIZED})
 QUIET_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
 
 
+@dataclass(slots=True, eq=False)
+class Seat:
+    """The shell's side of one party: its socket, the task reading it, and its farewell once the room ends."""
+
+    socket: PeerSocket
+    task: asyncio.Task[None] | None = None
+    farewell: asyncio.Future[None] | None = None
+
+
 class Relay:
     """All live rooms of one relay process, the per-client limits, and the loop that serves each party."""
 
@@ -45,7 +61,20 @@ class Relay:
         self.connections = ConnectionCounter(settings.max_connections_per_ip)
         self.allowed_origins = parse_origins(settings.allowed_origins)
         self.draining = False
+        self.seats: dict[Room, dict[int, Seat]] = {}
+        self._background: set[asyncio.Future[None]] = set()  # farewells started by routes that were cancelled
         self._last_prune = 0.0
+
+    # --- what /metrics reads (relay.metrics.Observed) ---------------------------------------------------
+
+    def rooms_by_state(self) -> Counter[str]:
+        return Counter(room.state.value for room in list(self.rooms.by_code.values()))
+
+    def open_connections(self) -> tuple[int, int]:
+        return self.connections.total, len(self.connections)
+
+    def limiter_keys(self) -> int:
+        return len(self.joins)
 
     # --- admission -------------------------------------------------------------------------------------
 
@@ -74,12 +103,11 @@ class Relay:
             self.connections.release(client.key)
 
     async def _serve(self, socket: PeerSocket, request: JoinRequest, client: Client) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = _now()
         refused = self.check(request, client, now)
         if refused is None:
             try:
-                room, party = self.rooms.admit(request, socket, now)
+                room, party = self.rooms.admit(request, now)
             except JoinRefused as exc:
                 refused = exc
         if refused is not None:
@@ -87,18 +115,19 @@ class Relay:
                 self.joins.failed(client.key, now)
             await self._refuse(socket, client, refused)
             return
-        party.task = asyncio.current_task()
+        seat = Seat(socket, asyncio.current_task())
+        self.seats.setdefault(room, {})[party.peer] = seat
         self.stats.joins[party.role.value] += 1
         if party.role is Role.SEND:
             event("room_opened", room=room.tag, receivers=room.expected)
         else:
             event("peer_joined", room=room.tag, peer=party.peer, joined=len(room.receivers), receivers=room.expected)
         try:
-            await room.greet(party)
-            await self._read_frames(room, party, loop)
-            if party.farewell is not None:
+            await self._feed(room, Joined(party.peer))
+            await self._read_frames(room, party, seat)
+            if seat.farewell is not None:
                 # Returning closes the socket at once: first let the room's last message to it go out.
-                await party.farewell
+                await seat.farewell
         except asyncio.CancelledError:
             if not party.closed:
                 raise
@@ -107,8 +136,22 @@ class Relay:
             if current is not None:
                 current.uncancel()
         finally:
-            if room.state is State.ENDED:
+            if not party.closed:
+                self._left_unexpectedly(room, party)  # the room's end then finishes it
+            elif room.state is State.ENDED:
                 self.finish(room)
+
+    def _left_unexpectedly(self, room: Room, party: Party) -> None:
+        """This party's route is ending while its room still counts on it (the route was cancelled from
+        outside, e.g. by the server): the room hears ``gone`` now, and the others are told in the background."""
+        try:
+            work = self._run(room, room.handle(Gone(party.peer), _now()))
+        except Exception:
+            log.exception("room %s: could not end it for a cancelled route", room.tag)
+            work = self._abandon(room)
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _refuse(self, socket: PeerSocket, client: Client, refused: JoinRefused) -> None:
         self.stats.join_failures[refused.code.value] += 1
@@ -116,49 +159,124 @@ class Relay:
         event("join_refused", level, code=refused.code.value, client=client.key)
         await refuse(socket, refused.code, str(refused))
 
-    async def _read_frames(self, room: Room, party: Party, loop: asyncio.AbstractEventLoop) -> None:
-        socket = party.socket
+    async def _read_frames(self, room: Room, party: Party, seat: Seat) -> None:
+        """Feed this party's frames to its room until the room is over for it; any exception here is a bug."""
         try:
-            while room.state is not State.ENDED:
-                frame = await socket.receive()
-                room.last_activity = loop.time()
-                if room.state is State.ENDED:
-                    break
-                if party.role is Role.SEND:
-                    await room.from_sender(frame)
+            while not party.closed:
+                try:
+                    frame = await seat.socket.receive()
+                except PeerGone:
+                    await self._feed(room, Gone(party.peer))
+                    return
+                if party.closed:  # the room ended while this frame was on its way
+                    return
+                if isinstance(frame, str):
+                    await self._feed(room, TextFrame(party.peer, frame))
                 else:
-                    await room.from_receiver(party, frame)
-        except PeerGone:
-            await room.party_left(party)
-        except ProtocolError as error:
-            log.debug("room %s: peer %d broke the protocol: %s", room.tag, party.peer, error.code.value)
-            await room.end(error.code, error.message, culprit=party.peer)
-        except (RuntimeError, ValueError, TypeError, KeyError, AssertionError) as exc:
-            log.exception("room %s: internal error", room.tag)
-            await room.end(ErrorCode.INTERNAL_ERROR, f"internal relay error: {type(exc).__name__}")
+                    await self._feed(room, BinaryFrame(party.peer, frame))
+        except Exception as exc:  # noqa: BLE001 - every bug ends this room, not the relay
+            await self._crash(room, exc)
+
+    # --- carrying out a room's decisions ---------------------------------------------------------------
+
+    async def _feed(self, room: Room, room_event: Event) -> None:
+        """Hand one event to the room and carry out what it decides; a bug on the way ends the room."""
+        try:
+            effects = room.handle(room_event, _now())
+        except Exception as exc:  # noqa: BLE001
+            await self._crash(room, exc)
+            return
+        await self._run(room, effects)
+
+    async def _run(self, room: Room, effects: list[Effect]) -> None:
+        try:
+            await self._apply(room, effects)
+        except Exception as exc:  # noqa: BLE001
+            await self._crash(room, exc)
+
+    async def _apply(self, room: Room, effects: list[Effect]) -> None:
+        """Carry out effects in order. A send that fails is fed back as ``Gone`` and the room's answer to it
+        runs next; farewells run concurrently and are awaited at the end, each bounded by its timeout."""
+        seats = self.seats.get(room) or {}
+        farewells: list[asyncio.Future[None]] = []
+        index = 0
+        while index < len(effects):
+            effect = effects[index]
+            index += 1
+            kind = type(effect)
+            if kind is SendText or kind is SendBytes:
+                assert isinstance(effect, SendText | SendBytes)
+                seat = seats.get(effect.peer)
+                if seat is None or seat.farewell is not None or not room.reachable(effect.peer):
+                    continue  # gone, or already saying goodbye: what an earlier decision queued is moot
+                try:
+                    if isinstance(effect, SendText):
+                        await seat.socket.send_text(effect.text)
+                    else:
+                        await seat.socket.send_bytes(effect.data)
+                except PeerGone:
+                    effects[index:index] = room.handle(Gone(effect.peer), _now())
+            elif isinstance(effect, Close):
+                seat = seats.get(effect.peer)
+                if seat is not None and seat.farewell is None:
+                    seat.farewell = asyncio.ensure_future(_farewell(seat, effect.last, effect.code))
+                    farewells.append(seat.farewell)
+            elif isinstance(effect, Feed):
+                effects[index:index] = room.handle(effect.event, _now())
+            elif isinstance(effect, Ended):
+                self.finish(room)
+        if farewells:
+            await asyncio.gather(*farewells)
+
+    async def _crash(self, room: Room, exc: BaseException) -> None:
+        """A bug while serving this room: end it with ``internal_error``; if even that fails, close every socket."""
+        log.error("room %s: internal error", room.tag, exc_info=exc)
+        try:
+            already_ended = room.state is State.ENDED
+            await self._apply(room, room.handle(Crashed(type(exc).__name__), _now()))
+            if already_ended:
+                await self._abandon(room)  # the bug came while ending: make sure every socket gets closed
+        except Exception:
+            log.exception("room %s: ending it failed; closing every socket", room.tag)
+            await self._abandon(room)
+
+    async def _abandon(self, room: Room) -> None:
+        """Close every socket of the room that has no farewell yet (1011), and forget the room."""
+        room.abandon()
+        farewells = []
+        for seat in self.seats.get(room, {}).values():
+            if seat.farewell is None:
+                seat.farewell = asyncio.ensure_future(_farewell(seat, None, ErrorCode.INTERNAL_ERROR.close_code))
+                farewells.append(seat.farewell)
+        self.finish(room)
+        await asyncio.gather(*farewells)
 
     def finish(self, room: Room) -> None:
         """Remove an ended room; the first call for a room records its outcome (metrics and one log line)."""
         if self.rooms.by_code.get(room.code) is not room:
             return
         self.rooms.remove(room)
+        self.seats.pop(room, None)
         self.stats.room_ended(room.outcome)
-        now = asyncio.get_running_loop().time()
         event("room_ended", room=room.tag, outcome=outcome_label(room.outcome), code=room.outcome or "-",
-              seconds=now - room.created_at, bytes=room.check.bytes_done if room.check else 0,
+              seconds=_now() - room.created_at, bytes=room.check.bytes_done if room.check else 0,
               receivers=len(room.receivers))
 
     # --- expiry ----------------------------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """End rooms whose pairing or idle deadline has passed; now and then forget idle limiter entries."""
-        now = asyncio.get_running_loop().time()
-        for room, code in self.rooms.expired(now):
-            message = (
-                "no receiver joined in time" if code is ErrorCode.PAIRING_TIMEOUT else "the transfer stalled"
-            )
-            await room.end(code, message)
-            self.finish(room)
+        """Tell every room the time (deadlines end some); now and then forget idle limiter entries."""
+        now = _now()
+        jobs: list[Awaitable[None]] = []
+        for room in list(self.rooms.by_code.values()):
+            try:
+                effects = room.handle(TimerFired(), now)
+            except Exception as exc:  # noqa: BLE001
+                jobs.append(self._crash(room, exc))
+                continue
+            if effects:
+                jobs.append(self._run(room, effects))
+        await asyncio.gather(*jobs)
         if now - self._last_prune >= PRUNE_INTERVAL:
             self._last_prune = now
             self.joins.prune(now)
@@ -196,7 +314,8 @@ class Relay:
         event("draining", rooms=len(self.rooms), waiting=len(waiting), grace=grace)
         await self._going_away(waiting)
         deadline = loop.time() + grace
-        while self._live_rooms() and loop.time() < deadline and not give_up():
+        # Polled: the end of the wait is a deadline, a callback and "no live room", not one event.
+        while self._live_rooms() and loop.time() < deadline and not give_up():  # noqa: ASYNC110
             await asyncio.sleep(DRAIN_POLL)
         left = self._live_rooms()
         if left:
@@ -207,9 +326,36 @@ class Relay:
         return [room for room in self.rooms.by_code.values() if room.state is not State.ENDED]
 
     async def _going_away(self, rooms: list[Room]) -> None:
-        await asyncio.gather(*(room.end(ErrorCode.GOING_AWAY, "the relay is shutting down") for room in rooms))
+        await asyncio.gather(*(self._feed(room, ShuttingDown()) for room in rooms))
         for room in rooms:
             self.finish(room)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _farewell(seat: Seat, text: str | None, close_code: int) -> None:
+    """Send a party its last message and close it, whatever happens: a failure to send the message (a peer
+    gone, text that cannot be encoded) still closes; a peer that does not drain in time has its reading loop
+    stopped, so its route returns and the transport drops the socket."""
+    try:
+        async with asyncio.timeout(FAREWELL_TIMEOUT):
+            if text is not None:
+                try:
+                    await seat.socket.send_text(text)
+                except PeerGone:
+                    return
+                except Exception:  # noqa: BLE001 - the close below must still happen
+                    log.exception("a farewell message could not be sent; closing anyway")
+            await seat.socket.close(close_code)
+    except PeerGone:
+        pass
+    except Exception as exc:  # noqa: BLE001 - TimeoutError, or a close that failed: drop the socket instead
+        if not isinstance(exc, TimeoutError):
+            log.error("closing a socket failed; dropping it", exc_info=exc)
+        if seat.task is not None and seat.task is not asyncio.current_task():
+            seat.task.cancel()
 
 
 async def refuse(socket: PeerSocket, code: ErrorCode, message: str) -> None:

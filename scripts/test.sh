@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs on a fresh Debian/Ubuntu machine, then run the whole suite.
-# Fails loudly (non-zero) if anything cannot be installed: no test is skipped for a missing tool.
+# Install everything the test suite needs on a fresh Debian/Ubuntu machine, run the linters, then the whole suite.
+# Fails loudly (non-zero) if anything cannot be installed or a linter finds an error: no test is skipped for a
+# missing tool, and lint errors are not warnings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +25,12 @@ done
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 npm --prefix clients/web ci --no-audit --no-fund --loglevel=error
+
+# Linters (settings in pyproject.toml): ruff for style and likely bugs, mypy for types. Either one failing stops
+# the run here, before the tests, with its findings above this line.
+echo "scripts/test.sh: ruff check relay clients tests benchmarks" >&2
+python3 -m ruff check relay clients tests benchmarks || { echo "scripts/test.sh: ruff found errors (above)" >&2; exit 1; }
+echo "scripts/test.sh: mypy" >&2
+python3 -m mypy || { echo "scripts/test.sh: mypy found errors (above)" >&2; exit 1; }
 
 exec python3 -m pytest -q "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -274,3 +275,25 @@ async def test_a_stalled_transfer_hits_the_idle_timeout(relay_factory, code) -> 
     await start_transfer(sender, [receiver], single_file_offer(10))
     assert (await sender.closed())[0] == 4041
     assert (await receiver.closed())[0] == 4041
+
+
+@pytest.mark.parametrize("query", [{"receivers": "²"}, {"receivers": "٣"}, {"receivers": "3" * 5000},
+                                   {"receivers": "+1"}, {"v": "١"}, {"v": "1" * 5000}])
+async def test_query_numbers_that_are_not_short_ascii_digits_are_a_bad_request(relay_server, code, query) -> None:
+    """Issue 9 item 3: '²' and 5,000 digits raised a ValueError (no error, a traceback); '٣' was taken as 3."""
+    peer = await RawPeer.connect(relay_server.ws_url, code, "send", **{k: quote(v) for k, v in query.items()})
+    close, seen = await peer.closed()
+    assert close == 4000 and seen == [seen[0]] and seen[0]["code"] == "bad_request"
+    assert code not in relay_server.relay.rooms.by_code
+
+
+async def test_an_offer_left_unanswered_is_not_ended_by_the_idle_timeout(relay_factory, code) -> None:
+    """Issue 13: a person reading an offer lost the transfer to the idle timeout; now only offer_timeout ends it."""
+    relay = relay_factory(idle_timeout=0.2, offer_timeout=1.5)
+    sender, (receiver,) = await open_room(relay.ws_url, code)
+    await sender.send(single_file_offer(5))
+    await receiver.expect("offer")
+    close, seen = await receiver.closed()  # bounded by RawPeer's own wait
+    assert close == 4043 and seen[-1]["code"] == "offer_timeout"
+    assert seen[-1]["message"] == "nobody answered the offer in time"
+    assert (await sender.closed())[0] == 4043

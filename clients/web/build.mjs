@@ -1,6 +1,7 @@
-// Build the served assets into dist/ (or the folder after --outdir): the bundled page script, the service
-// worker, the HTML and the stylesheet. Output is deterministic for a given lockfile, so the committed dist/
-// can be compared with a fresh build (clients/web/check-dist.sh, tests/web/test_assets.py).
+// Build the served assets into relay/static/ (the server package serves them), or the folder after --outdir:
+// the bundled page script, the service worker, the HTML and the stylesheet. Output is deterministic for a given
+// lockfile, so the committed relay/static/ can be compared with a fresh build (clients/web/check-dist.sh,
+// tests/web/test_assets.py).
 
 import { build } from "esbuild";
 import { copyFile, mkdir, rm } from "node:fs/promises";
@@ -9,7 +10,7 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const flag = process.argv.indexOf("--outdir");
-const outdir = resolve(flag >= 0 ? process.argv[flag + 1] : join(here, "dist"));
+const outdir = resolve(flag >= 0 ? process.argv[flag + 1] : join(here, "..", "..", "relay", "static"));
 
 const common = {
   bundle: true,

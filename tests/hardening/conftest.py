@@ -28,7 +28,7 @@ START_WAIT = 15.0
 
 def relay_command(*args: str) -> list[str]:
     """The ``relay`` command, run with this interpreter so the tests use the checked-out code."""
-    return [sys.executable, "-m", "clients.cli", *args]
+    return [sys.executable, "-m", "relay.command", *args]
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -48,10 +48,10 @@ async def wait_streaming(relay, code: str) -> None:
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     try:
         _, err = process.communicate(timeout=WAIT)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         process.kill()
         _, err = process.communicate()
-        raise AssertionError(f"the process did not exit: {err}")
+        raise AssertionError(f"the process did not exit: {err}") from exc
     return process.returncode, err
 
 

@@ -131,7 +131,8 @@ async def test_x_forwarded_for_is_ignored_unless_the_proxy_is_trusted(relay_fact
             result = await refused_with(relay.ws_url, new_code(), additional_headers={"X-Forwarded-For": "203.0.113.2"})
             assert result == (("hello", None) if spoof_helps else ("too_many_connections", 4430))
             if spoof_helps:  # the same forwarded client is held to its limit
-                result = await refused_with(relay.ws_url, new_code(), additional_headers={"X-Forwarded-For": "203.0.113.1"})
+                result = await refused_with(relay.ws_url, new_code(),
+                                            additional_headers={"X-Forwarded-For": "203.0.113.1"})
                 assert result == ("too_many_connections", 4430)
         finally:
             await ws.close()

@@ -47,7 +47,8 @@ async def one_room(relay, index: int, root: Path, rng: random.Random) -> int:
     paths = []
     for number in range(rng.randint(1, 3)):
         path = source / f"f{number}.bin"
-        path.write_bytes(rng.randbytes(rng.choice([0, 1, CHUNK - 1, CHUNK, CHUNK + 1] + [rng.randint(2, MAX_FILE)] * 5)))
+        sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1] + [rng.randint(2, MAX_FILE)] * 5
+        path.write_bytes(rng.randbytes(rng.choice(sizes)))
         paths.append(path)
     reporter = RoomOpened()
     sending = asyncio.create_task(send(paths, SendOptions(code, relay.ws_url, 1, CHUNK), reporter))

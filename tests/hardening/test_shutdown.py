@@ -23,7 +23,8 @@ from tests.hardening.wire import refused_with
 async def wait_streaming(relay) -> None:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        if relay.metric("relay_rooms", 'state="streaming"') == 1 and relay.metric("relay_payload_received_bytes_total") > 0:
+        streaming = relay.metric("relay_rooms", 'state="streaming"') == 1
+        if streaming and relay.metric("relay_payload_received_bytes_total") > 0:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the transfer never started streaming")

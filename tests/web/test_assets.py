@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 WEB = Path(__file__).resolve().parents[2] / "clients" / "web"
+STATIC = Path(__file__).resolve().parents[2] / "relay" / "static"
 
 
 def test_shipped_dist_matches_a_fresh_build(tmp_path: Path):
@@ -18,11 +19,11 @@ def test_shipped_dist_matches_a_fresh_build(tmp_path: Path):
     assert (WEB / "node_modules" / "esbuild").is_dir(), "run: npm --prefix clients/web ci"
     fresh = tmp_path / "dist"
     subprocess.run([node, str(WEB / "build.mjs"), "--outdir", str(fresh)], check=True, timeout=120, capture_output=True)
-    shipped = sorted(path.name for path in (WEB / "dist").iterdir())
+    shipped = sorted(path.name for path in STATIC.iterdir())
     assert shipped == sorted(path.name for path in fresh.iterdir())
-    _, mismatch, errors = filecmp.cmpfiles(WEB / "dist", fresh, shipped, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(STATIC, fresh, shipped, shallow=False)
     assert mismatch == [] and errors == [], (
-        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' and commit dist/"
+        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' and commit relay/static/"
     )
 
 
