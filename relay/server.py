@@ -134,6 +134,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"))
         await relay.serve(AsgiPeerSocket(websocket, relay.stats), request, client_of(websocket))
 
+    @app.websocket("/ws")
+    async def new_room_socket(websocket: WebSocket, relay: WsRelayDep) -> None:
+        """Protocol 2: a sender names no room; the relay allocates a nameplate and says it in ``hello``."""
+        await websocket.accept()
+        query = websocket.query_params
+        request = JoinRequest("", query.get("role"), query.get("receivers"), query.get("v"))
+        await relay.serve(AsgiPeerSocket(websocket, relay.stats), request, client_of(websocket))
+
     app.include_router(web.router())
     return app
 

@@ -17,7 +17,7 @@ from relay import protocol as p
 from relay.config import Settings
 from relay.protocol import ErrorCode
 from relay.rooms import (
-    TRANSITIONS, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined, JoinRefused,
+    TRANSITIONS, TRANSITIONS_V2, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined, JoinRefused,
     JoinRequest, Party, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State, TextFrame, TimerFired, code_tag,
 )
 
@@ -190,7 +190,7 @@ def test_receivers_in_ascii_digits_are_read() -> None:
 
 
 def test_an_unknown_protocol_version_is_refused() -> None:
-    assert refused(Rooms(Settings()), JoinRequest("abc", "send", None, "2")) is ErrorCode.UNSUPPORTED_VERSION
+    assert refused(Rooms(Settings()), JoinRequest("abc", "send", None, "3")) is ErrorCode.UNSUPPORTED_VERSION
 
 
 def test_rooms_beyond_the_limit_are_refused() -> None:
@@ -559,7 +559,9 @@ def test_a_party_joining_a_room_past_waiting_is_a_bug() -> None:
 
 def test_every_state_but_ended_has_a_deadline() -> None:
     timed = {t.state for t in TRANSITIONS if t.trigger == "timer"}
-    assert timed == {s for s in State if s is not State.ENDED}
+    assert timed == {s for s in State if s not in (State.ENDED, State.KEYING)}  # v1 never keys
+    timed_v2 = {t.state for t in TRANSITIONS_V2 if t.trigger == "timer"}
+    assert timed_v2 == {s for s in State if s is not State.ENDED}
 
 
 def test_the_protocol_doc_links_the_room_table() -> None:
