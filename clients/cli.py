@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the transfer failed or was refused (the message says why); 2 bad usage;
 3 the relay could not be reached; 4 a problem on this machine (file exists, unsafe name, disk full...);
-130 interrupted.
+5 the code was wrong (nothing was sent; start again with a new code); 6 the data was altered on the way
+(something did not authenticate; nothing was stored under a final name); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from collections.abc import Coroutine
 from typing import Any, TextIO
 
 from relay import protocol as p
-from relay.codes import generate_code
 from relay.config import Settings
 from relay.tuning import tune_allocator
+from clients import crypto
 from clients.connection import DEFAULT_RELAY, default_relay_url
 from clients.errors import LocalFailure, RelayUnavailable, TransferError
 from clients.progress import ProgressBar, human_size
-from clients.transfer import ReceiveOptions, Reporter, SendOptions, receive, send
+from clients.transfer import ReceiveOptions, Reporter, SendOptions, check_words, receive, send
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_WRONG_CODE, EXIT_TAMPERED = 5, 6
+EXIT_CODES_HELP = (
+    "exit status: 0 done; 1 failed or refused; 2 bad usage; 3 relay unreachable; 4 a problem on this machine; "
+    "5 the code was wrong (nothing was sent: start again with a new code); 6 the data was altered on the way "
+    "(nothing was stored); 130 interrupted"
+)
+CODE_ENV = "RELAY_CODE"
 SHOWN_NAMES = 20
 
 
@@ -90,7 +98,9 @@ def describe_offer(offer: p.Offer) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description="Send files through a relay server.")
+    parser = argparse.ArgumentParser(prog="relay", description="Send files through a relay server, encrypted end "
+                                     "to end: the relay never sees names, contents or the secret words of the code.",
+                                     epilog=EXIT_CODES_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="run the relay server", description="Run the relay server. "
@@ -102,17 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
                                   help=f"{spec.metadata.get('help', '')} (env RELAY_{spec.name.upper()}, default {spec.default})")
 
     relay_help = f"relay URL (env RELAY_URL, default {DEFAULT_RELAY}); http(s):// is mapped to ws(s)://"
-    send_parser = commands.add_parser("send", help="send files and folders", description="Send files and folders.")
+    send_parser = commands.add_parser("send", help="send files and folders", description="Send files and folders.",
+                                      epilog=EXIT_CODES_HELP)
     send_parser.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to send")
     send_parser.add_argument("--relay", default="", help=relay_help)
-    send_parser.add_argument("--code", default=None, help="use this code instead of a generated one")
+    send_parser.add_argument("--code", default=None, metavar="WORDS",
+                             help="use these secret words instead of three generated ones (the relay still picks the "
+                             "number in front); short words are easy to guess, and argv is visible to other users "
+                             "of this computer")
     send_parser.add_argument("--receivers", type=int, default=1, help="how many receivers to wait for (default 1)")
     send_parser.add_argument("--chunk-size", type=int, default=p.DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
     send_parser.add_argument("--quiet", action="store_true", help="print only the code line and errors")
 
     receive_parser = commands.add_parser("receive", help="receive what a sender offers",
-                                         description="Receive files into a folder.")
-    receive_parser.add_argument("code", help="the code the sender shows")
+                                         description="Receive files into a folder.", epilog=EXIT_CODES_HELP)
+    receive_parser.add_argument("code", nargs="?", default=None,
+                                help=f"the code the sender shows, e.g. 42-ocean-table-actor. Arguments are visible to "
+                                f"other users of this computer (ps): prefer {CODE_ENV}=... or typing it at the "
+                                "prompt you get when it is left out")
     receive_parser.add_argument("--relay", default="", help=relay_help)
     receive_parser.add_argument("--output", "-o", default=".", help="folder to write into (default: current folder)")
     receive_parser.add_argument("--yes", "-y", action="store_true", help="accept without asking")
@@ -157,23 +174,41 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def run_send(args: argparse.Namespace) -> int:
+    words = ""
     if args.code is not None:
-        code = p.normalize_code(args.code)
-        if not p.is_valid_code(code):
-            return fail("a code is 1-128 characters of letters, digits and '-'", EXIT_USAGE)
-    else:
-        code = generate_code()
+        try:
+            words = check_words(args.code)
+        except crypto.InvalidCode:
+            return fail("the words of a code are letters and digits separated by '-', e.g. ocean-table-actor",
+                        EXIT_USAGE)
     if args.receivers < 1:
         return fail("--receivers must be at least 1", EXIT_USAGE)
     reporter = TerminalReporter(sys.stdout, args.quiet, args.relay or default_relay_url())
-    options = SendOptions(code, args.relay, args.receivers, args.chunk_size)
-    return await _run(send(args.paths, options, reporter), reporter, "Sent; every receiver verified every checksum.")
+    options = SendOptions(words, args.relay, args.receivers, args.chunk_size)
+    return await _run(send(args.paths, options, reporter), reporter, "Sent; every receiver authenticated every file.")
+
+
+def read_code(given: str | None) -> str | None:
+    """The code from argv, else ``RELAY_CODE``, else a prompt when stdin is a terminal; ``None`` if there is none."""
+    if given is None:
+        given = os.environ.get(CODE_ENV) or None
+    if given is None and sys.stdin.isatty():
+        try:
+            given = input("Code: ")
+        except EOFError:
+            return None
+    return given
 
 
 async def run_receive(args: argparse.Namespace) -> int:
-    code = p.normalize_code(args.code)
-    if not p.is_valid_code(code):
-        return fail("that is not a valid code (letters, digits and '-')", EXIT_USAGE)
+    typed = read_code(args.code)
+    if typed is None:
+        return fail(f"give the code the sender shows (as an argument, in {CODE_ENV}, or at the prompt)", EXIT_USAGE)
+    code = crypto.normalize_code(typed)
+    try:
+        crypto.split_code(code)
+    except crypto.InvalidCode:
+        return fail("that is not a code: it looks like 42-ocean-table-actor", EXIT_USAGE)
     output = Path(args.output)
     if not output.is_dir():
         return fail(f"the output folder does not exist: {output}", EXIT_USAGE)
@@ -190,7 +225,7 @@ async def run_receive(args: argparse.Namespace) -> int:
         return answer.strip().lower() in ("y", "yes")
 
     options = ReceiveOptions(code, output, args.relay, args.overwrite)
-    return await _run(receive(options, confirm, reporter), reporter, f"Received into {output}; every checksum matched.")
+    return await _run(receive(options, confirm, reporter), reporter, f"Received into {output}; every file authenticated.")
 
 
 async def _run(transfer: object, reporter: TerminalReporter, success: str) -> int:
@@ -204,6 +239,10 @@ async def _run(transfer: object, reporter: TerminalReporter, success: str) -> in
         return fail(str(exc), EXIT_LOCAL)
     except TransferError as exc:
         reporter.abandon()
+        if exc.code is p.ErrorCode.WRONG_CODE:
+            return fail(str(exc), EXIT_WRONG_CODE)
+        if exc.code is p.ErrorCode.TAMPERED:
+            return fail(str(exc), EXIT_TAMPERED)
         return fail(str(exc), EXIT_FAILED)
     reporter.say(success)
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""One party's WebSocket to the relay, speaking protocol v1 messages instead of frames."""
+"""One party's WebSocket to the relay, speaking protocol v2 messages instead of frames."""
 
 from __future__ import annotations
 
@@ -41,11 +41,13 @@ def websocket_base(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def room_url(relay_url: str, code: str, role: str, receivers: int | None = None) -> str:
-    query = {"role": role, "v": str(p.PROTOCOL_VERSION)}
+def room_url(relay_url: str, nameplate: str | None, role: str, receivers: int | None = None) -> str:
+    """A receiver's URL names the nameplate; a sender's names none (the relay allocates one). Never the words."""
+    query = {"role": role, "v": str(p.PROTOCOL_V2)}
     if receivers is not None:
         query["receivers"] = str(receivers)
-    return f"{websocket_base(relay_url)}/ws/{quote(code, safe='')}?{urlencode(query)}"
+    room = f"/{quote(nameplate, safe='')}" if nameplate else ""
+    return f"{websocket_base(relay_url)}/ws{room}?{urlencode(query)}"
 
 
 def error_from_message(message: p.Message) -> TransferError | None:
@@ -53,10 +55,9 @@ def error_from_message(message: p.Message) -> TransferError | None:
     match message:
         case p.Error():
             return TransferRefused(message.code, message.message or message.code)
-        case p.Cancel():
-            reason = f": {message.reason}" if message.reason else ""
+        case p.SealedCancel():
             who = "the sender" if message.peer == 0 else "a receiver"
-            return TransferRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer{reason}")
+            return TransferRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer")
         case p.PeerLeft():
             who = "the sender" if message.role == "send" else "a receiver"
             return TransferRefused(ErrorCode.PEER_LEFT, f"{who} disconnected before the transfer finished")
@@ -71,9 +72,10 @@ class RelayConnection:
         self.hello = hello
 
     @classmethod
-    async def open(cls, relay_url: str, code: str, role: str, receivers: int | None = None) -> RelayConnection:
+    async def open(cls, relay_url: str, nameplate: str | None, role: str, receivers: int | None = None
+                   ) -> RelayConnection:
         """Connect and wait for ``hello``; a refusal (room not found, full...) raises ``TransferRefused``."""
-        url = room_url(relay_url, code, role, receivers)
+        url = room_url(relay_url, nameplate, role, receivers)
         try:
             websocket = await websockets.connect(
                 url, compression=None, max_size=MAX_INCOMING, open_timeout=OPEN_TIMEOUT,
@@ -82,7 +84,7 @@ class RelayConnection:
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"cannot reach the relay at {websocket_base(relay_url)}: {exc}") from exc
-        connection = cls(websocket, p.Hello(p.PROTOCOL_VERSION, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
+        connection = cls(websocket, p.Hello(p.PROTOCOL_V2, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
         first = await connection.receive()
         if not isinstance(first, p.Hello):
             await connection.abort(ErrorCode.UNEXPECTED_MESSAGE, "the relay did not say hello")
@@ -115,7 +117,7 @@ class RelayConnection:
                 break
             if isinstance(frame, str):
                 try:
-                    error = error_from_message(p.parse_message(frame))
+                    error = error_from_message(p.parse_message(frame, p.PROTOCOL_V2))
                 except p.ProtocolError:
                     continue
                 if error is not None:
@@ -131,7 +133,7 @@ class RelayConnection:
         if isinstance(frame, bytes):
             return frame
         try:
-            message = p.parse_message(frame)
+            message = p.parse_message(frame, p.PROTOCOL_V2)
         except p.ProtocolError as exc:
             await self.abort(exc.code, f"the relay sent a bad message: {exc.message}")
             raise TransferRefused(exc.code, f"the relay sent a bad message: {exc.message}") from exc
@@ -148,9 +150,10 @@ class RelayConnection:
             pass
         await self.close()
 
-    async def cancel(self, reason: str) -> None:
+    async def cancel(self) -> None:
+        """Tell the room this party gives up (Ctrl-C): the others read "cancelled", not "disconnected"."""
         try:
-            await self.websocket.send(p.Cancel(reason[: p.MAX_TEXT]).to_json())
+            await self.websocket.send(p.SealedCancel().to_json())
         except websockets.ConnectionClosed:
             pass
         await self.close()
