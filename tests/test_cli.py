@@ -66,8 +66,8 @@ def test_send_and_receive_move_a_folder_and_a_file(relay_server, files, tmp_path
     assert received.returncode == 0, received.stderr
     assert sender.returncode == 0, stderr
     assert f"relay receive --relay {relay_server.http_url} {code}" in stdout
-    assert "every receiver verified" in stdout
-    assert "album/one.jpg" in received.stdout and "every checksum matched" in received.stdout
+    assert "every receiver authenticated every file" in stdout
+    assert "album/one.jpg" in received.stdout and "every file authenticated" in received.stdout
     assert sha(out / "album" / "one.jpg") == sha(files / "album" / "one.jpg")
     assert (out / "notes.txt").read_text() == "hello"
     assert (out / "album" / "empty").is_dir()
@@ -75,36 +75,39 @@ def test_send_and_receive_move_a_folder_and_a_file(relay_server, files, tmp_path
 
 def test_the_relay_url_comes_from_the_environment(relay_server, files, tmp_path) -> None:
     env = {**os.environ, "RELAY_URL": relay_server.http_url}
-    code = "env-" + secrets.token_hex(4)
-    sender = subprocess.Popen([sys.executable, "-m", "clients.cli", "send", "--code", code, "--quiet",
+    words = "env-" + secrets.token_hex(4)
+    sender = subprocess.Popen([sys.executable, "-m", "clients.cli", "send", "--code", words, "--quiet",
                                str(files / "notes.txt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
-    assert read_code(sender) == code
-    received = relay_command("receive", code, "--yes", "--quiet", "--output", str(tmp_path), env=env)
+    code = read_code(sender)
+    assert code.split("-", 1)[1] == words and code.split("-", 1)[0].isdigit()
+    received = relay_command("receive", "--yes", "--quiet", "--output", str(tmp_path),
+                             env={**env, "RELAY_CODE": code})  # the code from the environment, not argv
     finish(sender)
     assert received.returncode == 0 and sender.returncode == 0
     assert received.stdout == ""  # --quiet: nothing but errors
     assert (tmp_path / "notes.txt").read_text() == "hello"
 
 
-def test_a_chosen_code_is_normalised(relay_server, files, tmp_path) -> None:
+def test_chosen_words_and_a_typed_code_are_normalised(relay_server, files, tmp_path) -> None:
     sender = start_sender(relay_server.http_url, "--code", "My Code 42", str(files / "notes.txt"))
-    assert read_code(sender) == "my-code-42"
-    received = relay_command("receive", "MY_CODE_42", "--relay", relay_server.http_url, "--yes",
+    nameplate, words = read_code(sender).split("-", 1)
+    assert words == "my-code-42"
+    received = relay_command("receive", f" {nameplate} MY_CODE_42 ", "--relay", relay_server.http_url, "--yes",
                              "--output", str(tmp_path))
     finish(sender)
     assert received.returncode == 0 and sender.returncode == 0
 
 
 def test_receiving_an_unknown_code_exits_1_with_one_line(relay_server, tmp_path) -> None:
-    result = relay_command("receive", "no-such-room-" + secrets.token_hex(4), "--relay", relay_server.http_url,
+    result = relay_command("receive", "98765432-no-such-room", "--relay", relay_server.http_url,
                            "--yes", "--output", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.strip() == "relay: error: no sender is waiting with this code"
 
 
 def test_an_unreachable_relay_exits_3(tmp_path) -> None:
-    result = relay_command("receive", "some-code", "--relay", f"http://127.0.0.1:{free_port()}", "--yes",
+    result = relay_command("receive", "1-some-code", "--relay", f"http://127.0.0.1:{free_port()}", "--yes",
                            "--output", str(tmp_path))
     assert result.returncode == 3
     assert result.stderr.startswith("relay: error: cannot reach the relay") and result.stderr.count("\n") == 1
@@ -148,7 +151,8 @@ def test_sending_a_missing_path_exits_4_before_connecting(tmp_path) -> None:
     assert result.returncode == 4 and "no such file or folder" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["receive", "bad/code"], ["send", "--code", "!!", "x"], ["send", "--receivers", "0", "x"]])
+@pytest.mark.parametrize("args", [["receive", "bad/code"], ["receive", "ocean-table-actor"], ["receive"],
+                                  ["send", "--code", "!!", "x"], ["send", "--receivers", "0", "x"]])
 def test_bad_usage_exits_2(args: list[str], tmp_path) -> None:
     (tmp_path / "x").write_text("x")
     result = relay_command(*args, cwd=tmp_path)
@@ -171,3 +175,25 @@ def test_a_hostile_name_is_shown_escaped(relay_server, tmp_path) -> None:
     offer = p.Offer((p.FileEntry("fine.txt", 1),), ())
     object.__setattr__(offer.files[0], "path", "evil\x1b[2J.txt")
     assert "\x1b" not in describe_offer(offer)
+
+
+def test_a_wrong_code_exits_5_on_both_sides_and_nothing_is_written(relay_server, files, tmp_path) -> None:
+    sender = start_sender(relay_server.http_url, str(files / "notes.txt"))
+    nameplate, _ = read_code(sender).split("-", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    received = relay_command("receive", f"{nameplate}-wrong-guess-here", "--relay", relay_server.http_url, "--yes",
+                             "--output", str(out))
+    _, sender_err = finish(sender)
+    told = "the code was wrong; nothing was sent; start again with a new code"
+    assert received.returncode == 5 and told in received.stderr
+    assert sender.returncode == 5 and told in sender_err
+    assert list(out.iterdir()) == []
+
+
+def test_help_says_argv_is_visible_and_lists_the_exit_codes() -> None:
+    result = relay_command("receive", "--help")
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    assert "visible to other users" in text and "RELAY_CODE" in text
+    assert "5 the code was wrong" in text and "6 the data was altered" in text
