@@ -512,11 +512,11 @@ def test_the_idle_clock_starts_again_when_streaming_begins() -> None:
 # --- the table is data, and docs/rooms.md shows the same table ---------------------------------------------
 
 
-def documented_rows() -> set[tuple[str, str, str, str]]:
+def documented_rows(header: str = "| state | from | trigger | next |") -> set[tuple[str, str, str, str]]:
     rows = set()
     in_table = False
     for line in (ROOT / "docs" / "rooms.md").read_text("utf-8").splitlines():
-        if line.startswith("| state | from | trigger | next |"):
+        if line.startswith(header):
             in_table = True
             continue
         if in_table and line.startswith("|---"):
@@ -537,6 +537,17 @@ def test_docs_rooms_md_shows_exactly_the_transition_table_of_the_code() -> None:
     }
     documented = documented_rows()
     assert documented, "docs/rooms.md has no transition table"
+    assert documented == coded, f"only in the docs: {documented - coded}; only in the code: {coded - documented}"
+
+
+def test_docs_rooms_md_shows_exactly_the_version_2_table_of_the_code() -> None:
+    coded = {
+        (t.state.value.upper() if t.state else "any live", t.source, t.trigger,
+         ", ".join(s.value.upper() for s in t.targets))
+        for t in TRANSITIONS_V2
+    }
+    documented = documented_rows("| state (v2) | from | trigger | next |")
+    assert documented, "docs/rooms.md has no version 2 transition table"
     assert documented == coded, f"only in the docs: {documented - coded}; only in the code: {coded - documented}"
 
 
