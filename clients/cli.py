@@ -225,7 +225,8 @@ async def run_receive(args: argparse.Namespace) -> int:
         return answer.strip().lower() in ("y", "yes")
 
     options = ReceiveOptions(code, output, args.relay, args.overwrite)
-    return await _run(receive(options, confirm, reporter), reporter, f"Received into {output}; every file authenticated.")
+    success = f"Received into {output}; every file authenticated."
+    return await _run(receive(options, confirm, reporter), reporter, success)
 
 
 async def _run(transfer: object, reporter: TerminalReporter, success: str) -> int:

@@ -907,7 +907,8 @@ class End(Message):
 
 @dataclass(frozen=True, slots=True)
 class ChunkAck(Message):
-    """Receiver progress: ``chunks`` chunks of epoch ``epoch`` authenticated and written (clear: the relay sees as much)."""
+    """Receiver progress: ``chunks`` chunks of epoch ``epoch`` authenticated and written (clear: the relay sees
+    as much anyway)."""
 
     TYPE: ClassVar[str] = "ack"
     epoch: int
@@ -1106,8 +1107,8 @@ class StreamCheck:
     files: int
     max_chunk: int = DEFAULT_MAX_MESSAGE
     epoch: int | None = None
-    chunks: int = 0
-    bytes: int = 0
+    declared_chunks: int = 0
+    declared_bytes: int = 0
     chunks_done: int = 0
     bytes_done: int = 0
     pending: SealedChunk | None = None
@@ -1122,7 +1123,7 @@ class StreamCheck:
         if message.chunks > self.total_size + self.files or not overhead <= message.bytes <= self.total_size + overhead:
             raise SizeMismatch(f"a stream of {message.chunks} chunks and {message.bytes} bytes cannot carry "
                                f"{self.total_size} bytes in {self.files} file(s)")
-        self.epoch, self.chunks, self.bytes = message.epoch, message.chunks, message.bytes
+        self.epoch, self.declared_chunks, self.declared_bytes = message.epoch, message.chunks, message.bytes
 
     def chunk(self, header: SealedChunk) -> None:
         if self.pending is not None:
@@ -1131,8 +1132,9 @@ class StreamCheck:
             raise UnexpectedMessage(f"chunk for epoch {header.epoch}, which is not open")
         if header.size > self.max_chunk:
             raise SizeMismatch(f"chunk of {header.size} bytes is over this relay's max_message {self.max_chunk}")
-        if self.chunks_done + 1 > self.chunks or self.bytes_done + header.size > self.bytes:
-            raise SizeMismatch(f"chunk past the {self.chunks} chunks and {self.bytes} bytes the stream declared")
+        if self.chunks_done + 1 > self.declared_chunks or self.bytes_done + header.size > self.declared_bytes:
+            raise SizeMismatch(f"chunk past the {self.declared_chunks} chunks and {self.declared_bytes} bytes "
+                               "the stream declared")
         self.pending = header
 
     def payload(self, data: bytes | bytearray | memoryview) -> SealedChunk:
@@ -1151,7 +1153,7 @@ class StreamCheck:
     def end(self, message: End) -> None:
         if self.pending is not None or self.epoch is None or self.finished or message.epoch != self.epoch:
             raise UnexpectedMessage(f"end of epoch {message.epoch}, which is not open")
-        if self.chunks_done != self.chunks or self.bytes_done != self.bytes:
+        if self.chunks_done != self.declared_chunks or self.bytes_done != self.declared_bytes:
             raise SizeMismatch(f"epoch ended after {self.chunks_done} chunks and {self.bytes_done} bytes; "
-                               f"the stream declared {self.chunks} and {self.bytes}")
+                               f"the stream declared {self.declared_chunks} and {self.declared_bytes}")
         self.finished = True

@@ -439,11 +439,11 @@ class Room:
         self._end_with_error(ErrorCode.DECLINED, f"receiver {party.peer} declined the offer", culprit=party.peer)
 
     def _chunk(self, _: Party | None, message: object, __: float) -> None:
-        assert self.check is not None and isinstance(message, p.Chunk)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.Chunk)
         self.check.chunk(message)
 
     def _payload(self, _: Party | None, data: object, __: float) -> None:
-        assert self.check is not None and isinstance(data, bytes)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(data, bytes)
         text = self.check.payload(data).to_json()
         for receiver in self.receivers:
             if not receiver.closed:
@@ -451,12 +451,12 @@ class Room:
                 self._out.append(SendBytes(receiver.peer, data))
 
     def _file_done(self, _: Party | None, message: object, __: float) -> None:
-        assert self.check is not None and isinstance(message, p.FileDone)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.FileDone)
         self.check.file_done(message)
         self._to_receivers(message)
 
     def _done(self, _: Party | None, message: object, __: float) -> None:
-        assert self.check is not None and isinstance(message, p.Done)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.Done)
         self.check.done()
         self.state = State.DONE
         self._to_receivers(message)

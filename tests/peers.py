@@ -235,7 +235,8 @@ async def start_v2(room: KeyedRoom, offer: p.Offer, chunk_size: int) -> tuple[c.
     await room.sender.expect("start")
     salt = c.new_epoch_salt()
     plan = c.StreamPlan(tuple(c.Segment(i, 0, f.size) for i, f in enumerate(offer.files)), chunk_size)
-    plan_json = {"salt": b64(salt), "chunk_size": chunk_size, "segments": [[s.file, s.start, s.end] for s in plan.segments]}
+    segments = [[s.file, s.start, s.end] for s in plan.segments]
+    plan_json = {"salt": b64(salt), "chunk_size": chunk_size, "segments": segments}
     await room.sender.send({"type": "stream", "epoch": 0, "to": list(range(1, len(room.receivers) + 1)),
                             "chunks": plan.chunk_count(), "bytes": plan.ciphertext_size(),
                             "data": [seal_json(ch, plan_json) for ch in room.sender_channels]})

@@ -59,7 +59,7 @@ async def finish(process: asyncio.subprocess.Process) -> Run:
 
 async def receive(relay_url: str, code: str, output: Path) -> Run:
     """``relay receive`` with the code in ``RELAY_CODE`` (not argv), accepting at once."""
-    output.mkdir(exist_ok=True)
+    await asyncio.to_thread(output.mkdir, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clients.cli", "receive", "--relay", relay_url, "--yes", "--output", str(output),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "RELAY_CODE": code},

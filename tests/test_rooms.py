@@ -17,7 +17,8 @@ from relay import protocol as p
 from relay.config import Settings
 from relay.protocol import ErrorCode
 from relay.rooms import (
-    TRANSITIONS, TRANSITIONS_V2, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined, JoinRefused,
+    TRANSITIONS, TRANSITIONS_V2, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined,
+    JoinRefused,
     JoinRequest, Party, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State, TextFrame, TimerFired, code_tag,
 )
 

@@ -28,9 +28,7 @@ from clients import crypto as c
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Unreadable
 from clients.transfer import Deadlines, ReceiveOptions, Reporter, SendOptions, receive, send
-from tests.peers import (
-    WAIT, b64, key_as_receiver, key_as_sender, open_room_v2, raw_sides, seal_json, send_sealed, start_v2,
-)
+from tests.peers import WAIT, b64, key_as_receiver, key_as_sender, raw_sides, seal_json, send_sealed
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRANSFER_WAIT = 120.0
