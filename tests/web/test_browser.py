@@ -270,6 +270,8 @@ def test_hostile_file_names_are_shown_escaped(context: BrowserContext, relay_ser
 # --- the page and the `relay` command ----------------------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="the page speaks protocol 1 and the CLI protocol 2 until the page helper "
+                   "switches the page to protocol 2 (issue 10, its half); remove this marker then")
 def test_browser_sends_to_relay_receive(context: BrowserContext, relay_server, files, tmp_path):
     page = context.new_page()
     code = start_sending(page, relay_server.http_url, [files["big"], files["note"]])
@@ -283,6 +285,8 @@ def test_browser_sends_to_relay_receive(context: BrowserContext, relay_server, f
     assert sha256(out / "note.txt") == sha256(files["note"])
 
 
+@pytest.mark.xfail(strict=True, reason="the page speaks protocol 1 and the CLI protocol 2 until the page helper "
+                   "switches the page to protocol 2 (issue 10, its half); remove this marker then")
 def test_relay_send_to_browser(context: BrowserContext, relay_server, files, tmp_path):
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
