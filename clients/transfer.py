@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import aiofiles
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
-from clients.connection import RelayConnection, default_relay_url
+from clients.connection import PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import LocalFailure, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
 from clients.store import Destination
@@ -25,6 +26,9 @@ from clients.store import Destination
 
 class Reporter:
     """What a transfer tells its user; every method is optional to override."""
+
+    def connected(self, peer: int, receivers: int) -> None:
+        """Receiver: admitted to the room as receiver ``peer`` of ``receivers``; the offer comes once all are in."""
 
     def waiting(self, code: str, receivers: int) -> None:
         """Sender: the room is open under ``code``; waiting for receivers."""
@@ -51,6 +55,7 @@ class SendOptions:
     relay_url: str = ""
     receivers: int = 1
     chunk_size: int = p.DEFAULT_CHUNK_SIZE
+    kind: str = "files"  # the offer's kind: "text" and "stdin" send one file (see p.Offer)
 
     @property
     def url(self) -> str:
@@ -63,6 +68,9 @@ class ReceiveOptions:
     output: Path = Path(".")
     relay_url: str = ""
     overwrite: bool = False
+    # Chooses the folder for an offer once it is known (the CLI receives a text, or piped data bound for its
+    # stdout, into a temporary folder); it may raise LocalFailure to refuse the offer. None: always ``output``.
+    output_for: Callable[[p.Offer], Path] | None = None
 
     @property
     def url(self) -> str:
@@ -86,7 +94,7 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
     try:
         reporter.waiting(options.code, options.receivers)
         await _wait_until_paired(connection, reporter)
-        await connection.send(outgoing.offer(chunk_size))
+        await connection.send(dataclasses.replace(outgoing.offer(chunk_size), kind=options.kind))
         await _wait_until_started(connection)
         reporter.started(outgoing.total_size)
         watcher = asyncio.create_task(_watch_receivers(connection))
@@ -128,8 +136,8 @@ async def _wait_until_started(connection: RelayConnection) -> None:
         if isinstance(message, p.Start):
             return
         if isinstance(message, p.Decline):
-            reason = f": {message.reason}" if message.reason else ""
-            raise TransferRefused(ErrorCode.DECLINED, f"the receiver declined the offer{reason}")
+            who = peer_name(message.peer)
+            raise PeerRefused(ErrorCode.DECLINED, f"{who} declined the offer", who, message.reason)
         if not isinstance(message, p.Accept):
             raise _unexpected(message, "waiting for the receivers to accept")
 
@@ -214,10 +222,13 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     connection = await RelayConnection.open(options.url, options.code, "receive")
     destination = Destination(options.output, options.overwrite)
     try:
+        reporter.connected(connection.hello.peer, connection.hello.receivers)
         offer = await connection.receive()
         if not isinstance(offer, p.Offer):
             raise _unexpected(offer, "waiting for the offer")
         reporter.offered(offer)
+        if options.output_for is not None:
+            destination.root = options.output_for(offer)
         destination.check(offer)
         if not await confirm(offer):
             await connection.send(p.Decline("the receiver declined"))

@@ -32,6 +32,8 @@ DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 ACK_INTERVAL = 8 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_TEXT = 1000
+OFFER_KINDS = ("files", "text", "stdin")
+MAX_TEXT_OFFER = 1024 * 1024
 MAX_SAFE_INT = 2**53 - 1
 ROOM_CODE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
@@ -354,6 +356,9 @@ class Offer(Message):
     files: tuple[FileEntry, ...]
     dirs: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # "files" (the default, left out on the wire), "text" (one file of UTF-8 text to show, at most
+    # MAX_TEXT_OFFER bytes) or "stdin" (one file of bytes the sender read from its standard input).
+    kind: str = "files"
 
     @property
     def total_size(self) -> int:
@@ -365,6 +370,7 @@ class Offer(Message):
             "files": [entry.to_dict() for entry in self.files],
             "dirs": list(self.dirs),
             "chunk_size": self.chunk_size,
+            **({} if self.kind == "files" else {"kind": self.kind}),
         }
 
     @classmethod
@@ -384,12 +390,17 @@ class Offer(Message):
             tuple(entries),
             tuple(check_path(d) for d in dirs),
             _int_field(data.get("chunk_size", DEFAULT_CHUNK_SIZE), "chunk_size", 1),
+            _kind_field(data.get("kind", "files")),
         )
         offer.check_layout()
         return offer
 
     def check_layout(self) -> None:
         """Refuse duplicate paths and a file that is also a parent folder of another entry."""
+        if self.kind != "files" and (len(self.files) != 1 or self.dirs):
+            raise MalformedMessage(f"an offer of kind {self.kind!r} holds exactly one file and no folders")
+        if self.kind == "text" and self.files[0].size > MAX_TEXT_OFFER:
+            raise MalformedMessage(f"a text offer is at most {MAX_TEXT_OFFER} bytes")
         file_paths: set[str] = set()
         for entry in self.files:
             key = entry.path.casefold()
@@ -568,6 +579,12 @@ class PeerLeft(Message):
         if role not in ("send", "receive"):
             raise MalformedMessage("field 'role' must be 'send' or 'receive'")
         return cls(_int_field(data.get("peer"), "peer"), role)
+
+
+def _kind_field(value: object) -> str:
+    if value not in OFFER_KINDS:
+        raise MalformedMessage(f"field 'kind' must be one of {', '.join(OFFER_KINDS)}")
+    return str(value)
 
 
 def _optional_peer(data: dict[str, Any]) -> int | None:
