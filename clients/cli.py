@@ -107,17 +107,17 @@ class TerminalReporter(Reporter):
             self.bar.close()
             self.bar = None
 
-    def skipped_unreadable(self, paths: Sequence[str]) -> None:
-        """Sender with ``--skip-unreadable``: what was left out (the receiving-side branch calls this)."""
-        self.say(f"Skipped {len(paths)} unreadable path(s):")
-        for path in paths[:SHOWN_NAMES]:
-            self.say(f"  {p.escape_text(str(path))}")
-        if len(paths) > SHOWN_NAMES:
-            self.say(f"  ... and {len(paths) - SHOWN_NAMES} more")
+    def skipped(self, left_out: Sequence[tuple[str, str]]) -> None:
+        """Sender, before offering: local paths not sent (``--skip-unreadable``, links to folders...), with why."""
+        self.say(f"Left out {len(left_out)} path(s):")
+        for path, reason in left_out[:SHOWN_NAMES]:
+            self.say(f"  {p.escape_text(str(path))}  ({p.escape_text(reason)})")
+        if len(left_out) > SHOWN_NAMES:
+            self.say(f"  ... and {len(left_out) - SHOWN_NAMES} more")
 
     def renamed(self, mappings: Sequence[tuple[str, str]]) -> None:
-        """Receiver: names this file system cannot store, and the names they were saved under."""
-        self.say(f"Saved {len(mappings)} name(s) under another name this system can store:")
+        """Receiver, before accepting: offered names this system cannot store, and the names they will get."""
+        self.say(f"{len(mappings)} name(s) will be stored under another name this system can store:")
         for offered, saved in mappings[:SHOWN_NAMES]:
             self.say(f"  {p.escape_text(offered)} -> {p.escape_text(saved)}")
         if len(mappings) > SHOWN_NAMES:
@@ -185,8 +185,8 @@ class JsonReporter(TerminalReporter):
     def finished(self) -> None:
         self.emit("progress", done=self.total, total=self.total)
 
-    def skipped_unreadable(self, paths: Sequence[str]) -> None:
-        self.emit("skipped", paths=[str(path) for path in paths])
+    def skipped(self, left_out: Sequence[tuple[str, str]]) -> None:
+        self.emit("skipped", paths=[{"path": str(path), "reason": reason} for path, reason in left_out])
 
     def renamed(self, mappings: Sequence[tuple[str, str]]) -> None:
         self.emit("renamed", names=[{"offered": offered, "saved": saved} for offered, saved in mappings])
@@ -504,7 +504,6 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
 
     async def receive_and_show() -> str:
         offer = await receive(options, confirm, reporter)
-        show_renamed(offer, reporter)
         if offer.kind == "text":
             text = (staging / offer.files[0].path).read_bytes().decode("utf-8", errors="replace")
             if isinstance(reporter, JsonReporter):
@@ -519,13 +518,6 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
         return f"Received into {where}; every checksum matched."
 
     return await transfer(receive_and_show(), reporter, "")
-
-
-def show_renamed(result: object, reporter: TerminalReporter) -> None:
-    """Print the names the receiving side mapped for this file system, if that branch reports them."""
-    mappings = getattr(result, "renamed", None) or getattr(result, "mapped", None)
-    if mappings:
-        reporter.renamed(list(mappings))
 
 
 def copy_to_stdout(path: Path) -> None:
@@ -592,9 +584,6 @@ async def transfer(work: Awaitable[object], reporter: TerminalReporter, success:
         return failed(reporter, exc, EXIT_FAILED)
     except BrokenPipeError:
         return failed(reporter, None, EXIT_LOCAL, "standard output was closed before everything was written")
-    skipped = getattr(result, "skipped", None)
-    if skipped:
-        reporter.skipped_unreadable(list(skipped))
     reporter.succeeded(result if isinstance(result, str) else success)
     return EXIT_OK
 
