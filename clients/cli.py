@@ -168,7 +168,7 @@ class JsonReporter(TerminalReporter):
         self.emit("peer_joined", joined=joined, receivers=expected)
 
     def offered(self, offer: p.Offer) -> None:
-        self.emit("offer", kind=offer.kind, total=offer.total_size, dirs=list(offer.dirs),
+        self.emit("offer", kind=offer.kind.value, total=offer.total_size, dirs=list(offer.dirs),
                   files=[{"path": entry.path, "size": entry.size} for entry in offer.files])
 
     def started(self, total: int) -> None:
@@ -203,9 +203,9 @@ class JsonReporter(TerminalReporter):
 
 def describe_offer(offer: p.Offer) -> str:
     """A summary of an offer with every name escaped: names come from the sender and are hostile."""
-    if offer.kind == "text":
+    if offer.kind is p.OfferKind.TEXT:
         return f"Offered: a text of {human_size(offer.total_size)}"
-    if offer.kind == "stdin":
+    if offer.kind is p.OfferKind.STDIN:
         return f"Offered: data the sender piped in, {human_size(offer.total_size)}"
     lines = [f"Offered: {len(offer.files)} file(s), {human_size(offer.total_size)} in all"
              + (f", {len(offer.dirs)} empty folder(s)" if offer.dirs else "")]
@@ -383,11 +383,11 @@ def send_command(args: argparse.Namespace) -> int:
         try:
             if text is not None:
                 (Path(spool) / TEXT_NAME).write_bytes(text)
-                paths, options["kind"] = [str(Path(spool) / TEXT_NAME)], "text"
+                paths, options["kind"] = [str(Path(spool) / TEXT_NAME)], p.OfferKind.TEXT
             elif args.paths == ["-"]:
                 if sys.stdin.isatty():
                     reporter.say("Reading standard input until end of file (Ctrl-D)...")
-                paths, options["kind"] = [str(spool_stdin(sys.stdin.buffer, Path(spool)))], "stdin"
+                paths, options["kind"] = [str(spool_stdin(sys.stdin.buffer, Path(spool)))], p.OfferKind.STDIN
             else:
                 paths = list(args.paths)
         except LocalFailure as exc:
@@ -484,7 +484,7 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
     output = Path(args.output)
 
     def output_for(offer: p.Offer) -> Path:
-        if offer.kind == "text" or (offer.kind == "stdin" and to_stdout):
+        if offer.kind is p.OfferKind.TEXT or (offer.kind is p.OfferKind.STDIN and to_stdout):
             return staging
         if to_stdout:
             raise LocalFailure(p.ErrorCode.DECLINED, "--output - takes piped data or a text, and this offer is "
@@ -504,7 +504,7 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
 
     async def receive_and_show() -> str:
         offer = await receive(options, confirm, reporter)
-        if offer.kind == "text":
+        if offer.kind is p.OfferKind.TEXT:
             text = (staging / offer.files[0].path).read_bytes().decode("utf-8", errors="replace")
             if isinstance(reporter, JsonReporter):
                 reporter.emit("text", text=text)

@@ -55,7 +55,7 @@ class SendOptions:
     relay_url: str = ""
     receivers: int = 1
     chunk_size: int = p.DEFAULT_CHUNK_SIZE
-    kind: str = "files"  # the offer's kind: "text" and "stdin" send one file (see p.Offer)
+    kind: p.OfferKind = p.OfferKind.FILES
 
     @property
     def url(self) -> str:

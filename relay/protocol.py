@@ -32,8 +32,6 @@ DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 ACK_INTERVAL = 8 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_TEXT = 1000
-OFFER_KINDS = ("files", "text", "stdin")
-MAX_TEXT_OFFER = 1024 * 1024
 MAX_SAFE_INT = 2**53 - 1
 ROOM_CODE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
@@ -348,6 +346,17 @@ class FileEntry:
         return {"path": self.path, "size": self.size}
 
 
+MAX_TEXT_OFFER = 1024 * 1024
+
+
+class OfferKind(StrEnum):
+    """What an offer carries: files to save (the default), a text to show, or bytes read from standard input."""
+
+    FILES = "files"
+    TEXT = "text"
+    STDIN = "stdin"
+
+
 @dataclass(frozen=True, slots=True)
 class Offer(Message):
     """The manifest: every file (by index) and every folder to create, and the sender's chunk size."""
@@ -356,9 +365,7 @@ class Offer(Message):
     files: tuple[FileEntry, ...]
     dirs: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    # "files" (the default, left out on the wire), "text" (one file of UTF-8 text to show, at most
-    # MAX_TEXT_OFFER bytes) or "stdin" (one file of bytes the sender read from its standard input).
-    kind: str = "files"
+    kind: OfferKind = OfferKind.FILES  # left out on the wire when FILES
 
     @property
     def total_size(self) -> int:
@@ -370,7 +377,7 @@ class Offer(Message):
             "files": [entry.to_dict() for entry in self.files],
             "dirs": list(self.dirs),
             "chunk_size": self.chunk_size,
-            **({} if self.kind == "files" else {"kind": self.kind}),
+            **({} if self.kind is OfferKind.FILES else {"kind": self.kind.value}),
         }
 
     @classmethod
@@ -390,16 +397,16 @@ class Offer(Message):
             tuple(entries),
             tuple(check_path(d) for d in dirs),
             _int_field(data.get("chunk_size", DEFAULT_CHUNK_SIZE), "chunk_size", 1),
-            _kind_field(data.get("kind", "files")),
+            _kind_field(data.get("kind", OfferKind.FILES.value)),
         )
         offer.check_layout()
         return offer
 
     def check_layout(self) -> None:
         """Refuse duplicate paths and a file that is also a parent folder of another entry."""
-        if self.kind != "files" and (len(self.files) != 1 or self.dirs):
-            raise MalformedMessage(f"an offer of kind {self.kind!r} holds exactly one file and no folders")
-        if self.kind == "text" and self.files[0].size > MAX_TEXT_OFFER:
+        if self.kind is not OfferKind.FILES and (len(self.files) != 1 or self.dirs):
+            raise MalformedMessage(f"a {self.kind.value!r} offer holds exactly one file and no folder")
+        if self.kind is OfferKind.TEXT and self.files[0].size > MAX_TEXT_OFFER:
             raise MalformedMessage(f"a text offer is at most {MAX_TEXT_OFFER} bytes")
         file_paths: set[str] = set()
         for entry in self.files:
@@ -581,10 +588,10 @@ class PeerLeft(Message):
         return cls(_int_field(data.get("peer"), "peer"), role)
 
 
-def _kind_field(value: object) -> str:
-    if value not in OFFER_KINDS:
-        raise MalformedMessage(f"field 'kind' must be one of {', '.join(OFFER_KINDS)}")
-    return str(value)
+def _kind_field(value: object) -> OfferKind:
+    if not isinstance(value, str) or value not in OfferKind.__members__.values():
+        raise MalformedMessage("field 'kind' must be 'files', 'text' or 'stdin'")
+    return OfferKind(value)
 
 
 def _optional_peer(data: dict[str, Any]) -> int | None:

@@ -54,11 +54,18 @@ def start_sender(relay_url: str, *args: str) -> subprocess.Popen[str]:
 
 
 def read_code(sender: subprocess.Popen[str]) -> str:
-    """The first line is ``Code: ...``, printed and flushed at once even though stdout is a pipe."""
+    """The ``Code: ...`` line, printed and flushed at once even though stdout is a pipe.
+
+    It is the first line unless the sender first lists what it leaves out.
+    """
     assert sender.stdout is not None
-    line = sender.stdout.readline()
-    assert line.startswith("Code: "), line
-    return line.split()[1]
+    lines = []
+    for _ in range(50):
+        lines.append(sender.stdout.readline())
+        if lines[-1].startswith("Code: ") or not lines[-1]:
+            break
+    assert lines[-1].startswith("Code: "), lines
+    return lines[-1].split()[1]
 
 
 def finish(sender: subprocess.Popen[str]) -> tuple[str, str]:
