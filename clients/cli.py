@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, TextIO
 
 from relay import protocol as p
 from relay.codes import code_entropy_bits, generate_code, wordlist
+from relay.tuning import tune_allocator  # shared and I/O-free, like relay.codes (not the server)
 from clients.connection import (
     DEFAULT_RELAY, BadRelayUrl, PeerRefused, RelayUrl, default_relay_url, parse_relay_url, quote_peer_text,
 )
@@ -310,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``relay send`` or ``relay receive`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
+    tune_allocator()  # chunk-sized buffers stay on the heap: about half the CPU of a transfer (relay/tuning.py)
     try:
         if args.command == "send":
             return send_command(args)
