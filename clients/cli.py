@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import json
@@ -507,7 +508,7 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
     async def receive_and_show() -> str:
         offer = await receive(options, confirm, reporter)
         if offer.kind is p.OfferKind.TEXT:
-            text = (staging / offer.files[0].path).read_bytes().decode("utf-8", errors="replace")
+            text = received_file(staging).read_bytes().decode("utf-8", errors="replace")
             if isinstance(reporter, JsonReporter):
                 reporter.emit("text", text=text)
             else:
@@ -516,16 +517,30 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
                 sys.stdout.flush()
             return "Received a text; its checksum matched."
         if to_stdout:
-            await asyncio.to_thread(copy_to_stdout, staging / offer.files[0].path)
+            await asyncio.to_thread(copy_to_stdout, received_file(staging))
         return f"Received into {where}; every checksum matched."
 
     return await transfer(receive_and_show(), reporter, "")
 
 
+def received_file(staging: Path) -> Path:
+    """The one file a text or stdin offer left in ``staging`` (under whatever name this system stored it)."""
+    (found,) = [path for path in staging.rglob("*") if path.is_file()]
+    return found
+
+
 def copy_to_stdout(path: Path) -> None:
+    """Write verified piped data to stdout: as is to a pipe or file, escaped to a terminal (it may hold escapes)."""
     with path.open("rb") as source:
-        shutil.copyfileobj(source, sys.stdout.buffer, SPOOL_BLOCK)
-    sys.stdout.buffer.flush()
+        if not sys.stdout.isatty():
+            shutil.copyfileobj(source, sys.stdout.buffer, SPOOL_BLOCK)
+            sys.stdout.buffer.flush()
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while block := source.read(SPOOL_BLOCK):
+            sys.stdout.write(escape_for_terminal(decoder.decode(block)))
+        sys.stdout.write(escape_for_terminal(decoder.decode(b"", final=True)))
+        sys.stdout.flush()
 
 
 async def ask(prompt: str, out: TextIO) -> str:

@@ -668,3 +668,17 @@ def test_what_the_sender_leaves_out_is_listed(relay_server, files, tmp_path) -> 
     finish(sender)
     assert received.returncode == 0 and sender.returncode == 0
     assert before_code[0] == "Left out 1 path(s):\n" and "album/elsewhere" in before_code[1], before_code
+
+
+def test_piped_data_written_to_a_terminal_is_escaped(relay_server, terminals) -> None:
+    """Bytes from the sender could move the cursor or rewrite the screen (croc's CVE-2023-43621)."""
+    sender = subprocess.Popen([sys.executable, "-m", "clients.cli", "send", "--relay", relay_server.http_url, "-"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert sender.stdin is not None and sender.stdout is not None
+    sender.stdin.write(b"abc\x1b[2Jdef\x07\n")
+    sender.stdin.close()
+    code = sender.stdout.readline().decode().split()[1]
+    receiver = terminals("receive", code, "--relay", relay_server.http_url, "--yes", "--output", "-")
+    assert receiver.wait(timeout=WAIT) == 0, receiver.output
+    sender.wait(timeout=WAIT)
+    assert "abc\\x1b[2Jdef\\x07" in receiver.output and "\x1b" not in receiver.output
