@@ -210,9 +210,9 @@ class PeerRefused(TransferRefused):
         self.said = said
 
 
-def peer_name(peer: int | None, sender: bool = False) -> str:
+def peer_name(peer: int | None) -> str:
     """How a party is named in messages: the sender is peer 0, receivers are 1..N."""
-    if sender or peer == 0:
+    if peer == 0:
         return "the sender"
     return "a receiver" if peer is None else f"receiver {peer}"
 
@@ -233,7 +233,7 @@ def error_from_message(message: p.Message) -> TransferError | None:
             who = peer_name(message.peer)
             return PeerRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer", who, message.reason)
         case p.PeerLeft():
-            who = peer_name(message.peer, sender=message.role == "send")
+            who = "the sender" if message.role == "send" else "a receiver"
             return TransferRefused(ErrorCode.PEER_LEFT, f"{who} disconnected before the transfer finished")
     return None
 
