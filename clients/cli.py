@@ -319,12 +319,19 @@ def main(argv: list[str] | None = None) -> int:
         return receive_command(args)
     except UsageError as exc:
         if args.json:
-            print(json.dumps({"event": "error", "exit": EXIT_USAGE, "code": "bad_request",
-                              "message": p.escape_text(str(exc))}), flush=True)
+            json_error(EXIT_USAGE, p.ErrorCode.BAD_REQUEST, str(exc))
         return fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
+        if args.json:
+            json_error(EXIT_INTERRUPTED, p.ErrorCode.CANCELLED, "cancelled")
         print("relay: cancelled", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+
+
+def json_error(exit_code: int, code: p.ErrorCode, message: str) -> None:
+    """``--json``'s ``error`` event for what ends the command outside a transfer (usage, Ctrl-C)."""
+    print(json.dumps({"event": "error", "exit": exit_code, "code": code.value, "message": p.escape_text(message)}),
+          flush=True)
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -448,12 +455,15 @@ def receive_command(args: argparse.Namespace) -> int:
             return EXIT_LOCAL
         if created:
             reporter.say(f"Created the output folder {p.escape_text(str(output))}")
-    with tempfile.TemporaryDirectory(prefix="relay-receive-") as staging:
-        result = run(receive_into(args, code, url, Path(staging), reporter, to_stdout))
-    if result != EXIT_OK:
-        for folder in reversed(created):  # leave no empty folder we made behind a failed transfer
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+    result = EXIT_INTERRUPTED
+    try:
+        with tempfile.TemporaryDirectory(prefix="relay-receive-") as staging:
+            result = run(receive_into(args, code, url, Path(staging), reporter, to_stdout))
+    finally:
+        if result != EXIT_OK:
+            for folder in reversed(created):  # leave no empty folder we made behind a failed transfer
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return result
 
 
