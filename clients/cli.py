@@ -577,7 +577,10 @@ async def ask(prompt: str, out: TextIO) -> str:
         if (not data or b"\n" in line or len(line) >= LONGEST_ANSWER) and not answer.done():
             answer.set_result(bytes(line).split(b"\n", 1)[0])
 
-    loop.add_reader(fd, readable)
+    try:
+        loop.add_reader(fd, readable)
+    except NotImplementedError:  # Windows' proactor loop cannot watch a console: fall back to a thread
+        return await asyncio.to_thread(sys.stdin.readline)
     try:
         return (await answer).decode("utf-8", errors="replace")
     finally:
