@@ -22,7 +22,7 @@ import aiofiles
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
-from clients.connection import RelayConnection, default_relay_url
+from clients.connection import PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
 from clients.store import Destination
@@ -30,6 +30,9 @@ from clients.store import Destination
 
 class Reporter:
     """What a transfer tells its user; every method is optional to override."""
+
+    def connected(self, peer: int, receivers: int) -> None:
+        """Receiver: admitted to the room as receiver ``peer`` of ``receivers``; the offer comes once all are in."""
 
     def waiting(self, code: str, receivers: int) -> None:
         """Sender: the room is open under ``code``; waiting for receivers."""
@@ -97,6 +100,9 @@ class ReceiveOptions:
     relay_url: str = ""
     overwrite: bool = False
     deadlines: Deadlines = field(default_factory=Deadlines)
+    # Chooses the folder for an offer once it is known (the CLI receives a text, or piped data bound for its
+    # stdout, into a temporary folder); it may raise LocalFailure to refuse the offer. None: always ``output``.
+    output_for: Callable[[p.Offer], Path] | None = None
 
     @property
     def url(self) -> str:
@@ -244,8 +250,8 @@ async def _wait_until_started(connection: RelayConnection) -> None:
         if isinstance(message, p.Start):
             return
         if isinstance(message, p.Decline):
-            reason = f": {message.reason}" if message.reason else ""
-            raise TransferRefused(ErrorCode.DECLINED, f"the receiver declined the offer{reason}")
+            who = peer_name(message.peer)
+            raise PeerRefused(ErrorCode.DECLINED, f"{who} declined the offer", who, message.reason)
         if not isinstance(message, p.Accept):
             raise _unexpected(message, "waiting for the receivers to accept")
 
@@ -349,12 +355,15 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     connection = await _open(options, "receive")
     destination = Destination(options.output, options.overwrite)
     try:
+        reporter.connected(connection.hello.peer, connection.hello.receivers)
         offer = await _within(
             deadlines.receivers, "the offer (the sender offers once every receiver has joined)", connection.receive()
         )
         if not isinstance(offer, p.Offer):
             raise _unexpected(offer, "waiting for the offer")
         reporter.offered(offer)
+        if options.output_for is not None:
+            destination.root = options.output_for(offer)
         destination.check(offer)
         if destination.mappings:
             reporter.renamed(list(destination.mappings))

@@ -20,6 +20,7 @@ import websockets
 from relay import protocol as p
 from relay.protocol import ErrorCode
 from relay.config import Settings
+from clients.connection import PeerRefused
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Unreadable
 from clients.transfer import Deadlines, ReceiveOptions, Reporter, SendOptions, receive, send
@@ -551,7 +552,7 @@ async def test_the_sender_gets_a_neutral_reason_not_the_receivers_file_names(rel
         await asyncio.wait_for(receive(ReceiveOptions(code, out, relay_server.ws_url), yes), WAIT)
     with pytest.raises(TransferRefused) as caught:
         await asyncio.wait_for(sending, WAIT)
-    assert str(caught.value) == "the receiver's files would be overwritten"
+    assert isinstance(caught.value, PeerRefused) and caught.value.said == "the receiver's files would be overwritten"
     assert caught.value.code is ErrorCode.FILE_EXISTS
 
 
@@ -566,7 +567,8 @@ async def test_a_receiver_that_refuses_locally_sends_a_neutral_decline(relay_ser
         await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), refuses), WAIT)
     with pytest.raises(TransferRefused) as caught:
         await asyncio.wait_for(sending, WAIT)
-    assert str(caught.value) == "the receiver declined" and "--yes" not in str(caught.value)
+    assert isinstance(caught.value, PeerRefused) and caught.value.said == "the receiver declined"
+    assert "--yes" not in str(caught.value)
 
 
 @pytest.mark.parametrize("when", ["asking", "streaming"])
