@@ -38,6 +38,7 @@ export const CLOSE_CODES = Object.freeze({
   pairing_timeout: 4040,
   idle_timeout: 4041,
   handshake_timeout: 4042,
+  offer_timeout: 4043,
   unauthorized: 4401,
   forbidden_origin: 4403,
   too_many_rooms: 4429,
