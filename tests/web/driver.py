@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -71,3 +72,8 @@ def zip_hashes(download: Download) -> dict[str, str]:
         assert archive.testzip() is None
         return {info.filename: "" if info.is_dir() else hashlib.sha256(archive.read(info)).hexdigest()
                 for info in archive.infolist()}
+
+
+def fresh_code() -> str:
+    """A room code no other test uses."""
+    return f"test-{secrets.token_hex(6)}"

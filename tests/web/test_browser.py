@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import xxhash
@@ -23,40 +19,26 @@ from playwright.sync_api import BrowserContext, Page
 
 from relay import protocol as p
 from tests.peers import WAIT, RawPeer
-from tests.web.driver import accept_downloads, open_offer, saved_hashes, sha256, start_sending, wait_state, zip_hashes
+from tests.web.driver import (
+    accept_downloads,
+    fresh_code,
+    open_offer,
+    saved_hashes,
+    sha256,
+    start_sending,
+    wait_state,
+    zip_hashes,
+)
 
 PROCESS_TIMEOUT = 60
 RELAY_COMMAND = str(Path(sys.executable).with_name("relay"))
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    """A multi-MiB random file (not a multiple of the chunk size), a small text file and an empty file."""
-    big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(6 * 1024 * 1024 + 12345))
-    note = tmp_path / "note.txt"
-    note.write_text("second file, with ünïcödé\n", encoding="utf-8")
-    empty = tmp_path / "empty.dat"
-    empty.write_bytes(b"")
-    return {"big": big, "note": note, "empty": empty}
-
-
-@pytest.fixture
-def in_thread() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Future[Any]]]:
-    """Run a raw asyncio peer in its own thread while the test drives the page with the sync API."""
-    pool = ThreadPoolExecutor(max_workers=2)
-    yield lambda coroutine: pool.submit(asyncio.run, coroutine)
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def fresh_code() -> str:
-    return f"test-{secrets.token_hex(6)}"
-
-
 # --- browser to browser ------------------------------------------------------------------------------------
 
 
-def test_browser_to_browser_streams_files_to_downloads_as_one_zip(pages: tuple[Page, Page], relay_server, files, artifacts):
+def test_browser_to_browser_streams_files_to_downloads_as_one_zip(pages: tuple[Page, Page], relay_server, files,
+                                                                  artifacts):
     sender, receiver = pages
     code = start_sending(sender, relay_server.http_url, [files["big"], files["note"], files["empty"]])
     assert sender.locator("#send-qr svg").count() == 1
@@ -73,8 +55,8 @@ def test_browser_to_browser_streams_files_to_downloads_as_one_zip(pages: tuple[P
     downloads = accept_downloads(receiver, 1)
     wait_state(sender, "#send-status", "verified")
     assert downloads[0].suggested_filename == "relay-files.zip"
-    assert zip_hashes(downloads[0]) == {name: sha256(path) for name, path in
-                                        (("big.bin", files["big"]), ("note.txt", files["note"]), ("empty.dat", files["empty"]))}
+    assert zip_hashes(downloads[0]) == {name: sha256(files[key]) for name, key in
+                                        (("big.bin", "big"), ("note.txt", "note"), ("empty.dat", "empty"))}
     assert receiver.locator('#receive-files li[data-state="verified"]').count() == 3
     assert sender.locator('#send-files li[data-state="verified"]').count() == 3
     # The end says what happened, how long it took and how fast, with proper plurals.

@@ -28,7 +28,7 @@ def run_cases(**cases: object) -> dict:
 
 @pytest.mark.parametrize("force_zip64", [False, True])
 def test_stored_zip_is_read_back_by_python_zipfile(tmp_path: Path, force_zip64: bool):
-    files = {"tree/a.bin": os.urandom(5000), "tree/sub/ünï名.txt": "text\n".encode(), "tree/empty.dat": b"",
+    files = {"tree/a.bin": os.urandom(5000), "tree/sub/ünï名.txt": b"text\n", "tree/empty.dat": b"",
              "top.txt": os.urandom(1)}
     out = tmp_path / "out.zip"
     run_cases(zips=[{"out": str(out), "forceZip64": force_zip64, "dirs": ["tree/emptydir", "tree/sub/deeper"],
@@ -90,13 +90,16 @@ def test_names_a_browser_refuses_get_each_forbidden_character_replaced(offered: 
 
 def test_end_words_say_what_happened_what_was_saved_and_what_next():
     ends = run_cases(ends=[
-        {"side": "send", "state": "cancelled", "outcome": {"code": "declined", "by": "peer", "peer": 1}, "receivers": 1},
-        {"side": "send", "state": "cancelled", "outcome": {"code": "declined", "by": "peer", "peer": 2}, "receivers": 3},
+        {"side": "send", "state": "cancelled", "outcome": {"code": "declined", "by": "peer", "peer": 1},
+         "receivers": 1},
+        {"side": "send", "state": "cancelled", "outcome": {"code": "declined", "by": "peer", "peer": 2},
+         "receivers": 3},
         {"side": "receive", "state": "cancelled", "outcome": {"code": "declined", "by": "you"}},
         {"side": "receive", "state": "cancelled",
          "outcome": {"code": "cancelled", "reason": "wrong files, sorry", "by": "peer", "peer": 0},
          "saved": {"files": 2, "total": 5}},
-        {"side": "receive", "state": "failed", "outcome": {"code": "room_not_found", "reason": "no such room", "by": "relay"}},
+        {"side": "receive", "state": "failed",
+         "outcome": {"code": "room_not_found", "reason": "no such room", "by": "relay"}},
         {"side": "send", "state": "failed", "outcome": {"code": "rate_limited", "by": "relay"}},
         {"side": "send", "state": "failed", "outcome": {"code": "offer_timeout", "by": "relay"}},
         {"side": "receive", "state": "failed", "outcome": {"code": "offer_timeout", "by": "relay"}},
@@ -104,17 +107,20 @@ def test_end_words_say_what_happened_what_was_saved_and_what_next():
          "saved": {"files": 1, "total": 3, "keepsPartial": False}},
     ])["ends"]
     declined, declined_of_3, you_declined, cancelled, not_found, limited, offer_send, offer_receive, left = ends
-    assert declined["tone"] == "neutral" and declined["text"].startswith("The receiver declined the files. Nothing was delivered.")
+    assert declined["tone"] == "neutral"
+    assert declined["text"].startswith("The receiver declined the files. Nothing was delivered.")
     assert "Try again" in declined["text"]
     assert declined_of_3["text"].startswith("Receiver 2 of 3 declined")
-    assert you_declined == {"tone": "neutral", "text": "You declined the offer. Nothing was saved.", "quote": None, "quoteBy": None}
+    assert you_declined == {"tone": "neutral", "text": "You declined the offer. Nothing was saved.", "quote": None,
+                            "quoteBy": None}
     # The sender's words are a quote from them, not part of the page's sentence.
     assert cancelled["quote"] == "wrong files, sorry" and cancelled["quoteBy"] == "the sender"
     assert "wrong files" not in cancelled["text"]
     assert "2 files of 5 were saved and verified; the rest were not." in cancelled["text"]
     assert "Check the code" in not_found["text"] and "Nothing was saved." in not_found["text"]
     assert "Wait a minute, then press Try again." in limited["text"]
-    assert offer_send["text"].startswith("Nobody answered the offer in time") and "Nothing was delivered." in offer_send["text"]
+    assert offer_send["text"].startswith("Nobody answered the offer in time")
+    assert "Nothing was delivered." in offer_send["text"]
     assert "Nothing was saved." in offer_receive["text"]
     assert "Nothing was saved." in left["text"]  # a zip keeps nothing unless every file arrived
     for end in ends:

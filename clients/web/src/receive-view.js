@@ -238,7 +238,9 @@ export function setUpReceiveView() {
       // Downloads started from memory or the service worker need their URLs/frames a while longer.
       const sink = current.sink;
       if (sink && typeof sink.dispose === "function") setTimeout(() => sink.dispose(), 60000);
-      $("receive-again").focus();
+      // Nothing was offered (a wrong code, a refusal): the next step is the code field, to check or retype it.
+      if ($("receive-run").hidden) $("receive-code").select();
+      $($("receive-run").hidden ? "receive-code" : "receive-again").focus();
     };
 
     const current = new ReceiveSession(code, {
