@@ -204,7 +204,7 @@ export function setUpSendView({ showSend }) {
         const fileDone = Math.max(0, Math.min(row.entry.size, done - starts[index]));
         let word = "";
         if ((fileOk.get(index) ?? 0) >= receivers || state === "verified") word = "verified";
-        else if (FINAL_STATES.has(state)) word = state === "cancelled" ? "cancelled" : "not verified";
+        else if (FINAL_STATES.has(state)) word = fileDone > 0 ? "not verified" : "not sent";
         else if (fileDone >= row.entry.size && running) word = "sent";
         else if (fileDone > 0) word = "sending";
         else word = "waiting";
