@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import xxhash
 from playwright.sync_api import BrowserContext, Page
 
@@ -438,3 +439,28 @@ def test_progress_in_the_title_and_a_leave_warning_while_sending(context: Browse
     assert page.title() == "Stopped · relay"
     release.set()
     result.result(WAIT * 4)
+
+
+# --- a text snippet --------------------------------------------------------------------------------------------
+
+RELAY_FORWARDS_KIND = "kind" in p.Offer.__dataclass_fields__
+
+
+@pytest.mark.skipif(not RELAY_FORWARDS_KIND, reason="this relay drops the offer's 'kind' field (relay/protocol.py)")
+def test_a_text_snippet_arrives_as_text_to_copy(pages: tuple[Page, Page], relay_server):
+    sender, receiver = pages
+    text = "line one\nüñï <b>not bold</b> \u202e\n"
+    sender.goto(relay_server.http_url + "/")
+    sender.click("#text-pick summary")
+    sender.fill("#text-input", text)
+    sender.click("#text-send")
+    sender.wait_for_selector('#send-status[data-state="waiting"]')
+    code = sender.text_content("#send-code") or ""
+    open_offer(receiver, relay_server.http_url, code)
+    assert receiver.is_hidden("#save-choice")
+    assert receiver.text_content("#receive-accept") == "Show the text"
+    receiver.click("#receive-accept")
+    assert wait_state(receiver, "#receive-status", "verified").startswith("Done: the sender's text")
+    wait_state(sender, "#send-status", "verified")
+    assert receiver.input_value("#received-text") == text
+    assert receiver.evaluate("document.activeElement.id") == "copy-text"

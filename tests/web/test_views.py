@@ -50,6 +50,9 @@ def test_every_view_passes_axe_and_is_photographed(two_pages: tuple[Page, Page],
     sender, receiver = two_pages
     sender.goto(relay_server.http_url + "/")
     check_view(sender, "01-send-start", artifacts)
+    sender.click("#text-pick summary")
+    check_view(sender, "01b-send-text", artifacts)
+    sender.click("#text-pick summary")
     sender.set_input_files("#file-input", [str(files["big"]), str(files["note"]), str(files["empty"])])
     check_view(sender, "02-send-selected", artifacts)
 

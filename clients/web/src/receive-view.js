@@ -14,6 +14,7 @@ import {
   MemorySink,
   SaveFileSink,
   StreamDownloadSink,
+  TextSink,
   ZipDownloadSink,
   canPickFile,
   canPickFolder,
@@ -82,7 +83,12 @@ export function setUpReceiveView() {
     if (!offer || session.state !== "offered") return;
     let note = "";
     let blocked = false;
-    if (saveMode() === "folder") {
+    const text = offer.kind === "text";
+    $("save-choice").hidden = text;
+    $("receive-accept").textContent = text ? "Show the text" : "Accept and save";
+    if (text) {
+      note = "The text is shown on this page for you to read and copy; nothing is saved.";
+    } else if (saveMode() === "folder") {
       note = offer.files.length === 1 && offer.dirs.length === 0 && canPickFile()
         ? "You will choose where to save the file. It is written to disk as it arrives."
         : "You will choose a folder. Files are written to disk as they arrive, folders are created as offered, and nothing is overwritten.";
@@ -110,6 +116,7 @@ export function setUpReceiveView() {
 
   // Must run inside the click handler: the file pickers need the person's gesture.
   const chooseSink = async (offer) => {
+    if (offer.kind === "text") return new TextSink();
     if (saveMode() === "folder") {
       if (offer.files.length === 1 && offer.dirs.length === 0 && canPickFile()) return SaveFileSink.pick(offer);
       return FolderSink.pick();
@@ -156,14 +163,27 @@ export function setUpReceiveView() {
     $("receive-offer").hidden = true;
     $("receive-again").hidden = true;
     $("receive-code").value = "";
+    $("receive-text").hidden = true;
+    $("received-text").value = "";
     showStatus($("receive-status"), "", "");
     showQuote($("receive-quote"), "", "");
     setTitle();
     $("receive-code").focus();
   });
 
+  $("copy-text").addEventListener("click", async (event) => {
+    try {
+      await navigator.clipboard.writeText($("received-text").value);
+      event.target.textContent = "Copied";
+    } catch {
+      $("received-text").select();
+      event.target.textContent = "Selected: press Ctrl+C (or Cmd+C) to copy";
+    }
+  });
+
   function start(code) {
     $("receive-offer").hidden = true;
+    $("receive-text").hidden = true;
     $("receive-run").hidden = true;
     $("receive-cancel").hidden = false;
     $("receive-again").hidden = true;
@@ -196,6 +216,7 @@ export function setUpReceiveView() {
         case "waiting":
           return "Connected; waiting for the sender's offer.";
         case "offered":
+          if (offer.kind === "text") return `The sender sent a text (${formatBytes(offer.files[0].size)}). Show it, or decline.`;
           return `The sender offers ${describeCounts(offer.files.length, offer.dirs.length)}. Choose where to save them, then accept or decline.`;
         case "transferring":
           return `Receiving into ${current.sink ? current.sink.label : "your downloads folder"}...`;
@@ -213,7 +234,16 @@ export function setUpReceiveView() {
       $("receive-again").hidden = false;
       if (rows.length > 0 && current.sink) $("receive-run").hidden = false;
       const offer = current.offer;
-      if (next === "verified") {
+      if (next === "verified" && offer.kind === "text") {
+        // Text from the other party: shown in a read-only box (never as markup), to read and copy.
+        $("received-text").value = current.sink.text;
+        $("receive-text").hidden = false;
+        $("receive-run").hidden = true;
+        $("copy-text").textContent = "Copy text";
+        const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
+        showStatus($("receive-status"), next, `Done: the sender's text (${formatBytes(current.total)}) arrived, and its checksum matched. Nothing was saved to disk.${took}`, "ok");
+        setTitle("Received");
+      } else if (next === "verified") {
         const what = `${describeCounts(offer.files.length, offer.dirs.length, "folder")} (${formatBytes(current.total)})`;
         const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
         const renamed = current.sink?.renamed?.size
@@ -239,8 +269,11 @@ export function setUpReceiveView() {
       const sink = current.sink;
       if (sink && typeof sink.dispose === "function") setTimeout(() => sink.dispose(), 60000);
       // Nothing was offered (a wrong code, a refusal): the next step is the code field, to check or retype it.
-      if ($("receive-run").hidden) $("receive-code").select();
-      $($("receive-run").hidden ? "receive-code" : "receive-again").focus();
+      if (next === "verified" && offer.kind === "text") $("copy-text").focus();
+      else {
+        if ($("receive-run").hidden) $("receive-code").select();
+        $($("receive-run").hidden ? "receive-code" : "receive-again").focus();
+      }
     };
 
     const current = new ReceiveSession(code, {

@@ -5,7 +5,7 @@ import { progressTitle, setBusy, setTitle } from "./activity.js";
 import { RateMeter, describeCounts, describeFinish, formatBytes, formatDuration, plural } from "./format.js";
 import { itemsFromDirectoryHandle, itemsFromDrop, itemsFromInput } from "./files.js";
 import { markLong, renderFileRows, showQuote, showStatus, throttle, updateFileRow } from "./file-rows.js";
-import { escapeText } from "./protocol.js";
+import { MAX_SNIPPET, escapeText } from "./protocol.js";
 import { qrSvg } from "./qr.js";
 import { EMPTY_SELECTION, addToSelection, removeFromSelection, selectionNotes } from "./selection.js";
 import { FINAL_STATES, SendSession } from "./sender.js";
@@ -59,7 +59,7 @@ function liveText(session, state) {
 export function setUpSendView({ showSend }) {
   let picked = EMPTY_SELECTION;
   let session = null;
-  let lastReceivers = 1;
+  let lastRun = null; // {selection, receivers, kind}: what "Try again" sends
 
   const showPicked = () => {
     const hasFiles = picked.items.length > 0 || picked.dirs.length > 0;
@@ -154,16 +154,44 @@ export function setUpSendView({ showSend }) {
     $("file-input").focus();
   });
 
-  $("send-start").addEventListener("click", () => {
-    lastReceivers = Math.min(8, Math.max(1, Number.parseInt($("receivers").value, 10) || 1));
-    start(picked, lastReceivers);
+  const receiverCount = () => Math.min(8, Math.max(1, Number.parseInt($("receivers").value, 10) || 1));
+
+  $("send-start").addEventListener("click", () => start(picked, receiverCount()));
+
+  // A text snippet: one UTF-8 file offered with "kind": "text", which the receiving page shows to copy.
+  $("text-paste").addEventListener("click", async () => {
+    $("text-error").textContent = "";
+    try {
+      $("text-input").value = await navigator.clipboard.readText();
+    } catch {
+      $("text-error").textContent = "This browser did not allow reading the clipboard: paste into the box instead.";
+    }
+    $("text-input").focus();
+  });
+  $("text-send").addEventListener("click", () => {
+    const bytes = new TextEncoder().encode($("text-input").value);
+    $("text-error").textContent = "";
+    if ($("text-input").value.trim() === "") {
+      $("text-error").textContent = "Type or paste some text first.";
+      $("text-input").focus();
+      return;
+    }
+    if (bytes.length > MAX_SNIPPET) {
+      $("text-error").textContent = `The text is ${formatBytes(bytes.length)}; a text can be at most `
+        + `${formatBytes(MAX_SNIPPET)}. Save it as a file and send the file instead.`;
+      $("text-input").focus();
+      return;
+    }
+    const file = new File([bytes], "text.txt", { type: "text/plain" });
+    start({ items: [{ path: "text.txt", file }], dirs: [] }, 1, "text");
   });
 
   $("send-cancel").addEventListener("click", () => session?.cancel());
-  $("send-retry").addEventListener("click", () => start(picked, lastReceivers));
+  $("send-retry").addEventListener("click", () => start(lastRun.selection, lastRun.receivers, lastRun.kind));
   $("send-edit").addEventListener("click", () => backToPick());
   $("send-again").addEventListener("click", () => {
     picked = EMPTY_SELECTION;
+    if (lastRun?.kind === "text") $("text-input").value = "";
     showNotes([]);
     backToPick();
   });
@@ -178,7 +206,8 @@ export function setUpSendView({ showSend }) {
     (picked.items.length > 0 ? $("send-start") : $("file-input")).focus();
   }
 
-  function start(selection, receivers) {
+  function start(selection, receivers, kind = undefined) {
+    lastRun = { selection, receivers, kind };
     $("send-pick").hidden = true;
     $("intro").hidden = true;
     $("send-run").hidden = false;
@@ -215,6 +244,7 @@ export function setUpSendView({ showSend }) {
     const current = new SendSession(selection.items, {
       dirs: selection.dirs,
       receivers,
+      kind,
       listener: {
         onCode(code) {
           const link = receiveLink(code);
@@ -250,12 +280,15 @@ export function setUpSendView({ showSend }) {
       const count = current.offer.files.length;
       if (next === "verified") {
         const whom = receivers === 1 ? "the receiver" : `all ${receivers} receivers`;
-        const what = `${describeCounts(count, current.offer.dirs.length)} (${formatBytes(current.total)})`;
+        const what = kind === "text"
+          ? `the text (${formatBytes(current.total)})`
+          : `${describeCounts(count, current.offer.dirs.length)} (${formatBytes(current.total)})`;
         const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
-        showStatus($("send-status"), next, `Done: ${what} reached ${whom}, and every checksum matched.${took}`, "ok");
+        const sums = kind === "text" ? "its checksum" : "every checksum";
+        showStatus($("send-status"), next, `Done: ${what} reached ${whom}, and ${sums} matched.${took}`, "ok");
         setTitle("Sent");
         $("send-again").hidden = false;
-        $("send-again").textContent = "Send more files";
+        $("send-again").textContent = kind === "text" ? "Send something else" : "Send more files";
         $("send-again").focus();
         return;
       }

@@ -22,16 +22,18 @@ const CODE_ATTEMPTS = 3;
 export const FINAL_STATES = new Set(["verified", "failed", "cancelled"]);
 
 /**
- * One send. `items` are {path, file} (file is a File/Blob); `dirs` are empty folders to create.
+ * One send. `items` are {path, file} (file is a File/Blob); `dirs` are empty folders to create; `kind` "text"
+ * offers one file as a text snippet for the receiver to read rather than save.
  * Listener methods (all optional): onCode(code), onState(state, detail), onProgress(progress).
  */
 export class SendSession {
-  constructor(items, { dirs = [], receivers = 1, listener = {}, location = window.location } = {}) {
+  constructor(items, { dirs = [], receivers = 1, kind = undefined, listener = {}, location = window.location } = {}) {
     this.items = items;
     this.receivers = receivers;
     this.listener = listener;
     this.location = location;
-    this.offer = makeOffer(items.map((item) => ({ path: item.path, size: item.file.size })), dirs);
+    const entries = items.map((item) => ({ path: item.path, size: item.file.size }));
+    this.offer = makeOffer(entries, dirs, DEFAULT_CHUNK_SIZE, kind);
     this.total = this.offer.files.reduce((sum, entry) => sum + entry.size, 0);
     this.state = "idle";
     this.code = null;

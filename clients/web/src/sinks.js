@@ -464,6 +464,44 @@ export class ZipDownloadSink {
   }
 }
 
+// --- a text snippet --------------------------------------------------------------------------------------------
+
+/** A text snippet (an offer of kind "text", at most MAX_SNIPPET bytes): kept in the page and shown once verified. */
+export class TextSink {
+  constructor() {
+    this.label = "this page";
+    this.keepsPartial = true;
+    this.parts = [];
+    this.text = null;
+  }
+
+  async prepare(offer) {
+    if (offer.kind !== "text") throw new SinkError("only a text offer can be shown as text");
+  }
+
+  async openFile() {
+    this.parts = [];
+  }
+
+  async write(bytes) {
+    this.parts.push(bytes);
+  }
+
+  async closeFile() {
+    const bytes = new Uint8Array(await new Blob(this.parts).arrayBuffer());
+    this.parts = [];
+    try {
+      this.text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch {
+      throw new SinkError("the text is not valid UTF-8", "malformed_message");
+    }
+  }
+
+  async abortFile() {
+    this.parts = [];
+  }
+}
+
 // --- in-memory fallback ------------------------------------------------------------------------------------
 
 /** Holds each file in memory until it is verified, then hands it to the browser as a download. */
