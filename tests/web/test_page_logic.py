@@ -19,7 +19,8 @@ WEB = Path(__file__).resolve().parents[2] / "clients" / "web"
 def run_cases(**cases: object) -> dict:
     node = shutil.which("node")
     assert node, "Node.js is needed to run the web client's modules"
-    defaults: dict[str, object] = {"zips": [], "segments": [], "selections": [], "ends": [], "zipNames": [], "offers": []}
+    defaults: dict[str, object] = {"zips": [], "segments": [], "selections": [], "ends": [], "zipNames": [],
+                                   "offers": []}
     finished = subprocess.run([node, str(WEB / "test" / "page-cases.mjs")], input=json.dumps({**defaults, **cases}),
                               capture_output=True, text=True, timeout=60, check=False)
     assert finished.returncode == 0, finished.stderr

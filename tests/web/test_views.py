@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import BrowserContext, Page, ViewportSize
 
 from tests.web.driver import open_offer, start_sending, wait_state
 
 AXE = Path(__file__).resolve().parents[2] / "clients" / "web" / "node_modules" / "axe-core" / "axe.min.js"
 RUN_AXE = """() => axe.run(document, { resultTypes: ["violations"] }).then((result) => result.violations.map(
-    (v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")).slice(0, 5) })))"""
-PHONE = {"width": 375, "height": 812}
-DESKTOP = {"width": 1000, "height": 800}
+    (v) => ({ id: v.id, impact: v.impact, help: v.help,
+              nodes: v.nodes.map((n) => n.target.join(" ")).slice(0, 5) })))"""
+PHONE: ViewportSize = {"width": 375, "height": 812}
+DESKTOP: ViewportSize = {"width": 1000, "height": 800}
 
 
 def check_view(page: Page, name: str, artifacts: Path) -> None:

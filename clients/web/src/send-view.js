@@ -99,6 +99,11 @@ export function setUpSendView({ showSend }) {
   $("folder-input").addEventListener("change", (event) => {
     add({ items: itemsFromInput(event.target.files), dirs: [] });
     event.target.value = "";
+    // This browser's folder chooser lists files only: say so rather than lose empty folders without a word.
+    const notes = $("pick-notes");
+    notes.append(Object.assign(document.createElement("p"), {
+      textContent: "Empty folders inside are not included when a folder is chosen this way; drop the folder onto the page to include them.",
+    }));
   });
   // Where the browser can open a folder itself, use that: unlike the folder input it also sees empty folders.
   if (typeof window.showDirectoryPicker === "function") {
