@@ -195,7 +195,7 @@ def test_a_chosen_folder_offers_its_empty_folders_and_they_arrive_in_the_zip(pag
         "tree/emptydir/": "", "tree/sub/empty2/": "",
         "tree/a.txt": hashlib.sha256(b"alpha\n").hexdigest(), "tree/sub/b.txt": hashlib.sha256(b"beta\n").hexdigest(),
     }
-    assert (receiver.text_content("#receive-status") or "").startswith("Done: 2 files and 2 folders (11 B) saved")
+    assert (receiver.text_content("#receive-status") or "").startswith("Done: 2 files and 2 empty folders (11 B) saved")
 
 
 def test_receiving_into_a_chosen_folder_creates_its_empty_folders(pages: tuple[Page, Page], relay_server, files):
@@ -233,7 +233,7 @@ def test_receiving_into_a_chosen_folder_creates_its_empty_folders(pages: tuple[P
         receiver.click("#receive-accept")
         text = wait_state(receiver, "#receive-status", "verified")
         result.result(WAIT * 2)
-    assert text.startswith('Done: 1 file and 1 folder (30 B) saved to the folder "inbox"'), text
+    assert text.startswith('Done: 1 file and 1 empty folder (30 B) saved to the folder "inbox"'), text
     listing = receiver.evaluate("""async () => {
         const inbox = await (await navigator.storage.getDirectory()).getDirectoryHandle("inbox");
         const tree = await inbox.getDirectoryHandle("tree");
@@ -420,7 +420,7 @@ def test_progress_in_the_title_and_a_leave_warning_while_sending(context: Browse
 
     result = in_thread(receiver_that_stalls())
     page.wait_for_selector('#send-status[data-state="transferring"]')
-    page.wait_for_function("/^\\d+%.* sent · relay$/.test(document.title)")
+    page.wait_for_function("/^\\d+% sent( · .+ left)? · relay$/.test(document.title)")
     dialogs: list[str] = []
 
     def on_dialog(dialog) -> None:

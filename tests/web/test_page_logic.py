@@ -19,8 +19,7 @@ WEB = Path(__file__).resolve().parents[2] / "clients" / "web"
 def run_cases(**cases: object) -> dict:
     node = shutil.which("node")
     assert node, "Node.js is needed to run the web client's modules"
-    defaults: dict[str, object] = {"zips": [], "segments": [], "selections": [], "ends": [], "zipNames": [],
-                                   "offers": []}
+    defaults: dict[str, object] = {"zips": [], "segments": [], "selections": [], "ends": [], "zipNames": []}
     finished = subprocess.run([node, str(WEB / "test" / "page-cases.mjs")], input=json.dumps({**defaults, **cases}),
                               capture_output=True, text=True, timeout=60, check=False)
     assert finished.returncode == 0, finished.stderr
@@ -127,19 +126,3 @@ def test_end_words_say_what_happened_what_was_saved_and_what_next():
     for end in ends:
         assert "(s)" not in end["text"]
 
-
-def test_a_text_offer_is_one_file_of_at_most_one_mib():
-    def offer(files: list[tuple[str, int]], dirs: list[str] | None = None, **extra: object) -> str:
-        return json.dumps({"type": "offer", "files": [{"path": path, "size": size} for path, size in files],
-                           "dirs": dirs or [], **extra})
-
-    kinds = run_cases(offers=[
-        offer([("a.txt", 5)]),
-        offer([("text.txt", 5)], kind="text"),
-        offer([("text.txt", 1024 * 1024)], kind="text"),
-        offer([("text.txt", 1024 * 1024 + 1)], kind="text"),
-        offer([("a.txt", 5), ("b.txt", 5)], kind="text"),
-        offer([("a.txt", 5)], ["d"], kind="text"),
-        offer([("a.txt", 5)], kind="video"),
-    ])["offers"]
-    assert kinds == ["files", "text", "text", *["malformed_message"] * 4]

@@ -23,9 +23,10 @@ export function setTitle(prefix = "") {
   document.title = prefix ? `${prefix} · relay` : BASE_TITLE;
 }
 
-/** The tab title's progress part: "42%", with "· 1 min left" when a rate is known. */
-export function progressTitle(done, total, rateMeter, formatDuration) {
+/** The tab title's progress part: "42% sent", with "· 1 min 05 s left" once a rate is known. */
+export function progressTitle(done, total, rateMeter, formatDuration, verb) {
   const percent = total > 0 ? Math.floor((done * 100) / total) : 0;
   const rate = rateMeter.rate();
-  return rate > 0 && total > done ? `${percent}% · ${formatDuration((total - done) / rate)} left` : `${percent}%`;
+  const left = rate > 0 && total > done ? ` · ${formatDuration((total - done) / rate)} left` : "";
+  return `${percent}% ${verb}${left}`;
 }

@@ -10,8 +10,6 @@ export const DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024;
 export const ACK_INTERVAL = 8 * 1024 * 1024;
 export const MAX_FILES = 100_000;
 export const MAX_TEXT = 1000;
-/** Largest text snippet (an offer with "kind": "text"), in bytes of UTF-8. */
-export const MAX_SNIPPET = 1024 * 1024;
 export const MAX_SAFE_INT = Number.MAX_SAFE_INTEGER; // 2**53 - 1
 export const CLOSE_NORMAL = 1000;
 
@@ -238,20 +236,7 @@ function parseOffer(data) {
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   const chunkSize = intField(data.chunk_size === undefined ? DEFAULT_CHUNK_SIZE : data.chunk_size, "chunk_size", 1);
   checkLayout(entries, checkedDirs);
-  const offer = { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
-  if (data.kind !== undefined) offer.kind = checkKind(data.kind, entries, checkedDirs);
-  return offer;
-}
-
-/**
- * The optional "kind" of an offer: "text" is a snippet to show rather than a file to save, exactly one file
- * and no folders, at most MAX_SNIPPET bytes (its UTF-8 is checked when it has arrived).
- */
-function checkKind(kind, files, dirs) {
-  if (kind !== "text") throw malformed("field 'kind' must be 'text' when present");
-  if (files.length !== 1 || dirs.length !== 0) throw malformed("a text offer has exactly one file and no folders");
-  if (files[0].size > MAX_SNIPPET) throw malformed(`a text offer is at most ${MAX_SNIPPET} bytes`);
-  return kind;
+  return { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
 }
 
 /** Per type: build the checked message from the parsed JSON object. Unknown extra fields are dropped. */
@@ -320,13 +305,11 @@ export function parseMessage(text) {
 }
 
 /** Build an offer message for local files, checking it by the same rules a receiver will apply. */
-export function makeOffer(files, dirs = [], chunkSize = DEFAULT_CHUNK_SIZE, kind = undefined) {
+export function makeOffer(files, dirs = [], chunkSize = DEFAULT_CHUNK_SIZE) {
   const entries = files.map((entry) => ({ path: checkPath(entry.path), size: intField(entry.size, "size") }));
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   checkLayout(entries, checkedDirs);
-  const offer = { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
-  if (kind !== undefined) offer.kind = checkKind(kind, entries, checkedDirs);
-  return offer;
+  return { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
 }
 
 /** Serialise a message for a text frame, dropping null fields like relay.protocol.Message.to_json. */

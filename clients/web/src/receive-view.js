@@ -199,7 +199,7 @@ export function setUpReceiveView() {
       $("receive-total").value = state === "verified" ? Math.max(total, 1) : done;
       const speed = state === "transferring" ? rate.describe(total - done) : "";
       $("receive-numbers").textContent = `${formatBytes(done)} of ${formatBytes(total)}${speed ? ` (${speed})` : ""}`;
-      if (state === "transferring") setTitle(`${progressTitle(done, total, rate, formatDuration)} received`);
+      if (state === "transferring") setTitle(progressTitle(done, total, rate, formatDuration, "received"));
       const ended = FINAL_STATES.has(state);
       const kept = current.sink?.keepsPartial !== false;
       rows.forEach((row, index) => {
@@ -244,7 +244,7 @@ export function setUpReceiveView() {
         showStatus($("receive-status"), next, `Done: the sender's text (${formatBytes(current.total)}) arrived, and its checksum matched. Nothing was saved to disk.${took}`, "ok");
         setTitle("Received");
       } else if (next === "verified") {
-        const what = `${describeCounts(offer.files.length, offer.dirs.length, "folder")} (${formatBytes(current.total)})`;
+        const what = `${describeCounts(offer.files.length, offer.dirs.length)} (${formatBytes(current.total)})`;
         const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
         const renamed = current.sink?.renamed?.size
           ? ` This browser refused ${current.sink.renamed.size === 1 ? "one name" : `${current.sink.renamed.size} names`}, so `

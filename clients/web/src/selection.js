@@ -7,8 +7,9 @@ import { checkPath, escapeText, makeOffer } from "./protocol.js";
 
 export const EMPTY_SELECTION = Object.freeze({ items: [], dirs: [] });
 
-// Python compares offered paths with str.casefold(); this is the page's approximation (protocol.js uses it too).
-const fold = (path) => path.toUpperCase().toLowerCase();
+// Two names are the same on some file system when they match after case folding and NFC (relay.protocol's rule;
+// Python folds with str.casefold(), upper- then lower-casing is the page's approximation).
+const fold = (path) => path.normalize("NFC").toUpperCase().toLowerCase().normalize("NFC");
 
 // checkPath's messages end with ": <the path>"; the note names the path itself.
 const reasonOnly = (message) => message.replace(/: [^:]*$/, "");
@@ -74,17 +75,19 @@ export function addToSelection(selection, { items, dirs = [] }) {
   // A file that is also a folder of another entry ("a" and "a/b") cannot be offered: leave out the newcomers
   // that clash, one by one, so the earlier selection stays as it was.
   let candidate = { items: next, dirs: nextDirs };
-  if (!layoutOk(candidate)) {
+  if (layoutProblem(candidate)) {
     candidate = { items: [...selection.items], dirs: [...selection.dirs] };
     for (const entry of next.slice(selection.items.length)) {
       const trial = { items: [...candidate.items, entry], dirs: candidate.dirs };
-      if (layoutOk(trial)) candidate = trial;
-      else refused.push({ path: entry.path, why: "a file of this name is also used as a folder in the selection" });
+      const why = layoutProblem(trial);
+      if (why) refused.push({ path: entry.path, why });
+      else candidate = trial;
     }
     for (const dir of nextDirs.slice(selection.dirs.length)) {
       const trial = { items: candidate.items, dirs: [...candidate.dirs, dir] };
-      if (layoutOk(trial)) candidate = trial;
-      else refused.push({ path: `${dir}/`, why: "a file of this name is also used as a folder in the selection" });
+      const why = layoutProblem(trial);
+      if (why) refused.push({ path: `${dir}/`, why });
+      else candidate = trial;
     }
   }
   return { selection: candidate, renamed, already, refused };
@@ -95,12 +98,13 @@ export function removeFromSelection(selection, index) {
   return { items: selection.items.filter((_, at) => at !== index), dirs: selection.dirs };
 }
 
-function layoutOk(selection) {
+// The reason the selection cannot be offered as it is, or "" when it can.
+function layoutProblem(selection) {
   try {
     makeOffer(selection.items.map((item) => ({ path: item.path, size: item.file.size })), selection.dirs);
-    return true;
-  } catch {
-    return false;
+    return "";
+  } catch (error) {
+    return reasonOnly(error.message);
   }
 }
 

@@ -5,13 +5,16 @@ import { progressTitle, setBusy, setTitle } from "./activity.js";
 import { RateMeter, describeCounts, describeFinish, formatBytes, formatDuration, plural } from "./format.js";
 import { itemsFromDirectoryHandle, itemsFromDrop, itemsFromInput } from "./files.js";
 import { markLong, renderFileRows, showQuote, showStatus, throttle, updateFileRow } from "./file-rows.js";
-import { MAX_SNIPPET, escapeText } from "./protocol.js";
+import { escapeText } from "./protocol.js";
 import { qrSvg } from "./qr.js";
 import { EMPTY_SELECTION, addToSelection, removeFromSelection, selectionNotes } from "./selection.js";
 import { FINAL_STATES, SendSession } from "./sender.js";
 import { endWords } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
+
+/** Largest text snippet (an offer of kind "text"), in bytes of UTF-8: docs/protocol.md's limit. */
+export const MAX_SNIPPET = 1024 * 1024;
 
 /** The link that opens this page's receive view with `code` filled in (same path, so it works under a prefix). */
 export function receiveLink(code, location = window.location) {
@@ -233,7 +236,7 @@ export function setUpSendView({ showSend }) {
       const running = state === "transferring" || state === "verifying";
       const speed = running ? rate.describe(total - done) : "";
       $("send-numbers").textContent = `${formatBytes(done)} of ${formatBytes(total)}${speed ? ` (${speed})` : ""}`;
-      if (running) setTitle(`${progressTitle(done, total, rate, formatDuration)} sent`);
+      if (running) setTitle(progressTitle(done, total, rate, formatDuration, "sent"));
       rows.forEach((row, index) => {
         const fileDone = Math.max(0, Math.min(row.entry.size, done - starts[index]));
         let word = "";

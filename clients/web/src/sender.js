@@ -32,8 +32,9 @@ export class SendSession {
     this.receivers = receivers;
     this.listener = listener;
     this.location = location;
-    const entries = items.map((item) => ({ path: item.path, size: item.file.size }));
-    this.offer = makeOffer(entries, dirs, DEFAULT_CHUNK_SIZE, kind);
+    this.offer = makeOffer(items.map((item) => ({ path: item.path, size: item.file.size })), dirs);
+    // protocol.js checks a text offer's shape when it parses one; the send view makes exactly one small file.
+    if (kind !== undefined) this.offer.kind = kind;
     this.total = this.offer.files.reduce((sum, entry) => sum + entry.size, 0);
     this.state = "idle";
     this.code = null;

@@ -466,7 +466,7 @@ export class ZipDownloadSink {
 
 // --- a text snippet --------------------------------------------------------------------------------------------
 
-/** A text snippet (an offer of kind "text", at most MAX_SNIPPET bytes): kept in the page and shown once verified. */
+/** A text snippet (an offer of kind "text", at most 1 MiB): kept in the page and shown once verified. */
 export class TextSink {
   constructor() {
     this.label = "this page";

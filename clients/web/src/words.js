@@ -49,6 +49,12 @@ const WHAT = {
   unsupported_version: () => "This page and the relay speak different protocol versions.",
   connection_lost: () => "The connection to the relay was lost.",
   read_failed: () => "A file could not be read on this device.",
+  malformed_message: () => "A message broke the transfer protocol, so the transfer stopped.",
+  unexpected_message: () => "A message arrived out of order, so the transfer stopped.",
+  unknown_type: () => "A message of an unknown kind arrived, so the transfer stopped.",
+  message_too_big: () => "A message was larger than the relay allows, so the transfer stopped.",
+  bad_request: () => "The relay refused the request.",
+  internal_error: () => "Something went wrong inside the relay or this page.",
 };
 
 // What to do next, when it differs from the side's default.

@@ -3,7 +3,7 @@
 // read the written zips with Python's zipfile.
 //   {"zips": [{"out": path, "forceZip64": bool, "dirs": [...], "files": [{"path", "hex"}]}],
 //    "segments": [...], "selections": [[[path, size, mtime], ...], ...], "ends": [{side, state, outcome, ...}],
-//    "zipNames": [offer, ...], "offers": ["offer JSON text", ...]}
+//    "zipNames": [offer, ...]}
 
 import { writeFileSync } from "node:fs";
 import { createCRC32 } from "hash-wasm";
@@ -11,7 +11,6 @@ import { ZipWriter, zipName } from "../src/zip.js";
 import { addToSelection, EMPTY_SELECTION, selectionNotes } from "../src/selection.js";
 import { endWords } from "../src/words.js";
 import { localSegment } from "../src/sinks.js";
-import { parseMessage } from "../src/protocol.js";
 
 let input = "";
 for await (const piece of process.stdin) input += piece;
@@ -58,11 +57,4 @@ process.stdout.write(JSON.stringify({
   selections,
   ends: cases.ends.map((end) => endWords(end)),
   zipNames: cases.zipNames.map((offer) => zipName(offer)),
-  offers: cases.offers.map((text) => {
-    try {
-      return parseMessage(text).kind ?? "files";
-    } catch (error) {
-      return error.code;
-    }
-  }),
 }));
