@@ -64,11 +64,14 @@ class Sampler:
             self.heap_peak[index] = max(self.heap_peak[index], page.js_heap_used())
         self.rss_peak = max(self.rss_peak, self.browser.rss())
 
-    def wait(self, page: Page, selector: str) -> str:
+    def wait(self, page: Page, selector: str, gave_up=lambda: False) -> str:
+        """Sample until the page shows a final state; `gave_up()` true ends the wait early (the other side died)."""
         deadline = time.monotonic() + TIMEOUT_S
         while (shown := state(page, selector)) not in FINAL:
             if time.monotonic() > deadline:
                 raise TimeoutError("transfer did not finish")
+            if gave_up():
+                return "failed"
             self.sample()
             time.sleep(0.5)
         self.sample()
@@ -153,7 +156,8 @@ def browser_to_cli(browser: Chromium, base: str, source: Path, out: Path) -> tup
     started = time.monotonic()
     process = subprocess.Popen([str(Path(sys.executable).with_name("relay")), "receive", code, "--relay", base,
                                 "--output", str(out), "--yes", "--quiet"])
-    shown = sampler.wait(page, "#send-status")
+    # A receiving command that exits with an error (say, it cannot start) ends the wait at once.
+    shown = sampler.wait(page, "#send-status", lambda: process.poll() not in (None, 0))
     process.wait(TIMEOUT_S)
     elapsed = time.monotonic() - started
     if shown != "verified":
