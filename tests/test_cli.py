@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -22,12 +21,10 @@ from pathlib import Path
 
 import pytest
 
-import relay
 from relay import protocol as p
 from clients.cli import main as cli_main
 from clients.cli import WEAK_CODE_BITS, JsonReporter, code_strength_bits, escape_for_terminal
 from clients.connection import BadRelayUrl, parse_relay_url, proxy_for, quote_peer_text
-from clients.transfer import Reporter, SendOptions
 from tests.conftest import free_port
 from tests.peers import RawPeer
 
@@ -35,9 +32,7 @@ WAIT = 120  # seconds a CLI run may take before the test fails
 
 
 def serve_command() -> list[str]:
-    """How to run ``relay serve``: the server package owns it (``relay/command.py``, from the core branch)."""
-    if not (Path(relay.__file__).parent / "command.py").exists():
-        pytest.skip("relay/command.py (which runs `relay serve`) is not in this branch yet")
+    """How to run ``relay serve``: the server package owns it (``relay/command.py``)."""
     return [sys.executable, "-m", "relay.command", "serve"]
 
 
@@ -657,9 +652,6 @@ def test_json_progress_is_limited_to_ten_events_a_second() -> None:
     assert 9 <= lines.count("progress") <= 11
 
 
-@pytest.mark.skipif(not hasattr(Reporter, "skipped") or "skip_unreadable" not in
-                    {f.name for f in dataclasses.fields(SendOptions)},
-                    reason="Reporter.skipped and SendOptions.skip_unreadable come with the receiving-side branch")
 def test_what_the_sender_leaves_out_is_listed(relay_server, files, tmp_path) -> None:
     (files / "album" / "elsewhere").symlink_to(files, target_is_directory=True)  # a link to a folder is left out
     sender = start_sender(relay_server.http_url, "--skip-unreadable", str(files / "album"))

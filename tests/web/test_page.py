@@ -12,7 +12,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import xxhash
 from playwright.sync_api import BrowserContext, Page
 
@@ -447,10 +446,6 @@ def test_progress_in_the_title_and_a_leave_warning_while_sending(context: Browse
 
 # --- a text snippet --------------------------------------------------------------------------------------------
 
-RELAY_FORWARDS_KIND = "kind" in p.Offer.__dataclass_fields__
-
-
-@pytest.mark.skipif(not RELAY_FORWARDS_KIND, reason="this relay drops the offer's 'kind' field (relay/protocol.py)")
 def test_a_text_snippet_arrives_as_text_to_copy(pages: tuple[Page, Page], relay_server):
     sender, receiver = pages
     text = "line one\nüñï <b>not bold</b> \u202e\n"
