@@ -123,7 +123,7 @@ def relay_command() -> list[str]:
     script = Path(sys.executable).with_name("relay")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "clients.cli"]
+    return [sys.executable, "-m", "relay.command"]
 
 
 # Every load client connects from 127.0.0.1, so the relay's per-address limits (meant for the public internet)

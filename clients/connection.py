@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+import re
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode, urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -30,15 +34,134 @@ def token_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+class BadRelayUrl(TransferError):
+    """A relay URL that is not well formed (a usage error, unlike ``RelayUnavailable``): nothing was contacted."""
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, f"not a relay URL ({why}): {url[:200]}")
+        self.url = url
+
+
+@dataclass(frozen=True, slots=True)
+class RelayUrl:
+    """A checked relay address: ``ws``/``wss``, a host, an optional port and an optional path prefix."""
+
+    secure: bool
+    host: str
+    port: int | None
+    path: str
+
+    @property
+    def _netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+    @property
+    def websocket_base(self) -> str:
+        """Where the WebSocket routes live, e.g. ``wss://relay.example/prefix``."""
+        return f"{'wss' if self.secure else 'ws'}://{self._netloc}{self.path}"
+
+    @property
+    def page(self) -> str:
+        """The relay's web page on its http(s) origin (the same host, port and prefix as the WebSocket)."""
+        return f"{'https' if self.secure else 'http'}://{self._netloc}{self.path}/"
+
+    def receive_link(self, code: str) -> str:
+        """The link a sender shares: the page opens its receive view with ``code`` filled in."""
+        return f"{self.page}#receive={quote(code, safe='-')}"
+
+
+_SCHEMES = {"http": False, "ws": False, "https": True, "wss": True}
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?\.?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_relay_url(url: str) -> RelayUrl:
+    """Check a relay URL a person typed (``http(s)://``, ``ws(s)://`` or a bare ``host[:port]``).
+
+    Raises ``BadRelayUrl`` naming what is wrong (scheme, host, port, user info, query...) before any socket is
+    opened, so that a typo is a usage error and "cannot reach the relay" means a well-formed address.
+    """
+    text = url.strip()
+    if not text or len(text) > 2048 or any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise BadRelayUrl(url, "empty, too long, or holds spaces or control characters")
+    if "://" not in text:
+        text = "ws://" + text
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # e.g. an unbalanced "[" in the host
+        raise BadRelayUrl(url, str(exc)) from exc
+    secure = _SCHEMES.get(parts.scheme.lower())
+    if secure is None:
+        raise BadRelayUrl(url, "the scheme must be ws, wss, http or https")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise BadRelayUrl(url, "no query or fragment allowed")
+    if "@" in parts.netloc:
+        raise BadRelayUrl(url, "no user name or password in the URL; a token goes in RELAY_TOKEN")
+    host, port_text = _split_host_port(url, parts.netloc)
+    port = None
+    if port_text is not None:
+        if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+            raise BadRelayUrl(url, "the port must be a number from 1 to 65535")
+        port = int(port_text)
+    return RelayUrl(secure, host, port, parts.path.rstrip("/"))
+
+
+def _split_host_port(url: str, netloc: str) -> tuple[str, str | None]:
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        host, rest = netloc[1:end], netloc[end + 1:]
+        try:
+            if end < 0 or ipaddress.ip_address(host).version != 6:
+                raise ValueError(host)
+        except ValueError:
+            raise BadRelayUrl(url, "a bracketed host must be an IPv6 address") from None
+        if rest and not rest.startswith(":"):
+            raise BadRelayUrl(url, "unexpected text after the IPv6 address")
+        return host, rest[1:] if rest else None
+    host, colon, port_text = netloc.partition(":")
+    if not host:
+        raise BadRelayUrl(url, "the host is missing")
+    if not _HOST_NAME.fullmatch(host) and not _is_idna(host):
+        raise BadRelayUrl(url, "the host name holds characters a host name cannot have")
+    return host, port_text if colon else None
+
+
+def _is_idna(host: str) -> bool:
+    try:
+        return _HOST_NAME.fullmatch(host.encode("idna").decode("ascii")) is not None
+    except UnicodeError:
+        return False
+
+
 def websocket_base(url: str) -> str:
-    """Map a relay URL a person typed (``http(s)://``, ``ws(s)://`` or a bare host:port) to a WebSocket base."""
-    if "://" not in url:
-        url = "ws://" + url
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"not a relay URL: {url}")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    """Map a relay URL a person typed to its WebSocket base; raises ``BadRelayUrl``."""
+    return parse_relay_url(url).websocket_base
+
+
+def proxy_for(relay: RelayUrl, environ: dict[str, str] | None = None) -> str | None:
+    """The proxy to reach ``relay`` through, from the usual environment variables, or ``None``.
+
+    As curl and websockets do: ``NO_PROXY`` first; then for wss ``HTTPS_PROXY``, for ws ``HTTPS_PROXY`` or
+    ``HTTP_PROXY``; ``ALL_PROXY`` in both cases (lower-case names win; ``HTTP_PROXY`` is ignored under CGI, where
+    a request header could set it). The WebSocket is tunnelled with ``CONNECT`` (or SOCKS, with python-socks).
+    """
+    env = os.environ if environ is None else environ
+    proxies: dict[str, str] = {}
+    for upper_first in (True, False):  # the lower-case spelling, read second, wins
+        for name, value in env.items():
+            if value and name.lower().endswith("_proxy") and name.isupper() == upper_first:
+                proxies[name[:-6].lower()] = value
+    if "REQUEST_METHOD" in env:
+        proxies.pop("http", None)
+    port = relay.port or (443 if relay.secure else 80)
+    if proxies.get("no") and urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+            f"{relay.host}:{port}", proxies):
+        return None
+    for scheme in ("https", "all") if relay.secure else ("https", "http", "all"):
+        if proxies.get(scheme):
+            return proxies[scheme]
+    return None
 
 
 def room_url(relay_url: str, nameplate: str | None, role: str, receivers: int | None = None) -> str:
@@ -50,14 +173,67 @@ def room_url(relay_url: str, nameplate: str | None, role: str, receivers: int | 
     return f"{websocket_base(relay_url)}/ws{room}?{urlencode(query)}"
 
 
+def _without_password(proxy: str) -> str:
+    parts = urlsplit(proxy)
+    return proxy.replace(f"{parts.username}:{parts.password}@", "") if parts.password else proxy
+
+
+MAX_QUOTED = 300
+
+
+def quote_peer_text(text: str) -> str:
+    """Another party's words as a quoted, escaped literal: ``"..."``, never mistaken for this program's own.
+
+    Backslashes and quotes are escaped as well as control, format and surrogate characters, so the quoted
+    text cannot end the quote, move the cursor or fake a line of output; it is cut at ``MAX_QUOTED``.
+    """
+    cut = text[:MAX_QUOTED]
+    out = []
+    for char in cut:
+        if char in '\\"':
+            out.append("\\" + char)
+        elif "\ud800" <= char <= "\udfff":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(p.escape_text(char))
+    return '"' + "".join(out) + '"' + ("..." if len(text) > MAX_QUOTED else "")
+
+
+class PeerRefused(TransferRefused):
+    """Another party ended the transfer. ``what`` is our description; ``said`` is the party's own (hostile) text.
+
+    ``str()`` gives both on one line, the party's words quoted and attributed; the CLI prints them apart.
+    """
+
+    def __init__(self, code: ErrorCode | str, what: str, who: str, said: str = "") -> None:
+        super().__init__(code, what + (f"; {who} said: {quote_peer_text(said)}" if said else ""))
+        self.what = p.escape_text(what)
+        self.who = who
+        self.said = said
+
+
+def peer_name(peer: int | None) -> str:
+    """How a party is named in messages: the sender is peer 0, receivers are 1..N."""
+    if peer == 0:
+        return "the sender"
+    return "a receiver" if peer is None else f"receiver {peer}"
+
+
 def error_from_message(message: p.Message) -> TransferError | None:
-    """The exception a message that ends the transfer stands for, or ``None`` for any other message."""
+    """The exception a message that ends the transfer stands for, or ``None`` for any other message.
+
+    An ``error`` without ``peer`` is the relay's own; one with ``peer`` and every ``cancel`` reason are text another
+    party wrote, kept apart (``PeerRefused.said``) so that it is shown quoted and attributed.
+    """
     match message:
-        case p.Error():
+        case p.Error(peer=None):
             return TransferRefused(message.code, message.message or message.code)
+        case p.Error():
+            who = peer_name(message.peer)
+            return PeerRefused(message.code, f"{who} stopped the transfer ({message.code})", who, message.message)
         case p.SealedCancel():
-            who = "the sender" if message.peer == 0 else "a receiver"
-            return TransferRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer")
+            who = peer_name(message.peer)
+            return PeerRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer", who)
         case p.PeerLeft():
             who = "the sender" if message.role == "send" else "a receiver"
             return TransferRefused(ErrorCode.PEER_LEFT, f"{who} disconnected before the transfer finished")
@@ -75,15 +251,23 @@ class RelayConnection:
     async def open(cls, relay_url: str, nameplate: str | None, role: str, receivers: int | None = None
                    ) -> RelayConnection:
         """Connect and wait for ``hello``; a refusal (room not found, full...) raises ``TransferRefused``."""
+        relay = parse_relay_url(relay_url)  # BadRelayUrl before any socket
         url = room_url(relay_url, nameplate, role, receivers)
+        proxy = proxy_for(relay)
+        via = f" through the proxy {_without_password(proxy)}" if proxy else ""
         try:
             websocket = await websockets.connect(
                 url, compression=None, max_size=MAX_INCOMING, open_timeout=OPEN_TIMEOUT,
-                ping_interval=20, ping_timeout=60, write_limit=2**20, proxy=None,
+                ping_interval=20, ping_timeout=60, write_limit=2**20, proxy=proxy,
                 additional_headers=token_headers(),
             )
+        except ImportError as exc:  # a socks:// proxy without the optional python-socks package
+            raise BadRelayUrl(proxy or "", f"this proxy needs a package that is not installed: {exc}") from exc
+        except websockets.InvalidProxy as exc:
+            raise BadRelayUrl(proxy or "", f"the proxy setting is not usable: {exc}") from exc
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"cannot reach the relay at {websocket_base(relay_url)}: {exc}") from exc
+            raise RelayUnavailable(ErrorCode.BAD_REQUEST,
+                                   f"cannot reach the relay at {relay.websocket_base}{via}: {exc}") from exc
         connection = cls(websocket, p.Hello(p.PROTOCOL_V2, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
         first = await connection.receive()
         if not isinstance(first, p.Hello):
@@ -166,4 +350,5 @@ class RelayConnection:
         close = exc.rcvd.code if exc.rcvd else None
         code = ErrorCode.from_close_code(close) or ErrorCode.PEER_LEFT
         reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else ""
-        return TransferRefused(code, f"the relay closed the connection ({close or 'no close code'}{': ' + reason if reason else ''})")
+        detail = f"{close or 'no close code'}{': ' + reason if reason else ''}"
+        return TransferRefused(code, f"the relay closed the connection ({detail})")

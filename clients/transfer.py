@@ -35,7 +35,7 @@ from relay import protocol as p
 from relay.codes import wordlist
 from relay.protocol import ErrorCode
 from clients import crypto as c
-from clients.connection import RelayConnection, default_relay_url
+from clients.connection import PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
 from clients.store import Destination
@@ -43,6 +43,9 @@ from clients.store import Destination
 
 class Reporter:
     """What a transfer tells its user; every method is optional to override."""
+
+    def connected(self, peer: int, receivers: int) -> None:
+        """Receiver: admitted to the room as receiver ``peer`` of ``receivers``; the offer comes once all are in."""
 
     def waiting(self, code: str, receivers: int) -> None:
         """Sender: the room is open; ``code`` (nameplate and words) is what each receiver must type."""
@@ -117,6 +120,9 @@ class ReceiveOptions:
     relay_url: str = ""
     overwrite: bool = False
     deadlines: Deadlines = field(default_factory=Deadlines)
+    # Chooses the folder for an offer once it is known (the CLI receives a text, or piped data bound for its
+    # stdout, into a temporary folder); it may raise LocalFailure to refuse the offer. None: always ``output``.
+    output_for: Callable[[p.Offer], Path] | None = None
 
     @property
     def url(self) -> str:
@@ -364,8 +370,9 @@ async def _wait_until_started(connection: RelayConnection, channels: dict[int, c
             if message.data is not None and message.peer in channels:
                 opened = _open_json(channels[message.peer], message.data)
                 if isinstance(opened, dict) and isinstance(opened.get("reason"), str):
-                    reason = f": {opened['reason'][: p.MAX_TEXT]}"
-            raise TransferRefused(ErrorCode.DECLINED, f"the receiver declined the offer{reason}")
+                    reason = opened["reason"][: p.MAX_TEXT]
+            who = peer_name(message.peer)
+            raise PeerRefused(ErrorCode.DECLINED, f"{who} declined the offer", who, reason)
         if not isinstance(message, p.SealedAccept) or message.peer not in channels:
             raise _unexpected(message, "waiting for the receivers to accept")
         if message.data is not None:
@@ -495,6 +502,7 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     connection = await _open(options, "receive", nameplate)
     destination = Destination(options.output, options.overwrite)
     try:
+        reporter.connected(connection.hello.peer, connection.hello.receivers)
         pair = await _within(deadlines.receivers, "the sender to answer the key exchange",
                              _key_with_sender(connection, code))
         sealed_offer = await _within(
@@ -509,6 +517,8 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         if offer.total_size != sealed_offer.total_size or len(offer.files) != sealed_offer.files:
             raise c.Tampered("the offer's clear totals differ from the sealed offer")
         reporter.offered(offer)
+        if options.output_for is not None:
+            destination.root = options.output_for(offer)
         destination.check(offer)
         if destination.mappings:
             reporter.renamed(list(destination.mappings))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = {"relay.protocol", "relay.codes", "relay.tuning"}
 # Imports that exist only because `relay serve` still has a copy in clients/cli.py until the CLI branch removes
 # it (relay/command.py runs `serve` now). Each must still be present: once it is gone, delete it here.
-PENDING = {("cli.py", "relay.config"), ("cli.py", "relay.server")}
+PENDING: set[tuple[str, str]] = set()
 
 
 def relay_imports(path: Path) -> set[str]:
