@@ -25,6 +25,9 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from relay.framebuffer import FrameBuffer, NotFastPath
+from relay.rooms import PeerGone
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseHttp
 
@@ -34,6 +37,10 @@ except ImportError:  # httptools is optional: fall back to the pure-Python h11 p
 
     _HTTPTOOLS = False
 
+# The key under which a connection's ``RelayWebSocketProtocol`` is in its ASGI scope's ``extensions``.
+EXTENSION = "relay.websocket"
+# Stop reading a peer while this much of what it sent waits in its inbox (besides one held binary frame).
+INBOX_HIGH = 64 * 1024
 # Seconds a connection may stay open after the app is done with it (the closing handshake takes a round trip).
 LINGER = 5.0
 _TIMEOUT_RESPONSE = (
@@ -51,24 +58,270 @@ def binary_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
-class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, plus a hard drop of connections that will not close.
+class BufferedReader(asyncio.BufferedProtocol):
+    """The transport's protocol once a connection is upgraded: it lets the loop read into the frame buffer.
 
-    It also writes binary messages without copying them: uvicorn's path serializes each frame into a new
-    buffer and joins it again (two copies of every chunk); here the header and the payload go to the
-    transport as they are.
+    uvloop reads into a protocol's own buffer only if that protocol is not an ``asyncio.Protocol``, which
+    uvicorn's WebSocket protocol is; so the transport gets this object, whose callbacks are the protocol's own
+    bound methods (no extra call per read).
     """
+
+    def __init__(self, connection: RelayWebSocketProtocol) -> None:
+        self.get_buffer = connection.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = connection.buffer_updated  # type: ignore[method-assign]
+        self.eof_received = connection.eof_received  # type: ignore[method-assign]
+        self.connection_lost = connection.connection_lost  # type: ignore[method-assign]
+        self.pause_writing = connection.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = connection.resume_writing  # type: ignore[method-assign]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame carrying ``payload`` (already UTF-8), header and payload together."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with a direct path for the room's frames.
+
+    Receiving: once the connection is open, the event loop reads into one ``FrameBuffer`` per connection
+    (``get_buffer``/``buffer_updated``). A complete binary frame is held there until ``next_message`` unmasks
+    it into the one new ``bytes`` the relay forwards; every other frame (text, control, fragments, anything
+    malformed) is handed whole to ``websockets``, which keeps its rules and close codes. Reading pauses only
+    while a held frame leaves the buffer full, so the transports' own flow control paces a sender: the room
+    takes the next frame only after every receiver's ``write_frame`` returned, and ``write_frame`` waits only
+    while that receiver's transport is above its high-water mark.
+
+    The app reaches this object through ``scope["extensions"][EXTENSION]`` (``relay.sockets.peer_socket``),
+    which bypasses the ASGI message dicts; the ASGI ``receive``/``send`` keep working on the same inbox.
+
+    It also answers an upgrade ``websockets`` refuses to parse (a request line or headers too long: 414/431),
+    which uvicorn leaves unanswered and open, and drops connections that will not close.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frames_in = FrameBuffer(self.config.ws_max_size)
+        self.inbox: list[str | bytes] = []  # whole messages before the held frame, oldest first
+        self.inbox_bytes = 0
+        self.gone = False  # the peer closed, the connection was lost, or the relay sent its close
+        self.fast = True  # False once every byte goes to ``websockets`` (closing, or a frame it must judge)
+        self.asgi_open = False  # the app accepted: ASGI ``receive`` reads the inbox from now on
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self.reader = BufferedReader(self)
+
+    # --- handshake ------------------------------------------------------------------------------------
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][EXTENSION] = self
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None and not self.close_sent:
+            # websockets refused the request (e.g. a request line over 8 KiB: 414, headers: 431) and queued its
+            # answer; uvicorn never writes it, so the client would get no reply and the socket would stay open.
+            self.close_sent = True
+            self.handshake_complete = True
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            self._abort_later()
+
+    # --- receiving ------------------------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.frames_in.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.frames_in.wrote(nbytes) and self.fast:
+            return  # the frame at the front is still incomplete: nothing to do until it is whole
+        if self.fast and (self.conn.state is not State.OPEN or self.close_sent):
+            self.fast = False
+        if not self.fast:
+            self.data_received(self.frames_in.take_rest())
+            return
+        self._parse()
+
+    def _parse(self) -> None:
+        """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox."""
+        frames = self.frames_in
+        while frames.held is None and self.inbox_bytes < INBOX_HIGH:
+            try:
+                header = frames.next_frame()
+            except NotFastPath:
+                self._stop_fast()
+                return
+            if header is None:
+                break
+            if header.fast_binary and not self.conn.expect_continuation_frame:
+                frames.hold(header)
+                self._wake()
+                break
+            if header.fast_text and not self.conn.expect_continuation_frame:
+                try:
+                    text = frames.take_payload(header).decode()
+                except UnicodeDecodeError:
+                    self.conn.send_close(1007, "invalid UTF-8")
+                    self.handle_parser_exception()
+                    self._stop_fast()
+                    return
+                self._deliver(text)
+                continue
+            self.data_received(frames.take_raw(header))  # websockets judges it; a message lands in the inbox
+            if self.conn.state is not State.OPEN or self.close_sent:
+                self._stop_fast()
+                return
+        self._pace()
+
+    def _pace(self) -> None:
+        """Read while there is room: pause while a held frame fills the buffer or the inbox is over its mark."""
+        pause = self.frames_in.full or self.inbox_bytes >= INBOX_HIGH
+        if pause is self._reading_paused or self.transport.is_closing():
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _stop_fast(self) -> None:
+        """From now on every byte goes to ``websockets`` (a held frame too: closing discards it)."""
+        if not self.fast:
+            return
+        self.fast = False
+        self.frames_in.held = None
+        rest = self.frames_in.take_rest()
+        if rest:
+            self.data_received(rest)
+        self._pace()
+
+    def send_receive_event_to_app(self) -> None:
+        """A message websockets assembled (text, or a fragmented binary message) goes to the inbox."""
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past our close: discard, keep reading until the peer's close arrives
+        if self.curr_msg_data_type == "text":
+            try:
+                message: str | bytes = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        else:
+            message = bytes(data)
+        self._deliver(message)
+        if not self.fast:
+            self._pace()
+
+    def _deliver(self, message: str | bytes) -> None:
+        self.inbox.append(message)
+        self.inbox_bytes += len(message)
+        self._wake()
+
+    async def next_message(self) -> str | bytes:
+        """The next whole message from the peer; raises ``PeerGone`` once it is gone and all were read."""
+        while True:
+            if self.inbox:
+                message = self.inbox.pop(0)
+                self.inbox_bytes -= len(message)
+                if self.inbox_bytes < INBOX_HIGH:
+                    if self.fast:
+                        self._parse()
+                    else:
+                        self._pace()
+                return message
+            if self.frames_in.held is not None:
+                data = self.frames_in.take_binary()
+                if self.fast:
+                    self._parse()
+                return data
+            if self.gone:
+                raise PeerGone()
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _gone(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)
+        self._gone()
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()
+        self._gone()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._gone()
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    async def write_frames(self, *parts: bytes) -> None:
+        """Write one frame (header and payload as given) at once, waiting only while above high-water."""
+        if not self.writable.is_set():
+            await self.writable.wait()
+        if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
+            raise PeerGone()
+        self.transport.writelines(parts)
+
+    async def close_with(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""
+        try:
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        except ClientDisconnected as exc:
+            raise PeerGone() from exc
+
+    # --- ASGI -----------------------------------------------------------------------------------------
+
+    async def receive(self) -> Any:
+        if not self.asgi_open:
+            return await super().receive()
+        try:
+            message = await self.next_message()
+        except PeerGone:
+            received = self.conn.close_rcvd
+            return {"type": "websocket.disconnect", "code": received.code if received else 1006}
+        if isinstance(message, str):
+            return {"type": "websocket.receive", "text": message}
+        return {"type": "websocket.receive", "bytes": message}
 
     async def send(self, message: Any) -> None:
         data = message.get("bytes") if message["type"] == "websocket.send" else None
-        if data is None or not self.handshake_complete or self.close_sent or self.initial_response is not None:
-            await super().send(message)
+        if data is not None and self.handshake_complete and not self.close_sent and self.initial_response is None:
+            try:
+                await self.write_frames(binary_frame_header(len(data)), data)
+            except PeerGone as exc:
+                raise ClientDisconnected() from exc
             return
-        await self.writable.wait()
-        if self.disconnected or self.conn.state is not State.OPEN:
-            raise ClientDisconnected()
-        self.transport.write(binary_frame_header(len(data)))
-        self.transport.write(data)
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            self.asgi_open = True
+        if self.close_sent:
+            self.gone = True
+            self._stop_fast()
+            self._wake()
+
+    # --- dropping connections that will not close -----------------------------------------------------
 
     async def run_asgi(self) -> None:
         await super().run_asgi()
@@ -88,7 +341,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _abort_if_open(self) -> None:
         if not self.disconnected and self.transport is not None:
-            self.transport.abort()  # connection_lost follows: the queue gets a disconnect, `writable` is set
+            self.transport.abort()  # connection_lost follows: the inbox reports gone, `writable` is set
 
 
 def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
@@ -122,6 +375,12 @@ def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
             transport.write(_TIMEOUT_RESPONSE)
             transport.close()
             self.loop.call_later(LINGER, transport.abort)  # a client that does not read the 408 either
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            super().handle_websocket_upgrade(*args)
+            protocol = self.transport.get_protocol()
+            if isinstance(protocol, RelayWebSocketProtocol) and not self.transport.is_closing():
+                self.transport.set_protocol(protocol.reader)  # read straight into its frame buffer
 
         if _HTTPTOOLS:
 
