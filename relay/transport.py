@@ -347,7 +347,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools, else h11) with a deadline on every request's headers."""
 
-    class RelayHttpProtocol(_BaseHttp):  # type: ignore[misc, valid-type]
+    class RelayHttpProtocol(_BaseHttp):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
@@ -395,7 +395,7 @@ def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
         else:
 
             def handle_events(self) -> None:
-                super().handle_events()
+                super().handle_events()  # type: ignore[misc]  # H11Protocol's, when httptools is missing
                 if self.scope is not None:
                     self._disarm()
 
