@@ -23,6 +23,7 @@ from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 
 from relay.framebuffer import FrameBuffer, NotFastPath
@@ -62,17 +63,85 @@ class BufferedReader(asyncio.BufferedProtocol):
     """The transport's protocol once a connection is upgraded: it lets the loop read into the frame buffer.
 
     uvloop reads into a protocol's own buffer only if that protocol is not an ``asyncio.Protocol``, which
-    uvicorn's WebSocket protocol is; so the transport gets this object, whose callbacks are the protocol's own
-    bound methods (no extra call per read).
+    uvicorn's WebSocket protocol is; so the transport gets this small object, which passes every callback on.
     """
 
+    __slots__ = ("_connection",)
+
     def __init__(self, connection: RelayWebSocketProtocol) -> None:
-        self.get_buffer = connection.get_buffer  # type: ignore[method-assign]
-        self.buffer_updated = connection.buffer_updated  # type: ignore[method-assign]
-        self.eof_received = connection.eof_received  # type: ignore[method-assign]
-        self.connection_lost = connection.connection_lost  # type: ignore[method-assign]
-        self.pause_writing = connection.pause_writing  # type: ignore[method-assign]
-        self.resume_writing = connection.resume_writing  # type: ignore[method-assign]
+        self._connection = connection
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._connection.frames_in.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._connection.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        self._connection.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._connection.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._connection.resume_writing()
+
+
+class Flag:
+    """The part of ``asyncio.Event`` uvicorn's protocol uses for ``writable``, without a deque per connection
+    (an idle room's socket should cost little)."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = True
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class _Discard:
+    """Stands in for uvicorn's ASGI receive queue once the app has accepted: from then on messages go to the
+    protocol's inbox, and the queue (three deques and an Event) would only hold memory and stray disconnects."""
+
+    __slots__ = ()
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+_DISCARD = _Discard()
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -105,6 +174,11 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     which uvicorn leaves unanswered and open, and drops connections that will not close.
     """
 
+    # Slots, not the instance dict: uvicorn's ~35 attributes already fill a dict's 42-entry table; ten more would
+    # double it (about 1 KiB per idle connection).
+    __slots__ = ("frames_in", "inbox", "inbox_bytes", "gone", "fast", "asgi_open", "_waiter", "_reading_paused",
+                 "reader")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.frames_in = FrameBuffer(self.config.ws_max_size)
@@ -115,6 +189,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.asgi_open = False  # the app accepted: ASGI ``receive`` reads the inbox from now on
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self.writable = Flag()  # type: ignore[assignment]
         self.reader = BufferedReader(self)
 
     # --- handshake ------------------------------------------------------------------------------------
@@ -135,6 +210,18 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.transport.close()
             self._abort_later()
+
+    def _restart_frame_parser(self) -> None:
+        """Drop the handshake request (and its headers) that websockets' parser generator keeps in its frame.
+
+        ``ServerProtocol.parse`` reads the request and then runs ``Protocol.parse`` for frames, so the request
+        stays alive as a local for as long as the connection. Once open with nothing buffered, the parser
+        waits at a frame boundary: an equivalent fresh ``Protocol.parse`` can take over.
+        """
+        conn = self.conn
+        if conn.state is State.OPEN and not conn.reader.buffer and conn.parser_exc is None:
+            conn.parser = WsProtocol.parse(conn)
+            next(conn.parser)
 
     # --- receiving ------------------------------------------------------------------------------------
 
@@ -314,8 +401,15 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 raise ClientDisconnected() from exc
             return
         await super().send(message)
-        if message["type"] == "websocket.accept" and self.handshake_complete:
+        if message["type"] == "websocket.accept" and self.handshake_complete and not self.asgi_open:
             self.asgi_open = True
+            # The handshake's objects are done with; an idle room keeps only what it needs.
+            self.queue = _DISCARD  # type: ignore[assignment]
+            state = self.__dict__
+            state.pop("request", None)
+            state.pop("response", None)
+            self.__dict__ = dict(state)  # a compact copy: uvicorn's attributes grew the dict past its fill
+            self._restart_frame_parser()
         if self.close_sent:
             self.gone = True
             self._stop_fast()

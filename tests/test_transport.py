@@ -4,12 +4,17 @@ under both event loops the relay runs on, and a guard on the uvicorn and websock
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -390,3 +395,41 @@ async def test_the_uvicorn_and_websockets_internals_the_transport_relies_on_are_
     from websockets.speedups import apply_mask  # the C unmasking: without it a chunk costs seconds per GiB
 
     assert apply_mask(b"\x00\x00\x00\x00", MASK) == MASK
+
+
+# --- small rooms ---------------------------------------------------------------------------------------------
+
+IDLE_ROOMS = 200
+# Python heap per waiting room (tracemalloc). 31 KiB before the transport shed the handshake's objects and the
+# ASGI receive queue; about 22 KiB now, of which ~9 KiB is the FastAPI route's own per-connection stack.
+IDLE_ROOM_BOUND = 25 * 1024
+
+
+def test_a_room_waiting_for_its_receiver_holds_little_relay_memory(relay_factory) -> None:
+    relay = relay_factory(max_rooms=IDLE_ROOMS + 10)
+    args = ["send", "--port", str(relay.port), "--rooms", str(IDLE_ROOMS), "--prefix", "idle", "--size", "1024",
+            "--chunk", "1024", "--hold", "--timeout", "60"]
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        holder = subprocess.Popen([sys.executable, "-m", "benchmarks.loadclient", *args],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            ready = json.loads(holder.stdout.readline() or "{}")
+            assert ready.get("event") == "ready" and ready.get("rooms") == IDLE_ROOMS, ready
+            for _ in range(500):  # every hello has been written: the rooms are idle now
+                if len(relay.relay.rooms) == IDLE_ROOMS:
+                    break
+                time.sleep(0.01)
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            if holder.stdin is not None:
+                holder.stdin.close()
+            holder.wait(30)
+    finally:
+        tracemalloc.stop()
+    per_room = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / IDLE_ROOMS
+    assert per_room <= IDLE_ROOM_BOUND, f"{per_room / 1024:.1f} KiB per waiting room"
