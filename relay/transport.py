@@ -42,6 +42,8 @@ except ImportError:  # httptools is optional: fall back to the pure-Python h11 p
 EXTENSION = "relay.websocket"
 # Stop reading a peer while this much of what it sent waits in its inbox (besides one held binary frame).
 INBOX_HIGH = 64 * 1024
+# What one queued message counts for besides its length: a flood of empty frames fills the inbox too.
+MESSAGE_COST = 64
 # Seconds a connection may stay open after the app is done with it (the closing handshake takes a round trip).
 LINGER = 5.0
 _TIMEOUT_RESPONSE = (
@@ -312,7 +314,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _deliver(self, message: str | bytes) -> None:
         self.inbox.append(message)
-        self.inbox_bytes += len(message)
+        self.inbox_bytes += len(message) + MESSAGE_COST
         self._wake()
 
     async def next_message(self) -> str | bytes:
@@ -320,7 +322,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         while True:
             if self.inbox:
                 message = self.inbox.pop(0)
-                self.inbox_bytes -= len(message)
+                self.inbox_bytes -= len(message) + MESSAGE_COST
                 if self.inbox_bytes < INBOX_HIGH:
                     if self.fast:
                         self._parse()
@@ -410,9 +412,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             state.pop("response", None)
             self.__dict__ = dict(state)  # a compact copy: uvicorn's attributes grew the dict past its fill
             self._restart_frame_parser()
-        if self.close_sent:
+        if self.close_sent and not self.gone:
+            # Past our close nothing more is read by the app: drop what waits, read on until the peer's close.
             self.gone = True
+            self.inbox.clear()
+            self.inbox_bytes = 0
             self._stop_fast()
+            self._pace()
             self._wake()
 
     # --- dropping connections that will not close -----------------------------------------------------

@@ -34,7 +34,7 @@ from relay.framebuffer import FrameBuffer, NotFastPath
 from relay.rooms import PeerGone
 from relay.server import uvicorn_config
 from relay.sockets import DirectPeerSocket, peer_socket
-from relay.transport import INBOX_HIGH, RelayWebSocketProtocol
+from relay.transport import INBOX_HIGH, MESSAGE_COST, RelayWebSocketProtocol
 from tests.conftest import free_port
 
 MASK = b"\x11\x22\x33\x44"
@@ -365,6 +365,23 @@ async def test_a_peer_the_app_does_not_read_is_paused_with_bounded_memory(echo_s
     await until(lambda: connection.gone, WAIT * 3)
     binaries = [m for m in echo_server.received if isinstance(m, bytes)]
     assert len(binaries) >= sent and all(len(m) == chunk for m in binaries)
+    writer.close()
+
+
+async def test_a_flood_of_empty_frames_the_app_does_not_read_is_paused_too(echo_server) -> None:
+    reader, writer = await raw_socket(echo_server, "/hold")
+    flood = frame(0x1, b"") * 10_000
+    sent = 0
+    for _ in range(100):  # a million empty messages, unless the relay stops reading
+        writer.write(flood)
+        try:
+            await asyncio.wait_for(writer.drain(), 1.0)
+        except TimeoutError:
+            break
+        sent += 1
+    assert sent < 100, "the server kept queueing empty messages for an app that did not read them"
+    connection = echo_server.connections[0]
+    assert len(connection.inbox) <= INBOX_HIGH // MESSAGE_COST + 1
     writer.close()
 
 
