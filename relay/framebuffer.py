@@ -9,7 +9,8 @@ and the receive buffer can be reused at once). Every other complete frame is han
 (``take_raw``) to the ``websockets`` protocol, which keeps the rules for text, control and fragmented frames.
 
 Memory: the buffer starts at ``SMALL`` bytes (an idle connection holds no more) and grows to hold the largest
-frame seen plus ``SLACK``, never past ``max_frame`` plus a header and ``SLACK``.
+frame seen plus ``SLACK``, never past ``max_frame`` plus a header and ``SLACK``: a sender's connection holds the
+chunk being forwarded and the start of the next one, so a room holds about two chunks.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ except ImportError:  # pragma: no cover - the C extension is built for every pla
     from websockets.utils import apply_mask
 
 SMALL = 4 * 1024  # an idle connection's buffer: pings, pongs and the opening messages fit
-LARGE = 256 * 1024  # the least a streaming connection's buffer grows to: reads this large keep syscalls few
-SLACK = 64 * 1024  # room past the largest frame, for the next frame's header and small messages
+SLACK = 16 * 1024  # room past the largest frame, for the next frame's header and small messages
 MIN_READ = 2 * 1024  # compact (or pause reading) rather than offer the kernel less than this
 MAX_HEADER = 14  # 2 + 8 (64-bit length) + 4 (mask)
 
@@ -86,7 +86,7 @@ class FrameBuffer:
         need = self._needed()
         size = len(self.buf)
         if size - self.start < need:
-            self._move(size if size >= need else SMALL if need <= SMALL else max(need + SLACK, LARGE))
+            self._move(size if size >= need else SMALL if need <= SMALL else need + SLACK)
         elif size - self.end < MIN_READ and self.start > 0 and self.held is None:
             self._move(size)
         if len(self.buf) == self.end:  # a held frame fills the buffer: only if read while ``full``
@@ -176,6 +176,13 @@ class FrameBuffer:
         rest = bytes(self.buf[self.start : self.end])
         self._consumed(self.end)
         return rest
+
+    def release(self) -> bool:
+        """Give back a grown buffer that holds nothing (the next read allocates ``SMALL`` bytes again)."""
+        if self.end or self.held is not None or len(self.buf) <= SMALL:
+            return False
+        self.buf = bytearray()
+        return True
 
     # --- internals ------------------------------------------------------------------------------------
 

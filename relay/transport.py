@@ -336,6 +336,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 return data
             if self.gone:
                 raise PeerGone()
+            self.frames_in.release()  # nothing buffered while the app waits: an idle room keeps no chunk buffer
             self._waiter = self.loop.create_future()
             try:
                 await self._waiter
