@@ -1,18 +1,20 @@
 """One receive buffer per WebSocket connection, and the frame headers read from it (no I/O).
 
-The relay's WebSocket protocol (``relay.transport``) is an ``asyncio.BufferedProtocol``: the event loop's
-``recv_into`` writes socket bytes straight into ``FrameBuffer.writable()``, so a chunk is never a new ``bytes``
-per read nor appended to a parser's own buffer. ``next_frame`` reads the header of the frame at the front; a
-complete binary frame stays where it is until ``take_binary`` unmasks it, in one pass, into the one new
-``bytes`` the relay forwards (immutable, so a transport may keep a reference to it for as long as it likes,
-and the receive buffer can be reused at once). Every other complete frame is handed over raw
-(``take_raw``) to the ``websockets`` protocol, which keeps the rules for text, control and fragmented frames.
+The relay's WebSocket connections are read as ``asyncio.BufferedProtocol`` (``relay.transport``): the event
+loop's ``recv_into`` writes socket bytes straight into ``FrameBuffer.writable()``, so a chunk is never a new
+``bytes`` per read nor appended to a parser's own buffer. ``next_frame`` reads the header of the frame at the
+front. A complete binary frame stays where it is (``hold``) until ``take_binary`` unmasks it, in one pass, into
+the one new ``bytes`` the relay forwards (immutable, so a transport may keep a reference to it for as long as it
+likes, and the receive buffer can be reused at once). A whole text frame is unmasked the same way
+(``take_payload``). Every other complete frame (control frames, fragments) is handed over raw (``take_raw``) to
+the ``websockets`` protocol, which keeps the rules for those; so is everything after a frame this buffer does
+not judge (``NotFastPath``: unmasked, RSV bits, longer than ``max_frame``), which ``websockets`` then refuses
+with the right close code.
 
-Memory: the buffer starts at ``SMALL`` bytes (an idle connection holds no more) and grows to hold the largest
-frame seen plus ``SLACK``, never past ``max_frame`` plus a header and ``SLACK``: a sender's connection holds the
-chunk being forwarded and the start of the next one, so a room holds about two chunks.
+Memory: the buffer starts at ``SMALL`` bytes (an idle connection holds no more), grows to hold the largest
+frame seen plus ``SLACK`` (never past ``max_frame`` plus a header and ``SLACK``: a sender's connection holds the
+chunk being forwarded and the start of the next one) and is given back (``release``) when it holds nothing.
 """
-
 from __future__ import annotations
 
 import struct
@@ -79,9 +81,10 @@ class FrameBuffer:
     # --- socket side ----------------------------------------------------------------------------------
 
     def writable(self) -> memoryview:
-        """Where the next read goes: at least ``MIN_READ`` bytes (growing or compacting as needed).
+        """Where the next read goes: the free end of the buffer, grown or compacted first when the frame at the
+        front needs it (or fewer than ``MIN_READ`` bytes are free).
 
-        The caller must not read while ``full`` (a held frame fills the buffer): that is when reading pauses.
+        The caller should not read while ``full`` (a held frame fills the buffer): that is when reading pauses.
         """
         need = self._needed()
         size = len(self.buf)

@@ -1,20 +1,30 @@
-"""uvicorn protocol classes with the two guarantees the relay needs below the ASGI layer.
+"""uvicorn protocol classes with what the relay needs below the ASGI layer.
 
-1. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
+1. **Forwarding at socket speed.** ``RelayWebSocketProtocol`` reads a room's frames straight into one buffer per
+   connection (``relay.framebuffer``), unmasks each chunk once into the ``bytes`` that is forwarded, and gives
+   the service a direct ``PeerSocket`` (``relay.sockets``) with no ASGI message per frame. Flow control is the
+   transports' own: a send returns at once below a receiver's high-water mark and waits above it; the service
+   reads the sender's next frame only after every send returned; the sender's socket is read until its buffer
+   holds the waiting chunk and 16 KiB more, then paused.
+
+2. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
    TCP connection that sends nothing, or drips its request headers a byte at a time (slowloris), is held
    open forever. ``http_protocol_class(timeout)`` returns uvicorn's HTTP protocol with a deadline: every
    request's headers (and so the WebSocket upgrade) must be complete within ``timeout`` seconds of the
    connection opening or of the request's first byte, or the relay answers ``408`` and drops the connection.
-   There is no WebSocket yet, so no close code can be sent.
+   There is no WebSocket yet, so no close code can be sent. An upgrade whose request line or headers are too
+   long for ``websockets`` gets its ``414``/``431`` and is closed at once (uvicorn left it unanswered and open).
 
-2. **Sockets really dropped.** A peer that stops reading makes the socket's write buffer stop draining;
-   uvicorn's ``send`` then waits for ``writable`` forever, and asyncio's ``transport.close()`` waits for
+3. **Sockets really dropped.** A peer that stops reading makes the socket's write buffer stop draining;
+   a send then waits for ``writable`` forever, and asyncio's ``transport.close()`` waits for
    the buffer to drain before it closes, so the socket, its buffer (up to one chunk) and the task reading
    the sender would stay forever. ``RelayWebSocketProtocol`` aborts (RST, buffer discarded) any connection
    still open ``LINGER`` seconds after the application has finished with it, after a keep-alive ping went
    unanswered, or after a server shutdown asked it to close.
-"""
 
+What this module uses of uvicorn's and websockets' internals is listed, and checked, in tests/test_transport.py;
+pyproject.toml bounds both versions.
+"""
 from __future__ import annotations
 
 import asyncio
