@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await websocket.accept()
         query = websocket.query_params
         request = JoinRequest("", query.get("role"), query.get("receivers"), query.get("v"))
-        await relay.serve(AsgiPeerSocket(websocket, relay.stats), request, client_of(websocket))
+        await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
 
     app.include_router(web.router())
     return app
