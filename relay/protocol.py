@@ -1,18 +1,20 @@
-"""The relay wire protocol, versions 1 and 2: messages, validation and checksums, with no I/O.
+"""The relay wire protocol (version 2, end to end encrypted): messages, validation and checksums, with no I/O.
 
 Server and clients both import this module; ``docs/protocol.md`` is its specification. Everything here works
 on already-received frames (``str`` for text, ``bytes`` for binary) and returns values or raises a
-``ProtocolError`` subclass that names the error code to send back, so it is tested without sockets.
+``ProtocolError`` subclass that names the error code to send back, so it is tested without sockets. The
+relay sees only the clear messages of section 2 of the specification; ``Offer`` and its rules are what the
+parties seal (section 4), checked by every receiver after opening it.
 
 Exceptions::
 
     ProtocolError                 the peer broke the protocol; carries an ErrorCode (and so a close code)
     ├── MalformedMessage          not JSON / wrong field types
-    ├── UnknownType               a ``type`` this version does not know
+    ├── UnknownType               a ``type`` the protocol does not know
     ├── UnexpectedMessage         a known message at the wrong moment
     ├── UnsafePath                an offered path that could escape or confuse the receiver's folder
-    ├── ChecksumMismatch          a chunk or file digest that does not match the bytes
-    └── SizeMismatch              a length or offset that disagrees with the offer
+    ├── ChecksumMismatch          a chunk digest that does not match the bytes
+    └── SizeMismatch              a length or count that disagrees with what was declared
 """
 
 from __future__ import annotations
@@ -21,22 +23,20 @@ import base64
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import xxhash
 
-PROTOCOL_VERSION = 1  # what a client that sends no ``v`` speaks
-PROTOCOL_V2 = 2  # end-to-end encrypted (docs/protocol.md section 8)
-VERSIONS = (PROTOCOL_VERSION, PROTOCOL_V2)
+PROTOCOL_V2 = 2  # end-to-end encrypted; every client says ``v=2`` (version 1 is refused: unsupported_version)
+VERSIONS = (PROTOCOL_V2,)
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 ACK_INTERVAL = 8 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_TEXT = 1000
 MAX_SAFE_INT = 2**53 - 1
-ROOM_CODE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 
 class ErrorCode(StrEnum):
@@ -169,21 +169,6 @@ def chunk_digest(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-class FileDigest:
-    """Running XXH3-128 of a whole file, fed chunk by chunk in order."""
-
-    __slots__ = ("_hash",)
-
-    def __init__(self) -> None:
-        self._hash = xxhash.xxh3_128()
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hash.update(data)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
 # --- paths -------------------------------------------------------------------------------------------------
 
 MAX_PATH_BYTES = 4096
@@ -249,16 +234,6 @@ def escape_text(text: str) -> str:
         else:
             out.append(char)
     return "".join(out)
-
-
-def normalize_code(text: str) -> str:
-    """Turn what a person typed into a room code: lower case, separators unified to ``-``."""
-    code = re.sub(r"[\s_.]+", "-", text.strip().lower()).strip("-")
-    return code
-
-
-def is_valid_code(code: str) -> bool:
-    return ROOM_CODE_RE.fullmatch(code) is not None
 
 
 NAMEPLATE_RE = re.compile(r"[0-9]{1,8}")
@@ -507,101 +482,12 @@ def _twins(first: str, second: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Accept(Message):
-    TYPE: ClassVar[str] = "accept"
-    peer: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Accept:
-        return cls(_optional_peer(data))
-
-
-@dataclass(frozen=True, slots=True)
-class Decline(Message):
-    TYPE: ClassVar[str] = "decline"
-    reason: str = ""
-    peer: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Decline:
-        return cls(_str_field(data.get("reason", ""), "reason"), _optional_peer(data))
-
-
-@dataclass(frozen=True, slots=True)
 class Start(Message):
     TYPE: ClassVar[str] = "start"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Start:
         return cls()
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk(Message):
-    """Header of the binary frame that follows it."""
-
-    TYPE: ClassVar[str] = "chunk"
-    file: int
-    offset: int
-    size: int
-    xxh3_64: str
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Chunk:
-        return cls(
-            _int_field(data.get("file"), "file"),
-            _int_field(data.get("offset"), "offset"),
-            _int_field(data.get("size"), "size", 1),
-            _hex_field(data.get("xxh3_64"), "xxh3_64", 16),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class FileDone(Message):
-    TYPE: ClassVar[str] = "file_done"
-    file: int
-    size: int
-    xxh3_128: str
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FileDone:
-        return cls(
-            _int_field(data.get("file"), "file"),
-            _int_field(data.get("size"), "size"),
-            _hex_field(data.get("xxh3_128"), "xxh3_128", 32),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Done(Message):
-    TYPE: ClassVar[str] = "done"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Done:
-        return cls()
-
-
-@dataclass(frozen=True, slots=True)
-class Ack(Message):
-    TYPE: ClassVar[str] = "ack"
-    file: int
-    offset: int
-    peer: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Ack:
-        return cls(_int_field(data.get("file"), "file"), _int_field(data.get("offset"), "offset"), _optional_peer(data))
-
-
-@dataclass(frozen=True, slots=True)
-class FileOk(Message):
-    TYPE: ClassVar[str] = "file_ok"
-    file: int
-    peer: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FileOk:
-        return cls(_int_field(data.get("file"), "file"), _optional_peer(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,17 +507,6 @@ class Complete(Message):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Complete:
         return cls()
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel(Message):
-    TYPE: ClassVar[str] = "cancel"
-    reason: str = ""
-    peer: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Cancel:
-        return cls(_str_field(data.get("reason", ""), "reason"), _optional_peer(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,14 +550,6 @@ def _optional_peer(data: dict[str, Any]) -> int | None:
     peer = data.get("peer")
     return None if peer is None else _int_field(peer, "peer")
 
-
-MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        Hello, PeerJoined, Paired, Offer, Accept, Decline, Start, Chunk, FileDone, Done,
-        Ack, FileOk, Verified, Complete, Cancel, Error, PeerLeft,
-    )
-}
 
 
 # --- version 2: end-to-end encrypted (docs/protocol.md section 8) ------------------------------------------
@@ -956,16 +823,38 @@ MESSAGE_TYPES_V2: dict[str, type[Message]] = {
         Stream, SealedChunk, End, ChunkAck, Sealed, Verified, Complete, SealedCancel, Error, PeerLeft,
     )
 }
-REGISTRIES: dict[int, dict[str, type[Message]]] = {PROTOCOL_VERSION: MESSAGE_TYPES, PROTOCOL_V2: MESSAGE_TYPES_V2}
+REGISTRIES: dict[int, dict[str, type[Message]]] = {PROTOCOL_V2: MESSAGE_TYPES_V2}
 
 
-def parse_message(text: str | bytes, version: int = PROTOCOL_VERSION) -> Message:
-    """Parse one text frame into its message, or raise ``MalformedMessage`` / ``UnknownType`` / ``UnsafePath``.
+def parse_message(text: str | bytes, version: int = PROTOCOL_V2) -> Message:
+    """Parse one text frame into its message, or raise ``MalformedMessage`` / ``UnknownType``.
 
-    Any string in the frame (a value or a key, at any depth, even in a field this version ignores) that is not
+    Any string in the frame (a value or a key, at any depth, even in a field the protocol ignores) that is not
     valid Unicode, such as a lone surrogate written as ``"\\ud800"``, makes the whole frame malformed: nothing
     downstream (forwarding, logging, printing, creating a file) can then fail to encode it.
     """
+    data = _load_object(text)
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise MalformedMessage("a control message needs a string field 'type'")
+    cls = REGISTRIES[version].get(kind)
+    if cls is None:
+        raise UnknownType(f"unknown message type {escape_text(kind[:64])!r}")
+    return cls.from_dict(data)
+
+
+def parse_offer(text: str | bytes) -> Offer:
+    """Parse the plaintext of a sealed offer (``{"type":"offer","files":[...],...}``, docs/protocol.md section
+    4.1) with the rules of a frame: JSON, no lone surrogate, then ``Offer``'s own checks. The relay never calls
+    this (it cannot open the offer); receivers and the page parity test do."""
+    data = _load_object(text)
+    if data.get("type") != Offer.TYPE:
+        raise MalformedMessage("a sealed offer is an object of type 'offer'")
+    return Offer.from_dict(data)
+
+
+def _load_object(text: str | bytes) -> dict[str, Any]:
+    """A JSON object from a text frame (UTF-8, every string valid Unicode), or ``MalformedMessage``."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -979,13 +868,7 @@ def parse_message(text: str | bytes, version: int = PROTOCOL_VERSION) -> Message
         raise MalformedMessage("text frame holds a string that is not valid Unicode (a lone surrogate)")
     if not isinstance(data, dict):
         raise MalformedMessage("a control message must be a JSON object")
-    kind = data.get("type")
-    if not isinstance(kind, str):
-        raise MalformedMessage("a control message needs a string field 'type'")
-    cls = REGISTRIES[version].get(kind)
-    if cls is None:
-        raise UnknownType(f"unknown message type {escape_text(kind[:64])!r}")
-    return cls.from_dict(data)
+    return data
 
 
 # A lone surrogate reaches a parsed string only through a \\uD800-\\uDFFF escape (or as itself, in a str a
@@ -1010,88 +893,6 @@ def _encodable(data: object) -> bool:
 
 
 # --- the stream of one transfer ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TransferCheck:
-    """Follows the chunk stream of one offer and refuses anything that breaks section 3's rules.
-
-    Used by the relay (which checks every chunk before forwarding it) and by receivers (which also check the
-    whole-file digests). Feed it ``chunk(header)``, then ``payload(data)``, ``file_done(msg)`` and ``done()``
-    in wire order.
-    """
-
-    offer: Offer
-    max_chunk: int = DEFAULT_MAX_MESSAGE
-    file_index: int = 0
-    offset: int = 0
-    pending: Chunk | None = None
-    finished: bool = False
-    bytes_done: int = 0
-    hash_files: bool = False
-    _file_digest: FileDigest | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.hash_files:
-            self._file_digest = FileDigest()
-
-    def chunk(self, header: Chunk) -> None:
-        """Accept a chunk header if it is the next expected piece of the current file."""
-        if self.pending is not None:
-            raise UnexpectedMessage("a chunk header arrived where its payload was expected")
-        self._check_open()
-        if header.file != self.file_index:
-            raise UnexpectedMessage(f"chunk for file {header.file} while file {self.file_index} is being sent")
-        if header.offset != self.offset:
-            raise UnexpectedMessage(f"chunk at offset {header.offset}, expected {self.offset}")
-        limit = min(self.offer.chunk_size, self.max_chunk)
-        if header.size > limit:
-            raise SizeMismatch(f"chunk of {header.size} bytes is over the chunk size {limit}")
-        if header.offset + header.size > self.offer.files[self.file_index].size:
-            raise SizeMismatch(f"chunk runs past the end of file {self.file_index}")
-        self.pending = header
-
-    def payload(self, data: bytes | bytearray | memoryview) -> Chunk:
-        """Check a binary frame against its header; return the header it belongs to."""
-        header = self.pending
-        if header is None:
-            raise UnexpectedMessage("binary frame without a chunk header")
-        if len(data) != header.size:
-            raise SizeMismatch(f"payload of {len(data)} bytes, header said {header.size}")
-        if chunk_digest(data) != header.xxh3_64:
-            raise ChecksumMismatch(f"chunk at offset {header.offset} of file {header.file} failed its xxh3_64 check")
-        if self._file_digest is not None:
-            self._file_digest.update(data)
-        self.pending = None
-        self.offset += header.size
-        self.bytes_done += header.size
-        return header
-
-    def file_done(self, message: FileDone) -> None:
-        """Close the current file; with ``hash_files`` also check its whole-file digest."""
-        if self.pending is not None:
-            raise UnexpectedMessage("file_done arrived where a payload was expected")
-        self._check_open()
-        if message.file != self.file_index:
-            raise UnexpectedMessage(f"file_done for file {message.file} while file {self.file_index} is open")
-        size = self.offer.files[self.file_index].size
-        if message.size != size or self.offset != size:
-            raise SizeMismatch(f"file {self.file_index} ended at {self.offset} bytes, offer said {size}")
-        if self._file_digest is not None:
-            if self._file_digest.hexdigest() != message.xxh3_128:
-                raise ChecksumMismatch(f"file {escape_text(self.offer.files[self.file_index].path)} failed its xxh3_128 check")
-            self._file_digest = FileDigest()
-        self.file_index += 1
-        self.offset = 0
-
-    def done(self) -> None:
-        if self.pending is not None or self.file_index != len(self.offer.files):
-            raise UnexpectedMessage("done arrived before every file was finished")
-        self.finished = True
-
-    def _check_open(self) -> None:
-        if self.file_index >= len(self.offer.files):
-            raise UnexpectedMessage("data after the last offered file")
 
 
 @dataclass(slots=True)

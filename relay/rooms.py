@@ -2,7 +2,7 @@
 
 Decide, then act. ``Rooms.admit`` decides who may join with no I/O. ``Room.handle(event, now)`` is the whole
 life of a room: an event goes in (a party joined, a frame arrived from party k, party k's socket went away,
-the timer fired, ...), the room checks it against ``TRANSITIONS`` (a table, documented in docs/rooms.md),
+the timer fired, ...), the room checks it against ``TRANSITIONS_V2`` (a table, documented in docs/rooms.md),
 updates its state, and returns a list of effects (send this text or these bytes to party k, close party k
 with code c after its last message, the room ended). Nothing in this module awaits or touches a socket; the
 clock is passed in. ``relay.service`` carries out the effects in order and feeds what it learns while doing
@@ -39,9 +39,9 @@ class Role(StrEnum):
 
 
 class State(StrEnum):
-    WAITING = "waiting"  # sender in, receivers arriving (v2: each one keys with the sender as it arrives)
-    KEYING = "keying"  # v2: all receivers in, not all of them confirmed and given the content key yet
-    PAIRED = "paired"  # all receivers in (v2: and keyed), waiting for the offer
+    WAITING = "waiting"  # sender in, receivers arriving (each one keys with the sender as it arrives)
+    KEYING = "keying"  # all receivers in, not all of them confirmed and given the content key yet
+    PAIRED = "paired"  # all receivers in and keyed, waiting for the offer
     OFFERED = "offered"  # offer forwarded, waiting for every accept
     STREAMING = "streaming"  # chunks flowing
     DONE = "done"  # sender sent `done`, waiting for every `verified`
@@ -163,7 +163,7 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class FailedJoin:
-    """Count a failed join against party ``peer``'s address (v2: its guess of the code was wrong)."""
+    """Count a failed join against party ``peer``'s address (its guess of the code was wrong)."""
 
     peer: int
 
@@ -198,7 +198,7 @@ class Party:
     verified: bool = False
     closed: bool = False  # the room will write nothing more to it: its socket is gone or its farewell is decided
     gone: bool = False  # its socket closed or a send to it failed
-    # v2 keying with the sender, one step at a time (each message is relayed once, in this order)
+    # keying with the sender, one step at a time (each message is relayed once, in this order)
     pake_to: bool = False  # the sender's PAKE message reached it
     pake_from: bool = False  # its PAKE message reached the sender
     confirm_to: bool = False  # the sender's confirmation reached it
@@ -240,21 +240,19 @@ class Room:
     """One sender, up to ``expected`` receivers, and the transfer between them: a pure state machine."""
 
     __slots__ = (
-        "code", "expected", "settings", "sender", "receivers", "state", "check", "version", "offer_totals",
+        "code", "expected", "settings", "sender", "receivers", "state", "check", "offer_totals",
         "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer",
     )
 
-    def __init__(self, code: str, expected: int, settings: Settings, now: float,
-                 version: int = p.PROTOCOL_VERSION) -> None:
+    def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
         self.code = code
-        self.version = version
-        self.offer_totals: tuple[int, int] | None = None  # v2: the clear (total_size, files) every offer repeats
+        self.offer_totals: tuple[int, int] | None = None  # the clear (total_size, files) every offer repeats
         self.expected = expected
         self.settings = settings
         self.sender: Party | None = None
         self.receivers: list[Party] = []
         self.state = State.WAITING
-        self.check: p.TransferCheck | p.StreamCheck | None = None
+        self.check: p.StreamCheck | None = None
         self.created_at = now
         self.last_activity = now
         self.offered_at = now
@@ -305,8 +303,7 @@ class Room:
             return out
         try:
             source, trigger, payload = self._classify(event, party, now)
-            table = TABLES[self.version]
-            transition = table.get((self.state, source, trigger)) or table.get((None, source, trigger))
+            transition = TABLE_V2.get((self.state, source, trigger)) or TABLE_V2.get((None, source, trigger))
             if transition is None:
                 if type(event) is Joined:
                     raise RuntimeError(f"a party joined a room that is {self.state.value}")
@@ -332,7 +329,7 @@ class Room:
                 return source, "binary", event.data
             if type(event) is TextFrame:
                 self.last_activity = now
-                message = p.parse_message(event.text, self.version)
+                message = p.parse_message(event.text, p.PROTOCOL_V2)
                 return source, message.TYPE, message
             return source, _TRIGGERS[type(event)], None
         if isinstance(event, _PARTY_EVENTS):
@@ -393,81 +390,16 @@ class Room:
 
     # --- actions: one per row of the table (each may move only to its row's targets) -------------------
 
-    def _greet(self, party: Party | None, _: object, now: float) -> None:
+    def _greet(self, party: Party | None, _: object, __: float) -> None:
         assert party is not None
-        nameplate = self.code if self.version == p.PROTOCOL_V2 and party.role is Role.SEND else None
-        hello = p.Hello(self.version, party.role.value, party.peer, self.expected, self.settings.max_message, nameplate)
+        nameplate = self.code if party.role is Role.SEND else None
+        hello = p.Hello(p.PROTOCOL_V2, party.role.value, party.peer, self.expected, self.settings.max_message,
+                        nameplate)
         self._send(party, hello)
         if party.role is Role.RECEIVE and self.sender is not None:
             self._send(self.sender, p.PeerJoined(party.peer, len(self.receivers), self.expected))
-            if len(self.receivers) == self.expected and self.version == p.PROTOCOL_V2:
+            if len(self.receivers) == self.expected:
                 self.state = State.KEYING  # the last one to key with the sender has only just arrived
-            elif len(self.receivers) == self.expected:
-                self.state = State.PAIRED
-                self.last_activity = now
-                self._send(self.sender, p.Paired(self.expected))
-
-    def _offer(self, _: Party | None, message: object, now: float) -> None:
-        assert isinstance(message, p.Offer)
-        if message.total_size > self.settings.max_transfer_bytes:
-            raise ProtocolError(
-                f"the offer is {message.total_size} bytes; this relay allows "
-                f"{self.settings.max_transfer_bytes} per transfer",
-                ErrorCode.TRANSFER_TOO_LARGE,
-            )
-        if message.chunk_size > self.settings.max_message:
-            raise p.MalformedMessage(f"chunk_size is over this relay's max_message {self.settings.max_message}")
-        self.check = p.TransferCheck(message, self.settings.max_message)
-        self.state = State.OFFERED
-        self.offered_at = now
-        self._to_receivers(message)
-
-    def _accept(self, party: Party | None, _: object, now: float) -> None:
-        assert party is not None and self.sender is not None
-        if party.accepted:
-            raise UnexpectedMessage("accept sent twice")
-        party.accepted = True
-        self._send(self.sender, p.Accept(party.peer))
-        if all(r.accepted for r in self.receivers):
-            self.state = State.STREAMING
-            self.last_activity = now
-            self._send(self.sender, p.Start())
-
-    def _decline(self, party: Party | None, message: object, _: float) -> None:
-        assert party is not None and self.sender is not None and isinstance(message, p.Decline)
-        self._send(self.sender, p.Decline(message.reason, party.peer))
-        self._end_with_error(ErrorCode.DECLINED, f"receiver {party.peer} declined the offer", culprit=party.peer)
-
-    def _chunk(self, _: Party | None, message: object, __: float) -> None:
-        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.Chunk)
-        self.check.chunk(message)
-
-    def _payload(self, _: Party | None, data: object, __: float) -> None:
-        assert isinstance(self.check, p.TransferCheck) and isinstance(data, bytes)
-        text = self.check.payload(data).to_json()
-        for receiver in self.receivers:
-            if not receiver.closed:
-                self._out.append(SendText(receiver.peer, text))
-                self._out.append(SendBytes(receiver.peer, data))
-
-    def _file_done(self, _: Party | None, message: object, __: float) -> None:
-        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.FileDone)
-        self.check.file_done(message)
-        self._to_receivers(message)
-
-    def _done(self, _: Party | None, message: object, __: float) -> None:
-        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.Done)
-        self.check.done()
-        self.state = State.DONE
-        self._to_receivers(message)
-
-    def _progress(self, party: Party | None, message: object, _: float) -> None:
-        assert party is not None and self.sender is not None
-        if isinstance(message, p.Ack):
-            self._send(self.sender, p.Ack(message.file, message.offset, party.peer))
-        else:
-            assert isinstance(message, p.FileOk)
-            self._send(self.sender, p.FileOk(message.file, party.peer))
 
     def _verified(self, party: Party | None, _: object, __: float) -> None:
         assert party is not None and self.sender is not None
@@ -484,12 +416,6 @@ class Room:
         text = p.Complete().to_json()
         self._end("complete", [(party, text, p.CLOSE_NORMAL) for party in self.parties])
 
-    def _cancel(self, party: Party | None, message: object, _: float) -> None:
-        assert party is not None and isinstance(message, p.Cancel)
-        text = p.Cancel(message.reason[: p.MAX_TEXT], party.peer).to_json()
-        close = ErrorCode.CANCELLED.close_code
-        self._end(ErrorCode.CANCELLED.value,
-                  [(other, text if other is not party else None, close) for other in self.parties])
 
     def _reported_error(self, party: Party | None, message: object, _: float) -> None:
         assert party is not None and isinstance(message, p.Error)
@@ -522,7 +448,7 @@ class Room:
             self._end_with_error(ErrorCode.IDLE_TIMEOUT, "the transfer stalled")
 
 
-    # --- v2 actions: keying, the sealed offer, the ciphertext stream (docs/protocol.md section 8) -------
+    # --- keying, the sealed offer, the ciphertext stream (docs/protocol.md sections 4 and 5) -------------
 
     def _addressed(self, message: object) -> Party:
         """The receiver a sender's message names in ``to``; it must be in the room."""
@@ -664,44 +590,6 @@ class Room:
 
 WRONG_CODE_MESSAGE = "the code was wrong; nothing was sent; start again with a new code"
 
-# The life of a room (docs/rooms.md shows this table; tests/test_rooms.py checks that the two agree). A state
-# of None means every live state. A frame from a party that no row names is `unexpected_message`.
-# To add resume: a PARKED state, (STREAMING, party, "gone") -> PARKED before the catch-all row, and a
-# "rejoined" trigger from PARKED back to STREAMING. To add end-to-end encryption: a KEYING state between PAIRED
-# and OFFERED whose "pake" rows forward opaque messages between the sender and receiver k.
-TRANSITIONS: tuple[Transition, ...] = (
-    Transition(State.WAITING, SENDER, "joined", (State.WAITING,), Room._greet),
-    Transition(State.WAITING, RECEIVER, "joined", (State.WAITING, State.PAIRED), Room._greet),
-    Transition(State.WAITING, RELAY, "timer", (State.WAITING, State.ENDED), Room._pairing_deadline),
-    Transition(State.PAIRED, SENDER, "offer", (State.OFFERED,), Room._offer),
-    Transition(State.PAIRED, RELAY, "timer", (State.PAIRED, State.ENDED), Room._idle_deadline),
-    Transition(State.OFFERED, RECEIVER, "accept", (State.OFFERED, State.STREAMING), Room._accept),
-    Transition(State.OFFERED, RECEIVER, "decline", (State.ENDED,), Room._decline),
-    Transition(State.OFFERED, RELAY, "timer", (State.OFFERED, State.ENDED), Room._offer_deadline),
-    Transition(State.STREAMING, SENDER, "chunk", (State.STREAMING,), Room._chunk),
-    Transition(State.STREAMING, SENDER, "binary", (State.STREAMING,), Room._payload),
-    Transition(State.STREAMING, SENDER, "file_done", (State.STREAMING,), Room._file_done),
-    Transition(State.STREAMING, SENDER, "done", (State.DONE,), Room._done),
-    Transition(State.STREAMING, RECEIVER, "ack", (State.STREAMING,), Room._progress),
-    Transition(State.STREAMING, RECEIVER, "file_ok", (State.STREAMING,), Room._progress),
-    Transition(State.STREAMING, RELAY, "timer", (State.STREAMING, State.ENDED), Room._idle_deadline),
-    Transition(State.DONE, RECEIVER, "ack", (State.DONE,), Room._progress),
-    Transition(State.DONE, RECEIVER, "file_ok", (State.DONE,), Room._progress),
-    Transition(State.DONE, RECEIVER, "verified", (State.DONE,), Room._verified),
-    Transition(State.DONE, RELAY, "all_verified", (State.ENDED,), Room._complete),
-    Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
-    Transition(None, SENDER, "cancel", (State.ENDED,), Room._cancel),
-    Transition(None, RECEIVER, "cancel", (State.ENDED,), Room._cancel),
-    Transition(None, SENDER, "error", (State.ENDED,), Room._reported_error),
-    Transition(None, RECEIVER, "error", (State.ENDED,), Room._reported_error),
-    Transition(None, SENDER, "gone", (State.ENDED,), Room._gone),
-    Transition(None, RECEIVER, "gone", (State.ENDED,), Room._gone),
-    Transition(None, RELAY, "crash", (State.ENDED,), Room._crash),
-    Transition(None, RELAY, "shutdown", (State.ENDED,), Room._shutdown),
-)
-TABLE: dict[tuple[State | None, str, str], Transition] = {(t.state, t.source, t.trigger): t for t in TRANSITIONS}
-assert len(TABLE) == len(TRANSITIONS), "two rows of the transition table share a (state, source, trigger)"
-
 _KEYING_SENDER = tuple(
     Transition(state, SENDER, trigger, targets, Room._keying_from_sender)
     for state, targets in ((State.WAITING, (State.WAITING,)), (State.KEYING, (State.KEYING, State.PAIRED)))
@@ -719,7 +607,9 @@ _SEALED = tuple(
     Transition(state, source, "sealed", (state,), Room._sealed)
     for state in (State.PAIRED, State.OFFERED, State.STREAMING, State.DONE) for source in (SENDER, RECEIVER)
 )
-# Protocol v2: the same life with keying first, then a sealed offer per receiver and one ciphertext epoch.
+# The life of a room (docs/rooms.md shows this table; tests/test_rooms.py checks that the two agree): keying
+# first, then a sealed offer per receiver and one ciphertext epoch. A state of None means every live state. A
+# frame from a party that no row names is `unexpected_message`.
 TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(State.WAITING, SENDER, "joined", (State.WAITING,), Room._greet),
     Transition(State.WAITING, RECEIVER, "joined", (State.WAITING, State.KEYING), Room._greet),
@@ -758,7 +648,10 @@ TABLE_V2: dict[tuple[State | None, str, str], Transition] = {
     (t.state, t.source, t.trigger): t for t in TRANSITIONS_V2
 }
 assert len(TABLE_V2) == len(TRANSITIONS_V2), "two rows of the v2 transition table share a (state, source, trigger)"
-TABLES = {p.PROTOCOL_VERSION: TABLE, p.PROTOCOL_V2: TABLE_V2}
+
+
+_SPOKEN_VERSIONS = (f"this relay speaks protocol version {', '.join(map(str, p.VERSIONS))} only; "
+                    "update the client (version 1 is no longer served)")
 
 
 # --- admission ------------------------------------------------------------------------------------------
@@ -787,43 +680,37 @@ class Rooms:
     def admit(self, request: JoinRequest, now: float) -> tuple[Room, Party]:
         """Decide whether a party may join; on success it is registered. Raises ``JoinRefused``.
 
-        Version 1 (no ``v``, or ``v=1``): the room is the code in the URL, chosen by the sender. Version 2: a
-        sender names no room (the relay allocates a nameplate and says it in ``hello``), a receiver names the
-        nameplate. The caller then feeds ``Joined(party.peer)`` to the room.
+        Every party says ``v=2``: a missing ``v`` or any other version (the retired version 1 included) is
+        ``unsupported_version``, so an old client is told plainly instead of failing on a message it cannot
+        parse. A sender names no room (the relay allocates a nameplate and says it in ``hello``), a receiver
+        names the nameplate. The caller then feeds ``Joined(party.peer)`` to the room.
         """
-        version = p.PROTOCOL_VERSION
-        if request.version not in (None, ""):
-            parsed = parse_ascii_int(request.version, MAX_QUERY_DIGITS)
-            if parsed is None:
-                raise JoinRefused(ErrorCode.BAD_REQUEST, "'v' must be a whole number written in ASCII digits")
-            if parsed not in p.VERSIONS:
-                raise JoinRefused(ErrorCode.UNSUPPORTED_VERSION,
-                                  f"this relay speaks protocol versions {', '.join(map(str, p.VERSIONS))}")
-            version = parsed
-        if version == p.PROTOCOL_V2:
-            if request.role == Role.SEND and request.code:
-                raise JoinRefused(ErrorCode.BAD_REQUEST, "in protocol 2 the relay chooses the nameplate: "
-                                  "a sender connects to /ws without one")
-            if request.role == Role.RECEIVE and not p.is_nameplate(request.code):
-                raise JoinRefused(ErrorCode.BAD_REQUEST, "a nameplate is 1 to 8 digits")
-        elif not p.is_valid_code(request.code):
-            raise JoinRefused(ErrorCode.BAD_REQUEST, "a room code is 1-128 characters of a-z, 0-9 and '-'")
+        if request.version in (None, ""):
+            raise JoinRefused(ErrorCode.UNSUPPORTED_VERSION, _SPOKEN_VERSIONS)
+        version = parse_ascii_int(request.version, MAX_QUERY_DIGITS)
+        if version is None:
+            raise JoinRefused(ErrorCode.BAD_REQUEST, "'v' must be a whole number written in ASCII digits")
+        if version not in p.VERSIONS:
+            raise JoinRefused(ErrorCode.UNSUPPORTED_VERSION, _SPOKEN_VERSIONS)
+        if request.role == Role.SEND and request.code:
+            raise JoinRefused(ErrorCode.BAD_REQUEST, "the relay chooses the nameplate: a sender connects to /ws "
+                              "without one")
+        if request.role == Role.RECEIVE and not p.is_nameplate(request.code):
+            raise JoinRefused(ErrorCode.BAD_REQUEST, "a nameplate is 1 to 8 digits")
         if request.role == Role.SEND:
-            return self._admit_sender(request, now, version)
+            return self._admit_sender(request, now)
         if request.role == Role.RECEIVE:
             if request.receivers not in (None, ""):
                 raise JoinRefused(ErrorCode.BAD_REQUEST, "only a sender may set 'receivers'")
-            return self._admit_receiver(request, version)
+            return self._admit_receiver(request)
         raise JoinRefused(ErrorCode.BAD_REQUEST, "query parameter 'role' must be 'send' or 'receive'")
 
-    def _admit_sender(self, request: JoinRequest, now: float, version: int) -> tuple[Room, Party]:
+    def _admit_sender(self, request: JoinRequest, now: float) -> tuple[Room, Party]:
         expected = parse_receivers(request.receivers, self.settings.max_receivers)
-        if version == p.PROTOCOL_VERSION and request.code in self.by_code:
-            raise JoinRefused(ErrorCode.ROOM_TAKEN, "this room already has a sender; choose another code")
         if len(self.by_code) >= self.settings.max_rooms:
             raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has too many open rooms; try again later")
-        code = request.code if version == p.PROTOCOL_VERSION else self.allocate_nameplate()
-        room = Room(code, expected, self.settings, now, version)
+        code = self.allocate_nameplate()
+        room = Room(code, expected, self.settings, now)
         room.seat(Party(0, Role.SEND))
         self.by_code[code] = room
         assert room.sender is not None
@@ -847,9 +734,9 @@ class Rooms:
             return free[choose(len(free))]  # pragma: no cover
         raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has no free nameplate; try again later")
 
-    def _admit_receiver(self, request: JoinRequest, version: int) -> tuple[Room, Party]:
+    def _admit_receiver(self, request: JoinRequest) -> tuple[Room, Party]:
         room = self.by_code.get(request.code)
-        if room is None or room.state is State.ENDED or room.version != version:
+        if room is None or room.state is State.ENDED:
             raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no sender is waiting with this code")
         if len(room.receivers) >= room.expected or room.state is not State.WAITING:
             raise JoinRefused(ErrorCode.ROOM_FULL, "this room already has all its receivers")
