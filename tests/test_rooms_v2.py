@@ -15,8 +15,8 @@ import pytest
 from relay import protocol as p
 from relay.config import Settings
 from relay.rooms import (
-    BinaryFrame, Close, Effect, Ended, FailedJoin, Joined, JoinRequest, Room, Rooms, SendBytes, SendText, State,
-    TextFrame, TimerFired,
+    BinaryFrame, Close, Effect, Ended, FailedJoin, Joined, JoinRefused, JoinRequest, Room, Rooms, SendBytes, SendText,
+    State, TextFrame, TimerFired,
 )
 
 SETTINGS = Settings(pairing_timeout=60, idle_timeout=30, offer_timeout=600, max_transfer_bytes=10_000,
@@ -176,10 +176,11 @@ def test_keying_has_the_pairing_deadline() -> None:
     assert ended(room.handle(TimerFired(), SETTINGS.pairing_timeout + 1)) == "pairing_timeout"
 
 
-def test_a_v1_receiver_cannot_join_a_v2_room() -> None:
+def test_a_v1_receiver_cannot_join_a_room() -> None:
     rooms, room = new_room(1)
-    with pytest.raises(Exception, match="no sender"):
+    with pytest.raises(JoinRefused) as refused:
         rooms.admit(JoinRequest(room.code, "receive"), 0.0)
+    assert refused.value.code is p.ErrorCode.UNSUPPORTED_VERSION and room.receivers == []
 
 
 # --- the sealed offer ---------------------------------------------------------------------------------------
