@@ -3,8 +3,8 @@
 Server and clients both import this module; ``docs/protocol.md`` is its specification. Everything here works
 on already-received frames (``str`` for text, ``bytes`` for binary) and returns values or raises a
 ``ProtocolError`` subclass that names the error code to send back, so it is tested without sockets. The
-relay sees only the clear messages of section 2 of the specification; ``Offer`` and its rules are what the
-parties seal (section 4), checked by every receiver after opening it.
+relay sees only the clear messages of section 4 of the specification; ``Offer`` and its rules are what the
+parties seal (section 5), checked by every receiver after opening it.
 
 Exceptions::
 
@@ -40,7 +40,7 @@ MAX_SAFE_INT = 2**53 - 1
 
 
 class ErrorCode(StrEnum):
-    """Machine-readable error codes; each maps to one WebSocket close code (docs/protocol.md section 5)."""
+    """Machine-readable error codes; each maps to one WebSocket close code (docs/protocol.md section 7)."""
 
     GOING_AWAY = "going_away"
     MESSAGE_TOO_BIG = "message_too_big"
@@ -214,7 +214,7 @@ def check_path(path: object) -> str:
 
 def path_key(path: str) -> str:
     """The form two names are compared in: NFC after case folding, so ``é``/``e\u0301`` and ``docs``/``Docs``
-    are one name, as they are on macOS and Windows file systems (docs/protocol.md section 3)."""
+    are one name, as they are on macOS and Windows file systems (docs/protocol.md section 5.1)."""
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
 
 
@@ -240,7 +240,7 @@ NAMEPLATE_RE = re.compile(r"[0-9]{1,8}")
 
 
 def is_nameplate(text: str) -> bool:
-    """A v2 room name: 1 to 8 ASCII digits, allocated by the relay (the secret words never reach it)."""
+    """A room name: 1 to 8 ASCII digits, allocated by the relay (the secret words never reach it)."""
     return NAMEPLATE_RE.fullmatch(text) is not None
 
 
@@ -298,7 +298,7 @@ class Hello(Message):
     peer: int
     receivers: int
     max_message: int
-    nameplate: str | None = None  # v2, to the sender: the room the relay allocated
+    nameplate: str | None = None  # to the sender: the room the relay allocated
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hello:
@@ -551,8 +551,7 @@ def _optional_peer(data: dict[str, Any]) -> int | None:
     return None if peer is None else _int_field(peer, "peer")
 
 
-
-# --- version 2: end-to-end encrypted (docs/protocol.md section 8) ------------------------------------------
+# --- the messages of keying, the sealed offer and the stream (docs/protocol.md section 4) -------------------
 #
 # The relay forwards opaque base64 values whose decoded length it checks: it never sees a name, a word of the
 # code or a byte of plaintext. ``to`` is how the sender addresses receiver k; the relay drops it and the
@@ -845,7 +844,7 @@ def parse_message(text: str | bytes, version: int = PROTOCOL_V2) -> Message:
 
 def parse_offer(text: str | bytes) -> Offer:
     """Parse the plaintext of a sealed offer (``{"type":"offer","files":[...],...}``, docs/protocol.md section
-    4.1) with the rules of a frame: JSON, no lone surrogate, then ``Offer``'s own checks. The relay never calls
+    5.1) with the rules of a frame: JSON, no lone surrogate, then ``Offer``'s own checks. The relay never calls
     this (it cannot open the offer); receivers and the page parity test do."""
     data = _load_object(text)
     if data.get("type") != Offer.TYPE:
@@ -897,7 +896,7 @@ def _encodable(data: object) -> bool:
 
 @dataclass(slots=True)
 class StreamCheck:
-    """Follows the ciphertext stream of one v2 transfer, as the relay sees it (docs/protocol.md section 8).
+    """Follows the ciphertext stream of one transfer, as the relay sees it (docs/protocol.md section 4.2).
 
     The relay knows only the clear totals of the offer (``total_size`` plaintext bytes in ``files`` files) and
     of each ``stream``; it checks every chunk's length and XXH3-64 and counts chunks and bytes, so that a sender
