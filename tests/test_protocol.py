@@ -12,18 +12,18 @@ from relay.codes import code_entropy_bits, generate_code, wordlist
 from relay.protocol import ErrorCode
 
 
-def offer_of(*sizes: int, chunk_size: int = 4) -> p.Offer:
-    return p.Offer(tuple(p.FileEntry(f"f{i}", size) for i, size in enumerate(sizes)), (), chunk_size)
+B64 = "QUJD" * 11  # 33 bytes
+SEALED = "eHh4" * 8  # 24 bytes
 
 
-def chunk(file: int, offset: int, data: bytes) -> p.Chunk:
-    return p.Chunk(file, offset, len(data), p.chunk_digest(data))
+def stream_check(total: int = 10, files: int = 1, chunks: int = 2, size: int = 10 + 32) -> p.StreamCheck:
+    check = p.StreamCheck(total, files, max_chunk=64)
+    check.stream(p.Stream(0, chunks, size, (SEALED,), (1,)))
+    return check
 
 
-def file_digest(data: bytes) -> str:
-    digest = p.FileDigest()
-    digest.update(data)
-    return digest.hexdigest()
+def chunk(data: bytes, epoch: int = 0) -> p.SealedChunk:
+    return p.SealedChunk(epoch, len(data), p.chunk_digest(data))
 
 
 # --- messages ----------------------------------------------------------------------------------------------
@@ -32,21 +32,28 @@ def file_digest(data: bytes) -> str:
 @pytest.mark.parametrize(
     "message",
     [
-        p.Hello(1, "send", 0, 2, 4096),
+        p.Hello(2, "send", 0, 2, 4096, "42"),
+        p.Hello(2, "receive", 1, 2, 4096),
         p.PeerJoined(1, 1, 2),
         p.Paired(2),
-        p.Offer((p.FileEntry("a/b.txt", 12),), ("empty",), 1024),
-        p.Accept(),
-        p.Decline("no thanks"),
+        p.Pake(B64, to=1),
+        p.Pake(B64, peer=1),
+        p.Confirm("QUJD" * 10 + "QUI=", to=2),
+        p.Key("QUJD" * 16, to=1),
+        p.WrongCode(1),
+        p.SealedOffer(12, 1, SEALED, 1),
+        p.SealedAccept(SEALED, 1),
+        p.SealedDecline("disk_full", SEALED, 1),
         p.Start(),
-        p.Chunk(0, 0, 3, "0123456789abcdef"),
-        p.FileDone(0, 3, "0123456789abcdef0123456789abcdef"),
-        p.Done(),
-        p.Ack(0, 3, 1),
-        p.FileOk(0),
+        p.Stream(0, 2, 40, (SEALED, SEALED), (1, 2)),
+        p.Stream(0, 2, 40, SEALED),
+        p.SealedChunk(0, 16, "0123456789abcdef"),
+        p.End(0),
+        p.ChunkAck(0, 3, 1),
+        p.Sealed(SEALED, to=1),
         p.Verified(2),
         p.Complete(),
-        p.Cancel("bored", 0),
+        p.SealedCancel(SEALED, 1),
         p.Error("room_full", "full"),
         p.PeerLeft(1, "receive"),
     ],
@@ -56,8 +63,8 @@ def test_every_message_survives_a_round_trip(message: p.Message) -> None:
 
 
 def test_serialized_messages_carry_only_wire_fields() -> None:
-    assert json.loads(p.Accept().to_json()) == {"type": "accept"}
-    assert json.loads(p.Ack(1, 2, 3).to_json()) == {"type": "ack", "file": 1, "offset": 2, "peer": 3}
+    assert json.loads(p.SealedAccept().to_json()) == {"type": "accept"}
+    assert json.loads(p.ChunkAck(1, 2, 3).to_json()) == {"type": "ack", "epoch": 1, "chunks": 2, "peer": 3}
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", "3", '"x"', "null", '{"no_type": 1}', '{"type": 5}'])
@@ -66,30 +73,33 @@ def test_non_objects_and_missing_type_are_malformed(text: str) -> None:
         p.parse_message(text)
 
 
-def test_unknown_type_is_reported_as_such() -> None:
+@pytest.mark.parametrize("kind", ["teleport", "file_done", "done", "file_ok"])
+def test_unknown_types_and_version_1_messages_are_reported_as_such(kind: str) -> None:
     with pytest.raises(p.UnknownType) as caught:
-        p.parse_message('{"type": "teleport"}')
+        p.parse_message(json.dumps({"type": kind}))
     assert caught.value.code is ErrorCode.UNKNOWN_TYPE
+
+
+def test_only_version_2_is_spoken() -> None:
+    assert p.VERSIONS == (p.PROTOCOL_V2,) == (2,)
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        {"type": "chunk", "file": -1, "offset": 0, "size": 1, "xxh3_64": "0" * 16},
-        {"type": "chunk", "file": 0, "offset": 0, "size": 0, "xxh3_64": "0" * 16},
-        {"type": "chunk", "file": 0, "offset": 0.5, "size": 1, "xxh3_64": "0" * 16},
-        {"type": "chunk", "file": True, "offset": 0, "size": 1, "xxh3_64": "0" * 16},
-        {"type": "chunk", "file": 0, "offset": 0, "size": 1, "xxh3_64": "0" * 15},
-        {"type": "chunk", "file": 0, "offset": 0, "size": 1, "xxh3_64": "G" * 16},
-        {"type": "chunk", "file": 0, "offset": 2**53, "size": 1, "xxh3_64": "0" * 16},
-        {"type": "file_done", "file": 0, "size": 1, "xxh3_128": "0" * 16},
-        {"type": "offer", "files": "a"},
-        {"type": "offer", "files": [{"path": "a", "size": -5}]},
-        {"type": "offer", "files": [{"path": 5, "size": 1}]},
-        {"type": "offer", "files": [["a", 1]]},
-        {"type": "offer", "files": [], "chunk_size": 0},
-        {"type": "decline", "reason": "x" * 5000},
+        {"type": "chunk", "epoch": -1, "size": 16, "xxh3_64": "0" * 16},
+        {"type": "chunk", "epoch": 0, "size": 15, "xxh3_64": "0" * 16},
+        {"type": "chunk", "epoch": 0.5, "size": 16, "xxh3_64": "0" * 16},
+        {"type": "chunk", "epoch": True, "size": 16, "xxh3_64": "0" * 16},
+        {"type": "chunk", "epoch": 0, "size": 16, "xxh3_64": "0" * 15},
+        {"type": "chunk", "epoch": 0, "size": 16, "xxh3_64": "G" * 16},
+        {"type": "chunk", "epoch": 0, "size": 2**53, "xxh3_64": "0" * 16},
+        {"type": "chunk", "file": 0, "offset": 0, "size": 1, "xxh3_64": "0" * 16},  # version 1's header
+        {"type": "offer", "files": [{"path": "a", "size": 1}]},  # version 1's offer, in the clear
+        {"type": "offer", "to": 1, "total_size": 1, "files": 1, "data": "!!!!"},
+        {"type": "decline", "code": "x" * 65},
         {"type": "error", "code": "no_such_code"},
+        {"type": "error", "code": "tampered", "message": "x" * 5000},
     ],
 )
 def test_fields_of_the_wrong_type_or_range_are_malformed(data: dict[str, object]) -> None:
@@ -158,7 +168,8 @@ def test_hostile_paths_are_refused(path: str) -> None:
         p.check_path(path)
 
 
-@pytest.mark.parametrize("path", ["a.txt", "folder/sub/file.tar.gz", "ünïcödé/名前.txt", ".hidden", "a b/c d", "con-fig", "comma,file", "x" * 255])
+@pytest.mark.parametrize("path", ["a.txt", "folder/sub/file.tar.gz", "ünïcödé/名前.txt", ".hidden", "a b/c d",
+                                  "con-fig", "comma,file", "x" * 255])
 def test_ordinary_paths_are_allowed(path: str) -> None:
     assert p.check_path(path) == path
 
@@ -166,17 +177,17 @@ def test_ordinary_paths_are_allowed(path: str) -> None:
 @pytest.mark.parametrize("path", WIRE_LEGAL_ELSEWHERE_ILLEGAL)
 def test_names_some_file_systems_refuse_are_legal_on_the_wire(path: str) -> None:
     assert p.check_path(path) == path
-    assert p.parse_message(json.dumps({"type": "offer", "files": [{"path": path, "size": 1}]}))
+    assert p.parse_offer(json.dumps({"type": "offer", "files": [{"path": path, "size": 1}]}))
 
 
 def test_a_hostile_path_inside_an_offer_is_refused() -> None:
     with pytest.raises(p.UnsafePath):
-        p.parse_message(json.dumps({"type": "offer", "files": [{"path": "../x", "size": 1}]}))
+        p.parse_offer(json.dumps({"type": "offer", "files": [{"path": "../x", "size": 1}]}))
 
 
 def test_a_hostile_empty_folder_inside_an_offer_is_refused() -> None:
     with pytest.raises(p.UnsafePath):
-        p.parse_message(json.dumps({"type": "offer", "files": [], "dirs": ["/abs"]}))
+        p.parse_offer(json.dumps({"type": "offer", "files": [], "dirs": ["/abs"]}))
 
 
 def test_the_same_path_offered_twice_is_refused() -> None:
@@ -214,7 +225,7 @@ def offer_json(files: list[str], dirs: list[str] = ()) -> str:  # type: ignore[a
 )
 def test_names_that_cannot_exist_side_by_side_are_refused(files: list[str], dirs: list[str]) -> None:
     with pytest.raises(p.UnsafePath):
-        p.parse_message(offer_json(files, dirs))
+        p.parse_offer(offer_json(files, dirs))
 
 
 @pytest.mark.parametrize(
@@ -225,16 +236,16 @@ def test_names_that_cannot_exist_side_by_side_are_refused(files: list[str], dirs
     ],
 )
 def test_names_that_can_exist_side_by_side_are_allowed(files: list[str], dirs: list[str]) -> None:
-    assert isinstance(p.parse_message(offer_json(files, dirs)), p.Offer)
+    assert isinstance(p.parse_offer(offer_json(files, dirs)), p.Offer)
 
 
 LONE_SURROGATES = [
     '{"type":"cancel","reason":"\\ud800"}',
-    '{"type":"decline","reason":"ok \\uDFFF"}',
+    '{"type":"decline","code":"declined","reason":"ok \\uDFFF"}',
     '{"type":"error","code":"write_failed","message":"x\\udc00y"}',
     '{"type":"offer","files":[{"path":"a\\ud800","size":1}]}',
     '{"type":"offer","files":[],"dirs":["\\ud83d"]}',
-    '{"type":"ack","file":0,"offset":0,"extra":{"deep":[["\\ud800"]]}}',
+    '{"type":"ack","epoch":0,"chunks":0,"extra":{"deep":[["\\ud800"]]}}',
     '{"type":"start","\\udbff":1}',
     '{"type":"frobnicate\\ud800"}',
 ]
@@ -248,13 +259,26 @@ def test_a_lone_surrogate_anywhere_in_a_frame_is_malformed(text: str) -> None:
         p.parse_message(text.encode("utf-8"))
 
 
+@pytest.mark.parametrize("text", [t for t in LONE_SURROGATES if '"offer"' in t])
+def test_a_lone_surrogate_in_a_sealed_offer_is_malformed_like_in_a_frame(text: str) -> None:
+    with pytest.raises(p.MalformedMessage):
+        p.parse_offer(text)
+
+
+def test_a_sealed_offer_is_an_object_of_type_offer() -> None:
+    for text in ('{"type":"accept"}', "[1]", '{"files":[]}'):
+        with pytest.raises(p.MalformedMessage):
+            p.parse_offer(text)
+
+
 def test_a_string_holding_a_raw_surrogate_is_malformed() -> None:
     with pytest.raises(p.MalformedMessage):
         p.parse_message('{"type":"cancel","reason":"\ud800"}')
 
 
 def test_an_escaped_pair_and_an_escaped_backslash_are_fine() -> None:
-    assert p.parse_message('{"type":"cancel","reason":"\\ud83d\\ude00 \\\\ud800"}') == p.Cancel("\U0001f600 \\ud800")
+    text = '{"type":"error","code":"tampered","message":"\\ud83d\\ude00 \\\\ud800"}'
+    assert p.parse_message(text) == p.Error("tampered", "\U0001f600 \\ud800")
 
 
 def test_bytes_that_are_not_utf8_are_malformed() -> None:
@@ -263,13 +287,13 @@ def test_bytes_that_are_not_utf8_are_malformed() -> None:
 
 
 def test_every_parsed_message_can_be_encoded_again() -> None:
-    for text in ['{"type":"cancel","reason":"\\ud83d\\ude00"}', offer_json(["é/ü"], ["d"])]:
-        p.parse_message(text).to_json().encode("utf-8")
+    p.parse_message('{"type":"error","code":"tampered","message":"\\ud83d\\ude00"}').to_json().encode("utf-8")
+    p.parse_offer(offer_json(["é/ü"], ["d"])).to_json().encode("utf-8")
 
 
 def test_mtime_and_exec_travel_in_the_offer() -> None:
     offer = p.Offer((p.FileEntry("run.sh", 3, 1_700_000_000, True), p.FileEntry("b", 1)))
-    assert p.parse_message(offer.to_json()) == offer
+    assert p.parse_offer(offer.to_json()) == offer
     assert offer.to_dict()["files"][1] == {"path": "b", "size": 1}
 
 
@@ -281,14 +305,14 @@ def test_mtime_and_exec_travel_in_the_offer() -> None:
 def test_out_of_range_mtime_and_exec_are_malformed(entry: dict[str, object]) -> None:
     text = json.dumps({"type": "offer", "files": [{"path": "a", "size": 1, **entry}]})
     with pytest.raises(p.MalformedMessage):
-        p.parse_message(text)
+        p.parse_offer(text)
 
 
 def test_offer_kinds_round_trip_and_default_to_files() -> None:
-    assert p.parse_message(offer_json(["a"])).kind is p.OfferKind.FILES  # type: ignore[attr-defined]
+    assert p.parse_offer(offer_json(["a"])).kind is p.OfferKind.FILES
     for kind in p.OfferKind:
         offer = p.Offer((p.FileEntry("a", 5),), (), 4, kind)
-        assert p.parse_message(offer.to_json()) == offer
+        assert p.parse_offer(offer.to_json()) == offer
     assert "kind" not in p.Offer((p.FileEntry("a", 5),)).to_dict()
 
 
@@ -307,11 +331,11 @@ def test_offer_kinds_round_trip_and_default_to_files() -> None:
 )
 def test_text_and_stdin_offers_hold_exactly_one_file(data: dict[str, object]) -> None:
     with pytest.raises(p.MalformedMessage):
-        p.parse_message(json.dumps({"type": "offer", **data}))
+        p.parse_offer(json.dumps({"type": "offer", **data}))
 
 
 def test_a_large_stdin_offer_is_fine() -> None:
-    assert p.parse_message(json.dumps({"type": "offer", "kind": "stdin", "files": [{"path": "stdin", "size": 2**40}]}))
+    assert p.parse_offer(json.dumps({"type": "offer", "kind": "stdin", "files": [{"path": "stdin", "size": 2**40}]}))
 
 
 def test_escape_text_makes_control_and_bidi_characters_visible() -> None:
@@ -323,111 +347,89 @@ def test_escape_text_makes_control_and_bidi_characters_visible() -> None:
 # --- codes -------------------------------------------------------------------------------------------------
 
 
-def test_codes_are_normalised_from_what_people_type() -> None:
-    assert p.normalize_code("  Actor Table_ocean.RING ") == "actor-table-ocean-ring"
+def test_nameplates_are_one_to_eight_ascii_digits() -> None:
+    assert all(p.is_nameplate(n) for n in ("1", "42", "12345678"))
+    assert not any(p.is_nameplate(n) for n in ("", "123456789", "4a", "٣", "actor-table", " 1"))
 
 
-@pytest.mark.parametrize("code", ["", "-lead", "UPPER", "a/b", "a b", "x" * 129, "é"])
-def test_invalid_codes_are_rejected(code: str) -> None:
-    assert not p.is_valid_code(code)
+def test_the_word_list_holds_2048_words_of_11_bits_each() -> None:
+    words = generate_code().split("-")
+    assert all(word in wordlist() for word in words)
+    assert code_entropy_bits(1) == 11
 
 
-def test_generated_codes_are_four_known_words_with_44_bits() -> None:
-    code = generate_code()
-    words = code.split("-")
-    assert len(words) == 4 and all(word in wordlist() for word in words)
-    assert p.is_valid_code(code)
-    assert code_entropy_bits() == 44
+# --- the ciphertext stream ---------------------------------------------------------------------------------
 
 
-# --- the chunk stream --------------------------------------------------------------------------------------
-
-
-def test_a_well_formed_stream_passes_and_counts_bytes() -> None:
-    check = p.TransferCheck(offer_of(6, 0), hash_files=True)
-    data = b"abcdef"
-    check.chunk(chunk(0, 0, data[:4]))
-    check.payload(data[:4])
-    check.chunk(chunk(0, 4, data[4:]))
-    check.payload(data[4:])
-    check.file_done(p.FileDone(0, 6, file_digest(data)))
-    check.file_done(p.FileDone(1, 0, file_digest(b"")))
-    check.done()
-    assert check.finished and check.bytes_done == 6
+def test_a_well_formed_stream_passes_and_counts_chunks_and_bytes() -> None:
+    check = stream_check()
+    for data in (b"a" * 20, b"b" * 22):
+        check.chunk(chunk(data))
+        check.payload(data)
+    check.end(p.End(0))
+    assert check.finished and (check.chunks_done, check.bytes_done) == (2, 42)
 
 
 def test_xxh3_digests_match_the_reference_library() -> None:
     data = bytes(range(256)) * 10
     assert p.chunk_digest(data) == xxhash.xxh3_64_hexdigest(data)
-    assert file_digest(data) == xxhash.xxh3_128_hexdigest(data)
 
 
 def test_a_payload_that_does_not_match_its_digest_fails() -> None:
-    check = p.TransferCheck(offer_of(4))
-    check.chunk(chunk(0, 0, b"abcd"))
+    check = stream_check()
+    check.chunk(chunk(b"a" * 20))
     with pytest.raises(p.ChecksumMismatch):
-        check.payload(b"abce")
-
-
-def test_a_wrong_whole_file_digest_fails_when_files_are_hashed() -> None:
-    check = p.TransferCheck(offer_of(4), hash_files=True)
-    check.chunk(chunk(0, 0, b"abcd"))
-    check.payload(b"abcd")
-    with pytest.raises(p.ChecksumMismatch):
-        check.file_done(p.FileDone(0, 4, file_digest(b"abce")))
+        check.payload(b"b" * 20)
 
 
 def test_a_payload_of_the_wrong_length_fails() -> None:
-    check = p.TransferCheck(offer_of(4))
-    check.chunk(chunk(0, 0, b"abcd"))
+    check = stream_check()
+    check.chunk(chunk(b"a" * 20))
     with pytest.raises(p.SizeMismatch):
-        check.payload(b"abc")
+        check.payload(b"a" * 19)
 
 
 def test_a_payload_without_a_header_is_unexpected() -> None:
     with pytest.raises(p.UnexpectedMessage):
-        p.TransferCheck(offer_of(4)).payload(b"abcd")
+        stream_check().payload(b"a" * 20)
 
 
-def test_a_chunk_at_the_wrong_offset_is_unexpected() -> None:
-    check = p.TransferCheck(offer_of(8))
+def test_a_chunk_before_the_stream_or_for_another_epoch_is_unexpected() -> None:
     with pytest.raises(p.UnexpectedMessage):
-        check.chunk(chunk(0, 4, b"abcd"))
-
-
-def test_a_chunk_for_another_file_is_unexpected() -> None:
-    check = p.TransferCheck(offer_of(4, 4))
+        p.StreamCheck(10, 1).chunk(chunk(b"a" * 20))
     with pytest.raises(p.UnexpectedMessage):
-        check.chunk(chunk(1, 0, b"abcd"))
+        stream_check().chunk(chunk(b"a" * 20, epoch=1))
 
 
-def test_a_chunk_past_the_end_of_its_file_fails() -> None:
-    check = p.TransferCheck(offer_of(3))
+def test_a_chunk_over_max_message_fails() -> None:
     with pytest.raises(p.SizeMismatch):
-        check.chunk(chunk(0, 0, b"abcd"))
+        stream_check(total=100, chunks=1, size=116).chunk(chunk(b"a" * 65))
 
 
-def test_a_chunk_over_the_offered_chunk_size_fails() -> None:
-    check = p.TransferCheck(offer_of(10, chunk_size=4))
+def test_more_chunks_or_bytes_than_declared_fail() -> None:
+    check = stream_check(chunks=1, size=26)
+    check.chunk(chunk(b"a" * 26))
+    check.payload(b"a" * 26)
     with pytest.raises(p.SizeMismatch):
-        check.chunk(chunk(0, 0, b"abcdef"))
-
-
-def test_file_done_before_all_bytes_fails() -> None:
-    check = p.TransferCheck(offer_of(4))
+        check.chunk(chunk(b"a" * 16))
     with pytest.raises(p.SizeMismatch):
-        check.file_done(p.FileDone(0, 4, "0" * 32))
+        stream_check(chunks=2, size=42).chunk(chunk(b"a" * 43))
 
 
-def test_done_before_every_file_is_unexpected() -> None:
-    check = p.TransferCheck(offer_of(0, 0))
-    check.file_done(p.FileDone(0, 0, file_digest(b"")))
+def test_an_end_before_every_declared_chunk_fails() -> None:
+    check = stream_check()
+    check.chunk(chunk(b"a" * 20))
+    check.payload(b"a" * 20)
+    with pytest.raises(p.SizeMismatch):
+        check.end(p.End(0))
+
+
+@pytest.mark.parametrize("chunks,size", [(12, 12 * 16), (2, 31), (1, 10 + 17), (1, 15)])
+def test_stream_totals_that_cannot_carry_the_offer_fail(chunks: int, size: int) -> None:
+    with pytest.raises(p.SizeMismatch):
+        p.StreamCheck(10, 1).stream(p.Stream(0, chunks, size, (SEALED,), (1,)))
+
+
+def test_a_second_epoch_is_unexpected_in_this_version() -> None:
     with pytest.raises(p.UnexpectedMessage):
-        check.done()
-
-
-def test_data_after_the_last_file_is_unexpected() -> None:
-    check = p.TransferCheck(offer_of(0))
-    check.file_done(p.FileDone(0, 0, file_digest(b"")))
-    with pytest.raises(p.UnexpectedMessage):
-        check.chunk(chunk(0, 0, b"a"))
+        stream_check().stream(p.Stream(1, 2, 42, (SEALED,), (1,)))
