@@ -252,7 +252,7 @@ async def test_a_relay_that_tampers_with_chunks_is_caught_and_nothing_gets_a_fin
     assert everything_under(tmp_path / "out") == []
 
 
-async def test_the_relay_speaks_only_versions_1_and_2(relay_server) -> None:
+async def test_the_relay_speaks_only_version_2(relay_server) -> None:
     async with websockets.connect(f"{relay_server.ws_url}/ws?role=send&v=3", proxy=None) as ws:
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert message["code"] == "unsupported_version"
@@ -264,11 +264,11 @@ async def test_the_relay_speaks_only_versions_1_and_2(relay_server) -> None:
 def test_nameplates_are_short_and_reused_after_their_room_ends() -> None:
     rooms = Rooms(Settings())
     first = lambda n: 0  # noqa: E731 - a chooser that always takes the first candidate
-    room, _ = rooms._admit_sender(JoinRequest("", "send", None, "2"), 0.0, 2)
+    room, _ = rooms._admit_sender(JoinRequest("", "send", None, "2"), 0.0)
     assert len(room.code) == 1
     rooms.remove(room)
     assert rooms.allocate_nameplate(first) == "1"
-    taken, _ = rooms._admit_sender(JoinRequest("", "send", None, "2"), 0.0, 2)
+    taken, _ = rooms._admit_sender(JoinRequest("", "send", None, "2"), 0.0)
     rooms.by_code.setdefault("1", taken)
     assert rooms.allocate_nameplate(first) != "1"
     for n in range(1, 6):  # with more than half of 1-9 taken, nameplates get a second digit

@@ -8,6 +8,7 @@ The same flows over real sockets are in tests/test_server.py and tests/hardening
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from relay.rooms import JoinRequest, PeerGone, State
 from relay.service import Relay
 
 WAIT = 5.0
-DATA = b"0123456789abcdef"
+DATA = b"0123456789abcdef"  # the plaintext: 16 bytes in one file, two chunks of 8
+CHUNKS = (b"c" * 24, b"d" * 24)  # its two sealed chunks as the relay sees them (the relay never opens them)
+PAKE, CONFIRM, KEY, SEALED = (base64.b64encode(b"x" * n).decode() for n in (33, 32, 48, 40))
 
 
 class MemorySocket:
@@ -115,6 +118,7 @@ class Room:
 
     def __init__(self, relay: Relay, sender: MemorySocket, receivers: list[MemorySocket]) -> None:
         self.relay, self.sender, self.receivers = relay, sender, receivers
+        self.code = ""
         self.tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -123,24 +127,52 @@ class Room:
         relay = Relay(settings or Settings(max_joins_per_minute=0, max_connections_per_ip=0))
         receivers = receivers or (MemorySocket(),)
         room = cls(relay, sender or MemorySocket(), list(receivers))
-        room.tasks.append(asyncio.create_task(relay.serve(room.sender, JoinRequest("abc", "send",
-                                                                                   str(len(receivers))))))
-        await until(lambda: "abc" in relay.rooms.by_code, "the sender's room")
-        for receiver in receivers:
-            room.tasks.append(asyncio.create_task(relay.serve(receiver, JoinRequest("abc", "receive"))))
+        room.tasks.append(asyncio.create_task(relay.serve(room.sender, JoinRequest("", "send", str(len(receivers)),
+                                                                                   "2"))))
+        await until(lambda: "hello" in room.sender.types(), "the sender's room")
+        room.code = room.sender.sent[0]["nameplate"]  # type: ignore[index]
+        for k, receiver in enumerate(receivers, start=1):
+            room.tasks.append(asyncio.create_task(relay.serve(receiver, JoinRequest(room.code, "receive", None, "2"))))
+            await until(lambda r=receiver: "hello" in r.types(), "the receiver's hello")
+            await room.key(k, receiver)
         await until(lambda: "paired" in room.sender.types(), "paired")
         return room
 
+    async def key(self, k: int, receiver: MemorySocket) -> None:
+        """Relay receiver k's keying with the sender, step by step (placeholder bytes of the right lengths)."""
+        def from_k(kind: str) -> bool:
+            return any(isinstance(m, dict) and m["type"] == kind and m.get("peer") == k for m in self.sender.sent)
+
+        self.sender.push({"type": "pake", "to": k, "data": PAKE})
+        receiver.push({"type": "pake", "data": PAKE})
+        await until(lambda: from_k("pake") and "pake" in receiver.types(), "both PAKE messages")
+        self.sender.push({"type": "confirm", "to": k, "data": CONFIRM})
+        await until(lambda: "confirm" in receiver.types(), "the sender's confirmation")
+        receiver.push({"type": "confirm", "data": CONFIRM})
+        await until(lambda: from_k("confirm"), "the receiver's confirmation")
+        self.sender.push({"type": "key", "to": k, "data": KEY})
+        await until(lambda: "key" in receiver.types(), "the content key")
+
     @property
     def live(self):
-        return self.relay.rooms.by_code.get("abc")
+        return self.relay.rooms.by_code.get(self.code)
+
+    def offer(self, size: int = len(DATA)) -> None:
+        for k in range(1, len(self.receivers) + 1):
+            self.sender.push({"type": "offer", "to": k, "total_size": size, "files": 1, "data": SEALED})
 
     async def offer_and_accept(self) -> None:
-        self.sender.push(p.Offer((p.FileEntry("f", len(DATA)),), (), 8))
+        self.offer()
         for receiver in self.receivers:
             await until(lambda r=receiver: "offer" in r.types(), "the offer")
-            receiver.push(p.Accept())
+            receiver.push({"type": "accept", "data": SEALED})
         await until(lambda: "start" in self.sender.types(), "start")
+        self.sender.push({"type": "stream", "epoch": 0, "to": list(range(1, len(self.receivers) + 1)), "chunks": 2,
+                          "bytes": sum(map(len, CHUNKS)), "data": [SEALED] * len(self.receivers)})
+
+    def chunk(self, data: bytes) -> None:
+        self.sender.push(p.SealedChunk(0, len(data), p.chunk_digest(data)))
+        self.sender.push(data)
 
     async def finished(self) -> None:
         """Every route returned (bounded), and none raised."""
@@ -153,18 +185,14 @@ class Room:
 async def test_a_transfer_completes_over_memory_sockets() -> None:
     room = await Room.open()
     await room.offer_and_accept()
-    for offset in (0, 8):
-        room.sender.push(p.Chunk(0, offset, 8, p.chunk_digest(DATA[offset : offset + 8])))
-        room.sender.push(DATA[offset : offset + 8])
-    digest = p.FileDigest()
-    digest.update(DATA)
-    room.sender.push(p.FileDone(0, len(DATA), digest.hexdigest()))
-    room.sender.push(p.Done())
+    for sealed in CHUNKS:
+        room.chunk(sealed)
+    room.sender.push({"type": "end", "epoch": 0})
     (receiver,) = room.receivers
-    await until(lambda: "done" in receiver.types(), "done")
+    await until(lambda: "end" in receiver.types(), "end")
     receiver.push(p.Verified())
     await room.finished()
-    assert b"".join(m for m in receiver.sent if isinstance(m, bytes)) == DATA
+    assert [m for m in receiver.sent if isinstance(m, bytes)] == list(CHUNKS)
     assert room.sender.types()[-2:] == ["verified", "complete"] and room.sender.close_code == 1000
     assert receiver.close_code == 1000 and room.relay.stats.transfers["completed"] == 1
 
@@ -172,36 +200,31 @@ async def test_a_transfer_completes_over_memory_sockets() -> None:
 async def test_an_accept_whose_forward_to_the_sender_fails_ends_the_room() -> None:
     """Issue 8: the room was left STREAMING (its ENDED overwritten) and the receiver was never told."""
     room = await Room.open(MemorySocket(fail=fails_on("accept", PeerGone())), MemorySocket(wake=False))
-    room.sender.push(p.Offer((p.FileEntry("f", 1),), (), 8))
+    room.offer()
     (receiver,) = room.receivers
     await until(lambda: "offer" in receiver.types(), "the offer")
     room_state = room.live
-    receiver.push(p.Accept())
+    receiver.push({"type": "accept", "data": SEALED})
     await until(lambda: receiver.close_code is not None, "the receiver's farewell")
     await asyncio.sleep(0)  # let the route that handled the accept run on, as it did into the bug
     assert room_state is not None and room_state.state is State.ENDED and room_state.outcome == "peer_left"
     assert receiver.sent[-1] == {"type": "peer_left", "peer": 0, "role": "send"} and receiver.close_code == 4030
     receiver.hang_up()  # the receiver answers the close
     await room.finished()
-    assert room.relay.stats.transfers == {"peer_lost": 1} and "abc" not in room.relay.rooms.by_code
+    assert room.relay.stats.transfers == {"peer_lost": 1} and room.code not in room.relay.rooms.by_code
 
 
 async def test_a_room_whose_last_verified_cannot_reach_the_sender_is_not_complete() -> None:
     """Issue 8: complete() overwrote a room that had just ended with peer_left, and metrics said completed."""
     room = await Room.open(MemorySocket(fail=fails_on("verified", PeerGone()), wake=False))
     await room.offer_and_accept()
-    room.sender.push(p.Chunk(0, 0, 8, p.chunk_digest(DATA[:8])))
-    room.sender.push(DATA[:8])
-    room.sender.push(p.Chunk(0, 8, 8, p.chunk_digest(DATA[8:])))
-    room.sender.push(DATA[8:])
-    digest = p.FileDigest()
-    digest.update(DATA)
-    room.sender.push(p.FileDone(0, len(DATA), digest.hexdigest()))
-    room.sender.push(p.Done())
+    for sealed in CHUNKS:
+        room.chunk(sealed)
+    room.sender.push({"type": "end", "epoch": 0})
     (receiver,) = room.receivers
-    await until(lambda: "done" in receiver.types(), "done")
+    await until(lambda: "end" in receiver.types(), "end")
     receiver.push(p.Verified())
-    await until(lambda: "abc" not in room.relay.rooms.by_code, "the room to end")
+    await until(lambda: room.code not in room.relay.rooms.by_code, "the room to end")
     assert room.relay.stats.transfers == {"peer_lost": 1}
     assert "complete" not in receiver.types() and receiver.close_code == 4030
     room.sender.hang_up()  # the sender's reading side notices it is gone
@@ -217,12 +240,12 @@ async def test_any_unexpected_exception_ends_the_room_with_internal_error(error:
     (receiver,) = room.receivers
     assert receiver.sent[-1]["code"] == "internal_error" and receiver.close_code == 1011  # type: ignore[index]
     assert room.sender.close_code == 1011 and room.relay.stats.relay_errors == 1
-    assert "abc" not in room.relay.rooms.by_code
+    assert room.code not in room.relay.rooms.by_code
 
 
 async def test_a_send_that_raises_something_else_ends_the_room_with_internal_error() -> None:
     room = await Room.open(MemorySocket(), MemorySocket(fail=fails_on("offer", RuntimeError("encoder broke"))))
-    room.sender.push(p.Offer((p.FileEntry("f", 1),), (), 8))
+    room.offer()
     await room.finished()
     assert room.sender.sent[-1]["code"] == "internal_error" and room.sender.close_code == 1011  # type: ignore[index]
     assert room.receivers[0].close_code == 1011
@@ -235,10 +258,10 @@ async def test_a_farewell_that_fails_still_closes_every_socket_of_the_room(error
     broken = MemorySocket(fail=fails_on("cancel", error))
     room = await Room.open(MemorySocket(), broken, MemorySocket(), settings=Settings(
         max_joins_per_minute=0, max_connections_per_ip=0))
-    room.sender.push(p.Cancel("changed my mind"))
+    room.sender.push({"type": "cancel"})
     await room.finished()
     assert broken.close_code == 4031  # its farewell message failed, and it was closed anyway
-    assert room.receivers[1].sent[-1] == {"type": "cancel", "reason": "changed my mind", "peer": 0}
+    assert room.receivers[1].sent[-1] == {"type": "cancel", "peer": 0}
     assert room.receivers[1].close_code == 4031 and room.sender.close_code == 4031
 
 
@@ -254,8 +277,7 @@ async def test_a_sender_that_leaves_while_a_chunk_is_forwarded_ends_the_room_onc
     receiver = MemorySocket(fail=lambda frame: PeerGone() if isinstance(frame, bytes) else None)
     room = await Room.open(MemorySocket(), receiver)
     await room.offer_and_accept()
-    room.sender.push(p.Chunk(0, 0, 8, p.chunk_digest(DATA[:8])))
-    room.sender.push(DATA[:8])
+    room.chunk(CHUNKS[0])
     await room.finished()
     assert room.sender.sent[-1] == {"type": "peer_left", "peer": 1, "role": "receive"}
     assert room.relay.stats.transfers == {"peer_lost": 1}
@@ -268,7 +290,7 @@ async def test_a_route_cancelled_from_outside_ends_its_room_and_the_others_are_t
     (receiver,) = room.receivers
     await until(lambda: receiver.close_code is not None, "the receiver's close")
     assert receiver.sent[-1] == {"type": "peer_left", "peer": 0, "role": "send"} and receiver.close_code == 4030
-    assert "abc" not in room.relay.rooms.by_code
+    assert room.code not in room.relay.rooms.by_code
     room.tasks.remove(sender_route)
     await room.finished()
 
@@ -276,7 +298,7 @@ async def test_a_route_cancelled_from_outside_ends_its_room_and_the_others_are_t
 async def test_the_sweeper_ends_an_unanswered_offer_with_offer_timeout() -> None:
     room = await Room.open(settings=Settings(max_joins_per_minute=0, max_connections_per_ip=0,
                                              idle_timeout=0.001, offer_timeout=0.05))
-    room.sender.push(p.Offer((p.FileEntry("f", 1),), (), 8))
+    room.offer()
     (receiver,) = room.receivers
     await until(lambda: "offer" in receiver.types(), "the offer")
     live = room.live
