@@ -15,13 +15,14 @@ import websockets
 from relay import protocol as p
 from relay.limits import ConnectionCounter, JoinLimiter
 from tests.hardening.wire import WAIT, connect, first, outcome, refused_with
-from tests.peers import open_room
+from tests.peers import b64, open_room_v2
 
 OTHER = {"local_addr": ("127.0.0.2", 0)}
 
 
 def new_code() -> str:
-    return "g-" + secrets.token_hex(8)
+    """A nameplate no room has (the relay allocates from the shortest free ones; these are 8 digits)."""
+    return str(10_000_000 + secrets.randbelow(90_000_000))
 
 
 # --- pure decisions ----------------------------------------------------------------------------------------
@@ -160,11 +161,11 @@ async def test_the_receiver_limit(relay_factory) -> None:
 
 async def test_the_transfer_size_limit(relay_factory) -> None:
     relay = relay_factory(max_transfer_bytes=1000)
-    sender, (receiver,) = await open_room(relay.ws_url, new_code())
-    await sender.send(p.Offer((p.FileEntry("a", 600), p.FileEntry("b", 401)), (), 1024))
-    close, seen = await sender.closed()
+    room = await open_room_v2(relay.ws_url)
+    await room.sender.send(p.SealedOffer(1001, 2, b64(b"s" * 80), 1))
+    close, seen = await room.sender.closed()
     assert close == 4413 and seen[-1]["code"] == "transfer_too_large"
-    close, _ = await receiver.closed()
+    close, _ = await room.receivers[0].closed()
     assert close == 4413
 
 
@@ -255,8 +256,8 @@ async def test_a_sender_that_never_gets_a_receiver_hits_the_pairing_timeout(rela
 
 async def test_paired_peers_that_never_speak_hit_the_idle_timeout(relay_factory) -> None:
     relay = relay_factory(idle_timeout=0.5)
-    sender, (receiver,) = await open_room(relay.ws_url, new_code())
-    close, seen = await sender.closed()
+    room = await open_room_v2(relay.ws_url)
+    close, seen = await room.sender.closed()
     assert close == 4041 and seen[-1]["code"] == "idle_timeout"
-    close, _ = await receiver.closed()
+    close, _ = await room.receivers[0].closed()
     assert close == 4041

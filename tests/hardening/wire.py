@@ -12,11 +12,20 @@ WAIT = 10.0
 
 
 async def connect(ws_url: str, code: str, query: str = "role=send", **options: Any) -> websockets.ClientConnection:
-    """A raw WebSocket to a room; ``options`` go to ``websockets.connect`` (headers, origin, local_addr...)."""
+    """A raw protocol 2 WebSocket; ``options`` go to ``websockets.connect`` (headers, origin, local_addr...).
+
+    A receiver joins the room ``code`` names (a nameplate, or anything a test wants the relay to judge); a sender
+    names no room (the relay allocates its nameplate), so ``code`` is not sent for one. ``v=2`` is added unless
+    ``query`` says which version it wants.
+    """
     options.setdefault("compression", None)
     options.setdefault("max_size", 2**24)
     options.setdefault("proxy", None)
-    return await asyncio.wait_for(websockets.connect(f"{ws_url}/ws/{code}?{query}", **options), WAIT)
+    params = query.split("&")
+    room = "" if "role=send" in params else f"/{code}"
+    if not any(param.startswith("v=") for param in params):
+        query = f"{query}&v=2"
+    return await asyncio.wait_for(websockets.connect(f"{ws_url}/ws{room}?{query}", **options), WAIT)
 
 
 async def outcome(ws: websockets.ClientConnection) -> tuple[list[Any], int | None]:
