@@ -194,16 +194,16 @@ class KeyedRoom:
     content_key: bytes
 
 
-async def open_room_v2(ws_url: str, receivers: int = 1, words: str = WORDS) -> KeyedRoom:
+async def open_room_v2(ws_url: str, receivers: int = 1, words: str = WORDS, **query: object) -> KeyedRoom:
     """A sender and ``receivers`` receivers on the real relay, each keyed with the sender; the sender has read
-    ``paired``."""
-    sender = await RawPeer.connect_v2(ws_url, None, "send", receivers=receivers)
+    ``paired``. ``query`` goes on every party's URL (a private relay's ``token``)."""
+    sender = await RawPeer.connect_v2(ws_url, None, "send", receivers=receivers, **query)
     hello = await sender.expect("hello")
     code = f"{hello['nameplate']}-{words}"
     content_key = c.new_content_key()
     peers, sender_channels, receiver_channels = [], [], []
     for k in range(1, receivers + 1):
-        peer = await RawPeer.connect_v2(ws_url, hello["nameplate"], "receive")
+        peer = await RawPeer.connect_v2(ws_url, hello["nameplate"], "receive", **query)
         await peer.expect("hello")
         await sender.expect("peer_joined")
         (s_send, s_recv), (r_send, r_recv) = raw_sides(sender), raw_sides(peer)

@@ -12,7 +12,8 @@ import asyncio
 
 import pytest
 
-from tests.hardening.wire import WAIT, connect, first, outcome
+from tests.hardening.wire import WAIT, first, outcome
+from tests.peers import b64, open_room_v2
 
 # Close codes a party may see: the parse-time refusal (4002), the message's own end (cancel 4031, error's code,
 # decline 4032), or the relay's own failure to send it (1011). Never no close at all.
@@ -20,17 +21,13 @@ ACCEPTABLE = {1011, 4002, 4022, 4031, 4032}
 LONE = "\\ud800"  # as it travels in JSON: an escape that decodes to an unpaired surrogate
 CANCEL = '{"type":"cancel","reason":"' + LONE + '"}'
 ERROR = '{"type":"error","code":"disk_full","message":"' + LONE + '"}'
-DECLINE = '{"type":"decline","reason":"' + LONE + '"}'
+DECLINE = '{"type":"decline","code":"declined","reason":"' + LONE + '"}'
 
 
-async def open_room(relay, code: str):
-    sender = await connect(relay.ws_url, code, "role=send")
-    assert (await first(sender))["type"] == "hello"
-    receiver = await connect(relay.ws_url, code, "role=receive")
-    assert (await first(receiver))["type"] == "hello"
-    for expected in ("peer_joined", "paired"):
-        assert (await first(sender))["type"] == expected
-    return sender, receiver
+async def open_room(relay):
+    """A keyed room: the sender's and the receiver's sockets, and the room's nameplate."""
+    room = await open_room_v2(relay.ws_url)
+    return room.sender.ws, room.receivers[0].ws, room.code.split("-", 1)[0]
 
 
 async def room_gone(relay, code: str) -> None:
@@ -46,8 +43,7 @@ async def room_gone(relay, code: str) -> None:
 ])
 async def test_an_unencodable_farewell_still_closes_every_socket(relay_factory, who: str, frame: str) -> None:
     relay = relay_factory()
-    code = f"lone-{who}-{len(frame)}"
-    sender, receiver = await open_room(relay, code)
+    sender, receiver, code = await open_room(relay)
     await (sender if who == "sender" else receiver).send(frame)
     for ws in (sender, receiver):
         _, close = await outcome(ws)  # bounded: fails if the relay never closes it
@@ -57,9 +53,8 @@ async def test_an_unencodable_farewell_still_closes_every_socket(relay_factory, 
 
 async def test_an_unencodable_decline_reason_still_closes_every_socket(relay_factory) -> None:
     relay = relay_factory()
-    code = "lone-decline"
-    sender, receiver = await open_room(relay, code)
-    await sender.send('{"type":"offer","files":[{"path":"a","size":1}],"chunk_size":1024}')
+    sender, receiver, code = await open_room(relay)
+    await sender.send(f'{{"type":"offer","to":1,"total_size":1,"files":1,"data":"{b64(b"s" * 40)}"}}')
     assert (await first(receiver))["type"] == "offer"
     await receiver.send(DECLINE)
     for ws in (sender, receiver):

@@ -8,7 +8,7 @@ import re
 from relay import protocol as p
 from relay.rooms import code_tag
 from tests.hardening.wire import connect, first, outcome
-from tests.peers import RawPeer, send_file, start_transfer
+from tests.peers import WORDS, KeyedRoom, open_room_v2, send_sealed, start_v2
 
 TOKEN = "tok-" + "5" * 20
 CHUNK = 64 * 1024
@@ -18,43 +18,44 @@ def auth(query: str) -> str:
     return f"{query}&token={TOKEN}"
 
 
-async def open_room(ws_url: str, code: str) -> tuple[RawPeer, list[RawPeer]]:
-    sender = await RawPeer.connect(ws_url, code, "send", token=TOKEN)
-    await sender.expect("hello")
-    receiver = await RawPeer.connect(ws_url, code, "receive", token=TOKEN)
-    await receiver.expect("hello")
-    await sender.expect("peer_joined")
-    await sender.expect("paired")
-    return sender, [receiver]
+async def open_room(ws_url: str) -> KeyedRoom:
+    return await open_room_v2(ws_url, token=TOKEN)
 
 
 async def test_metrics_logs_and_health_after_a_mix_of_transfers(relay_process) -> None:
     relay = relay_process("--token", TOKEN, "--log-level", "info", "--max-joins-per-minute", "0")
     assert relay.get("/healthz").json()["status"] == "ok"
     assert relay.get("/readyz").json() == {"status": "ready"}
-    good, bad, missing = "secret-good-code-1", "secret-bad-code-2", "secret-missing-code-3"
+    missing = "98765432"
 
     # A completed transfer.
     data = os.urandom(3 * CHUNK + 5)
-    sender, (receiver,) = await open_room(relay.ws_url, good)
-    await start_transfer(sender, [receiver], p.Offer((p.FileEntry("f.bin", len(data)),), (), CHUNK))
-    await send_file(sender, 0, data, CHUNK)
-    await sender.send(p.Done())
+    offer = p.Offer((p.FileEntry("secret-name.bin", len(data)),), (), CHUNK)
+    room = await open_room(relay.ws_url)
+    good = room.code.split("-", 1)[0]
+    (receiver,) = room.receivers
+    sealer, plan = await start_v2(room, offer, CHUNK)
+    sealed = [sealer.seal_next(data[pos.offset : pos.offset + pos.length]) for pos in plan.positions()]
+    for chunk in sealed:
+        await send_sealed(room.sender, chunk)
+    await room.sender.send({"type": "end", "epoch": 0})
     for _ in range(20):
         message = await receiver.recv()
-        if isinstance(message, dict) and message["type"] == "done":
+        if isinstance(message, dict) and message["type"] == "end":
             break
     await receiver.send(p.Verified())
-    await sender.expect("verified")
-    await sender.expect("complete")
+    await room.sender.expect("verified")
+    await room.sender.expect("complete")
     await receiver.expect("complete")
 
     # A corrupted chunk, caught by the relay.
-    sender, (receiver,) = await open_room(relay.ws_url, bad)
-    await start_transfer(sender, [receiver], p.Offer((p.FileEntry("f.bin", 10),), (), CHUNK))
-    await sender.send(p.Chunk(0, 0, 10, p.chunk_digest(b"0123456789")))
-    await sender.send(b"0123456789"[::-1])
-    assert (await sender.closed())[0] == 4020
+    room = await open_room(relay.ws_url)
+    bad = room.code.split("-", 1)[0]
+    sealer, _ = await start_v2(room, p.Offer((p.FileEntry("f.bin", 10),), (), CHUNK), CHUNK)
+    chunk = sealer.seal_next(b"0123456789")
+    await room.sender.send(p.SealedChunk(0, len(chunk), p.chunk_digest(chunk)))
+    await room.sender.send(chunk[::-1])
+    assert (await room.sender.closed())[0] == 4020
 
     # A receiver for a room that does not exist, and one without the token.
     ws = await connect(relay.ws_url, missing, auth("role=receive"))
@@ -71,13 +72,13 @@ async def test_metrics_logs_and_health_after_a_mix_of_transfers(relay_process) -
     assert relay.metric("relay_join_failures_total", 'code="unauthorized"') == 1
     assert relay.metric("relay_joins_total", 'role="send"') == 2
     assert relay.metric("relay_joins_total", 'role="receive"') == 2
-    assert relay.metric("relay_payload_relayed_bytes_total") == len(data)
+    assert relay.metric("relay_payload_relayed_bytes_total") == sum(map(len, sealed))
     assert relay.metric("relay_errors_total") == 0
     assert relay.metric("relay_connections") == 0
     assert relay.metric("process_resident_memory_bytes") > 0
 
     log = relay.log()
-    for secret in (good, bad, missing, TOKEN):
+    for secret in (f"/ws/{good}", f"/ws/{bad}", missing, TOKEN, WORDS, "secret-name"):
         assert secret not in log, f"{secret} appears in the log"
     # Tags are keyed per relay process, so the test reads each room's tag from its ending line.
     good_tag = re.search(r"event=room_ended room=([0-9a-f]{8}) outcome=completed", log).group(1)
