@@ -1,7 +1,7 @@
 """Property-based attacks: arbitrary and mutated control messages and frame sequences thrown at a live relay.
 
 Whatever arrives, the relay must answer only with well-formed protocol messages, end a room only with an
-``error`` whose close code is the one section 5 documents for it (or a clean close), never with an internal
+``error`` whose close code is the one section 7 documents for it (or a clean close), never with an internal
 error, never forward a payload that does not match its header, remove the room afterwards, and keep
 serving another room that is streaming at the same time.
 """
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from relay import protocol as p
 from tests.hardening.wire import WAIT
-from tests.peers import RawPeer, open_room, start_transfer
+from tests.peers import RawPeer, b64, open_room_v2, send_sealed, start_v2
 
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "150"))
 DOCUMENTED_CLOSES = {p.CLOSE_NORMAL, *p.CLOSE_CODES.values()} - {p.ErrorCode.INTERNAL_ERROR.close_code}
@@ -44,23 +44,38 @@ hexes = st.one_of(st.text("0123456789abcdef", min_size=16, max_size=16), st.text
 paths = st.one_of(st.sampled_from(["a.txt", "dir/b.bin", "c"]), st.text(max_size=30))
 
 
+def b64_of(sizes: st.SearchStrategy[int]) -> st.SearchStrategy[str]:
+    """Base64 of a random length (the relay checks form and length only), or text that is not base64 at all."""
+    return st.one_of(sizes.map(lambda n: b64(os.urandom(n))), st.text(max_size=12))
+
+
 def templates() -> st.SearchStrategy[dict[str, Any]]:
     """Every message type with plausible, and sometimes hostile, field values."""
     ints = st.one_of(st.integers(min_value=0, max_value=4 * CHUNK), st.integers(min_value=-5, max_value=2**60))
-    entry = st.fixed_dictionaries({"path": paths, "size": ints})
+    peers = st.one_of(st.integers(min_value=0, max_value=3), ints)
+    sealed = b64_of(st.integers(min_value=0, max_value=200))
+    keying = b64_of(st.sampled_from([31, 32, 33, 34, 47, 48]))
     return st.one_of(
-        st.fixed_dictionaries({"type": st.just("offer"), "files": st.lists(entry, max_size=3),
-                               "dirs": st.lists(paths, max_size=2), "chunk_size": ints}),
-        st.fixed_dictionaries({"type": st.just("chunk"), "file": ints, "offset": ints, "size": ints,
-                               "xxh3_64": hexes}),
-        st.fixed_dictionaries({"type": st.just("file_done"), "file": ints, "size": ints, "xxh3_128": hexes}),
-        st.fixed_dictionaries({"type": st.just("ack"), "file": ints, "offset": ints}),
-        st.fixed_dictionaries({"type": st.just("file_ok"), "file": ints}),
+        st.fixed_dictionaries({"type": st.sampled_from(["pake", "confirm", "key"]), "to": peers, "data": keying}),
+        st.fixed_dictionaries({"type": st.just("wrong_code"), "to": peers}),
+        st.fixed_dictionaries({"type": st.just("offer"), "to": peers, "total_size": ints, "files": ints,
+                               "data": sealed}),
+        st.fixed_dictionaries({"type": st.just("stream"), "epoch": ints, "to": st.lists(peers, max_size=3),
+                               "chunks": ints, "bytes": ints, "data": st.lists(sealed, max_size=3)}),
+        st.fixed_dictionaries({"type": st.just("chunk"), "epoch": ints, "size": ints, "xxh3_64": hexes}),
+        st.fixed_dictionaries({"type": st.just("end"), "epoch": ints}),
+        st.fixed_dictionaries({"type": st.just("ack"), "epoch": ints, "chunks": ints}),
+        st.fixed_dictionaries({"type": st.sampled_from(["sealed", "accept", "cancel"]), "to": peers, "data": sealed}),
+        st.fixed_dictionaries({"type": st.just("decline"),
+                               "code": st.sampled_from([c.value for c in p.ErrorCode] + ["bogus"]), "data": sealed}),
         st.fixed_dictionaries({"type": st.just("error"),
                                "code": st.sampled_from([c.value for c in p.ErrorCode] + ["bogus"]),
                                "message": st.text(max_size=50)}),
-        st.fixed_dictionaries({"type": st.sampled_from(list(p.MESSAGE_TYPES) + ["", "HELLO", "nope"])}),
-        st.fixed_dictionaries({"type": st.sampled_from(["decline", "cancel"]), "reason": st.text(max_size=2000)}),
+        st.fixed_dictionaries({"type": st.sampled_from(list(p.MESSAGE_TYPES_V2) + ["", "HELLO", "nope"])}),
+        # version 1's messages, which the relay no longer knows
+        st.fixed_dictionaries({"type": st.sampled_from(["file_done", "done", "file_ok"]), "file": ints}),
+        st.fixed_dictionaries({"type": st.just("offer"), "files": st.lists(
+            st.fixed_dictionaries({"path": paths, "size": ints}), max_size=3), "chunk_size": ints}),
     )
 
 
@@ -80,14 +95,16 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
 
 
 _ok_data = b"z" * CHUNK
+_sealed = b64(b"s" * 40)
 valid = st.sampled_from([
-    p.Offer((p.FileEntry("a.txt", 3), p.FileEntry("d/b.bin", 0)), ("empty",), CHUNK).to_json(),
-    p.Offer((p.FileEntry("big.bin", 10**9),), (), CHUNK).to_json(),
-    p.Accept().to_json(), p.Decline("no thanks").to_json(), p.Done().to_json(), p.Verified().to_json(),
-    p.FileOk(0).to_json(), p.Ack(0, 3).to_json(), p.Cancel("bye").to_json(),
-    p.Chunk(0, 0, 3, p.chunk_digest(b"abc")).to_json(), p.FileDone(0, 3, "0" * 32).to_json(),
+    p.SealedOffer(3, 2, _sealed, 1).to_json(), p.SealedOffer(10**9, 1, _sealed, 1).to_json(),
+    p.SealedAccept(_sealed).to_json(), p.SealedDecline("declined", _sealed).to_json(),
+    p.Stream(0, 2, 3 + 32, (_sealed,), (1,)).to_json(), p.Stream(0, 1, CHUNK, (_sealed,), (1,)).to_json(),
+    p.SealedChunk(0, CHUNK, p.chunk_digest(_ok_data)).to_json(), p.End(0).to_json(), p.ChunkAck(0, 1).to_json(),
+    p.Sealed(_sealed, to=1).to_json(), p.Sealed(_sealed).to_json(), p.Verified().to_json(),
+    p.SealedCancel(_sealed).to_json(), p.SealedCancel().to_json(), p.Pake(b64(b"p" * 33), to=1).to_json(),
     p.Error("checksum_mismatch", "bad").to_json(), p.Error("disk_full").to_json(),
-    p.Hello(1, "send", 0, 1, 10).to_json(), p.Complete().to_json(), p.Start().to_json(),
+    p.Hello(2, "send", 0, 1, 10).to_json(), p.Complete().to_json(), p.Start().to_json(),
 ])
 text_frames = st.one_of(
     valid, valid, valid,
@@ -95,7 +112,7 @@ text_frames = st.one_of(
     json_values.map(json.dumps),
     st.text(max_size=60),
     st.just("[" * 5000 + "]" * 5000),  # deep nesting
-    st.just('{"type":"ack","file":1e400}'),
+    st.just('{"type":"ack","epoch":0,"chunks":1e400}'),
     st.just('{"type":"chunk","type":"offer"}'),
 )
 frames = st.one_of(text_frames, st.sampled_from([b"abc", _ok_data]), st.binary(max_size=3 * CHUNK))
@@ -136,9 +153,9 @@ def check_ending(seen: list[Any], close: int | None) -> None:
 
 def check_forwarded_payloads(seen: list[Any]) -> None:
     """Every binary frame a receiver gets follows a chunk header whose size and digest it matches."""
-    header: p.Chunk | None = None
+    header: p.SealedChunk | None = None
     for item in seen:
-        if isinstance(item, p.Chunk):
+        if isinstance(item, p.SealedChunk):
             header = item
         elif isinstance(item, bytes):
             assert header is not None and len(item) == header.size and p.chunk_digest(item) == header.xxh3_64
@@ -149,25 +166,23 @@ class Control:
     """A room that streams a small chunk each round, to show fuzzed rooms do not disturb other rooms."""
 
     def __init__(self, sender: RawPeer, receiver: RawPeer) -> None:
-        self.sender, self.receiver, self.offset = sender, receiver, 0
+        self.sender, self.receiver = sender, receiver
 
     @classmethod
     async def open(cls, ws_url: str) -> Control:
-        sender, (receiver,) = await open_room(ws_url, "fuzz-control")
-        await start_transfer(sender, [receiver], p.Offer((p.FileEntry("c.bin", 2**40),), (), CHUNK))
-        return cls(sender, receiver)
+        room = await open_room_v2(ws_url)
+        await start_v2(room, p.Offer((p.FileEntry("c.bin", 2**40),), (), CHUNK), CHUNK)
+        return cls(room.sender, room.receivers[0])
 
     async def close(self) -> None:
         await self.sender.close()
         await self.receiver.close()
 
     async def round(self) -> None:
-        data = os.urandom(CHUNK)
-        await self.sender.send(p.Chunk(0, self.offset, CHUNK, p.chunk_digest(data)))
-        await self.sender.send(data)
-        self.offset += CHUNK
+        data = os.urandom(CHUNK + p.TAG_SIZE)  # the relay never opens a chunk: random bytes of the right length
+        await send_sealed(self.sender, data)
         header = await self.receiver.expect("chunk")
-        assert header["offset"] == self.offset - CHUNK
+        assert header["size"] == len(data)
         assert await self.receiver.recv() == data
 
 
@@ -193,7 +208,6 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
 def test_arbitrary_control_messages_and_frames_from_both_sides(relay_factory, loop) -> None:
     relay = relay_factory(max_message=64 * 1024)
     control = loop.run_until_complete(Control.open(relay.ws_url))
-    counter = iter(range(10**6))
 
     @FUZZ_SETTINGS
     @given(actions=actions, paired_first=st.booleans())
@@ -201,13 +215,13 @@ def test_arbitrary_control_messages_and_frames_from_both_sides(relay_factory, lo
         loop.run_until_complete(example(actions, paired_first))
 
     async def example(actions: list[tuple[str, str | bytes]], paired_first: bool) -> None:
-        code = f"fuzz-{next(counter)}"
         if paired_first:
-            sender, (receiver,) = await open_room(relay.ws_url, code)
+            room = await open_room_v2(relay.ws_url)
+            sender, (receiver,) = room.sender, room.receivers
         else:
-            sender = await RawPeer.connect(relay.ws_url, code, "send")
-            await sender.expect("hello")
-            receiver = await RawPeer.connect(relay.ws_url, code, "receive")
+            sender = await RawPeer.connect_v2(relay.ws_url, None, "send")
+            hello = await sender.expect("hello")
+            receiver = await RawPeer.connect_v2(relay.ws_url, hello["nameplate"], "receive")
         peers = {"send": sender, "receive": receiver}
         for role, frame in actions:
             try:
@@ -215,7 +229,7 @@ def test_arbitrary_control_messages_and_frames_from_both_sides(relay_factory, lo
             except websockets.ConnectionClosed:
                 pass
         try:  # end the room for sure if the frames did not: a cancel is always allowed
-            await sender.send(p.Cancel("end of example"))
+            await sender.send(p.SealedCancel())
         except websockets.ConnectionClosed:
             pass
         for peer in peers.values():
@@ -238,11 +252,11 @@ def test_arbitrary_control_messages_and_frames_from_both_sides(relay_factory, lo
 
 chunk_ops = st.lists(
     st.one_of(
-        st.tuples(st.just("chunk"), st.integers(0, 2), st.integers(-1, 3 * CHUNK), st.integers(0, 2 * CHUNK),
+        st.tuples(st.just("chunk"), st.integers(-1, 2), st.integers(0, 2 * CHUNK),
                   st.sampled_from(["right", "wrong", "garbage"]), st.integers(0, 2 * CHUNK)),
         st.tuples(st.just("payload"), st.integers(0, 2 * CHUNK)),
-        st.tuples(st.just("file_done"), st.integers(0, 2), st.integers(0, 3 * CHUNK)),
-        st.tuples(st.just("done")),
+        st.tuples(st.just("end"), st.integers(-1, 1)),
+        st.tuples(st.just("stream"), st.integers(0, 8), st.integers(0, 8 * CHUNK)),
         st.tuples(st.just("next_chunk"), st.booleans()),  # the correct next chunk (or its payload corrupted)
         st.tuples(st.just("next_chunk"), st.just(False)),
     ),
@@ -253,7 +267,6 @@ chunk_ops = st.lists(
 def test_mutated_chunk_streams_never_get_a_bad_payload_forwarded(relay_factory, loop) -> None:
     relay = relay_factory(max_message=64 * 1024)
     control = loop.run_until_complete(Control.open(relay.ws_url))
-    counter = iter(range(10**6))
     sizes = (2 * CHUNK + 7, 0, CHUNK)
 
     @FUZZ_SETTINGS
@@ -262,36 +275,37 @@ def test_mutated_chunk_streams_never_get_a_bad_payload_forwarded(relay_factory, 
         loop.run_until_complete(example(ops))
 
     async def example(ops: list[tuple[Any, ...]]) -> None:
-        sender, (receiver,) = await open_room(relay.ws_url, f"stream-{next(counter)}")
+        room = await open_room_v2(relay.ws_url)
+        sender, (receiver,) = room.sender, room.receivers
         offer = p.Offer(tuple(p.FileEntry(f"f{i}", size) for i, size in enumerate(sizes)), (), CHUNK)
-        await start_transfer(sender, [receiver], offer)
-        file_index, offset = 0, 0
+        sealer, plan = await start_v2(room, offer, CHUNK)  # opens the epoch with the plan's true totals
+        positions = list(plan.positions())
+        files = [os.urandom(size) for size in sizes]
         try:
             for op in ops:
                 if op[0] == "chunk":
-                    _, index, at, size, digest_kind, payload_size = op
+                    _, epoch, size, digest_kind, payload_size = op
                     data = os.urandom(payload_size)
                     digest = {"right": p.chunk_digest(data), "wrong": p.chunk_digest(data + b"x"),
                               "garbage": "zz"}[digest_kind]
-                    await sender.send({"type": "chunk", "file": index, "offset": at, "size": size, "xxh3_64": digest})
+                    await sender.send({"type": "chunk", "epoch": epoch, "size": size, "xxh3_64": digest})
                     await sender.send(data)
                 elif op[0] == "payload":
                     await sender.send(os.urandom(op[1]))
-                elif op[0] == "file_done":
-                    await sender.send(p.FileDone(op[1], op[2], "0" * 32))
-                elif op[0] == "done":
-                    await sender.send(p.Done())
-                elif file_index < len(sizes):
-                    size = min(CHUNK, sizes[file_index] - offset)
-                    if size == 0:
-                        await sender.send(p.FileDone(file_index, sizes[file_index], "0" * 32))
-                        file_index, offset = file_index + 1, 0
+                elif op[0] == "end":
+                    await sender.send({"type": "end", "epoch": op[1]})
+                elif op[0] == "stream":
+                    await sender.send({"type": "stream", "epoch": 0, "to": [1], "chunks": op[1], "bytes": op[2],
+                                       "data": [b64(b"s" * 40)]})
+                elif positions:
+                    pos = positions.pop(0)
+                    sealed = sealer.seal_next(files[pos.file][pos.offset : pos.offset + pos.length])
+                    if op[1]:
+                        await sender.send(p.SealedChunk(0, len(sealed), p.chunk_digest(sealed)))
+                        await sender.send(bytes([sealed[0] ^ 1]) + sealed[1:])
                     else:
-                        data = os.urandom(size)
-                        await sender.send(p.Chunk(file_index, offset, size, p.chunk_digest(data)))
-                        await sender.send(bytes([data[0] ^ 1]) + data[1:] if op[1] else data)
-                        offset += size
-            await sender.send(p.Cancel("end of example"))
+                        await send_sealed(sender, sealed)
+            await sender.send(p.SealedCancel())
         except websockets.ConnectionClosed:
             pass
         for peer in (sender, receiver):
