@@ -1,20 +1,26 @@
-"""Cheap load clients that speak the relay protocol, one process per role, many rooms per process.
+"""Cheap load clients that speak the relay protocol (version 2), one process per role, many rooms per process.
 
-    python -m benchmarks.loadclient send --port P --rooms 10 --prefix r --size 20971520 --chunk 1048576
-    python -m benchmarks.loadclient receive --port P --rooms 10 --prefix r
+    python -m benchmarks.loadclient send --port P --rooms 10 --size 20971520 --chunk 1048576
+    python -m benchmarks.loadclient receive --port P --nameplates 3,17,42,...
 
-The sender masks one payload frame per chunk size once, computes its XXH3-64 once, and then only formats
-and masks a ~100-byte header per chunk: the relay checks the digest of the unmasked payload, so every chunk
-is the same bytes. The receiver counts payload bytes and answers ``accept`` / ``verified``.
+The relay never verifies the cryptography: it checks base64 lengths, clear counts and every ciphertext chunk's
+length and XXH3-64. So these clients key, offer and stream with random bytes of the right lengths (a 33-byte
+PAKE message, 32-byte confirmations, a 48-byte sealed key, a sealed offer and plan, and chunks of
+``chunk + 16`` bytes), and the relay does exactly the work it does for real clients. The sender masks one
+ciphertext frame per chunk size once, computes its XXH3-64 once, and then only formats and masks a short
+header per chunk, so every chunk is the same bytes. The receiver counts ciphertext bytes and answers
+``accept`` / ``verified``.
 
-Each process prints JSON lines on stdout: ``{"event": "ready"}`` once every room is open (the sender's signal
-that receivers may connect), and one ``{"event": "result", ...}`` with per-room monotonic timestamps.
+Each process prints JSON lines on stdout: ``{"event": "ready", "nameplates": [...]}`` once every room is open
+(the sender's signal that receivers may connect, with the nameplates the relay allocated, in room order), and
+one ``{"event": "result", ...}`` with per-room monotonic timestamps.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -26,44 +32,50 @@ import xxhash
 from benchmarks.wsconn import ConnectionClosed, WsConnection
 from benchmarks.wsframes import OP_BINARY, OP_TEXT, client_frame
 
-FILE_NAME = "bench.bin"
 OPEN_CONCURRENCY = 64
 SENDER_RECV_SIZE = 64 * 1024
+TAG = 16  # every sealed value and ciphertext chunk carries a 16-byte AES-GCM tag
+PAKE_SIZE, CONFIRM_SIZE, SEALED_KEY_SIZE = 33, 32, 48  # relay.protocol's lengths for the keying messages
+SEALED_OFFER_SIZE, SEALED_PLAN_SIZE = 96, 96  # a one-file offer and its plan, as a real sender seals them
+
+
+def opaque(size: int) -> str:
+    """Base64 of ``size`` random bytes: what a sealed value looks like to the relay."""
+    return base64.b64encode(os.urandom(size)).decode("ascii")
 
 
 class ChunkFrames:
-    """Pre-masked binary frames and digests for a synthetic file made of one random chunk repeated."""
+    """Pre-masked ciphertext frames and digests for a synthetic one-file transfer of ``size`` plaintext bytes.
+
+    As the real sender cuts it: ``chunk`` plaintext bytes per chunk, the last one short, an empty file one
+    empty chunk; each chunk is its plaintext plus the 16-byte tag on the wire.
+    """
 
     def __init__(self, size: int, chunk: int) -> None:
         self.size = size
         self.chunk = chunk
-        payload = os.urandom(min(chunk, size) or 1)
+        full, tail = divmod(size, chunk)
+        self.full_count = full
+        self.count = full + (1 if tail or not size else 0)
+        self.wire_bytes = size + TAG * self.count
+        payload = os.urandom(min(chunk, size) + TAG)
         mask = os.urandom(4)
-        self.full_frame = client_frame(OP_BINARY, payload, mask)
-        self.full_digest = xxhash.xxh3_64_hexdigest(payload)
-        tail = size % chunk
-        self.tail_frame = client_frame(OP_BINARY, payload[:tail], mask) if tail else b""
-        self.tail_digest = xxhash.xxh3_64_hexdigest(payload[:tail]) if tail else ""
-        file_hash = xxhash.xxh3_128()
-        for _ in range(size // chunk):
-            file_hash.update(payload)
-        if tail:
-            file_hash.update(payload[:tail])
-        self.file_digest = file_hash.hexdigest()
+        self.full_frame = client_frame(OP_BINARY, payload[: chunk + TAG], mask) if full else b""
+        self.full_header = self._header(chunk + TAG, xxhash.xxh3_64_hexdigest(payload[: chunk + TAG]))
+        short = payload[: tail + TAG]
+        self.tail_frame = client_frame(OP_BINARY, short, mask) if self.count > full else b""
+        self.tail_header = self._header(len(short), xxhash.xxh3_64_hexdigest(short))
 
     def frames(self):
         """Yield ``(header_frame, payload_frame)`` for each chunk in order."""
-        offset = 0
-        full_count = self.size // self.chunk
-        for _ in range(full_count):
-            yield self._header(offset, self.chunk, self.full_digest), self.full_frame
-            offset += self.chunk
+        for _ in range(self.full_count):
+            yield self.full_header, self.full_frame
         if self.tail_frame:
-            yield self._header(offset, self.size - offset, self.tail_digest), self.tail_frame
+            yield self.tail_header, self.tail_frame
 
     @staticmethod
-    def _header(offset: int, size: int, digest: str) -> bytes:
-        text = '{"type":"chunk","file":0,"offset":%d,"size":%d,"xxh3_64":"%s"}' % (offset, size, digest)
+    def _header(size: int, digest: str) -> bytes:
+        text = f'{{"type":"chunk","epoch":0,"size":{size},"xxh3_64":"{digest}"}}'
         return client_frame(OP_TEXT, text.encode("ascii"))
 
 
@@ -90,7 +102,7 @@ class Args:
     host: str
     port: int
     rooms: int
-    prefix: str
+    nameplates: list[str]
     size: int
     chunk: int
     receivers: int
@@ -100,10 +112,6 @@ class Args:
     hold: bool
     timeout: float
     results: list[RoomResult] = field(default_factory=list)
-
-
-def room_code(prefix: str, index: int) -> str:
-    return f"{prefix}-{index}"
 
 
 async def expect(conn: WsConnection, wanted: str, skip: tuple[str, ...]) -> dict:
@@ -118,41 +126,64 @@ async def expect(conn: WsConnection, wanted: str, skip: tuple[str, ...]) -> dict
     raise RuntimeError(f"no {wanted} within a million messages")
 
 
-async def open_room(args: Args, code: str, query: str, result: RoomResult) -> WsConnection:
+async def open_room(args: Args, target: str, result: RoomResult) -> tuple[WsConnection, dict]:
+    """Connect to ``target`` (``/ws?...`` for a sender, ``/ws/{nameplate}?...`` for a receiver); read ``hello``."""
     result.connect_at = time.monotonic()
     # A sender only reads small control messages: a big buffer per room would cost gigabytes with 5,000 rooms.
     recv_size = min(args.recv_size, SENDER_RECV_SIZE) if args.role == "send" else args.recv_size
-    conn = await WsConnection.open(args.host, args.port, f"/ws/{code}?{query}", recv_size=recv_size, rate=args.rate)
-    await expect(conn, "hello", ())
+    conn = await WsConnection.open(args.host, args.port, target, recv_size=recv_size, rate=args.rate)
+    hello = await expect(conn, "hello", ())
     result.hello_at = time.monotonic()
-    return conn
+    return conn, hello
 
 
-async def run_sender_room(args: Args, code: str, frames: ChunkFrames, ready: asyncio.Event,
-                          opened: list[int], gate: asyncio.Semaphore) -> RoomResult:
-    result = RoomResult(code)
+async def key_receivers(conn: WsConnection, receivers: int) -> None:
+    """The sender's side of keying, for the relay: per receiver a PAKE message, a confirmation once the
+    receiver's PAKE message is in, the sealed content key once its confirmation is in; until ``paired``."""
+    for _ in range(10 * receivers + 10):
+        message = await conn.next_message()
+        kind, peer = message.get("type"), message.get("peer")
+        if kind == "peer_joined":
+            await conn.send_json({"type": "pake", "to": peer, "data": opaque(PAKE_SIZE)})
+        elif kind == "pake":
+            await conn.send_json({"type": "confirm", "to": peer, "data": opaque(CONFIRM_SIZE)})
+        elif kind == "confirm":
+            await conn.send_json({"type": "key", "to": peer, "data": opaque(SEALED_KEY_SIZE)})
+        elif kind == "paired":
+            return
+        else:
+            raise RuntimeError(f"expected keying, got {json.dumps(message)[:200]}")
+    raise RuntimeError("keying did not end in paired")
+
+
+async def run_sender_room(args: Args, index: int, frames: ChunkFrames, ready: asyncio.Event,
+                          opened: list[str], gate: asyncio.Semaphore) -> RoomResult:
+    result = RoomResult(str(index))
     conn = None
     try:
         async with gate:
-            conn = await open_room(args, code, f"role=send&receivers={args.receivers}", result)
-        opened[0] += 1
-        if opened[0] == args.rooms:
+            conn, hello = await open_room(args, f"/ws?role=send&v=2&receivers={args.receivers}", result)
+        result.room = hello["nameplate"]
+        opened[index] = hello["nameplate"]
+        if all(opened):
             ready.set()
         if args.hold:
             await conn.next_message()  # returns or raises only when the relay ends the room
             return result
-        await expect(conn, "paired", ("peer_joined",))
-        offer = {"type": "offer", "files": [{"path": FILE_NAME, "size": frames.size}], "dirs": [],
-                 "chunk_size": frames.chunk}
-        await conn.send_json(offer)
+        await key_receivers(conn, args.receivers)
+        for k in range(1, args.receivers + 1):
+            await conn.send_json({"type": "offer", "to": k, "total_size": frames.size, "files": 1,
+                                  "data": opaque(SEALED_OFFER_SIZE)})
         await expect(conn, "start", ("accept",))
         result.start_at = time.monotonic()
+        await conn.send_json({"type": "stream", "epoch": 0, "to": list(range(1, args.receivers + 1)),
+                              "chunks": frames.count, "bytes": frames.wire_bytes,
+                              "data": [opaque(SEALED_PLAN_SIZE) for _ in range(args.receivers)]})
         for header, payload in frames.frames():
             await conn.send_parts(header, payload)
         result.payload_bytes = frames.size
-        await conn.send_json({"type": "file_done", "file": 0, "size": frames.size, "xxh3_128": frames.file_digest})
-        await conn.send_json({"type": "done"})
-        await expect(conn, "complete", ("ack", "file_ok", "verified"))
+        await conn.send_json({"type": "end", "epoch": 0})
+        await expect(conn, "complete", ("ack", "verified"))
         result.end_at = time.monotonic()
         result.ok = True
     except (ConnectionClosed, RuntimeError, OSError) as exc:
@@ -164,31 +195,37 @@ async def run_sender_room(args: Args, code: str, frames: ChunkFrames, ready: asy
     return result
 
 
-async def run_receiver_room(args: Args, code: str, gate: asyncio.Semaphore) -> RoomResult:
-    result = RoomResult(code)
+async def run_receiver_room(args: Args, nameplate: str, gate: asyncio.Semaphore) -> RoomResult:
+    result = RoomResult(nameplate)
     conn = None
     try:
         async with gate:
-            conn = await open_room(args, code, "role=receive", result)
+            conn, _ = await open_room(args, f"/ws/{nameplate}?role=receive&v=2", result)
+            await conn.send_json({"type": "pake", "data": opaque(PAKE_SIZE)})
+            await expect(conn, "pake", ())
+            await expect(conn, "confirm", ())
+            await conn.send_json({"type": "confirm", "data": opaque(CONFIRM_SIZE)})
+            await expect(conn, "key", ())
             await expect(conn, "offer", ())
             result.offer_at = time.monotonic()
-            await conn.send_json({"type": "accept"})
+            await conn.send_json({"type": "accept", "data": opaque(TAG)})
             result.start_at = time.monotonic()
+            stream = await expect(conn, "stream", ())
             if args.concurrency > 0:
                 # Pairing-latency mode: hold the slot until the first payload byte is in.
                 await conn.first_byte.wait()
-        done = await expect(conn, "file_done", ())
-        await conn.send_json({"type": "file_ok", "file": done["file"]})
-        await expect(conn, "done", ())
+        await expect(conn, "end", ())
+        await conn.send_json({"type": "ack", "epoch": 0, "chunks": stream["chunks"]})
         await conn.send_json({"type": "verified"})
         await expect(conn, "complete", ())
         result.end_at = time.monotonic()
         result.payload_bytes = conn.binary_bytes
         result.first_byte_at = conn.first_byte_at or 0.0
         result.last_byte_at = conn.last_byte_at or 0.0
-        result.ok = conn.binary_bytes == args.size
+        result.ok = conn.binary_bytes == stream["bytes"] and conn.chunk_headers == stream["chunks"]
         if not result.ok:
-            result.error = f"received {conn.binary_bytes} of {args.size} bytes"
+            result.error = (f"received {conn.binary_bytes} of {stream['bytes']} bytes in {conn.chunk_headers} of "
+                            f"{stream['chunks']} chunks")
     except (ConnectionClosed, RuntimeError, OSError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -209,24 +246,25 @@ async def wait_for_stdin_eof() -> None:
 
 
 async def run(args: Args) -> list[RoomResult]:
-    codes = [room_code(args.prefix, i) for i in range(args.rooms)]
     if args.role == "send":
         frames = ChunkFrames(args.size, args.chunk)
         ready = asyncio.Event()
-        opened = [0]
+        opened = [""] * args.rooms
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-        tasks = [asyncio.create_task(run_sender_room(args, code, frames, ready, opened, gate)) for code in codes]
+        tasks = [asyncio.create_task(run_sender_room(args, index, frames, ready, opened, gate))
+                 for index in range(args.rooms)]
         await ready.wait()
-        emit("ready", rooms=opened[0])
+        nameplates = [nameplate for nameplate in opened if nameplate]
+        emit("ready", rooms=len(nameplates), nameplates=nameplates)
         if args.hold:
             await wait_for_stdin_eof()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            return [RoomResult(code, ok=True) for code in codes]
+            return [RoomResult(nameplate, ok=True) for nameplate in nameplates]
         return list(await asyncio.gather(*tasks))
     gate = asyncio.Semaphore(args.concurrency if args.concurrency > 0 else OPEN_CONCURRENCY)
-    tasks = [run_receiver_room(args, code, gate) for code in codes]
+    tasks = [run_receiver_room(args, nameplate, gate) for nameplate in args.nameplates]
     return list(await asyncio.gather(*tasks))
 
 
@@ -235,8 +273,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("role", choices=("send", "receive"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--rooms", type=int, default=1)
-    parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--rooms", type=int, default=1, help="sender: rooms to open")
+    parser.add_argument("--nameplates", default="", help="receiver: the sender's nameplates, comma-separated")
     parser.add_argument("--size", type=int, default=1 << 20, help="bytes per room")
     parser.add_argument("--chunk", type=int, default=1 << 20)
     parser.add_argument("--receivers", type=int, default=1, help="receivers per room (sender)")
@@ -247,7 +285,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--hold", action="store_true", help="sender: open rooms and hold them until stdin closes")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     ns = parser.parse_args(argv)
-    return Args(ns.role, ns.host, ns.port, ns.rooms, ns.prefix, ns.size, ns.chunk, ns.receivers,
+    nameplates = [n for n in ns.nameplates.split(",") if n]
+    if ns.role == "receive" and not nameplates:
+        parser.error("a receiver needs --nameplates (the sender prints them in its ready event)")
+    return Args(ns.role, ns.host, ns.port, len(nameplates) if ns.role == "receive" else ns.rooms, nameplates,
+                ns.size, ns.chunk, ns.receivers,
                 ns.concurrency, ns.rate, ns.recv_size, ns.hold, ns.timeout)
 
 
@@ -255,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         results = asyncio.run(asyncio.wait_for(run(args), args.timeout))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         emit("result", role=args.role, rooms=[], error=f"timed out after {args.timeout} s")
         return 2
     emit("result", role=args.role, rooms=[asdict(r) for r in results])

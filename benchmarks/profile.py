@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         spies.append(subprocess.Popen([*common, "--format", "raw", "-o", str(raw)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         try:
-            ws_transfer(server, monitor, row, rooms=1, size=args.size, chunk=args.chunk, prefix="profile")
+            ws_transfer(server, monitor, row, rooms=1, size=args.size, chunk=args.chunk)
         finally:
             server.stop()  # py-spy writes its output when the process it follows exits
             for spy in spies:

@@ -77,19 +77,18 @@ def on_server(server_factory: Callable[[], Server], row: Measurement,
 
 
 def ws_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, *, rooms: int, size: int, chunk: int,
-                receivers: int = 1, rate: int | None = None, recv_size: int = MIB, prefix: str = "bench") -> None:
+                receivers: int = 1, rate: int | None = None, recv_size: int = MIB) -> None:
     """One sender process for ``rooms`` rooms, ``receivers`` receiver processes; fill ``row``."""
     timeout = 60.0 + size / rate * 2 if rate else transfer_timeout(size * rooms * receivers)
     with monitor.window() as window:
         sender = ClientProcess(loadclient_args(
-            "send", server.port, rooms=rooms, prefix=prefix, size=size, chunk=chunk, receivers=receivers,
-            timeout=timeout))
+            "send", server.port, rooms=rooms, size=size, chunk=chunk, receivers=receivers, timeout=timeout))
         clients = [sender]
         try:
-            sender.wait_event("ready", READY_TIMEOUT)
+            nameplates = ",".join(sender.wait_event("ready", READY_TIMEOUT)["nameplates"])
             for _ in range(receivers):
                 clients.append(ClientProcess(loadclient_args(
-                    "receive", server.port, rooms=rooms, prefix=prefix, size=size, rate=rate,
+                    "receive", server.port, nameplates=nameplates, size=size, rate=rate,
                     recv_size=recv_size, timeout=timeout)))
             outcomes = [client.finish(timeout) for client in clients[1:]] + [sender.finish(timeout)]
         finally:
@@ -112,12 +111,12 @@ def warmed(body: Callable[[Server, ProcessMonitor], None]) -> Callable[[Server, 
 
 def warm_up(server: Server) -> None:
     """One small transfer, so lazily imported code and first-use allocations are in the idle figure."""
-    sender = ClientProcess(loadclient_args("send", server.port, rooms=1, prefix="warm", size=WARMUP_SIZE,
-                                           chunk=WARMUP_SIZE, timeout=30))
+    sender = ClientProcess(loadclient_args("send", server.port, rooms=1, size=WARMUP_SIZE, chunk=WARMUP_SIZE,
+                                           timeout=30))
     try:
-        sender.wait_event("ready", 30)
-        receiver = ClientProcess(loadclient_args("receive", server.port, rooms=1, prefix="warm",
-                                                 size=WARMUP_SIZE, timeout=30))
+        nameplates = ",".join(sender.wait_event("ready", 30)["nameplates"])
+        receiver = ClientProcess(loadclient_args("receive", server.port, nameplates=nameplates, size=WARMUP_SIZE,
+                                                 timeout=30))
         receiver.finish(30)
         sender.finish(30)
     finally:
@@ -130,7 +129,7 @@ def warm_up(server: Server) -> None:
 def relay_cost(plan: Plan, log_dir: Path, chunk: int) -> Measurement:
     row = Measurement("1 relay cost", "relay", chunk)
     return on_server(lambda: RelayServer(log_dir), row, warmed(lambda server, monitor: ws_transfer(
-        server, monitor, row, rooms=1, size=plan.cost_size, chunk=chunk, prefix="cost")))
+        server, monitor, row, rooms=1, size=plan.cost_size, chunk=chunk)))
 
 
 def raw_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, kind: str, size: int, chunk: int) -> None:
@@ -260,8 +259,7 @@ def _cli_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, sou
 def fan_out(plan: Plan, log_dir: Path) -> Measurement:
     row = Measurement(f"3 fan-out 1->{plan.fanout_receivers}", "relay", plan.chunk)
     return on_server(lambda: RelayServer(log_dir), row, warmed(lambda server, monitor: ws_transfer(
-        server, monitor, row, rooms=1, size=plan.fanout_size, chunk=plan.chunk, receivers=plan.fanout_receivers,
-        prefix="fan")))
+        server, monitor, row, rooms=1, size=plan.fanout_size, chunk=plan.chunk, receivers=plan.fanout_receivers)))
 
 
 def many_rooms(plan: Plan, log_dir: Path) -> Measurement:
@@ -269,7 +267,7 @@ def many_rooms(plan: Plan, log_dir: Path) -> Measurement:
     row.extra["rooms"] = plan.many_rooms
     return on_server(lambda: RelayServer(log_dir), row, warmed(lambda server, monitor: ws_transfer(
         server, monitor, row, rooms=plan.many_rooms, size=plan.many_size, chunk=plan.chunk,
-        recv_size=256 * 1024, prefix="many")))
+        recv_size=256 * 1024)))
 
 
 def slow_receiver(plan: Plan, log_dir: Path) -> Measurement:
@@ -278,7 +276,7 @@ def slow_receiver(plan: Plan, log_dir: Path) -> Measurement:
     def body(server: Server, monitor: ProcessMonitor) -> None:
         with monitor.window() as outer:
             ws_transfer(server, monitor, row, rooms=1, size=plan.slow_size, chunk=plan.chunk,
-                        rate=plan.slow_rate, recv_size=64 * 1024, prefix="slow")
+                        rate=plan.slow_rate, recv_size=64 * 1024)
         row.extra.update(memory_trend(outer.result.samples))
 
     return on_server(lambda: RelayServer(log_dir), row, warmed(body))
@@ -305,14 +303,13 @@ def pairing_latency(plan: Plan, log_dir: Path) -> Measurement:
         size = 64 * 1024
         timeout = 60.0 + plan.pairing_rooms * 0.2
         with monitor.window() as window:
-            sender = ClientProcess(loadclient_args("send", server.port, rooms=plan.pairing_rooms, prefix="pair",
-                                                   size=size, chunk=size, timeout=timeout))
+            sender = ClientProcess(loadclient_args("send", server.port, rooms=plan.pairing_rooms, size=size,
+                                                   chunk=size, timeout=timeout))
             clients = [sender]
             try:
-                sender.wait_event("ready", READY_TIMEOUT)
-                receiver = ClientProcess(loadclient_args("receive", server.port, rooms=plan.pairing_rooms,
-                                                         prefix="pair", size=size, concurrency=1,
-                                                         recv_size=size, timeout=timeout))
+                nameplates = ",".join(sender.wait_event("ready", READY_TIMEOUT)["nameplates"])
+                receiver = ClientProcess(loadclient_args("receive", server.port, nameplates=nameplates, size=size,
+                                                         concurrency=1, recv_size=size, timeout=timeout))
                 clients.append(receiver)
                 outcomes = [receiver.finish(timeout), sender.finish(timeout)]
             finally:
@@ -339,7 +336,7 @@ def idle_capacity(plan: Plan, log_dir: Path) -> Measurement:
 
     def body(server: Server, monitor: ProcessMonitor) -> None:
         with monitor.window() as window:
-            holder = ClientProcess(loadclient_args("send", server.port, rooms=plan.idle_rooms, prefix="idle",
+            holder = ClientProcess(loadclient_args("send", server.port, rooms=plan.idle_rooms,
                                                    hold=True, timeout=READY_TIMEOUT + 60), stdin_pipe=True)
             try:
                 ready = holder.wait_event("ready", READY_TIMEOUT)
