@@ -441,7 +441,7 @@ IDLE_ROOM_BOUND = 25 * 1024
 
 def test_a_room_waiting_for_its_receiver_holds_little_relay_memory(relay_factory) -> None:
     relay = relay_factory(max_rooms=IDLE_ROOMS + 10)
-    args = ["send", "--port", str(relay.port), "--rooms", str(IDLE_ROOMS), "--prefix", "idle", "--size", "1024",
+    args = ["send", "--port", str(relay.port), "--rooms", str(IDLE_ROOMS), "--size", "1024",
             "--chunk", "1024", "--hold", "--timeout", "60"]
     tracemalloc.start()
     try:
