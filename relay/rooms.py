@@ -44,7 +44,7 @@ class State(StrEnum):
     PAIRED = "paired"  # all receivers in and keyed, waiting for the offer
     OFFERED = "offered"  # offer forwarded, waiting for every accept
     STREAMING = "streaming"  # chunks flowing
-    DONE = "done"  # sender sent `done`, waiting for every `verified`
+    DONE = "done"  # sender sent `end`, waiting for every `verified`
     ENDED = "ended"
 
 
