@@ -191,6 +191,11 @@ export function defaultBackend() {
   return globalThis.crypto?.subtle ? webCryptoBackend(globalThis.crypto.subtle) : nobleBackend;
 }
 
+/** "webcrypto" or "noble": which backend defaultBackend() picks here (the page says when it is the slow one). */
+export function backendName() {
+  return defaultBackend().name;
+}
+
 // --- codes ---------------------------------------------------------------------------------------------------
 
 /** NFKC, lower case, runs of white space, "_", "." and "-" become one "-", trimmed: as clients/crypto.py. */
