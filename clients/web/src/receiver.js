@@ -264,11 +264,13 @@ export class ReceiveSession {
       this.fileDone = 0;
       if (this.several) this.fileDigest = this.hashing.newFileDigest();
     }
-    if (chunk.plaintext.length > 0) await this.sink.write(chunk.plaintext);
+    const length = chunk.plaintext.length;
+    // Hashed before it is written: a download sink hands the buffer over to the service worker (it is detached).
     this.fileDigest?.update(chunk.plaintext);
+    if (length > 0) await this.sink.write(chunk.plaintext);
     this.chunks += 1;
-    this.bytesDone += chunk.plaintext.length;
-    this.fileDone += chunk.plaintext.length;
+    this.bytesDone += length;
+    this.fileDone += length;
     if (chunk.last) {
       if (this.several && this.digests.get(chunk.file) !== this.fileDigest.hexdigest()) {
         throw new Tampered(`file ${chunk.file} does not match the sender's sealed SHA-256`);
