@@ -248,6 +248,7 @@ function fileEntry(item) {
  */
 export function checkOffer(data) {
   if (data === null || typeof data !== "object" || Array.isArray(data)) throw malformed("the offer must be a JSON object");
+  if (!encodable(data)) throw malformed("the offer holds a string that is not valid Unicode (a lone surrogate)");
   const files = data.files;
   const dirs = data.dirs === undefined ? [] : data.dirs;
   const kind = data.kind === undefined ? "files" : data.kind;
