@@ -24,6 +24,7 @@ from playwright.sync_api import BrowserContext, Page
 from clients import crypto as c
 from relay import protocol as p
 from tests.peers import WAIT, RawPeer, b64, key_as_sender, raw_sides, seal_json, send_sealed
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.web.driver import accept_downloads, open_offer, sha256, start_sending, wait_state, zip_hashes
 from tests.web.proxy import prefix_proxy
 
@@ -291,3 +292,40 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str:
     reader.join(timeout)
     assert box, "the relay command printed no code line"
     return box[0]
+
+
+# --- a plain-http origin: no WebCrypto ---------------------------------------------------------------------------
+
+
+def test_a_plain_http_origin_encrypts_in_javascript_and_says_so(browser, relay_server, files):
+    """On http:// other than localhost the browser has no WebCrypto: the page says encryption is slower here, and
+    the same protocol runs on @noble/ciphers (test_crypto_js.py checks its bytes against Python's)."""
+    resolver = "--host-resolver-rules=MAP relay.test 127.0.0.1"
+    other = browser.browser_type.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, resolver], timeout=30_000)
+    try:
+        context = other.new_context(accept_downloads=True)
+        context.set_default_timeout(20_000)
+        base = f"http://relay.test:{relay_server.port}"
+        page = context.new_page()
+        page.goto(base + "/")
+        assert page.evaluate("window.isSecureContext") is False
+        page.wait_for_selector("#crypto-note:not([hidden])")
+        assert "encryption runs in JavaScript here and is slower" in (page.text_content("#crypto-note") or "")
+        page.set_input_files("#file-input", [str(files["note"])])
+        page.click("#send-start")
+        page.wait_for_selector('#send-status[data-state="waiting"]')
+        code = page.text_content("#send-code") or ""
+        receiver = context.new_page()
+        open_offer(receiver, base, code)
+        assert "in memory" in (receiver.text_content("#save-note") or "")  # no service worker either
+        downloads = accept_downloads(receiver, 1)
+        wait_state(page, "#send-status", "verified")
+        assert sha256(Path(downloads[0].path())) == sha256(files["note"])
+        context.close()
+    finally:
+        other.close()
+
+    secure = browser.new_page()
+    secure.goto(relay_server.http_url + "/")  # 127.0.0.1 is a secure context: WebCrypto, and no note
+    assert secure.is_hidden("#crypto-note")
+    secure.close()
