@@ -260,7 +260,8 @@ export function setUpSendView({ showSend }) {
           $("send-code").textContent = code;
           $("send-link").href = link;
           $("send-link").textContent = link;
-          $("send-cli").textContent = `relay receive ${code} --relay ${relayBase()}`;
+          // No code on the command line: other users of that machine could read it there; the command asks for it.
+          $("send-cli").textContent = `relay receive --relay ${relayBase()}`;
           $("send-qr").replaceChildren(qrSvg(link, `QR code of the link ${link}`));
           $("send-share").hidden = false;
           $("copy-code").textContent = "Copy code";
