@@ -79,7 +79,8 @@ class PrefixProxy:
         await asyncio.gather(self._pipe(reader, up_writer, frames), self._pipe(up_reader, writer))
 
     @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, frames: _FrameReader | None = None) -> None:
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    frames: _FrameReader | None = None) -> None:
         try:
             while block := await source.read(PIPE_BLOCK):
                 if frames is not None:
@@ -144,7 +145,7 @@ class _FrameReader:
         payload = bytes(buffer[key_end:key_end + length])
         if masked:
             key = buffer[at:key_end]
-            payload = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload)) if length < 4096 else _unmask(payload, bytes(key))
+            payload = _unmask(payload, bytes(key))
         del buffer[:key_end + length]
         return fin, opcode, payload
 

@@ -129,12 +129,13 @@ def test_receiver_decline_shows_on_the_sending_page(pages: tuple[Page, Page], re
 # --- cancel in the middle of a transfer, against raw peers that stop reading --------------------------------
 
 
-def test_sending_page_cancel_mid_transfer_tells_the_receiver(context: BrowserContext, relay_server, tmp_path, in_thread):
+def test_sending_page_cancel_mid_transfer_tells_the_receiver(context: BrowserContext, relay_server, tmp_path,
+                                                             in_thread):
     big = tmp_path / "large.bin"
     big.write_bytes(os.urandom(40 * 1024 * 1024))
     page = context.new_page()
     code = start_sending(page, relay_server.http_url, [big])
-    cancelled = threading.Event()
+    cancelled, streaming = threading.Event(), threading.Event()
 
     async def receiver_that_stalls() -> tuple[int | None, list]:
         peer, channel, _ = await join_as_receiver(relay_server.ws_url, code)
@@ -143,12 +144,13 @@ def test_sending_page_cancel_mid_transfer_tells_the_receiver(context: BrowserCon
         await peer.expect("stream")
         await peer.expect("chunk")
         assert isinstance(await peer.recv(), bytes)
+        streaming.set()
         # Stop reading: the relay, and so the page, cannot get far ahead. Resume once the page has cancelled.
         await asyncio.get_running_loop().run_in_executor(None, cancelled.wait, WAIT * 3)
         return await peer.closed()
 
     result = in_thread(receiver_that_stalls())
-    page.wait_for_selector('#send-status[data-state="transferring"]')
+    assert streaming.wait(WAIT)  # the first chunk arrived: the page is in the middle of the stream
     page.click("#send-cancel")
     cancelled.set()
     wait_state(page, "#send-status", "cancelled")
@@ -193,7 +195,8 @@ def test_receiving_page_cancel_mid_transfer_tells_the_sender(context: BrowserCon
 # --- hostile sender ----------------------------------------------------------------------------------------
 
 
-def test_a_chunk_whose_checksum_does_not_match_is_stopped_by_the_relay(context: BrowserContext, relay_server, in_thread):
+def test_a_chunk_whose_checksum_does_not_match_is_stopped_by_the_relay(context: BrowserContext, relay_server,
+                                                                      in_thread):
     page = context.new_page()
     ready = threading.Event()
     box: list[str] = []

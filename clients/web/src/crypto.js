@@ -626,8 +626,10 @@ export class StreamOpener {
     if (sealed.length !== position.length + TAG_SIZE) {
       throw new Tampered(`chunk ${position.chunk} of file ${position.file} has the wrong length`);
     }
-    const plaintext = await this.cipher.open(position.file, position.chunk, position.offset, position.last, sealed);
+    // Claimed before the await, so that several chunks may be opening at once (each at its own position); the
+    // caller uses their results in order.
     this.position = this.#next();
+    const plaintext = await this.cipher.open(position.file, position.chunk, position.offset, position.last, sealed);
     return { file: position.file, offset: position.offset, plaintext, last: position.last };
   }
 

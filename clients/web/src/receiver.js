@@ -25,6 +25,8 @@ import { EPOCH, FINAL_STATES } from "./sender.js";
 import { SinkError } from "./sinks.js";
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
+/** Chunks opening at once before the oldest is stored. */
+const OPEN_AHEAD = 4;
 
 /**
  * One receive with `code` (already normalised: "<nameplate>-<words>"). Listener methods (all optional):
@@ -52,6 +54,9 @@ export class ReceiveSession {
     this.contentKey = null;
     this.opener = null;
     this.header = null; // the chunk header whose binary frame comes next
+    this.openings = []; // chunks being opened, oldest first (see #payload)
+    this.storing = Promise.resolve(); // the chain that stores them in order
+    this.steps = []; // the chain's step for each chunk not yet known to be stored, oldest first
     this.digests = new Map(); // file index -> sealed SHA-256 (several receivers)
     this.fileDigest = null;
     this.chunks = 0;
@@ -167,6 +172,9 @@ export class ReceiveSession {
         return;
       case "end":
         if (this.opener === null || this.header !== null || message.epoch !== EPOCH) throw unexpected("'end' out of order");
+        await this.storing;
+        this.steps = [];
+        if (FINAL_STATES.has(this.state)) return; // a chunk failed while it was stored
         this.opener.finish(); // Truncated if the stream stopped before its last chunk
         if (this.verifiedFiles !== this.offer.files.length) throw new Tampered("the stream ended before every file was complete");
         await this.sink.finish?.(); // a zip writes its table of contents here
@@ -246,7 +254,9 @@ export class ReceiveSession {
     this.digests.set(note.file, note.sha256);
   }
 
-  // One ciphertext chunk: its transport checksum, then it opens at the expected position, or nothing is written.
+  // One ciphertext chunk: its transport checksum, then it starts opening at the position the plan expects next.
+  // Up to OPEN_AHEAD chunks open at once (WebCrypto works off the page's thread); they are stored in order, and
+  // nothing of a chunk is written before it authenticated.
   async #payload(bytes) {
     const header = this.header;
     if (header === null || this.opener === null) throw unexpected("binary frame without a chunk header");
@@ -254,10 +264,24 @@ export class ReceiveSession {
       throw new ProtocolError(`payload of ${bytes.length} bytes, header said ${header.size}`, "size_mismatch");
     }
     if (this.hashing.chunkDigest(bytes) !== header.xxh3_64) {
-      throw new ProtocolError(`chunk ${this.chunks} failed its xxh3_64 check`, "checksum_mismatch");
+      throw new ProtocolError(`chunk ${this.chunks + this.openings.length} failed its xxh3_64 check`, "checksum_mismatch");
     }
     this.header = null;
-    const chunk = await this.opener.openNext(bytes); // Tampered unless it is the chunk the plan expects here
+    const opening = this.opener.openNext(bytes); // Tampered unless it is the chunk the plan expects here
+    opening.catch(() => {}); // looked at in its turn; a transfer that ended first never does
+    this.openings.push(opening);
+    // Stored as soon as it opened and the chunk before it was stored; a failure ends the session from here (the
+    // loop may be waiting for a frame that the sender will never send).
+    this.storing = this.storing
+      .then(() => (FINAL_STATES.has(this.state) ? undefined : this.#storeOldest()))
+      .catch((error) => this.#fail(error));
+    this.steps.push(this.storing);
+    if (this.steps.length >= OPEN_AHEAD) await this.steps.shift();
+  }
+
+  // Store the oldest chunk once it authenticated: open its file at its first chunk, commit it at its last.
+  async #storeOldest() {
+    const chunk = await this.openings.shift();
     if (!this.fileOpen) {
       await this.sink.openFile(chunk.file, this.offer.files[chunk.file]);
       this.fileOpen = true;

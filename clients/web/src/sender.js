@@ -34,6 +34,8 @@ export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
  * every receiver has sent an ack (acks are optional in the protocol, and one that never acks is not waited for).
  */
 export const ACK_WINDOW = 64 * 1024 * 1024;
+/** Chunks read and being sealed ahead of the one being sent. */
+const SEAL_AHEAD = 4;
 /** The one stream epoch of a transfer in this version (docs/protocol.md section 8.2). */
 export const EPOCH = 0;
 
@@ -287,42 +289,33 @@ export class SendSession {
       this.fileEnds.push(chunks);
     }
     const sealer = await StreamSealer.create(await dataKey(this.contentKey, salt), plan);
-    const several = this.receivers > 1;
     this.chunksPerWindow = Math.max(1, Math.floor(ACK_WINDOW / this.chunkSize));
-    for (const [index, entry] of this.offer.files.entries()) {
-      const file = this.items[index].file;
-      const digest = several ? hashing.newFileDigest() : null;
-      const chunks = this.#chunks(file, entry.size);
-      try {
-        // The next chunk is read and sealed (WebCrypto works off the page's thread) while this one is sent.
-        let next = chunks.next();
-        for (;;) {
-          const { value: bytes, done } = await next;
-          if (done || FINAL_STATES.has(this.state)) break;
-          const last = sealer.position.last;
-          digest?.update(bytes);
-          const sealing = sealer.sealNext(bytes);
-          next = chunks.next();
-          const sealed = await sealing;
-          if (digest !== null && last) {
-            const sha256 = digest.hexdigest();
-            for (const peer of peers) {
-              connection.sendMessage({ type: "sealed", to: peer, data: await sealJson(this.channels.get(peer), { file: index, sha256 }) });
-            }
-          }
-          await connection.drain(SEND_BUFFER_LIMIT, () => this.#aheadOfReceivers() > this.chunksPerWindow);
-          if (FINAL_STATES.has(this.state)) break;
-          connection.sendMessage({ type: "chunk", epoch: EPOCH, size: sealed.length, xxh3_64: hashing.chunkDigest(sealed) });
-          connection.sendBinary(sealed);
-          this.sentChunks += 1;
-          this.sent += bytes.length;
-          this.#progress();
+    // Up to SEAL_AHEAD chunks are read and being sealed (WebCrypto works off the page's thread) while the oldest
+    // is sent, so neither the file nor the cipher waits for the other.
+    const inFlight = [];
+    const sendOldest = async () => {
+      const { index, length, sha256, sealing } = inFlight.shift();
+      const sealed = await sealing;
+      if (sha256 !== null) {
+        for (const peer of peers) {
+          connection.sendMessage({ type: "sealed", to: peer, data: await sealJson(this.channels.get(peer), { file: index, sha256 }) });
         }
-      } finally {
-        await chunks.return(undefined); // stops reading the file when the transfer ended early
       }
-      if (FINAL_STATES.has(this.state)) return;
+      await connection.drain(SEND_BUFFER_LIMIT, () => this.#aheadOfReceivers() > this.chunksPerWindow);
+      if (FINAL_STATES.has(this.state)) return false;
+      connection.sendMessage({ type: "chunk", epoch: EPOCH, size: sealed.length, xxh3_64: hashing.chunkDigest(sealed) });
+      connection.sendBinary(sealed);
+      this.sentChunks += 1;
+      this.sent += length;
+      this.#progress();
+      return true;
+    };
+    for await (const item of this.#sealedChunks(sealer, this.receivers > 1)) {
+      if (FINAL_STATES.has(this.state)) return; // leaving the loop stops reading the file
+      inFlight.push(item);
+      if (inFlight.length >= SEAL_AHEAD && !(await sendOldest())) return;
     }
+    while (inFlight.length > 0) if (!(await sendOldest())) return;
     connection.sendMessage({ type: "end", epoch: EPOCH });
     this.#setState("verifying");
     // Keep the progress moving while the last megabytes leave the send buffer.
@@ -331,6 +324,24 @@ export class SendSession {
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     this.#progress();
+  }
+
+  /**
+   * Every chunk of the plan in order, each with its sealing under way: {index, length, sha256, sealing}. With
+   * several receivers `sha256` is the file's digest on its last chunk (computed here, before the next file's
+   * bytes reset the running digest), else null.
+   */
+  async *#sealedChunks(sealer, several) {
+    for (const [index, entry] of this.offer.files.entries()) {
+      const digest = several ? this.hashing.newFileDigest() : null;
+      for await (const bytes of this.#chunks(this.items[index].file, entry.size)) {
+        const last = sealer.position.last;
+        digest?.update(bytes);
+        const sealing = sealer.sealNext(bytes);
+        sealing.catch(() => {}); // awaited when its turn comes; a transfer that ended first never looks at it
+        yield { index, length: bytes.length, sha256: last && digest !== null ? digest.hexdigest() : null, sealing };
+      }
+    }
   }
 
   /**
