@@ -27,7 +27,8 @@ def test_shipped_dist_matches_a_fresh_build(tmp_path: Path):
     assert shipped == sorted(path.name for path in fresh.iterdir())
     _, mismatch, errors = filecmp.cmpfiles(STATIC, fresh, shipped, shallow=False)
     assert mismatch == [] and errors == [], (
-        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' and commit relay/static/"
+        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' "
+        "and commit relay/static/"
     )
 
 
@@ -58,7 +59,8 @@ def test_unknown_paths_are_not_served(relay_server):
 def test_plain_gets_never_touch_a_room(relay_server):
     with httpx.Client(base_url=relay_server.http_url, timeout=10) as client:
         before = len(relay_server.relay.rooms)
-        for path in ("/", "/?code=word-word-word-word", "/ws/word-word-word-word", "/ws/word-word-word-word?role=receive"):
+        for path in ("/", "/?code=word-word-word-word", "/ws/word-word-word-word",
+                     "/ws/word-word-word-word?role=receive", "/ws/42", "/ws?role=send&v=2"):
             assert client.get(path).status_code in (200, 404), path
         assert len(relay_server.relay.rooms) == before
 

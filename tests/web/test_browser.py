@@ -54,7 +54,8 @@ def test_browser_to_browser_streams_files_to_downloads_as_one_zip(pages: tuple[P
     receiver.screenshot(path=str(artifacts / "receive-finished.png"), full_page=True)
 
 
-def test_browser_without_service_worker_saves_small_files_from_memory(no_sw_context: BrowserContext, relay_server, files):
+def test_browser_without_service_worker_saves_small_files_from_memory(no_sw_context: BrowserContext, relay_server,
+                                                                      files):
     sender, receiver = no_sw_context.new_page(), no_sw_context.new_page()
     code = start_sending(sender, relay_server.http_url, [files["big"], files["note"]])
     open_offer(receiver, relay_server.http_url, code)

@@ -122,11 +122,12 @@ def test_js_protocol_agrees_with_python():
     assert node, "Node.js is needed to check the web client's protocol module"
     assert (WEB / "node_modules" / "hash-wasm").is_dir(), "run: npm --prefix clients/web ci"
     rng = random.Random(3)
-    blobs = [bytes(rng.getrandbits(8) for _ in range(n)) for n in (0, 1, 3, 16, 17, 128, 129, 240, 241, 1000, 4097, 70000)]
+    sizes = (0, 1, 3, 16, 17, 128, 129, 240, 241, 1000, 4097, 70000)
+    blobs = [bytes(rng.getrandbits(8) for _ in range(n)) for n in sizes]
     cases = {"paths": PATHS, "offers": OFFERS, "messages": MESSAGES, "texts": TEXTS, "blobs": [b.hex() for b in blobs],
              "base64": [b.hex() for b in blobs]}
-    done = subprocess.run([node, str(WEB / "test" / "protocol-cases.mjs")], input=json.dumps(cases), capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "NODE_OPTIONS": ""})
+    done = subprocess.run([node, str(WEB / "test" / "protocol-cases.mjs")], input=json.dumps(cases),
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "NODE_OPTIONS": ""})
     assert done.returncode == 0, done.stderr
     js = json.loads(done.stdout)
 
