@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,14 @@ RUN_TIMEOUT = 300.0
 # --- the server ----------------------------------------------------------------------------------------------
 
 
-async def _serve(port_file: str) -> None:
+def _serve(port_file: str) -> None:
+    sock = socket.create_server(("127.0.0.1", 0))
+    with open(port_file, "w") as out:
+        out.write(str(sock.getsockname()[1]))
+    asyncio.run(_serve_on(sock))
+
+
+async def _serve_on(sock: socket.socket) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
@@ -60,9 +68,7 @@ async def _serve(port_file: str) -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    with open(port_file, "w") as out:
-        out.write(str(server.sockets[0].getsockname()[1]))
+    server = await asyncio.start_server(handle, sock=sock)
     async with server:
         await server.serve_forever()
 
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(_serve(args.serve))
+        _serve(args.serve)
         return 0
     if args.client:
         name, url, direction, n, size = args.client
