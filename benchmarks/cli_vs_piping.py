@@ -98,18 +98,14 @@ class Child:
                 time.sleep(POLL)
         return data.split(b"\n", 1)[0].decode(errors="replace")
 
-    def reap(self, deadline: float) -> Proc:
-        """Wait for the exit (killing the process at ``deadline``) and return its rusage."""
-        while True:
-            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-            if pid:
-                ended = time.monotonic()
-                self.proc.returncode = os.waitstatus_to_exitcode(status)
-                return Proc(self.role, self.proc.returncode, usage.ru_utime, usage.ru_stime,
-                            usage.ru_maxrss / 1024, ended)
-            if time.monotonic() > deadline:
-                self.proc.kill()
-            time.sleep(POLL)
+    def try_reap(self) -> Proc | None:
+        """The process's rusage if it has exited (reaping it), else ``None``."""
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+        if not pid:
+            return None
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return Proc(self.role, self.proc.returncode, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024,
+                    time.monotonic())
 
     def stderr_tail(self) -> str:
         try:
@@ -119,10 +115,33 @@ class Child:
         except (OSError, ValueError):
             return ""
 
+    def signal_kill(self) -> None:
+        """SIGKILL the process group (a later ``try_reap`` collects it)."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """Kill and reap, if still running (cleanup on every path)."""
+        if self.proc.returncode is None:
+            self.signal_kill()
             self.proc.wait(timeout=5)
+
+
+def reap_all(children: list[Child], deadline: float) -> list[Proc]:
+    """Wait for every child at once (each one's end time is when it exited), killing all at ``deadline``."""
+    done: dict[int, Proc] = {}
+    while len(done) < len(children):
+        for index, child in enumerate(children):
+            if index not in done and (proc := child.try_reap()) is not None:
+                done[index] = proc
+        if time.monotonic() > deadline:
+            for child in children:
+                child.signal_kill()
+        time.sleep(POLL)
+    return [done[index] for index in range(len(children))]
 
 
 def _finish(run: Run, size: int, started: float, sender: Proc, receivers: list[Proc], outputs: list[Path],
@@ -172,7 +191,7 @@ def relay_run(source: Path, expected: str, work: Path, log_dir: Path, receivers:
                 children.append(Child(f"receiver {k + 1}", [*relay, "receive", code, "--relay", url, "--output",
                                                             str(out_dir), "--yes", "--quiet"]))
             deadline = time.monotonic() + transfer_timeout(size)
-            procs = [child.reap(deadline) for child in children]
+            procs = reap_all(children, deadline)
             return _finish(run, size, started, procs[0], procs[1:], outputs, expected,
                            [child.stderr_tail() for child in children])
     except ServerUnavailable as exc:
@@ -204,7 +223,7 @@ def piping_run(source: Path, expected: str, work: Path, log_dir: Path, receivers
                 outputs.append(out)
                 children.append(Child(f"receiver {k + 1}", [curl, "-sS", "-o", str(out), url]))
             deadline = time.monotonic() + transfer_timeout(size)
-            procs = [child.reap(deadline) for child in children]
+            procs = reap_all(children, deadline)
             return _finish(run, size, started, procs[0], procs[1:], outputs, expected,
                            [child.stderr_tail() for child in children])
     except ServerUnavailable as exc:
