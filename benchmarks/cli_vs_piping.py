@@ -71,6 +71,8 @@ class Run:
     receiver_mib_s: list[float] = field(default_factory=list)
     sender_cpu_s_per_gib: float = 0.0
     receiver_cpu_s_per_gib: list[float] = field(default_factory=list)
+    sender_user_s_per_gib: float = 0.0  # user space alone: the kernel's page-cache cost is in the system time
+    receiver_user_s_per_gib: list[float] = field(default_factory=list)
     sender_peak_rss_mib: float = 0.0
     receiver_peak_rss_mib: list[float] = field(default_factory=list)
 
@@ -150,6 +152,8 @@ def _finish(run: Run, size: int, started: float, sender: Proc, receivers: list[P
     run.sender_cpu_s_per_gib = round((sender.user_s + sender.sys_s) / gib, 3)
     run.sender_peak_rss_mib = round(sender.peak_rss_mib, 1)
     run.receiver_cpu_s_per_gib = [round((r.user_s + r.sys_s) / gib, 3) for r in receivers]
+    run.sender_user_s_per_gib = round(sender.user_s / gib, 3)
+    run.receiver_user_s_per_gib = [round(r.user_s / gib, 3) for r in receivers]
     run.receiver_peak_rss_mib = [round(r.peak_rss_mib, 1) for r in receivers]
     run.receiver_mib_s = [round(size / MIB / max(r.ended - started, 1e-9), 1) for r in receivers]
     run.mib_s = round(size / MIB / max(max(p.ended for p in [sender, *receivers]) - started, 1e-9), 1)

@@ -1,18 +1,18 @@
 """The step-1 pieces composed into the v2 data path, without the CLI around them: what a receiver and a sender
 will cost once ``clients/transfer.py`` uses them (issue 12).
 
-    python -m benchmarks.fast_path [--mib 1024] [--chunk-kib 1024] [--websocket picows|wsclient] [--depth 8]
+    python -m benchmarks.fast_path [--mib 1024] [--chunk-kib 1024] [--depth 8] [--repeat 1]
 
 A peer process plays the relay's side of the wire as protocol v2 has it (docs/design/protocol-v2.md section 5):
 for each chunk a text frame ``{"type":"chunk","epoch":0,"size":n,"xxh3_64":"..."}`` then the ciphertext as one
 binary frame; ``{"type":"end","epoch":0}`` at the end. Two measured client processes, each timing its own CPU
 (``resource.getrusage``, imports excluded) and peak RSS:
 
-- receive: ``datasocket.recv`` -> parse the header -> XXH3-64 of the ciphertext view -> ``ChunkOpenerInto``
-  decrypting into a ``FileWriter`` buffer -> ``os.pwrite`` on the writer thread -> flush; then the file's
-  SHA-256 is compared with the source's by the driver (not timed);
+- receive: ``WebSocketClient.recv`` (a view of its buffer) -> parse the header -> XXH3-64 of the ciphertext
+  view -> ``ChunkOpenerInto`` decrypting into a ``FileWriter`` buffer -> ``os.pwrite`` on the writer thread
+  -> flush; then the file's SHA-256 is compared with the source's by the driver (not timed);
 - send: ``FileReader`` (readinto, read-ahead) -> ``ChunkSealerInto`` into a send buffer -> XXH3-64 -> header
-  text frame + binary frame through ``datasocket``; the peer only counts bytes.
+  text frame + binary frame through ``WebSocketClient``; the peer only counts bytes.
 """
 
 from __future__ import annotations
@@ -115,15 +115,15 @@ async def _skip(reader: asyncio.StreamReader, count: int) -> None:
 # --- the measured clients -----------------------------------------------------------------------------------
 
 
-async def _receive(url: str, output: str, size: int, chunk: int, websocket: str, depth: int) -> None:
+async def _receive(url: str, output: str, size: int, chunk: int, depth: int) -> None:
     import xxhash
 
     from clients import crypto as c
-    from clients import datasocket
     from clients.chunkcrypt import ChunkOpenerInto
     from clients.diskio import FileWriter
+    from clients.wsclient import WebSocketClient
 
-    sock = await datasocket.connect(url + "/down", max_size=chunk + c.TAG_SIZE + 1024, implementation=websocket)
+    sock = await WebSocketClient.connect(url + "/down", max_size=chunk + c.TAG_SIZE + 1024)
     opener = ChunkOpenerInto(KEY, plan_for(size, chunk))
     writer = FileWriter(chunk, depth)
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -149,15 +149,15 @@ async def _receive(url: str, output: str, size: int, chunk: int, websocket: str,
     sock.abort()
 
 
-async def _send(url: str, source: str, size: int, chunk: int, websocket: str, depth: int) -> None:
+async def _send(url: str, source: str, size: int, chunk: int, depth: int) -> None:
     import xxhash
 
     from clients import crypto as c
-    from clients import datasocket
     from clients.chunkcrypt import ChunkSealerInto
     from clients.diskio import FileReader
+    from clients.wsclient import WebSocketClient
 
-    sock = await datasocket.connect(url + "/up", max_size=1 << 16, implementation=websocket)
+    sock = await WebSocketClient.connect(url + "/up", max_size=1 << 16)
     sealer = ChunkSealerInto(KEY, plan_for(size, chunk))
     reader = FileReader(source, size, chunk, depth)
     out = bytearray(chunk + c.TAG_SIZE)
@@ -174,17 +174,17 @@ async def _send(url: str, source: str, size: int, chunk: int, websocket: str, de
     sock.abort()
 
 
-def _client(role: str, url: str, path: str, size: int, chunk: int, websocket: str, depth: int) -> None:
+def _client(role: str, url: str, path: str, size: int, chunk: int, depth: int) -> None:
     import xxhash  # noqa: F401  (imports before the measurement)
 
     import clients.chunkcrypt  # noqa: F401
-    import clients.datasocket  # noqa: F401
     import clients.diskio  # noqa: F401
+    import clients.wsclient  # noqa: F401
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     runner = _receive if role == "receive" else _send
-    asyncio.run(runner(url, path, size, chunk, websocket, depth))
+    asyncio.run(runner(url, path, size, chunk, depth))
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
@@ -202,7 +202,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def measure(role: str, source: Path, work: Path, chunk: int, websocket: str, depth: int) -> dict:
+def measure(role: str, source: Path, work: Path, chunk: int, depth: int) -> dict:
     port_file = work / f"{role}.port"
     peer = subprocess.Popen([sys.executable, "-m", "benchmarks.fast_path", "--peer", str(port_file), str(source),
                              str(chunk)])
@@ -215,13 +215,13 @@ def measure(role: str, source: Path, work: Path, chunk: int, websocket: str, dep
         size = source.stat().st_size
         path = str(work / "received") if role == "receive" else str(source)
         done = subprocess.run([sys.executable, "-m", "benchmarks.fast_path", "--client", role, url, path, str(size),
-                               str(chunk), websocket, str(depth)], capture_output=True, text=True,
+                               str(chunk), str(depth)], capture_output=True, text=True,
                               timeout=RUN_TIMEOUT)
         if done.returncode != 0:
-            return {"role": role, "websocket": websocket, "error": done.stderr.strip()[-400:]}
+            return {"role": role, "error": done.stderr.strip()[-400:]}
         result = json.loads(done.stdout.strip().splitlines()[-1])
         gib = size / (1 << 30)
-        row = {"role": role, "websocket": websocket, "mib": size // MIB,
+        row = {"role": role, "mib": size // MIB,
                "cpu_s_per_gib": round((result["user_s"] + result["sys_s"]) / gib, 3),
                "user_s_per_gib": round(result["user_s"] / gib, 3), "sys_s_per_gib": round(result["sys_s"] / gib, 3),
                "mib_s": round(size / MIB / result["wall_s"]), "peak_rss_mib": round(result["peak_rss_kib"] / 1024)}
@@ -238,10 +238,9 @@ def measure(role: str, source: Path, work: Path, chunk: int, websocket: str, dep
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peer", nargs=3, metavar=("PORT_FILE", "SOURCE", "CHUNK"))
-    parser.add_argument("--client", nargs=7, metavar=("ROLE", "URL", "PATH", "SIZE", "CHUNK", "WEBSOCKET", "DEPTH"))
+    parser.add_argument("--client", nargs=6, metavar=("ROLE", "URL", "PATH", "SIZE", "CHUNK", "DEPTH"))
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--chunk-kib", type=int, default=1024)
-    parser.add_argument("--websocket", default="")
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
@@ -249,12 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         _peer(args.peer[0], args.peer[1], int(args.peer[2]))
         return 0
     if args.client:
-        role, url, path, size, chunk, websocket, depth = args.client
-        _client(role, url, path, int(size), int(chunk), websocket, int(depth))
+        role, url, path, size, chunk, depth = args.client
+        _client(role, url, path, int(size), int(chunk), int(depth))
         return 0
-    from clients import datasocket
-
-    websockets_ = [args.websocket] if args.websocket else list(datasocket.available())
     work = Path(tempfile.mkdtemp(prefix="relay-fast-path-"))
     try:
         source = work / "source"
@@ -264,11 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(block)
         ok = True
         for role in ("receive", "send"):
-            for websocket in websockets_:
-                for _ in range(args.repeat):
-                    row = measure(role, source, work, args.chunk_kib * 1024, websocket, args.depth)
-                    ok = ok and "error" not in row and row.get("verified", True)
-                    print(json.dumps(row), flush=True)
+            for _ in range(args.repeat):
+                row = measure(role, source, work, args.chunk_kib * 1024, args.depth)
+                ok = ok and "error" not in row and row.get("verified", True)
+                print(json.dumps(row), flush=True)
         return 0 if ok else 1
     finally:
         for path in work.iterdir():
