@@ -220,3 +220,64 @@ async def test_the_relay_says_hello_to_this_client(relay_server) -> None:
     hello = json.loads(await asyncio.wait_for(client.recv(), BOUND))
     assert hello["type"] == "hello" and hello["role"] == "send"
     await client.close()
+
+
+@asynccontextmanager
+async def raw_server(reply: Callable[[bytes], bytes], then_close: bool = True) -> AsyncIterator[int]:
+    """A server that answers the upgrade request with whatever ``reply(request_head)`` returns, in one write."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply(head))
+        await writer.drain()
+        if then_close:
+            writer.close()
+        else:
+            await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+def accept_for(head: bytes) -> bytes:
+    import base64
+    import hashlib
+
+    key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    return base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+
+
+def upgrade(head: bytes, accept: bytes | None = None, extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + (accept or accept_for(head)) + b"\r\n" + extra + b"\r\n")
+
+
+async def test_frames_sent_with_the_101_in_one_packet_are_not_lost() -> None:
+    async with raw_server(lambda head: upgrade(head) + b"\x81\x05hello\x82\x03abc", then_close=False) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        assert await asyncio.wait_for(client.recv(), BOUND) == "hello"
+        assert await asyncio.wait_for(client.recv(), BOUND) == b"abc"
+        client.abort()
+
+
+@pytest.mark.parametrize("reply, why", [
+    (lambda head: upgrade(head, accept=b"d3JvbmcgYWNjZXB0IGtleQ=="), "Accept"),
+    (lambda head: upgrade(head, extra=b"Sec-WebSocket-Extensions: permessage-deflate\r\n"), "extension"),
+    (lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "200"),
+    (lambda head: b"SSH-2.0-OpenSSH\r\n\r\n", "HTTP"),
+    (lambda head: b"HTTP/1.1 101 OK\r\n" + b"X: " + b"a" * 20000, "too long"),
+    (lambda head: b"HTTP/1.1 101 Swi", "closed during the upgrade"),
+])
+async def test_a_bad_upgrade_response_is_a_handshake_failure(reply: Callable[[bytes], bytes], why: str) -> None:
+    async with raw_server(reply) as port:
+        with pytest.raises(HandshakeFailed, match=why):
+            await WebSocketClient.connect(f"ws://127.0.0.1:{port}/", open_timeout=BOUND)
+
+
+async def test_a_connection_cut_inside_a_frame_is_closed_1006() -> None:
+    async with raw_server(lambda head: upgrade(head) + b"\x82\x7e\x10\x00" + b"x" * 100) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), BOUND)
+        assert caught.value.code == 1006

@@ -6,6 +6,8 @@ import os
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.frames import Frame
 from websockets.frames import Opcode as WsOpcode
 
@@ -101,3 +103,14 @@ def test_close_payloads_round_trip_and_bad_ones_are_refused() -> None:
     for bad in (b"\x03", struct.pack("!H", 1005), struct.pack("!H", 999), struct.pack("!H", 1000) + b"\xff"):
         with pytest.raises(FrameError):
             wf.parse_close(bad)
+
+
+@given(st.binary(max_size=40), st.integers(min_value=0, max_value=1 << 20))
+def test_any_bytes_parse_to_a_header_none_or_a_frame_error(data: bytes, max_size: int) -> None:
+    try:
+        header = wf.parse_header(data, 0, len(data), max_size)
+    except FrameError as exc:
+        assert exc.close_code in (1002, 1009)
+        return
+    if header is not None:
+        assert 2 <= header.payload_start <= 10 and 0 <= header.length <= max_size
