@@ -147,6 +147,9 @@ class FileWriter:
                 except OSError as exc:
                     failed = True
                     error = WriteFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), job.path)
+                except Exception as exc:  # never let the thread die silently: the loop would wait forever
+                    failed = True
+                    error = WriteFailed(errno_module.EIO, f"unexpected: {exc!r}", job.path)
             try:
                 self._loop.call_soon_threadsafe(self._done, job.buffer, error)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -192,6 +195,8 @@ class FileReader:
 
     async def next(self) -> memoryview | None:
         """The next chunk, or ``None`` once ``size`` bytes were returned; raises :class:`ReadFailed`."""
+        if self._stop.is_set():
+            raise RuntimeError("the reader is closed")
         if self._held is not None:
             self._free.put(self._held)
             self._held = None
@@ -243,6 +248,8 @@ class FileReader:
             self._post(exc)
         except OSError as exc:
             self._post(ReadFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), self.path))
+        except Exception as exc:  # never let the thread die silently: next() would wait forever
+            self._post(ReadFailed(errno_module.EIO, f"unexpected: {exc!r}", self.path))
 
     def _post(self, item: tuple[bytearray, int] | ReadFailed | None) -> None:
         try:

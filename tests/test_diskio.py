@@ -159,3 +159,5 @@ async def test_closing_a_reader_early_stops_its_thread(tmp_path: Path) -> None:
     assert await reader.next() is not None
     reader.close()
     assert not reader._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):  # rather than waiting forever for a chunk
+        await reader.next()
