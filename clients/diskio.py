@@ -195,13 +195,13 @@ class FileReader:
 
     async def next(self) -> memoryview | None:
         """The next chunk, or ``None`` once ``size`` bytes were returned; raises :class:`ReadFailed`."""
+        if self._finished:
+            return None
         if self._stop.is_set():
             raise RuntimeError("the reader is closed")
         if self._held is not None:
             self._free.put(self._held)
             self._held = None
-        if self._finished:
-            return None
         while not self._ready:
             self._arrived.clear()
             await self._arrived.wait()
