@@ -69,6 +69,10 @@ class ConnectionClosed(Exception):
         self.reason = reason
 
 
+class RecvInProgress(RuntimeError):
+    """Another task is already waiting in :meth:`WebSocketClient.recv` (one reader at a time)."""
+
+
 class WebSocketClient(asyncio.BufferedProtocol):
     """One client WebSocket: :meth:`connect`, then :meth:`recv`/:meth:`send_binary`/:meth:`send_text`/:meth:`close`.
 
@@ -97,6 +101,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
         self._closed: ConnectionClosed | None = None
         self._close_sent = False
         self._fragments: bytearray | None = None
+        self._receiving = False
         self._fragment_opcode = Opcode.BINARY
         self.response_headers: dict[str, str] = {}
 
@@ -199,8 +204,18 @@ class WebSocketClient(asyncio.BufferedProtocol):
 
     async def recv(self) -> str | memoryview:
         """The next message: ``str`` for text, a ``memoryview`` of the receive buffer for binary, valid only
-        until the next call. Raises :class:`ConnectionClosed` once the server closed (after answering its close).
+        until the next call. Raises :class:`ConnectionClosed` once the server closed (after answering its close),
+        and :class:`RecvInProgress` if another task is already receiving.
         """
+        if self._receiving:
+            raise RecvInProgress("another task is already receiving on this WebSocket")
+        self._receiving = True
+        try:
+            return await self._recv()
+        finally:
+            self._receiving = False
+
+    async def _recv(self) -> str | memoryview:
         self._holding = False
         while True:
             if self._closed is not None and self._end - self._start < 2:
@@ -375,7 +390,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
                 while self._closed is None:
                     try:
                         await self.recv()
-                    except (ConnectionClosed, FrameError):
+                    except (ConnectionClosed, FrameError, RecvInProgress):
                         break
         except TimeoutError:
             pass
@@ -404,6 +419,12 @@ class WebSocketClient(asyncio.BufferedProtocol):
     def closed(self) -> ConnectionClosed | None:
         """Why the connection ended, once it has."""
         return self._closed
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The underlying transport (``abort()`` it to drop the connection without a close handshake)."""
+        assert self._transport is not None
+        return self._transport
 
 
 def _upgrade_request(host: str, port: int, secure: bool, resource: str, key: bytes,

@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from clients.wsclient import ConnectionClosed, HandshakeFailed, WebSocketClient
+from clients.wsclient import ConnectionClosed, HandshakeFailed, RecvInProgress, WebSocketClient
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 BOUND = 20.0
@@ -281,3 +281,14 @@ async def test_a_connection_cut_inside_a_frame_is_closed_1006() -> None:
         with pytest.raises(ConnectionClosed) as caught:
             await asyncio.wait_for(client.recv(), BOUND)
         assert caught.value.code == 1006
+
+
+async def test_a_second_concurrent_reader_is_refused_not_interleaved() -> None:
+    async with raw_server(lambda head: upgrade(head), then_close=False) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        first = asyncio.ensure_future(client.recv())
+        await asyncio.sleep(0)
+        with pytest.raises(RecvInProgress):
+            await client.recv()
+        first.cancel()
+        client.transport.abort()
