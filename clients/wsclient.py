@@ -102,6 +102,8 @@ class WebSocketClient(asyncio.BufferedProtocol):
         self._close_sent = False
         self._fragments: bytearray | None = None
         self._receiving = False
+        self._scan = 0  # the next frame header _scan_for_close has not looked at
+        self._close_frame: ConnectionClosed | None = None  # the server's close, seen ahead of the reader
         self._fragment_opcode = Opcode.BINARY
         self.response_headers: dict[str, str] = {}
 
@@ -174,6 +176,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
                 if self._end - self._start > MAX_RESPONSE_HEAD:
                     self._fail_handshake(HandshakeFailed(None, "the response head is too long"))
                 return
+        self._scan_for_close()
         if self._capacity - self._end < MIN_READ:
             if not self._holding:
                 self._compact()
@@ -182,12 +185,45 @@ class WebSocketClient(asyncio.BufferedProtocol):
         if self._waiter is not None and self._end >= self._need and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _scan_for_close(self) -> None:
+        """Walk the headers of the frames read but not yet received, and answer a close frame at once.
+
+        As websockets does: the server's close handshake completes even while the caller is busy elsewhere (for
+        instance waiting for a person to accept), and a send after it fails at once with the close code. The
+        frames before the close stay queued, so the message that says why (``peer_left``, ``error``) is still
+        received in order. A header that does not parse is left for :meth:`recv` to report.
+        """
+        position = max(self._scan, self._start)
+        while self._close_frame is None:
+            try:
+                header = wf.parse_header(self._buffer, position, self._end, self.max_size)
+            except FrameError:
+                break
+            if header is None or header.end > self._end:
+                break
+            if header.opcode is Opcode.CLOSE:
+                try:
+                    code, reason = wf.parse_close(bytes(self._view[header.payload_start:header.end]))
+                except FrameError:
+                    break
+                self._close_frame = ConnectionClosed(code or 1005, reason)
+                self._send_close_reply(code or 1000)
+            position = header.end
+        self._scan = position
+
+    def _send_close_reply(self, code: int) -> None:
+        if not self._close_sent and self._transport is not None and not self._transport.is_closing():
+            self._close_sent = True
+            key = wf.new_mask_key()
+            payload = wf.close_payload(code, "")
+            self._transport.write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
+
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost reports it
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed is None:
-            self._closed = ConnectionClosed(1006, "the connection dropped without a close frame")
+        if self._closed is None:  # after a close frame seen ahead of the reader, the close is that one
+            self._closed = self._close_frame or ConnectionClosed(1006, "the connection dropped without a close frame")
         if not self._handshake.done():
             self._fail_handshake(HandshakeFailed(None, "the connection closed during the upgrade"))
         if self._waiter is not None and not self._waiter.done():
@@ -297,6 +333,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
             return
         size = self._end - self._start
         self._buffer[:size] = self._view[self._start:self._end]
+        self._scan = max(self._scan - self._start, 0)
         self._start, self._end = 0, size
 
     def _pause_reading(self) -> None:
@@ -360,6 +397,8 @@ class WebSocketClient(asyncio.BufferedProtocol):
     async def _send_frame(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> None:
         if self._closed is not None:
             raise self._closed
+        if self._close_frame is not None:
+            raise self._close_frame
         if self._close_sent or self._transport is None or self._transport.is_closing():
             raise ConnectionClosed(1006, "the connection is closing")
         await self._writable.wait()

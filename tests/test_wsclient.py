@@ -292,3 +292,23 @@ async def test_a_second_concurrent_reader_is_refused_not_interleaved() -> None:
             await client.recv()
         first.cancel()
         client.transport.abort()
+
+
+async def test_a_close_is_answered_while_nobody_reads_and_the_reason_before_it_stays_queued() -> None:
+    closed_at_server = asyncio.Event()
+
+    async def say_why_then_close(ws: ServerConnection) -> None:
+        await ws.send('{"type":"peer_left"}')
+        await ws.close(4003, "peer left")  # completes only once the client answered the close
+        closed_at_server.set()
+
+    async with ws_server(say_why_then_close) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        await asyncio.wait_for(closed_at_server.wait(), BOUND)  # no recv() was running meanwhile
+        with pytest.raises(ConnectionClosed) as caught:
+            await client.send_text("too late")
+        assert caught.value.code == 4003
+        assert await asyncio.wait_for(client.recv(), BOUND) == '{"type":"peer_left"}'
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), BOUND)
+        assert (caught.value.code, caught.value.reason) == (4003, "peer left")
