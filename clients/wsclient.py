@@ -34,7 +34,7 @@ import base64
 import hashlib
 import os
 import ssl as ssl_module
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.client import connect_http_proxy, connect_socks_proxy
 from websockets.proxy import parse_proxy
@@ -160,10 +160,9 @@ class WebSocketClient(asyncio.BufferedProtocol):
     # --- asyncio callbacks ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        transport.write(self._request)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._transport.write(self._request)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view[self._end:]

@@ -312,3 +312,19 @@ async def test_a_close_is_answered_while_nobody_reads_and_the_reason_before_it_s
         with pytest.raises(ConnectionClosed) as caught:
             await asyncio.wait_for(client.recv(), BOUND)
         assert (caught.value.code, caught.value.reason) == (4003, "peer left")
+
+
+def test_it_runs_on_uvloop_as_the_cli_does() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        async with ws_server(echo) as port:
+            client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+            payload = os.urandom(3 << 20)
+            for start in range(0, len(payload), 1 << 20):
+                await client.send_binary(payload[start:start + (1 << 20)])
+            for start in range(0, len(payload), 1 << 20):
+                assert await asyncio.wait_for(client.recv(), BOUND) == payload[start:start + (1 << 20)]
+            await client.close()
+
+    uvloop.run(main())
