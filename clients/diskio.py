@@ -114,6 +114,11 @@ class FileWriter:
         self._in_flight += 1
         self._jobs.put(_WriteJob(fd, path, offset, buffer, length))
 
+    def give_back(self, buffer: bytearray) -> None:
+        """Return an acquired buffer that will not be submitted (its chunk failed or was empty)."""
+        self._free.append(buffer)
+        self._changed.set()
+
     async def flush(self) -> None:
         """Wait until every submitted chunk is written; raise :class:`WriteFailed` if one was not."""
         while self._in_flight:
@@ -164,22 +169,25 @@ class FileWriter:
 
 
 class FileReader:
-    """Reads the first ``size`` bytes of ``path`` in chunks of ``chunk_size``, ``depth`` chunks ahead of the loop.
+    """Reads ``size`` bytes of ``path`` from ``start`` in chunks of ``chunk_size``, ``depth`` chunks ahead of the loop.
 
     ``await reader.next()`` returns the next chunk (the last may be short; an empty file gives one empty chunk,
     as the stream plan wants) and ``None`` after the last; each view is valid until the following ``next``.
     Call :meth:`close` when done or on failure (it stops the thread and closes the file).
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: int, chunk_size: int, depth: int = DEFAULT_DEPTH) -> None:
-        if chunk_size < 1 or depth < 2 or size < 0:
-            raise ValueError("chunk size positive, depth at least 2, size not negative")
+    def __init__(self, path: str | os.PathLike[str], size: int, chunk_size: int, depth: int = DEFAULT_DEPTH,
+                 start: int = 0) -> None:
+        if chunk_size < 1 or depth < 2 or size < 0 or start < 0:
+            raise ValueError("chunk size positive, depth at least 2, size and start not negative")
         self.path = os.fspath(path)
+        self.start = start
         self.size = size
         self.chunk_size = chunk_size
         self._loop = asyncio.get_running_loop()
         try:
             self._file = open(self.path, "rb", buffering=0)
+            self._file.seek(start)
         except OSError as exc:
             raise ReadFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), self.path) from exc
         self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
@@ -236,8 +244,8 @@ class FileReader:
                 while got < length:
                     n = self._file.readinto(view[got:])
                     if not n:
-                        raise ReadFailed(errno_module.EIO, f"the file ended at {offset + got} bytes, "
-                                         f"before the {self.size} it was offered with", self.path)
+                        raise ReadFailed(errno_module.EIO, f"the file ended at {self.start + offset + got} bytes, "
+                                         f"before the {self.start + self.size} it was offered with", self.path)
                     got += n
                 self._post((buffer, length))
                 offset += length
