@@ -9,10 +9,10 @@ binary frame; ``{"type":"end","epoch":0}`` at the end. Two measured client proce
 (``resource.getrusage``, imports excluded) and peak RSS:
 
 - receive: ``WebSocketClient.recv`` (a view of its buffer) -> parse the header -> XXH3-64 of the ciphertext
-  view -> ``ChunkOpenerInto`` decrypting into a ``FileWriter`` buffer -> ``os.pwrite`` on the writer thread
-  -> flush; then the file's SHA-256 is compared with the source's by the driver (not timed);
-- send: ``FileReader`` (readinto, read-ahead) -> ``ChunkSealerInto`` into a send buffer -> XXH3-64 -> header
-  text frame + binary frame through ``WebSocketClient``; the peer only counts bytes.
+  view -> ``ChunkSink.put`` (``ChunkOpenerInto`` decrypting into a ``FileWriter`` buffer, ``os.pwrite`` on the
+  writer thread) -> ``finish``; then the file's SHA-256 is compared with the source's by the driver (not timed);
+- send: ``ChunkSource.next`` (``FileReader`` read-ahead, ``ChunkSealerInto`` into one buffer) -> XXH3-64 ->
+  header text frame + binary frame through ``WebSocketClient``; the peer only counts bytes.
 """
 
 from __future__ import annotations
@@ -119,32 +119,27 @@ async def _receive(url: str, output: str, size: int, chunk: int, depth: int) -> 
     import xxhash
 
     from clients import crypto as c
-    from clients.chunkcrypt import ChunkOpenerInto
-    from clients.diskio import FileWriter
+    from clients.datapath import ChunkSink
     from clients.wsclient import WebSocketClient
 
     sock = await WebSocketClient.connect(url + "/down", max_size=chunk + c.TAG_SIZE + 1024)
-    opener = ChunkOpenerInto(KEY, plan_for(size, chunk))
-    writer = FileWriter(chunk, depth)
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    sink = ChunkSink(KEY, plan_for(size, chunk), lambda index: (fd, output), depth)
     try:
         while True:
             message = await sock.recv()
             assert isinstance(message, str)
             header = json.loads(message)
             if header["type"] == "end":
-                opener.finish()
+                await sink.finish()
                 break
             payload = await sock.recv()
             assert isinstance(payload, memoryview) and len(payload) == header["size"]
             if xxhash.xxh3_64_hexdigest(payload) != header["xxh3_64"]:
                 raise ValueError("transport checksum")
-            buffer = await writer.acquire()
-            placed = opener.open_next_into(payload, buffer)
-            writer.submit(fd, output, placed.offset, buffer, placed.length)
-        await writer.flush()
+            await sink.put(payload)
     finally:
-        writer.close()
+        sink.close()
         os.close(fd)
     sock.abort()
 
@@ -152,33 +147,26 @@ async def _receive(url: str, output: str, size: int, chunk: int, depth: int) -> 
 async def _send(url: str, source: str, size: int, chunk: int, depth: int) -> None:
     import xxhash
 
-    from clients import crypto as c
-    from clients.chunkcrypt import ChunkSealerInto
-    from clients.diskio import FileReader
+    from clients.datapath import ChunkSource
     from clients.wsclient import WebSocketClient
 
     sock = await WebSocketClient.connect(url + "/up", max_size=1 << 16)
-    sealer = ChunkSealerInto(KEY, plan_for(size, chunk))
-    reader = FileReader(source, size, chunk, depth)
-    out = bytearray(chunk + c.TAG_SIZE)
+    chunks = ChunkSource(KEY, plan_for(size, chunk), [source], depth)
     try:
-        while (data := await reader.next()) is not None:
-            sealed = sealer.seal_next_into(data, out)
+        while (sealed := await chunks.next()) is not None:
             await sock.send_text(json.dumps({"type": "chunk", "epoch": 0, "size": len(sealed),
                                              "xxh3_64": xxhash.xxh3_64_hexdigest(sealed)}))
             await sock.send_binary(sealed)
-        assert sealer.done
         assert await sock.recv() == "done"
     finally:
-        reader.close()
+        chunks.close()
     sock.abort()
 
 
 def _client(role: str, url: str, path: str, size: int, chunk: int, depth: int) -> None:
     import xxhash  # noqa: F401  (imports before the measurement)
 
-    import clients.chunkcrypt  # noqa: F401
-    import clients.diskio  # noqa: F401
+    import clients.datapath  # noqa: F401
     import clients.wsclient  # noqa: F401
 
     before = resource.getrusage(resource.RUSAGE_SELF)
