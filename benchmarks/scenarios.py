@@ -27,7 +27,6 @@ from benchmarks.servers import (
     SocatServer,
     TcpRelayServer,
     relay_command,
-    wait_established,
 )
 
 READY_TIMEOUT = 120.0
@@ -217,15 +216,14 @@ def end_to_end(plan: Plan, log_dir: Path) -> Measurement:
 def _cli_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, source: Path, output: Path,
                   expected: str, size: int) -> None:
     url = f"ws://127.0.0.1:{server.port}"
-    code = "bench-end-to-end"
     timeout = transfer_timeout(size)
     relay = relay_command()
     with monitor.window() as window:
-        sender = ClientProcess([], command=[*relay, "send", str(source), "--relay", url, "--code", code, "--quiet"])
+        sender = ClientProcess([], command=[*relay, "send", str(source), "--relay", url, "--quiet"])
         clients = [sender]
         try:
-            if not wait_established(server.pid, server.port, 1, READY_TIMEOUT):
-                raise ClientFailed("relay send never connected to the relay")
+            # protocol v2: the relay picks the nameplate, so the code is known once the sender prints it
+            code = sender.wait_event("line", READY_TIMEOUT)["text"].removeprefix("Code: ").strip()
             started = time.monotonic()
             receiver = ClientProcess([], command=[*relay, "receive", code, "--relay", url, "--output", str(output),
                                                   "--yes", "--quiet"])

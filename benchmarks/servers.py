@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tomllib
 import time
 from pathlib import Path
 
@@ -119,11 +120,14 @@ class Server:
 
 
 def relay_command() -> list[str]:
-    """``relay``: the console script next to this Python (not a shim), else the same entry point via ``-m``."""
-    script = Path(sys.executable).with_name("relay")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "relay.command"]
+    """``relay``: the entry point this checkout's pyproject.toml declares, run with this Python.
+
+    Not the installed console script: that one is generated from whichever checkout was installed last, and
+    its entry point may not exist in the code under test (which comes first on ``PYTHONPATH``).
+    """
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    module, _, function = pyproject["project"]["scripts"]["relay"].partition(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
 
 
 # Every load client connects from 127.0.0.1, so the relay's per-address limits (meant for the public internet)

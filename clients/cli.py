@@ -3,7 +3,11 @@ library and formats; ``relay serve`` belongs to the server package (``relay.comm
 
 Exit codes: 0 success; 1 the transfer failed or was refused (the message says why); 2 bad usage (including a
 malformed relay URL); 3 a well-formed relay could not be reached; 4 a problem on this machine (file exists,
-unsafe name, disk full...); 130 interrupted.
+unsafe name, disk full...); 5 the code was wrong (nothing was sent; start again with a new code); 6 the data
+was altered on the way (something did not authenticate; nothing was stored under a final name); 130 interrupted.
+
+Transfers are encrypted end to end (protocol v2, ``clients.crypto``): a code is ``<nameplate>-<words>``, the
+relay picks the nameplate and never sees the words.
 
 What the other party wrote (a cancel or decline reason, an error it reports) is never printed as this program's
 own words: it comes on its own line, quoted, escaped and attributed (``the sender said: "..."``).
@@ -29,19 +33,27 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from relay import protocol as p
-from relay.codes import code_entropy_bits, generate_code, wordlist
+from relay.codes import wordlist
 from relay.tuning import tune_allocator  # shared and I/O-free, like relay.codes (not the server)
+from clients import crypto
 from clients.connection import (
     DEFAULT_RELAY, BadRelayUrl, PeerRefused, RelayUrl, default_relay_url, parse_relay_url, quote_peer_text,
 )
 from clients.errors import LocalFailure, RelayUnavailable, TransferError
 from clients.progress import ProgressBar, human_size
-from clients.transfer import ReceiveOptions, Reporter, SendOptions, receive, send
+from clients.transfer import WORDS_PER_CODE, ReceiveOptions, Reporter, SendOptions, check_words, receive, send
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_WRONG_CODE, EXIT_TAMPERED = 5, 6
+EXIT_CODES_HELP = (
+    "exit status: 0 done; 1 failed or refused; 2 bad usage; 3 relay unreachable; 4 a problem on this machine; "
+    "5 the code was wrong (nothing was sent: start again with a new code); 6 the data was altered on the way "
+    "(nothing was stored); 130 interrupted"
+)
+CODE_ENV = "RELAY_CODE"
 SHOWN_NAMES = 20
-# A chosen code with fewer bits than this is easy to guess while its room waits (a generated one has 44).
-WEAK_CODE_BITS = 40
+# Chosen words with fewer bits than this are easy to guess in the one try a code allows (generated: 33 bits).
+WEAK_CODE_BITS = 24
 # Standard input is spooled to a temporary file (an offer states its size); stop while this much disk is left.
 SPOOL_RESERVE = 64 * 1024 * 1024
 SPOOL_BLOCK = 1024 * 1024
@@ -264,7 +276,7 @@ RECEIVE_EPILOG = """\
 Piped data and texts: a text (relay send --text) is printed to standard output (control characters escaped
 when that is a terminal). Data piped into 'relay send -' is saved as a file named 'stdin' unless you pass
 --output -, which writes it to standard output (status lines then go to standard error). Either way nothing
-is shown or written before every checksum matched: it is received into a temporary folder first (TMPDIR).
+is shown or written before every byte authenticated: it is received into a temporary folder first (TMPDIR).
 """
 
 JSON_HELP = ("print one JSON object per line on stdout instead of text, for scripts (events: code, peer_joined, "
@@ -272,7 +284,9 @@ JSON_HELP = ("print one JSON object per line on stdout instead of text, for scri
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description="Send files through a relay server.")
+    parser = argparse.ArgumentParser(prog="relay", description="Send files through a relay server, encrypted end "
+                                     "to end: the relay never sees names, contents or the secret words of the code.",
+                                     epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"relay {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -282,11 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     send_parser = commands.add_parser(
         "send", help="send files and folders, piped data or a text",
         description="Send files and folders; '-' sends what is piped into standard input; --text sends a text.",
-        epilog=proxy_note)
+        epilog=proxy_note + " " + EXIT_CODES_HELP)
     send_parser.add_argument("paths", nargs="*", metavar="PATH", help="files and folders to send, or - for stdin")
     send_parser.add_argument("--text", default=None, help="send this text instead of files (at most 1 MiB)")
     send_parser.add_argument("--relay", default="", help=relay_help)
-    send_parser.add_argument("--code", default=None, help="use this code instead of a generated one")
+    send_parser.add_argument("--code", default=None, metavar="WORDS",
+                             help=f"use these secret words instead of {WORDS_PER_CODE} generated ones (the relay "
+                             "still picks the number in front); short words are easy to guess, and arguments are "
+                             "visible to other users of this computer")
     send_parser.add_argument("--receivers", type=int, default=1, help="how many receivers to wait for (default 1)")
     send_parser.add_argument("--skip-unreadable", action="store_true",
                              help="leave out files and folders that cannot be read, and list them")
@@ -296,8 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     receive_parser = commands.add_parser(
         "receive", help="receive what a sender offers", description="Receive files into a folder.",
-        epilog=RECEIVE_EPILOG + proxy_note, formatter_class=argparse.RawDescriptionHelpFormatter)
-    receive_parser.add_argument("code", help="the code the sender shows")
+        epilog=RECEIVE_EPILOG + proxy_note + "\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    receive_parser.add_argument("code", nargs="?", default=None,
+                                help=f"the code the sender shows, e.g. 42-ocean-table-actor. Arguments are visible to "
+                                f"other users of this computer (ps): prefer {CODE_ENV}=... or typing it at the "
+                                "prompt you get when it is left out")
     receive_parser.add_argument("--relay", default="", help=relay_help)
     receive_parser.add_argument("--output", "-o", default=".",
                                 help="folder to write into, created if missing (default: current folder); "
@@ -365,16 +386,18 @@ def send_command(args: argparse.Namespace) -> int:
         raise UsageError("- (standard input) is sent alone: name no other paths with it")
     if args.receivers < 1:
         raise UsageError("--receivers must be at least 1")
+    words = ""
     if args.code is not None:
-        code = p.normalize_code(args.code)
-        if not p.is_valid_code(code):
-            raise UsageError("a code is 1-128 characters of letters, digits and '-'")
-        bits = code_strength_bits(code)
+        try:
+            words = check_words(args.code)
+        except crypto.InvalidCode as exc:
+            raise UsageError("the words of a code are letters and digits separated by '-', e.g. ocean-table-actor") \
+                from exc
+        bits = code_strength_bits(words)
         if bits < WEAK_CODE_BITS:
-            print(f"relay: warning: the code {code} is easy to guess (about {bits:.0f} bits; a generated code has "
-                  f"{code_entropy_bits():.0f}): anyone who guesses it first gets the files", file=sys.stderr)
-    else:
-        code = generate_code()
+            print(f"relay: warning: the words {words} are easy to guess (about {bits:.0f} bits; generated words have "
+                  f"{code_strength_bits('-'.join(wordlist()[:WORDS_PER_CODE])):.0f}): a stranger who guesses them in "
+                  "the one try a code allows gets the files", file=sys.stderr)
     text = None
     if args.text is not None:
         try:
@@ -385,7 +408,7 @@ def send_command(args: argparse.Namespace) -> int:
             raise UsageError(f"a text is at most {human_size(p.MAX_TEXT_OFFER)}; send a file instead")
     relay, url, relay_flag = checked_relay(args.relay)
     reporter = make_reporter(args, sys.stdout, relay, relay_flag, qr=True)
-    options = dict(code=code, relay_url=url, receivers=args.receivers, chunk_size=args.chunk_size)
+    options = dict(words=words, relay_url=url, receivers=args.receivers, chunk_size=args.chunk_size)
     if args.skip_unreadable:
         options["skip_unreadable"] = True
     paths: list[str | os.PathLike[str]]
@@ -404,7 +427,7 @@ def send_command(args: argparse.Namespace) -> int:
             reporter.failed(str(exc), EXIT_LOCAL, exc)
             return EXIT_LOCAL
         return run(transfer(send(paths, send_options(**options), reporter), reporter,
-                            "Sent; every receiver verified every checksum."))
+                            "Sent; every receiver authenticated every file."))
 
 
 def send_options(**values: Any) -> SendOptions:
@@ -431,10 +454,27 @@ def spool_stdin(source: BinaryIO, folder: Path) -> Path:
 # --- receive -----------------------------------------------------------------------------------------------
 
 
+def read_code(given: str | None) -> str | None:
+    """The code from argv, else ``RELAY_CODE``, else a prompt when stdin is a terminal; ``None`` if there is none."""
+    if given is None:
+        given = os.environ.get(CODE_ENV) or None
+    if given is None and sys.stdin.isatty():
+        try:
+            given = input("Code: ")
+        except EOFError:
+            return None
+    return given
+
+
 def receive_command(args: argparse.Namespace) -> int:
-    code = p.normalize_code(args.code)
-    if not p.is_valid_code(code):
-        raise UsageError("that is not a valid code (letters, digits and '-')")
+    typed = read_code(args.code)
+    if typed is None:
+        raise UsageError(f"give the code the sender shows (as an argument, in {CODE_ENV}, or at the prompt)")
+    code = crypto.normalize_code(typed)
+    try:
+        crypto.split_code(code)
+    except crypto.InvalidCode as exc:
+        raise UsageError("that is not a code: it looks like 42-ocean-table-actor") from exc
     relay, url, _ = checked_relay(args.relay)
     to_stdout = args.output == "-"
     if args.json and to_stdout:
@@ -525,10 +565,10 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
                 shown = escape_for_terminal(text) if sys.stdout.isatty() else text
                 sys.stdout.write(shown if shown.endswith("\n") or not sys.stdout.isatty() else shown + "\n")
                 sys.stdout.flush()
-            return "Received a text; its checksum matched."
+            return "Received a text; it authenticated."
         if to_stdout:
             await asyncio.to_thread(copy_to_stdout, received_file(staging))
-        return f"Received into {where}; every checksum matched."
+        return f"Received into {where}; every file authenticated."
 
     return await transfer(receive_and_show(), reporter, "")
 
@@ -611,6 +651,10 @@ async def transfer(work: Awaitable[object], reporter: TerminalReporter, success:
     except LocalFailure as exc:
         return failed(reporter, exc, EXIT_LOCAL)
     except TransferError as exc:
+        if exc.code is p.ErrorCode.WRONG_CODE:
+            return failed(reporter, exc, EXIT_WRONG_CODE)
+        if exc.code is p.ErrorCode.TAMPERED:
+            return failed(reporter, exc, EXIT_TAMPERED)
         return failed(reporter, exc, EXIT_FAILED)
     except BrokenPipeError:
         return failed(reporter, None, EXIT_LOCAL, "standard output was closed before everything was written")

@@ -1,4 +1,4 @@
-"""One party's WebSocket to the relay, speaking protocol v1 messages instead of frames."""
+"""One party's WebSocket to the relay, speaking protocol v2 messages instead of frames."""
 
 from __future__ import annotations
 
@@ -164,11 +164,13 @@ def proxy_for(relay: RelayUrl, environ: dict[str, str] | None = None) -> str | N
     return None
 
 
-def room_url(relay_url: str, code: str, role: str, receivers: int | None = None) -> str:
-    query = {"role": role, "v": str(p.PROTOCOL_VERSION)}
+def room_url(relay_url: str, nameplate: str | None, role: str, receivers: int | None = None) -> str:
+    """A receiver's URL names the nameplate; a sender's names none (the relay allocates one). Never the words."""
+    query = {"role": role, "v": str(p.PROTOCOL_V2)}
     if receivers is not None:
         query["receivers"] = str(receivers)
-    return f"{websocket_base(relay_url)}/ws/{quote(code, safe='')}?{urlencode(query)}"
+    room = f"/{quote(nameplate, safe='')}" if nameplate else ""
+    return f"{websocket_base(relay_url)}/ws{room}?{urlencode(query)}"
 
 
 def _without_password(proxy: str) -> str:
@@ -229,9 +231,9 @@ def error_from_message(message: p.Message) -> TransferError | None:
         case p.Error():
             who = peer_name(message.peer)
             return PeerRefused(message.code, f"{who} stopped the transfer ({message.code})", who, message.message)
-        case p.Cancel():
+        case p.SealedCancel():
             who = peer_name(message.peer)
-            return PeerRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer", who, message.reason)
+            return PeerRefused(ErrorCode.CANCELLED, f"{who} cancelled the transfer", who)
         case p.PeerLeft():
             who = "the sender" if message.role == "send" else "a receiver"
             return TransferRefused(ErrorCode.PEER_LEFT, f"{who} disconnected before the transfer finished")
@@ -246,10 +248,11 @@ class RelayConnection:
         self.hello = hello
 
     @classmethod
-    async def open(cls, relay_url: str, code: str, role: str, receivers: int | None = None) -> RelayConnection:
+    async def open(cls, relay_url: str, nameplate: str | None, role: str, receivers: int | None = None
+                   ) -> RelayConnection:
         """Connect and wait for ``hello``; a refusal (room not found, full...) raises ``TransferRefused``."""
         relay = parse_relay_url(relay_url)  # BadRelayUrl before any socket
-        url = room_url(relay_url, code, role, receivers)
+        url = room_url(relay_url, nameplate, role, receivers)
         proxy = proxy_for(relay)
         via = f" through the proxy {_without_password(proxy)}" if proxy else ""
         try:
@@ -265,7 +268,7 @@ class RelayConnection:
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST,
                                    f"cannot reach the relay at {relay.websocket_base}{via}: {exc}") from exc
-        connection = cls(websocket, p.Hello(p.PROTOCOL_VERSION, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
+        connection = cls(websocket, p.Hello(p.PROTOCOL_V2, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
         first = await connection.receive()
         if not isinstance(first, p.Hello):
             await connection.abort(ErrorCode.UNEXPECTED_MESSAGE, "the relay did not say hello")
@@ -298,7 +301,7 @@ class RelayConnection:
                 break
             if isinstance(frame, str):
                 try:
-                    error = error_from_message(p.parse_message(frame))
+                    error = error_from_message(p.parse_message(frame, p.PROTOCOL_V2))
                 except p.ProtocolError:
                     continue
                 if error is not None:
@@ -314,7 +317,7 @@ class RelayConnection:
         if isinstance(frame, bytes):
             return frame
         try:
-            message = p.parse_message(frame)
+            message = p.parse_message(frame, p.PROTOCOL_V2)
         except p.ProtocolError as exc:
             await self.abort(exc.code, f"the relay sent a bad message: {exc.message}")
             raise TransferRefused(exc.code, f"the relay sent a bad message: {exc.message}") from exc
@@ -331,9 +334,10 @@ class RelayConnection:
             pass
         await self.close()
 
-    async def cancel(self, reason: str) -> None:
+    async def cancel(self) -> None:
+        """Tell the room this party gives up (Ctrl-C): the others read "cancelled", not "disconnected"."""
         try:
-            await self.websocket.send(p.Cancel(reason[: p.MAX_TEXT]).to_json())
+            await self.websocket.send(p.SealedCancel().to_json())
         except websockets.ConnectionClosed:
             pass
         await self.close()

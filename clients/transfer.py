@@ -1,4 +1,4 @@
-"""Sending and receiving over the relay: the client side of protocol v1, with no terminal I/O.
+"""Sending and receiving over the relay: the client side of protocol v2 (end-to-end encrypted), no terminal I/O.
 
 ``send`` and ``receive`` report what happens through a ``Reporter`` (the CLI draws progress bars from it; tests
 record it) and raise a ``TransferError`` subclass with a one-line message when a transfer does not finish.
@@ -6,12 +6,23 @@ record it) and raise a ``TransferError`` subclass with a one-line message when a
 Every wait is bounded (``Deadlines``): a relay or a peer that goes silent ends the transfer with
 ``DeadlineExceeded`` naming what was awaited, never a hang. The sender reports success only after a ``verified``
 from every receiver, counted by peer; a ``complete`` without them is a protocol error from the relay.
+
+Encryption is always on (docs/protocol.md section 8, ``clients.crypto``): the words of the code never leave this
+machine; the sender and each receiver run a PAKE through the relay and confirm it before anything else; the
+offer and every party-to-party message are sealed on the pair's control channel; every chunk is sealed with the
+STREAM construction under one content key, so one ciphertext stream fans out to every receiver. A receiver
+commits nothing under a final name unless every file's last chunk authenticated (and, with several receivers,
+its sealed SHA-256 matched).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +32,9 @@ from typing import TypeVar
 import aiofiles
 
 from relay import protocol as p
+from relay.codes import wordlist
 from relay.protocol import ErrorCode
+from clients import crypto as c
 from clients.connection import PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
@@ -35,7 +48,7 @@ class Reporter:
         """Receiver: admitted to the room as receiver ``peer`` of ``receivers``; the offer comes once all are in."""
 
     def waiting(self, code: str, receivers: int) -> None:
-        """Sender: the room is open under ``code``; waiting for receivers."""
+        """Sender: the room is open; ``code`` (nameplate and words) is what each receiver must type."""
 
     def joined(self, joined: int, expected: int) -> None:
         """Sender: ``joined`` of ``expected`` receivers are in."""
@@ -78,9 +91,14 @@ class Deadlines:
     leave: float = 5.0  # telling the room why this party leaves (a relay that stopped reading never takes it)
 
 
+WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
+
+
 @dataclass(frozen=True, slots=True)
 class SendOptions:
-    code: str
+    """``words`` are the secret part of the code (generated when empty); the relay adds the nameplate."""
+
+    words: str = ""
     relay_url: str = ""
     receivers: int = 1
     chunk_size: int = p.DEFAULT_CHUNK_SIZE
@@ -95,6 +113,8 @@ class SendOptions:
 
 @dataclass(frozen=True, slots=True)
 class ReceiveOptions:
+    """``code`` is what the sender shows, ``<nameplate>-<words>`` (normalised by ``clients.crypto.normalize_code``)."""
+
     code: str
     output: Path = Path(".")
     relay_url: str = ""
@@ -122,8 +142,6 @@ PUBLIC_REASONS: dict[ErrorCode, str] = {
     ErrorCode.DECLINED: "the receiver declined",
 }
 DECLINED_REASON = "the receiver declined"
-RECEIVER_CANCELLED = "the receiver cancelled"
-SENDER_CANCELLED = "the sender cancelled"
 
 
 def public_reason(failure: LocalFailure) -> str:
@@ -158,9 +176,50 @@ async def _leave(connection: RelayConnection, ending: Awaitable[None], seconds: 
         connection.websocket.transport.abort()
 
 
-async def _open(options: SendOptions | ReceiveOptions, role: str, receivers: int | None = None) -> RelayConnection:
+WRONG_CODE_MESSAGE = "the code was wrong; nothing was sent; start again with a new code"
+TAMPERED_MESSAGE = "a sealed message or chunk did not authenticate: the data was altered on the way"
+
+
+def wrong_code() -> TransferRefused:
+    return TransferRefused(ErrorCode.WRONG_CODE, WRONG_CODE_MESSAGE)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    """Decode a base64 value the relay already checked for form (``relay.protocol``)."""
     try:
-        opening = RelayConnection.open(options.url, options.code, role, receivers)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise c.Tampered("a sealed value is not base64") from exc
+
+
+def _seal_json(channel: c.ControlChannel, value: object) -> str:
+    return _b64(channel.seal(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")))
+
+
+def _open_json(channel: c.ControlChannel, text: str) -> object:
+    """Open a sealed JSON value; once it authenticated, a shape that does not parse is the sender's bug or attack."""
+    plain = channel.open(_unb64(text))
+    try:
+        return json.loads(plain.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise p.MalformedMessage("a sealed message is not JSON") from exc
+
+
+def check_words(words: str) -> str:
+    """Normalise the secret words a person chose (``--code``) and check their form; raise ``InvalidCode``."""
+    normalized = c.normalize_code(words)
+    c.split_code("1-" + normalized)
+    return normalized
+
+
+async def _open(options: SendOptions | ReceiveOptions, role: str, nameplate: str | None = None,
+                receivers: int | None = None) -> RelayConnection:
+    try:
+        opening = RelayConnection.open(options.url, nameplate, role, receivers)
         return await _within(options.deadlines.connect, "the relay to answer", opening)
     except DeadlineExceeded as exc:
         raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"the relay at {options.url} did not answer: {exc}") from None
@@ -170,11 +229,15 @@ async def _open(options: SendOptions | ReceiveOptions, role: str, receivers: int
 
 
 async def send(paths: list[str | os.PathLike[str]], options: SendOptions, reporter: Reporter | None = None) -> None:
-    """Offer ``paths`` under ``options.code`` and stream them; returns once every receiver has verified."""
+    """Offer ``paths`` under a fresh code and stream them encrypted; returns once every receiver has verified."""
     reporter = reporter or Reporter()
     outgoing = collect(paths, options.skip_unreadable)
-    if options.chunk_size > p.DEFAULT_MAX_MESSAGE or options.chunk_size < 1:
-        raise LocalFailure(ErrorCode.BAD_REQUEST, f"chunk size must be 1 to {p.DEFAULT_MAX_MESSAGE} bytes")
+    if options.chunk_size > p.DEFAULT_MAX_MESSAGE - c.TAG_SIZE or options.chunk_size < 1:
+        raise LocalFailure(ErrorCode.BAD_REQUEST, f"chunk size must be 1 to {p.DEFAULT_MAX_MESSAGE - c.TAG_SIZE} bytes")
+    try:
+        words = check_words(options.words) if options.words else c.generate_words(wordlist(), WORDS_PER_CODE)
+    except c.InvalidCode as exc:
+        raise LocalFailure(ErrorCode.BAD_REQUEST, f"the words of a code are letters and digits: {exc}") from exc
     try:
         outgoing.offer(options.chunk_size, options.kind).check_layout()
     except p.ProtocolError as exc:
@@ -182,32 +245,58 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
     if outgoing.left_out:
         reporter.skipped(list(outgoing.left_out))
     deadlines = options.deadlines
-    connection = await _open(options, "send", options.receivers)
-    chunk_size = min(options.chunk_size, connection.hello.max_message)
+    connection = await _open(options, "send", receivers=options.receivers)
+    chunk_size = min(options.chunk_size, connection.hello.max_message - c.TAG_SIZE)
     try:
+        nameplate = connection.hello.nameplate
+        if nameplate is None:
+            raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay gave this room no nameplate")
+        code = f"{nameplate}-{words}"
         offer = outgoing.offer(chunk_size, options.kind)
-        offer_bytes = len(offer.to_json().encode("utf-8"))
-        if offer_bytes > connection.hello.max_message:
+        offer_text = offer.to_json().encode("utf-8")
+        sealed_size = 4 * (-(-(len(offer_text) + c.TAG_SIZE) // 3)) + 200  # base64 and the clear fields
+        if sealed_size > connection.hello.max_message:
             raise LocalFailure(
                 ErrorCode.MESSAGE_TOO_BIG,
-                f"the list of {len(outgoing.files)} file(s) takes {offer_bytes} bytes, over the "
+                f"the list of {len(outgoing.files)} file(s) takes {sealed_size} bytes sealed, over the "
                 f"{connection.hello.max_message} this relay takes in one message: send fewer files at once",
             )
-        reporter.waiting(options.code, options.receivers)
-        await _wait_until_paired(connection, reporter, deadlines.receivers)
-        await connection.send(offer)
-        await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection))
+        reporter.waiting(code, options.receivers)
+        content_key = c.new_content_key()
+        channels = await _key_receivers(connection, code, options.receivers, content_key, reporter, deadlines.receivers)
+        for peer, channel in sorted(channels.items()):
+            sealed = _b64(channel.seal(offer_text))
+            await connection.send(p.SealedOffer(offer.total_size, len(offer.files), sealed, to=peer))
+        await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection, channels))
+        salt = c.new_epoch_salt()
+        plan = c.StreamPlan(tuple(c.Segment(i, 0, f.entry.size) for i, f in enumerate(outgoing.files)), chunk_size)
+        plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
+                     "segments": [[s.file, s.start, s.end] for s in plan.segments]}
+        peers = tuple(sorted(channels))
+        await connection.send(p.Stream(0, plan.chunk_count(), plan.ciphertext_size(),
+                                       tuple(_seal_json(channels[k], plan_json) for k in peers), to=peers))
         reporter.started(outgoing.total_size)
         watcher = asyncio.create_task(_watch_receivers(connection, options.receivers))
         try:
-            await _stream(connection, outgoing, chunk_size, reporter, watcher, deadlines.frame)
-            await _send_or_explain(connection, p.Done(), watcher, deadlines.frame)
-            await _within(deadlines.verified, "every receiver to confirm its checksums", asyncio.shield(watcher))
+            sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
+            digests = channels if len(channels) > 1 else None
+            await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame)
+            await _send_or_explain(connection, p.End(0), watcher, deadlines.frame)
+            await _within(deadlines.verified, "every receiver to confirm its files", asyncio.shield(watcher))
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, TransferError):
                 await watcher
         reporter.finished()
+    except c.WrongCode:
+        await _leave(connection, connection.close(), deadlines.leave)
+        raise wrong_code() from None
+    except c.CryptoError as exc:
+        await _leave(connection, connection.abort(ErrorCode.TAMPERED, str(exc)), deadlines.leave)
+        raise TransferRefused(ErrorCode.TAMPERED, f"{TAMPERED_MESSAGE} ({exc})") from exc
+    except p.ProtocolError as error:
+        await _leave(connection, connection.abort(error.code, error.message), deadlines.leave)
+        raise TransferRefused(error.code, error.message) from error
     except LocalFailure as failure:
         await _leave(connection, connection.abort(failure.code, str(failure)), deadlines.leave)
         raise
@@ -218,25 +307,52 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
         await _leave(connection, connection.close(), deadlines.leave)
         raise
     except asyncio.CancelledError:
-        await _leave(connection, connection.cancel(SENDER_CANCELLED), deadlines.leave)
+        await _leave(connection, connection.cancel(), deadlines.leave)
         raise
     await _leave(connection, connection.close(), deadlines.leave)
 
 
-async def _wait_until_paired(connection: RelayConnection, reporter: Reporter, seconds: float) -> None:
+async def _key_receivers(
+    connection: RelayConnection, code: str, expected: int, content_key: bytes, reporter: Reporter, seconds: float
+) -> dict[int, c.ControlChannel]:
+    """Run a PAKE with each receiver as it joins, confirm it both ways, and give it the sealed content key.
+
+    Returns each receiver's control channel once the relay says ``paired`` (every receiver in and keyed). A
+    confirmation that fails means the receiver typed another code: ``wrong_code`` ends the room for everyone.
+    """
+    pakes: dict[int, c.Pake] = {}
+    keys: dict[int, c.PairKeys] = {}
+    channels: dict[int, c.ControlChannel] = {}
     joined = 0
-    expected = connection.hello.receivers
     try:
         async with asyncio.timeout(seconds):
             while True:
                 message = await connection.receive()
-                if isinstance(message, p.PeerJoined):
+                if isinstance(message, p.PeerJoined) and message.peer not in pakes:
                     joined, expected = message.joined, message.receivers
                     reporter.joined(message.joined, message.receivers)
-                elif isinstance(message, p.Paired):
-                    return
+                    pakes[message.peer] = pake = c.Pake(c.Role.SENDER, code)
+                    await connection.send(p.Pake(_b64(pake.outbound), to=message.peer))
+                elif isinstance(message, p.Pake) and message.peer in pakes and message.peer not in keys:
+                    try:
+                        keys[message.peer] = pair = pakes[message.peer].finish(_unb64(message.data))
+                    except (c.BadPakeMessage, c.Tampered):
+                        await connection.send(p.WrongCode(to=message.peer))
+                        raise c.WrongCode(WRONG_CODE_MESSAGE) from None
+                    await connection.send(p.Confirm(_b64(pair.confirmation(c.Role.SENDER)), to=message.peer))
+                elif isinstance(message, p.Confirm) and message.peer in keys and message.peer not in channels:
+                    pair = keys[message.peer]
+                    try:
+                        pair.check_confirmation(c.Role.RECEIVER, _unb64(message.data))
+                    except (c.WrongCode, c.Tampered):
+                        await connection.send(p.WrongCode(to=message.peer))
+                        raise c.WrongCode(WRONG_CODE_MESSAGE) from None
+                    await connection.send(p.Key(_b64(pair.seal_content_key(content_key)), to=message.peer))
+                    channels[message.peer] = pair.control_channel(c.Role.SENDER)
+                elif isinstance(message, p.Paired) and len(channels) == expected:
+                    return channels
                 else:
-                    raise _unexpected(message, "waiting for receivers")
+                    raise _unexpected(message, "keying with the receivers")
     except TimeoutError:
         raise DeadlineExceeded(
             ErrorCode.PAIRING_TIMEOUT,
@@ -244,16 +360,23 @@ async def _wait_until_paired(connection: RelayConnection, reporter: Reporter, se
         ) from None
 
 
-async def _wait_until_started(connection: RelayConnection) -> None:
+async def _wait_until_started(connection: RelayConnection, channels: dict[int, c.ControlChannel]) -> None:
     while True:
         message = await connection.receive()
         if isinstance(message, p.Start):
             return
-        if isinstance(message, p.Decline):
+        if isinstance(message, p.SealedDecline):
+            reason = ""
+            if message.data is not None and message.peer in channels:
+                opened = _open_json(channels[message.peer], message.data)
+                if isinstance(opened, dict) and isinstance(opened.get("reason"), str):
+                    reason = opened["reason"][: p.MAX_TEXT]
             who = peer_name(message.peer)
-            raise PeerRefused(ErrorCode.DECLINED, f"{who} declined the offer", who, message.reason)
-        if not isinstance(message, p.Accept):
+            raise PeerRefused(ErrorCode.DECLINED, f"{who} declined the offer", who, reason)
+        if not isinstance(message, p.SealedAccept) or message.peer not in channels:
             raise _unexpected(message, "waiting for the receivers to accept")
+        if message.data is not None:
+            _open_json(channels[message.peer], message.data)  # nothing in it yet (resume will say what it holds)
 
 
 async def _watch_receivers(connection: RelayConnection, receivers: int) -> None:
@@ -270,44 +393,55 @@ async def _watch_receivers(connection: RelayConnection, receivers: int) -> None:
                 raise TransferRefused(
                     ErrorCode.UNEXPECTED_MESSAGE,
                     f"the relay said the transfer was complete, but only {len(verified)} of {receivers} receiver(s) "
-                    "confirmed their checksums",
+                    "confirmed their files",
                 )
             return
         if isinstance(message, p.Verified):
             if message.peer is not None and 1 <= message.peer <= receivers:
                 verified.add(message.peer)
-        elif not isinstance(message, (p.Ack, p.FileOk)):
+        elif not isinstance(message, p.ChunkAck):
             raise _unexpected(message, "streaming")
 
 
 async def _stream(
-    connection: RelayConnection, outgoing: Outgoing, chunk_size: int, reporter: Reporter, watcher: asyncio.Task[None],
-    seconds: float,
+    connection: RelayConnection, outgoing: Outgoing, sealer: c.StreamSealer, chunk_size: int,
+    digests: dict[int, c.ControlChannel] | None, reporter: Reporter, watcher: asyncio.Task[None], seconds: float,
 ) -> None:
+    """Seal and send every chunk in plan order. With several receivers, each file's SHA-256 goes sealed to every
+    receiver just before the file's last chunk (a receiver holds the content key and could forge chunks for
+    the others; it cannot forge the pair channel)."""
     sent = 0
     for index, local in enumerate(outgoing.files):
-        digest = p.FileDigest()
-        offset = 0
+        sha256 = hashlib.sha256() if digests is not None else None
         async for data in _read_chunks(local.source, local.entry.size, chunk_size):
-            digest.update(data)
             if watcher.done():
                 watcher.result()  # re-raise what ended the room
                 raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
-            header = p.Chunk(index, offset, len(data), p.chunk_digest(data))
+            position = sealer.position
+            assert position is not None and position.file == index
+            if sha256 is not None and digests is not None:
+                sha256.update(data)
+                if position.last:
+                    for peer, channel in sorted(digests.items()):
+                        note = _seal_json(channel, {"file": index, "sha256": sha256.hexdigest()})
+                        await _send_or_explain(connection, p.Sealed(note, to=peer), watcher, seconds)
+            sealed = sealer.seal_next(data)
+            header = p.SealedChunk(0, len(sealed), p.chunk_digest(sealed))
             await _send_or_explain(connection, header, watcher, seconds)
-            await _send_or_explain(connection, data, watcher, seconds)
-            offset += len(data)
+            await _send_or_explain(connection, sealed, watcher, seconds)
             sent += len(data)
             reporter.advanced(sent)
-        await _send_or_explain(connection, p.FileDone(index, offset, digest.hexdigest()), watcher, seconds)
 
 
 async def _read_chunks(source: Path, size: int, chunk_size: int) -> AsyncIterator[bytes]:
-    """The first ``size`` bytes of ``source`` in chunks, reading one chunk ahead of the caller.
+    """The first ``size`` bytes of ``source`` in the plan's chunks (one empty chunk for an empty file), reading
+    one chunk ahead of the caller so that the disk and the network work at the same time.
 
-    The read-ahead lets the disk and the network work at the same time. A file that shrank since it was
-    offered is an error; bytes it grew by are not sent (the offer said ``size``).
+    A file that shrank since it was offered is an error; bytes it grew by are not sent (the offer said ``size``).
     """
+    if size == 0:
+        yield b""
+        return
     try:
         async with aiofiles.open(source, "rb") as handle:
             offset = 0
@@ -315,7 +449,7 @@ async def _read_chunks(source: Path, size: int, chunk_size: int) -> AsyncIterato
             try:
                 while offset < size:
                     data = await reading
-                    if not data:
+                    if len(data) < min(chunk_size, size - offset):
                         raise LocalFailure(ErrorCode.SIZE_MISMATCH, f"{source} shrank while it was being sent")
                     offset += len(data)
                     if offset < size:
@@ -348,19 +482,40 @@ async def _send_or_explain(
 # --- receiving ---------------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Pair:
+    """What a receiver holds after keying: the transfer's content key and its channel to the sender."""
+
+    content_key: bytes
+    channel: c.ControlChannel
+
+
 async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter | None = None) -> p.Offer:
-    """Join the room of ``options.code``, accept if ``confirm`` says so, and store every verified file."""
+    """Join the room of ``options.code``, accept if ``confirm`` says so, and store every authenticated file."""
     reporter = reporter or Reporter()
     deadlines = options.deadlines
-    connection = await _open(options, "receive")
+    try:
+        code = c.normalize_code(options.code)
+        nameplate, _ = c.split_code(code)
+    except c.InvalidCode as exc:
+        raise LocalFailure(ErrorCode.BAD_REQUEST, str(exc)) from exc
+    connection = await _open(options, "receive", nameplate)
     destination = Destination(options.output, options.overwrite)
     try:
         reporter.connected(connection.hello.peer, connection.hello.receivers)
-        offer = await _within(
+        pair = await _within(deadlines.receivers, "the sender to answer the key exchange",
+                             _key_with_sender(connection, code))
+        sealed_offer = await _within(
             deadlines.receivers, "the offer (the sender offers once every receiver has joined)", connection.receive()
         )
-        if not isinstance(offer, p.Offer):
-            raise _unexpected(offer, "waiting for the offer")
+        if not isinstance(sealed_offer, p.SealedOffer):
+            raise _unexpected(sealed_offer, "waiting for the offer")
+        opened = _open_json(pair.channel, sealed_offer.data)
+        if not isinstance(opened, dict):
+            raise p.MalformedMessage("the sealed offer is not an object")
+        offer = p.Offer.from_dict(opened)
+        if offer.total_size != sealed_offer.total_size or len(offer.files) != sealed_offer.files:
+            raise c.Tampered("the offer's clear totals differ from the sealed offer")
         reporter.offered(offer)
         if options.output_for is not None:
             destination.root = options.output_for(offer)
@@ -368,13 +523,22 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         if destination.mappings:
             reporter.renamed(list(destination.mappings))
         if not await confirm(offer):
-            await connection.send(p.Decline(DECLINED_REASON))
+            await connection.send(p.SealedDecline(ErrorCode.DECLINED.value,
+                                                  _seal_json(pair.channel, {"reason": DECLINED_REASON})))
             await _leave(connection, connection.close(), deadlines.leave)
             raise TransferRefused(ErrorCode.DECLINED, "you declined the offer")
         destination.make_dirs(offer.dirs)
-        await connection.send(p.Accept())
+        await connection.send(p.SealedAccept(_seal_json(pair.channel, {})))
         reporter.started(offer.total_size)
-        await _receive_stream(connection, offer, destination, reporter, deadlines)
+        await _receive_stream(connection, offer, pair, destination, reporter, deadlines)
+    except c.WrongCode:
+        await destination.discard()
+        await _leave(connection, connection.close(), deadlines.leave)
+        raise wrong_code() from None
+    except c.CryptoError as exc:
+        await destination.discard()
+        await _leave(connection, connection.abort(ErrorCode.TAMPERED, str(exc)), deadlines.leave)
+        raise TransferRefused(ErrorCode.TAMPERED, f"{TAMPERED_MESSAGE} ({exc})") from exc
     except p.ProtocolError as error:
         await destination.discard()
         await _leave(connection, connection.abort(error.code, error.message), deadlines.leave)
@@ -394,7 +558,7 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     except asyncio.CancelledError:
         try:
             # first: the others learn at once, however long cleaning up takes
-            await _leave(connection, connection.cancel(RECEIVER_CANCELLED), deadlines.leave)
+            await _leave(connection, connection.cancel(), deadlines.leave)
         finally:
             await destination.discard()
         raise
@@ -402,43 +566,108 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     return offer
 
 
+async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
+    """Run the PAKE with the sender, check its confirmation before sending ours, and open the content key."""
+    pake = c.Pake(c.Role.RECEIVER, code)
+    await connection.send(p.Pake(_b64(pake.outbound)))
+    message = await connection.receive()
+    if not isinstance(message, p.Pake):
+        raise _unexpected(message, "waiting for the sender's key exchange")
+    try:
+        pair = pake.finish(_unb64(message.data))
+    except (c.BadPakeMessage, c.Tampered):
+        await connection.send(p.WrongCode())
+        raise c.WrongCode(WRONG_CODE_MESSAGE) from None
+    message = await connection.receive()
+    if not isinstance(message, p.Confirm):
+        raise _unexpected(message, "waiting for the sender's key confirmation")
+    try:
+        pair.check_confirmation(c.Role.SENDER, _unb64(message.data))
+    except (c.WrongCode, c.Tampered):
+        await connection.send(p.WrongCode())
+        raise c.WrongCode(WRONG_CODE_MESSAGE) from None
+    await connection.send(p.Confirm(_b64(pair.confirmation(c.Role.RECEIVER))))
+    message = await connection.receive()
+    if not isinstance(message, p.Key):
+        raise _unexpected(message, "waiting for the sender's content key")
+    return _Pair(pair.open_content_key(_unb64(message.data)), pair.control_channel(c.Role.RECEIVER))
+
+
+def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int) -> tuple[bytes, c.StreamPlan]:
+    """The sealed plan of the stream, checked against the offer: every file whole, in order (no resume yet)."""
+    if not isinstance(opened, dict):
+        raise p.MalformedMessage("the sealed plan is not an object")
+    salt, chunk_size, segments = opened.get("salt"), opened.get("chunk_size"), opened.get("segments")
+    expected = [[index, 0, entry.size] for index, entry in enumerate(offer.files)]
+    if (not isinstance(salt, str) or type(chunk_size) is not int or not 1 <= chunk_size <= max_message
+            or segments != expected):
+        raise c.Tampered("the sealed plan does not match the offer")
+    salt_bytes = _unb64(salt)
+    if len(salt_bytes) != c.EPOCH_SALT_SIZE:
+        raise c.Tampered("the sealed plan's salt has the wrong length")
+    plan = c.StreamPlan(tuple(c.Segment(i, start, end) for i, start, end in expected), chunk_size)
+    if plan.chunk_count() != stream.chunks or plan.ciphertext_size() != stream.bytes:
+        raise c.Tampered("the stream's clear totals differ from its sealed plan")
+    return salt_bytes, plan
+
+
 async def _receive_stream(
-    connection: RelayConnection, offer: p.Offer, destination: Destination, reporter: Reporter, deadlines: Deadlines
+    connection: RelayConnection, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter,
+    deadlines: Deadlines,
 ) -> None:
-    check = p.TransferCheck(offer, connection.hello.max_message, hash_files=True)
+    # every receiver must accept before the stream starts: as long as the relay's offer timeout
+    what = "the transfer to start (every receiver must accept)"
+    stream = await _within(deadlines.answer, what, connection.receive())
+    if not isinstance(stream, p.Stream) or not isinstance(stream.data, str):
+        raise _unexpected(stream, "waiting for the stream")
+    salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message)
+    opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
+    several = connection.hello.receivers > 1
+    digests: dict[int, str] = {}
+    sha256 = hashlib.sha256()
+    header: p.SealedChunk | None = None
     part = None
+    written = chunks = 0
     next_ack = p.ACK_INTERVAL
-    started = False
     while True:
-        if started:
-            frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
-        else:  # every receiver must accept before the first chunk: as long as the relay's offer timeout
-            what = "the transfer to start (every receiver must accept)"
-            frame = await _within(deadlines.answer, what, connection.receive())
-            started = True
+        frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
         if isinstance(frame, bytes):
-            header = check.payload(frame)
+            if header is None:
+                raise p.UnexpectedMessage("binary frame without a chunk header")
+            if len(frame) != header.size or p.chunk_digest(frame) != header.xxh3_64:
+                raise p.ChecksumMismatch(f"chunk {chunks} failed its xxh3_64 check")
+            header = None
+            chunk = opener.open_next(frame)
             if part is None:
-                part = await destination.open_part(offer.files[header.file])
-            await destination.write(part, frame)
-            reporter.advanced(check.bytes_done)
-            if check.bytes_done >= next_ack:
-                next_ack = check.bytes_done + p.ACK_INTERVAL
-                await connection.send(p.Ack(header.file, check.offset))
-            continue
-        match frame:
-            case p.Chunk():
-                check.chunk(frame)
-            case p.FileDone():
-                check.file_done(frame)  # verifies the whole-file xxh3_128
-                if part is None:  # an empty file has no chunks
-                    part = await destination.open_part(offer.files[frame.file])
+                part = await destination.open_part(offer.files[chunk.file])
+            if chunk.plaintext:
+                await destination.write(part, chunk.plaintext)
+            if several:
+                sha256.update(chunk.plaintext)
+            chunks += 1
+            written += len(chunk.plaintext)
+            reporter.advanced(written)
+            if chunk.last:
+                if several and digests.pop(chunk.file, None) != sha256.hexdigest():
+                    raise c.Tampered(f"file {chunk.file} does not match the sender's sealed SHA-256")
+                sha256 = hashlib.sha256()
                 await destination.finish(part)
                 part = None
-                await connection.send(p.Ack(frame.file, frame.size))
-                await connection.send(p.FileOk(frame.file))
-            case p.Done():
-                check.done()
+            if written >= next_ack or chunk.last:
+                next_ack = written + p.ACK_INTERVAL
+                await connection.send(p.ChunkAck(stream.epoch, chunks))
+            continue
+        match frame:
+            case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
+                header = frame
+            case p.Sealed():
+                note = _open_json(pair.channel, frame.data)
+                if not several or not isinstance(note, dict) or type(note.get("file")) is not int \
+                        or not isinstance(note.get("sha256"), str):
+                    raise p.UnexpectedMessage("a sealed message this receiver does not expect")
+                digests[note["file"]] = note["sha256"]
+            case p.End() if header is None and frame.epoch == stream.epoch:
+                opener.finish()  # Truncated if the last file's last chunk never came
                 destination.commit()
                 await connection.send(p.Verified())
                 await _wait_complete(connection, deadlines)

@@ -1,4 +1,4 @@
-"""The relay wire protocol, version 1: messages, validation and checksums, with no I/O.
+"""The relay wire protocol, versions 1 and 2: messages, validation and checksums, with no I/O.
 
 Server and clients both import this module; ``docs/protocol.md`` is its specification. Everything here works
 on already-received frames (``str`` for text, ``bytes`` for binary) and returns values or raises a
@@ -17,6 +17,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import unicodedata
@@ -26,7 +27,9 @@ from typing import Any, ClassVar
 
 import xxhash
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # what a client that sends no ``v`` speaks
+PROTOCOL_V2 = 2  # end-to-end encrypted (docs/protocol.md section 8)
+VERSIONS = (PROTOCOL_VERSION, PROTOCOL_V2)
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 ACK_INTERVAL = 8 * 1024 * 1024
@@ -69,6 +72,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     RATE_LIMITED = "rate_limited"
     TRANSFER_TOO_LARGE = "transfer_too_large"
+    WRONG_CODE = "wrong_code"
+    TAMPERED = "tampered"
 
     @property
     def close_code(self) -> int:
@@ -111,6 +116,8 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_CONNECTIONS: 4430,
     ErrorCode.RATE_LIMITED: 4431,
     ErrorCode.TRANSFER_TOO_LARGE: 4413,
+    ErrorCode.WRONG_CODE: 4033,
+    ErrorCode.TAMPERED: 4025,
 }
 _BY_CLOSE_CODE = {close: code for code, close in CLOSE_CODES.items()}
 
@@ -254,6 +261,14 @@ def is_valid_code(code: str) -> bool:
     return ROOM_CODE_RE.fullmatch(code) is not None
 
 
+NAMEPLATE_RE = re.compile(r"[0-9]{1,8}")
+
+
+def is_nameplate(text: str) -> bool:
+    """A v2 room name: 1 to 8 ASCII digits, allocated by the relay (the secret words never reach it)."""
+    return NAMEPLATE_RE.fullmatch(text) is not None
+
+
 # --- messages ----------------------------------------------------------------------------------------------
 
 
@@ -308,18 +323,23 @@ class Hello(Message):
     peer: int
     receivers: int
     max_message: int
+    nameplate: str | None = None  # v2, to the sender: the room the relay allocated
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hello:
         role = data.get("role")
         if role not in ("send", "receive"):
             raise MalformedMessage("field 'role' must be 'send' or 'receive'")
+        nameplate = data.get("nameplate")
+        if nameplate is not None and (not isinstance(nameplate, str) or not is_nameplate(nameplate)):
+            raise MalformedMessage("field 'nameplate' must be 1 to 8 decimal digits")
         return cls(
             _int_field(data.get("version"), "version"),
             role,
             _int_field(data.get("peer"), "peer"),
             _int_field(data.get("receivers"), "receivers", 1),
             _int_field(data.get("max_message"), "max_message", 1),
+            nameplate,
         )
 
 
@@ -665,7 +685,281 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
-def parse_message(text: str | bytes) -> Message:
+# --- version 2: end-to-end encrypted (docs/protocol.md section 8) ------------------------------------------
+#
+# The relay forwards opaque base64 values whose decoded length it checks: it never sees a name, a word of the
+# code or a byte of plaintext. ``to`` is how the sender addresses receiver k; the relay drops it and the
+# receiver's messages reach the sender with ``peer``.
+
+PAKE_SIZE = 33  # clients.crypto.PAKE_MESSAGE_SIZE
+CONFIRM_SIZE = 32  # clients.crypto.CONFIRMATION_SIZE
+SEALED_KEY_SIZE = 48  # clients.crypto.SEALED_CONTENT_KEY_SIZE
+TAG_SIZE = 16  # AES-GCM tag: every sealed value and ciphertext chunk is at least this long
+MAX_SEALED = DEFAULT_MAX_MESSAGE  # decoded bytes of one sealed value (the frame limit bounds it as well)
+MAX_RECEIVERS_FIELD = 1000  # bound on a `to` list before the room compares it with its own receivers
+MAX_EPOCH = 2**32 - 1
+_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _b64_field(value: object, name: str, size: int | None = None, minimum: int = TAG_SIZE,
+               maximum: int = MAX_SEALED) -> str:
+    """A standard base64 string (with padding) whose decoded length is ``size``, or within bounds; kept as text.
+
+    The length is checked on the text before anything is decoded, so a huge value costs nothing.
+    """
+    low, high = (size, size) if size is not None else (minimum, maximum)
+    if not isinstance(value, str) or len(value) > 4 * (-(-high // 3)) or len(value) % 4:
+        raise MalformedMessage(f"field {name!r} must be base64 of {low} to {high} bytes")
+    if not _B64_RE.fullmatch(value):
+        raise MalformedMessage(f"field {name!r} must be standard base64 with padding")
+    decoded = len(value) // 4 * 3 - value[-2:].count("=")
+    if not low <= decoded <= high:
+        raise MalformedMessage(f"field {name!r} must be base64 of {low} to {high} bytes")
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise MalformedMessage(f"field {name!r} is not valid base64") from exc
+    return value
+
+
+def _optional_to(data: dict[str, Any]) -> int | None:
+    to = data.get("to")
+    return None if to is None else _int_field(to, "to", 1, MAX_RECEIVERS_FIELD)
+
+
+@dataclass(frozen=True, slots=True)
+class Pake(Message):
+    """One SPAKE2 message (33 bytes), relayed opaquely between the sender and receiver ``to``/``peer``."""
+
+    TYPE: ClassVar[str] = "pake"
+    data: str
+    to: int | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Pake:
+        return cls(_b64_field(data.get("data"), "data", PAKE_SIZE), _optional_to(data), _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm(Message):
+    """A key-confirmation MAC (32 bytes): the sender's first, then the receiver's."""
+
+    TYPE: ClassVar[str] = "confirm"
+    data: str
+    to: int | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Confirm:
+        return cls(_b64_field(data.get("data"), "data", CONFIRM_SIZE), _optional_to(data), _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Key(Message):
+    """The transfer's content key sealed to receiver ``to`` (48 bytes), after both confirmations."""
+
+    TYPE: ClassVar[str] = "key"
+    data: str
+    to: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Key:
+        return cls(_b64_field(data.get("data"), "data", SEALED_KEY_SIZE), _optional_to(data))
+
+
+@dataclass(frozen=True, slots=True)
+class WrongCode(Message):
+    """Key confirmation failed: the room ends for everyone with ``wrong_code`` (the sender names ``to``)."""
+
+    TYPE: ClassVar[str] = "wrong_code"
+    to: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WrongCode:
+        return cls(_optional_to(data))
+
+
+@dataclass(frozen=True, slots=True)
+class SealedOffer(Message):
+    """The offer sealed to receiver ``to``; only its total size and file count are clear (for the limits)."""
+
+    TYPE: ClassVar[str] = "offer"
+    total_size: int
+    files: int
+    data: str
+    to: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SealedOffer:
+        return cls(
+            _int_field(data.get("total_size"), "total_size"),
+            _int_field(data.get("files"), "files", 1, MAX_FILES),
+            _b64_field(data.get("data"), "data"),
+            _optional_to(data),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SealedAccept(Message):
+    """A receiver accepts; ``data`` is sealed (what it already holds, once resume exists)."""
+
+    TYPE: ClassVar[str] = "accept"
+    data: str | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SealedAccept:
+        sealed = data.get("data")
+        return cls(None if sealed is None else _b64_field(sealed, "data"), _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class SealedDecline(Message):
+    """A receiver declines; ``code`` is an error code's value, any human reason is sealed in ``data``."""
+
+    TYPE: ClassVar[str] = "decline"
+    code: str = ErrorCode.DECLINED.value
+    data: str | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SealedDecline:
+        code = _str_field(data.get("code", ErrorCode.DECLINED.value), "code", 64)
+        if code not in ErrorCode.__members__.values():
+            raise MalformedMessage(f"unknown error code {escape_text(code)!r}")
+        sealed = data.get("data")
+        return cls(code, None if sealed is None else _b64_field(sealed, "data"), _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Stream(Message):
+    """Starts epoch ``epoch``: clear ``chunks``/``bytes`` for the relay's counts, one sealed plan per receiver.
+
+    From the sender ``to`` lists the receivers and ``data`` holds their plans in the same order; the relay
+    forwards to each receiver its own plan as a single string.
+    """
+
+    TYPE: ClassVar[str] = "stream"
+    epoch: int
+    chunks: int
+    bytes: int
+    data: tuple[str, ...] | str
+    to: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE, "epoch": self.epoch, "chunks": self.chunks, "bytes": self.bytes}
+        if self.to is not None:
+            out["to"] = list(self.to)
+        out["data"] = self.data if isinstance(self.data, str) else list(self.data)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stream:
+        epoch = _int_field(data.get("epoch"), "epoch", 0, MAX_EPOCH)
+        chunks = _int_field(data.get("chunks"), "chunks", 1)
+        size = _int_field(data.get("bytes"), "bytes", TAG_SIZE)
+        to, plans = data.get("to"), data.get("data")
+        if to is None:  # as a receiver gets it
+            return cls(epoch, chunks, size, _b64_field(plans, "data"))
+        if not isinstance(to, list) or not 1 <= len(to) <= MAX_RECEIVERS_FIELD:
+            raise MalformedMessage(f"field 'to' must be a list of 1 to {MAX_RECEIVERS_FIELD} receivers")
+        if not isinstance(plans, list) or len(plans) != len(to):
+            raise MalformedMessage("field 'data' must hold one sealed plan per receiver in 'to'")
+        receivers = tuple(_int_field(k, "to", 1, MAX_RECEIVERS_FIELD) for k in to)
+        if len(set(receivers)) != len(receivers):
+            raise MalformedMessage("field 'to' names a receiver twice")
+        return cls(epoch, chunks, size, tuple(_b64_field(plan, "data") for plan in plans), receivers)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedChunk(Message):
+    """Header of the binary frame that follows: ciphertext of ``size`` bytes in epoch ``epoch``, and its XXH3-64.
+
+    No file index, offset or name: the receiver knows each chunk's place from its sealed plan.
+    """
+
+    TYPE: ClassVar[str] = "chunk"
+    epoch: int
+    size: int
+    xxh3_64: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SealedChunk:
+        return cls(
+            _int_field(data.get("epoch"), "epoch", 0, MAX_EPOCH),
+            _int_field(data.get("size"), "size", TAG_SIZE),
+            _hex_field(data.get("xxh3_64"), "xxh3_64", 16),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class End(Message):
+    """All of epoch ``epoch``'s chunks have been sent."""
+
+    TYPE: ClassVar[str] = "end"
+    epoch: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> End:
+        return cls(_int_field(data.get("epoch"), "epoch", 0, MAX_EPOCH))
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkAck(Message):
+    """Receiver progress: ``chunks`` chunks of epoch ``epoch`` authenticated and written (clear: the relay sees
+    as much anyway)."""
+
+    TYPE: ClassVar[str] = "ack"
+    epoch: int
+    chunks: int
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChunkAck:
+        return cls(_int_field(data.get("epoch"), "epoch", 0, MAX_EPOCH), _int_field(data.get("chunks"), "chunks"),
+                   _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed(Message):
+    """Any other party-to-party message, sealed on the pair's control channel and forwarded opaquely."""
+
+    TYPE: ClassVar[str] = "sealed"
+    data: str
+    to: int | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sealed:
+        return cls(_b64_field(data.get("data"), "data"), _optional_to(data), _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class SealedCancel(Message):
+    """A party gives up; a receiver may seal its reason for the sender in ``data``."""
+
+    TYPE: ClassVar[str] = "cancel"
+    data: str | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SealedCancel:
+        sealed = data.get("data")
+        return cls(None if sealed is None else _b64_field(sealed, "data"), _optional_peer(data))
+
+
+MESSAGE_TYPES_V2: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello, PeerJoined, Paired, Pake, Confirm, Key, WrongCode, SealedOffer, SealedAccept, SealedDecline, Start,
+        Stream, SealedChunk, End, ChunkAck, Sealed, Verified, Complete, SealedCancel, Error, PeerLeft,
+    )
+}
+REGISTRIES: dict[int, dict[str, type[Message]]] = {PROTOCOL_VERSION: MESSAGE_TYPES, PROTOCOL_V2: MESSAGE_TYPES_V2}
+
+
+def parse_message(text: str | bytes, version: int = PROTOCOL_VERSION) -> Message:
     """Parse one text frame into its message, or raise ``MalformedMessage`` / ``UnknownType`` / ``UnsafePath``.
 
     Any string in the frame (a value or a key, at any depth, even in a field this version ignores) that is not
@@ -688,7 +982,7 @@ def parse_message(text: str | bytes) -> Message:
     kind = data.get("type")
     if not isinstance(kind, str):
         raise MalformedMessage("a control message needs a string field 'type'")
-    cls = MESSAGE_TYPES.get(kind)
+    cls = REGISTRIES[version].get(kind)
     if cls is None:
         raise UnknownType(f"unknown message type {escape_text(kind[:64])!r}")
     return cls.from_dict(data)
@@ -798,3 +1092,68 @@ class TransferCheck:
     def _check_open(self) -> None:
         if self.file_index >= len(self.offer.files):
             raise UnexpectedMessage("data after the last offered file")
+
+
+@dataclass(slots=True)
+class StreamCheck:
+    """Follows the ciphertext stream of one v2 transfer, as the relay sees it (docs/protocol.md section 8).
+
+    The relay knows only the clear totals of the offer (``total_size`` plaintext bytes in ``files`` files) and
+    of each ``stream``; it checks every chunk's length and XXH3-64 and counts chunks and bytes, so that a sender
+    can neither send more than it declared nor end an epoch early. One epoch per transfer in this version.
+    """
+
+    total_size: int
+    files: int
+    max_chunk: int = DEFAULT_MAX_MESSAGE
+    epoch: int | None = None
+    declared_chunks: int = 0
+    declared_bytes: int = 0
+    chunks_done: int = 0
+    bytes_done: int = 0
+    pending: SealedChunk | None = None
+    finished: bool = False
+
+    def stream(self, message: Stream) -> None:
+        """Open the epoch if its clear totals can describe this offer: each chunk carries a 16-byte tag, at
+        least one plaintext byte unless it is an empty file's only chunk, and no more plaintext than offered."""
+        if self.epoch is not None:
+            raise UnexpectedMessage("this relay runs one stream epoch per transfer")
+        overhead = TAG_SIZE * message.chunks
+        if message.chunks > self.total_size + self.files or not overhead <= message.bytes <= self.total_size + overhead:
+            raise SizeMismatch(f"a stream of {message.chunks} chunks and {message.bytes} bytes cannot carry "
+                               f"{self.total_size} bytes in {self.files} file(s)")
+        self.epoch, self.declared_chunks, self.declared_bytes = message.epoch, message.chunks, message.bytes
+
+    def chunk(self, header: SealedChunk) -> None:
+        if self.pending is not None:
+            raise UnexpectedMessage("a chunk header arrived where its payload was expected")
+        if self.epoch is None or self.finished or header.epoch != self.epoch:
+            raise UnexpectedMessage(f"chunk for epoch {header.epoch}, which is not open")
+        if header.size > self.max_chunk:
+            raise SizeMismatch(f"chunk of {header.size} bytes is over this relay's max_message {self.max_chunk}")
+        if self.chunks_done + 1 > self.declared_chunks or self.bytes_done + header.size > self.declared_bytes:
+            raise SizeMismatch(f"chunk past the {self.declared_chunks} chunks and {self.declared_bytes} bytes "
+                               "the stream declared")
+        self.pending = header
+
+    def payload(self, data: bytes | bytearray | memoryview) -> SealedChunk:
+        header = self.pending
+        if header is None:
+            raise UnexpectedMessage("binary frame without a chunk header")
+        if len(data) != header.size:
+            raise SizeMismatch(f"payload of {len(data)} bytes, header said {header.size}")
+        if chunk_digest(data) != header.xxh3_64:
+            raise ChecksumMismatch(f"chunk {self.chunks_done} failed its xxh3_64 check")
+        self.pending = None
+        self.chunks_done += 1
+        self.bytes_done += header.size
+        return header
+
+    def end(self, message: End) -> None:
+        if self.pending is not None or self.epoch is None or self.finished or message.epoch != self.epoch:
+            raise UnexpectedMessage(f"end of epoch {message.epoch}, which is not open")
+        if self.chunks_done != self.declared_chunks or self.bytes_done != self.declared_bytes:
+            raise SizeMismatch(f"epoch ended after {self.chunks_done} chunks and {self.bytes_done} bytes; "
+                               f"the stream declared {self.declared_chunks} and {self.declared_bytes}")
+        self.finished = True

@@ -39,8 +39,9 @@ class Role(StrEnum):
 
 
 class State(StrEnum):
-    WAITING = "waiting"  # sender in, receivers arriving
-    PAIRED = "paired"  # all receivers in, waiting for the offer
+    WAITING = "waiting"  # sender in, receivers arriving (v2: each one keys with the sender as it arrives)
+    KEYING = "keying"  # v2: all receivers in, not all of them confirmed and given the content key yet
+    PAIRED = "paired"  # all receivers in (v2: and keyed), waiting for the offer
     OFFERED = "offered"  # offer forwarded, waiting for every accept
     STREAMING = "streaming"  # chunks flowing
     DONE = "done"  # sender sent `done`, waiting for every `verified`
@@ -161,6 +162,13 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedJoin:
+    """Count a failed join against party ``peer``'s address (v2: its guess of the code was wrong)."""
+
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
 class Feed:
     """Once every effect before this one has been carried out, feed ``event`` back to the room."""
 
@@ -174,7 +182,7 @@ class Ended:
     outcome: str
 
 
-Effect = SendText | SendBytes | Close | Feed | Ended
+Effect = SendText | SendBytes | Close | FailedJoin | Feed | Ended
 
 
 # --- the room -------------------------------------------------------------------------------------------
@@ -190,6 +198,13 @@ class Party:
     verified: bool = False
     closed: bool = False  # the room will write nothing more to it: its socket is gone or its farewell is decided
     gone: bool = False  # its socket closed or a send to it failed
+    # v2 keying with the sender, one step at a time (each message is relayed once, in this order)
+    pake_to: bool = False  # the sender's PAKE message reached it
+    pake_from: bool = False  # its PAKE message reached the sender
+    confirm_to: bool = False  # the sender's confirmation reached it
+    confirm_from: bool = False  # its confirmation reached the sender
+    keyed: bool = False  # the sealed content key reached it
+    offered: bool = False  # its sealed offer reached it
 
 
 # A key of this process's own: a reader of the logs cannot test guessed codes against the tags offline.
@@ -225,18 +240,21 @@ class Room:
     """One sender, up to ``expected`` receivers, and the transfer between them: a pure state machine."""
 
     __slots__ = (
-        "code", "expected", "settings", "sender", "receivers", "state", "check",
+        "code", "expected", "settings", "sender", "receivers", "state", "check", "version", "offer_totals",
         "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer",
     )
 
-    def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
+    def __init__(self, code: str, expected: int, settings: Settings, now: float,
+                 version: int = p.PROTOCOL_VERSION) -> None:
         self.code = code
+        self.version = version
+        self.offer_totals: tuple[int, int] | None = None  # v2: the clear (total_size, files) every offer repeats
         self.expected = expected
         self.settings = settings
         self.sender: Party | None = None
         self.receivers: list[Party] = []
         self.state = State.WAITING
-        self.check: p.TransferCheck | None = None
+        self.check: p.TransferCheck | p.StreamCheck | None = None
         self.created_at = now
         self.last_activity = now
         self.offered_at = now
@@ -287,7 +305,8 @@ class Room:
             return out
         try:
             source, trigger, payload = self._classify(event, party, now)
-            transition = TABLE.get((self.state, source, trigger)) or TABLE.get((None, source, trigger))
+            table = TABLES[self.version]
+            transition = table.get((self.state, source, trigger)) or table.get((None, source, trigger))
             if transition is None:
                 if type(event) is Joined:
                     raise RuntimeError(f"a party joined a room that is {self.state.value}")
@@ -313,7 +332,7 @@ class Room:
                 return source, "binary", event.data
             if type(event) is TextFrame:
                 self.last_activity = now
-                message = p.parse_message(event.text)
+                message = p.parse_message(event.text, self.version)
                 return source, message.TYPE, message
             return source, _TRIGGERS[type(event)], None
         if isinstance(event, _PARTY_EVENTS):
@@ -376,11 +395,14 @@ class Room:
 
     def _greet(self, party: Party | None, _: object, now: float) -> None:
         assert party is not None
-        hello = p.Hello(p.PROTOCOL_VERSION, party.role.value, party.peer, self.expected, self.settings.max_message)
+        nameplate = self.code if self.version == p.PROTOCOL_V2 and party.role is Role.SEND else None
+        hello = p.Hello(self.version, party.role.value, party.peer, self.expected, self.settings.max_message, nameplate)
         self._send(party, hello)
         if party.role is Role.RECEIVE and self.sender is not None:
             self._send(self.sender, p.PeerJoined(party.peer, len(self.receivers), self.expected))
-            if len(self.receivers) == self.expected:
+            if len(self.receivers) == self.expected and self.version == p.PROTOCOL_V2:
+                self.state = State.KEYING  # the last one to key with the sender has only just arrived
+            elif len(self.receivers) == self.expected:
                 self.state = State.PAIRED
                 self.last_activity = now
                 self._send(self.sender, p.Paired(self.expected))
@@ -417,11 +439,11 @@ class Room:
         self._end_with_error(ErrorCode.DECLINED, f"receiver {party.peer} declined the offer", culprit=party.peer)
 
     def _chunk(self, _: Party | None, message: object, __: float) -> None:
-        assert self.check is not None and isinstance(message, p.Chunk)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.Chunk)
         self.check.chunk(message)
 
     def _payload(self, _: Party | None, data: object, __: float) -> None:
-        assert self.check is not None and isinstance(data, bytes)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(data, bytes)
         text = self.check.payload(data).to_json()
         for receiver in self.receivers:
             if not receiver.closed:
@@ -429,12 +451,12 @@ class Room:
                 self._out.append(SendBytes(receiver.peer, data))
 
     def _file_done(self, _: Party | None, message: object, __: float) -> None:
-        assert self.check is not None and isinstance(message, p.FileDone)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.FileDone)
         self.check.file_done(message)
         self._to_receivers(message)
 
     def _done(self, _: Party | None, message: object, __: float) -> None:
-        assert self.check is not None and isinstance(message, p.Done)
+        assert isinstance(self.check, p.TransferCheck) and isinstance(message, p.Done)
         self.check.done()
         self.state = State.DONE
         self._to_receivers(message)
@@ -500,6 +522,147 @@ class Room:
             self._end_with_error(ErrorCode.IDLE_TIMEOUT, "the transfer stalled")
 
 
+    # --- v2 actions: keying, the sealed offer, the ciphertext stream (docs/protocol.md section 8) -------
+
+    def _addressed(self, message: object) -> Party:
+        """The receiver a sender's message names in ``to``; it must be in the room."""
+        to = getattr(message, "to", None)
+        party = self._by_peer.get(to) if isinstance(to, int) else None
+        if party is None or party.role is not Role.RECEIVE:
+            raise UnexpectedMessage(f"'to' must name a receiver of this room, not {to!r}")
+        return party
+
+    def _keying_from_sender(self, _: Party | None, message: object, now: float) -> None:
+        """The sender's ``pake``, then ``confirm``, then ``key`` to receiver ``to``: each once, in that order."""
+        receiver = self._addressed(message)
+        if isinstance(message, p.Pake) and not receiver.pake_to:
+            receiver.pake_to = True
+            self._send(receiver, p.Pake(message.data))
+        elif isinstance(message, p.Confirm) and receiver.pake_to and receiver.pake_from and not receiver.confirm_to:
+            receiver.confirm_to = True
+            self._send(receiver, p.Confirm(message.data))
+        elif isinstance(message, p.Key) and receiver.confirm_from and not receiver.keyed:
+            receiver.keyed = True
+            self._send(receiver, p.Key(message.data))
+            if len(self.receivers) == self.expected and all(r.keyed for r in self.receivers):
+                assert self.sender is not None
+                self.state = State.PAIRED
+                self.last_activity = now
+                self._send(self.sender, p.Paired(self.expected))
+        else:
+            raise UnexpectedMessage(f"{getattr(message, 'TYPE', '?')!r} out of order for receiver {receiver.peer}")
+
+    def _keying_from_receiver(self, party: Party | None, message: object, _: float) -> None:
+        """A receiver's ``pake`` (once), then its ``confirm`` (once, after the sender's): to the sender."""
+        assert party is not None and self.sender is not None
+        if isinstance(message, p.Pake) and not party.pake_from:
+            party.pake_from = True
+            self._send(self.sender, p.Pake(message.data, peer=party.peer))
+        elif isinstance(message, p.Confirm) and party.confirm_to and not party.confirm_from:
+            party.confirm_from = True
+            self._send(self.sender, p.Confirm(message.data, peer=party.peer))
+        else:
+            raise UnexpectedMessage(f"{getattr(message, 'TYPE', '?')!r} out of order")
+
+    def _wrong_code(self, party: Party | None, message: object, _: float) -> None:
+        """A key confirmation failed: the code is spent, the room ends for everyone, and the receiver of the
+        pair (the side that joined an existing room, so the one that guessed) is charged a failed join."""
+        assert party is not None
+        guesser = party if party.role is Role.RECEIVE else self._addressed(message)
+        self._out.append(FailedJoin(guesser.peer))
+        self._end_with_error(ErrorCode.WRONG_CODE, WRONG_CODE_MESSAGE)
+
+    def _sealed_offer(self, _: Party | None, message: object, now: float) -> None:
+        """One sealed offer per receiver; the clear totals are checked against the limits and must be equal."""
+        assert isinstance(message, p.SealedOffer)
+        receiver = self._addressed(message)
+        if not receiver.keyed or receiver.offered:
+            raise UnexpectedMessage(f"a second offer to receiver {receiver.peer}")
+        if message.total_size > self.settings.max_transfer_bytes:
+            raise ProtocolError(
+                f"the offer is {message.total_size} bytes; this relay allows "
+                f"{self.settings.max_transfer_bytes} per transfer",
+                ErrorCode.TRANSFER_TOO_LARGE,
+            )
+        totals = (message.total_size, message.files)
+        if self.offer_totals is None:
+            self.offer_totals = totals
+            self.check = p.StreamCheck(message.total_size, message.files, self.settings.max_message)
+            self.offered_at = now
+        elif totals != self.offer_totals:
+            raise p.SizeMismatch("every receiver must be offered the same total size and number of files")
+        receiver.offered = True
+        self.state = State.OFFERED
+        self._send(receiver, p.SealedOffer(message.total_size, message.files, message.data))
+
+    def _sealed_accept(self, party: Party | None, message: object, now: float) -> None:
+        assert party is not None and self.sender is not None and isinstance(message, p.SealedAccept)
+        if not party.offered or party.accepted:
+            raise UnexpectedMessage("accept without an offer, or sent twice")
+        party.accepted = True
+        self._send(self.sender, p.SealedAccept(message.data, party.peer))
+        if len(self.receivers) == self.expected and all(r.accepted for r in self.receivers):
+            self.state = State.STREAMING
+            self.last_activity = now
+            self._send(self.sender, p.Start())
+
+    def _sealed_decline(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and self.sender is not None and isinstance(message, p.SealedDecline)
+        self._send(self.sender, p.SealedDecline(message.code, message.data, party.peer))
+        self._end_with_error(ErrorCode.DECLINED, f"receiver {party.peer} declined the offer", culprit=party.peer)
+
+    def _stream(self, _: Party | None, message: object, __: float) -> None:
+        """Open the epoch for every receiver (one epoch per transfer here) and give each its sealed plan."""
+        assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.Stream) and message.to is not None
+        if sorted(message.to) != [r.peer for r in self.receivers]:
+            raise UnexpectedMessage("this relay runs one stream epoch for every receiver of the room")
+        self.check.stream(message)
+        for peer, plan in zip(message.to, message.data, strict=True):
+            receiver = self._by_peer[peer]
+            self._send(receiver, p.Stream(message.epoch, message.chunks, message.bytes, plan))
+
+    def _sealed_chunk(self, _: Party | None, message: object, __: float) -> None:
+        assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.SealedChunk)
+        self.check.chunk(message)
+
+    def _ciphertext(self, _: Party | None, data: object, __: float) -> None:
+        assert isinstance(self.check, p.StreamCheck) and isinstance(data, bytes)
+        text = self.check.payload(data).to_json()
+        for receiver in self.receivers:
+            if not receiver.closed:
+                self._out.append(SendText(receiver.peer, text))
+                self._out.append(SendBytes(receiver.peer, data))
+
+    def _end_epoch(self, _: Party | None, message: object, __: float) -> None:
+        assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.End)
+        self.check.end(message)
+        self.state = State.DONE
+        self._to_receivers(message)
+
+    def _chunk_ack(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and self.sender is not None and isinstance(message, p.ChunkAck)
+        self._send(self.sender, p.ChunkAck(message.epoch, message.chunks, party.peer))
+
+    def _sealed(self, party: Party | None, message: object, _: float) -> None:
+        """An opaque party-to-party message: the sender's to receiver ``to``, a receiver's to the sender."""
+        assert party is not None and self.sender is not None and isinstance(message, p.Sealed)
+        if party.role is Role.SEND:
+            self._send(self._addressed(message), p.Sealed(message.data))
+        else:
+            self._send(self.sender, p.Sealed(message.data, peer=party.peer))
+
+    def _sealed_cancel(self, party: Party | None, message: object, _: float) -> None:
+        assert party is not None and isinstance(message, p.SealedCancel)
+        text = p.SealedCancel(message.data, party.peer).to_json()
+        close = ErrorCode.CANCELLED.close_code
+        # A receiver's sealed reason is for the sender alone; the other receivers learn only that it cancelled.
+        bare = p.SealedCancel(None, party.peer).to_json()
+        self._end(ErrorCode.CANCELLED.value,
+                  [(other, None if other is party else text if other.role is Role.SEND else bare, close)
+                   for other in self.parties])
+
+
+WRONG_CODE_MESSAGE = "the code was wrong; nothing was sent; start again with a new code"
 
 # The life of a room (docs/rooms.md shows this table; tests/test_rooms.py checks that the two agree). A state
 # of None means every live state. A frame from a party that no row names is `unexpected_message`.
@@ -539,6 +702,64 @@ TRANSITIONS: tuple[Transition, ...] = (
 TABLE: dict[tuple[State | None, str, str], Transition] = {(t.state, t.source, t.trigger): t for t in TRANSITIONS}
 assert len(TABLE) == len(TRANSITIONS), "two rows of the transition table share a (state, source, trigger)"
 
+_KEYING_SENDER = tuple(
+    Transition(state, SENDER, trigger, targets, Room._keying_from_sender)
+    for state, targets in ((State.WAITING, (State.WAITING,)), (State.KEYING, (State.KEYING, State.PAIRED)))
+    for trigger in ("pake", "confirm", "key")
+)
+_KEYING_RECEIVER = tuple(
+    Transition(state, RECEIVER, trigger, (state,), Room._keying_from_receiver)
+    for state in (State.WAITING, State.KEYING) for trigger in ("pake", "confirm")
+)
+_WRONG_CODE = tuple(
+    Transition(state, source, "wrong_code", (State.ENDED,), Room._wrong_code)
+    for state in (State.WAITING, State.KEYING) for source in (SENDER, RECEIVER)
+)
+_SEALED = tuple(
+    Transition(state, source, "sealed", (state,), Room._sealed)
+    for state in (State.PAIRED, State.OFFERED, State.STREAMING, State.DONE) for source in (SENDER, RECEIVER)
+)
+# Protocol v2: the same life with keying first, then a sealed offer per receiver and one ciphertext epoch.
+TRANSITIONS_V2: tuple[Transition, ...] = (
+    Transition(State.WAITING, SENDER, "joined", (State.WAITING,), Room._greet),
+    Transition(State.WAITING, RECEIVER, "joined", (State.WAITING, State.KEYING), Room._greet),
+    Transition(State.WAITING, RELAY, "timer", (State.WAITING, State.ENDED), Room._pairing_deadline),
+    *_KEYING_SENDER,
+    *_KEYING_RECEIVER,
+    *_WRONG_CODE,
+    Transition(State.KEYING, RELAY, "timer", (State.KEYING, State.ENDED), Room._pairing_deadline),
+    Transition(State.PAIRED, SENDER, "offer", (State.OFFERED,), Room._sealed_offer),
+    Transition(State.PAIRED, RELAY, "timer", (State.PAIRED, State.ENDED), Room._idle_deadline),
+    Transition(State.OFFERED, SENDER, "offer", (State.OFFERED,), Room._sealed_offer),
+    Transition(State.OFFERED, RECEIVER, "accept", (State.OFFERED, State.STREAMING), Room._sealed_accept),
+    Transition(State.OFFERED, RECEIVER, "decline", (State.ENDED,), Room._sealed_decline),
+    Transition(State.OFFERED, RELAY, "timer", (State.OFFERED, State.ENDED), Room._offer_deadline),
+    Transition(State.STREAMING, SENDER, "stream", (State.STREAMING,), Room._stream),
+    Transition(State.STREAMING, SENDER, "chunk", (State.STREAMING,), Room._sealed_chunk),
+    Transition(State.STREAMING, SENDER, "binary", (State.STREAMING,), Room._ciphertext),
+    Transition(State.STREAMING, SENDER, "end", (State.DONE,), Room._end_epoch),
+    Transition(State.STREAMING, RECEIVER, "ack", (State.STREAMING,), Room._chunk_ack),
+    Transition(State.STREAMING, RELAY, "timer", (State.STREAMING, State.ENDED), Room._idle_deadline),
+    *_SEALED,
+    Transition(State.DONE, RECEIVER, "ack", (State.DONE,), Room._chunk_ack),
+    Transition(State.DONE, RECEIVER, "verified", (State.DONE,), Room._verified),
+    Transition(State.DONE, RELAY, "all_verified", (State.ENDED,), Room._complete),
+    Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
+    Transition(None, SENDER, "cancel", (State.ENDED,), Room._sealed_cancel),
+    Transition(None, RECEIVER, "cancel", (State.ENDED,), Room._sealed_cancel),
+    Transition(None, SENDER, "error", (State.ENDED,), Room._reported_error),
+    Transition(None, RECEIVER, "error", (State.ENDED,), Room._reported_error),
+    Transition(None, SENDER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, RECEIVER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, RELAY, "crash", (State.ENDED,), Room._crash),
+    Transition(None, RELAY, "shutdown", (State.ENDED,), Room._shutdown),
+)
+TABLE_V2: dict[tuple[State | None, str, str], Transition] = {
+    (t.state, t.source, t.trigger): t for t in TRANSITIONS_V2
+}
+assert len(TABLE_V2) == len(TRANSITIONS_V2), "two rows of the v2 transition table share a (state, source, trigger)"
+TABLES = {p.PROTOCOL_VERSION: TABLE, p.PROTOCOL_V2: TABLE_V2}
+
 
 # --- admission ------------------------------------------------------------------------------------------
 
@@ -566,40 +787,69 @@ class Rooms:
     def admit(self, request: JoinRequest, now: float) -> tuple[Room, Party]:
         """Decide whether a party may join; on success it is registered. Raises ``JoinRefused``.
 
-        The caller then feeds ``Joined(party.peer)`` to the room.
+        Version 1 (no ``v``, or ``v=1``): the room is the code in the URL, chosen by the sender. Version 2: a
+        sender names no room (the relay allocates a nameplate and says it in ``hello``), a receiver names the
+        nameplate. The caller then feeds ``Joined(party.peer)`` to the room.
         """
+        version = p.PROTOCOL_VERSION
         if request.version not in (None, ""):
-            version = parse_ascii_int(request.version, MAX_QUERY_DIGITS)
-            if version is None:
+            parsed = parse_ascii_int(request.version, MAX_QUERY_DIGITS)
+            if parsed is None:
                 raise JoinRefused(ErrorCode.BAD_REQUEST, "'v' must be a whole number written in ASCII digits")
-            if version != p.PROTOCOL_VERSION:
+            if parsed not in p.VERSIONS:
                 raise JoinRefused(ErrorCode.UNSUPPORTED_VERSION,
-                                  f"this relay speaks protocol version {p.PROTOCOL_VERSION}")
-        if not p.is_valid_code(request.code):
+                                  f"this relay speaks protocol versions {', '.join(map(str, p.VERSIONS))}")
+            version = parsed
+        if version == p.PROTOCOL_V2:
+            if request.role == Role.SEND and request.code:
+                raise JoinRefused(ErrorCode.BAD_REQUEST, "in protocol 2 the relay chooses the nameplate: "
+                                  "a sender connects to /ws without one")
+            if request.role == Role.RECEIVE and not p.is_nameplate(request.code):
+                raise JoinRefused(ErrorCode.BAD_REQUEST, "a nameplate is 1 to 8 digits")
+        elif not p.is_valid_code(request.code):
             raise JoinRefused(ErrorCode.BAD_REQUEST, "a room code is 1-128 characters of a-z, 0-9 and '-'")
         if request.role == Role.SEND:
-            return self._admit_sender(request, now)
+            return self._admit_sender(request, now, version)
         if request.role == Role.RECEIVE:
             if request.receivers not in (None, ""):
                 raise JoinRefused(ErrorCode.BAD_REQUEST, "only a sender may set 'receivers'")
-            return self._admit_receiver(request)
+            return self._admit_receiver(request, version)
         raise JoinRefused(ErrorCode.BAD_REQUEST, "query parameter 'role' must be 'send' or 'receive'")
 
-    def _admit_sender(self, request: JoinRequest, now: float) -> tuple[Room, Party]:
+    def _admit_sender(self, request: JoinRequest, now: float, version: int) -> tuple[Room, Party]:
         expected = parse_receivers(request.receivers, self.settings.max_receivers)
-        if request.code in self.by_code:
+        if version == p.PROTOCOL_VERSION and request.code in self.by_code:
             raise JoinRefused(ErrorCode.ROOM_TAKEN, "this room already has a sender; choose another code")
         if len(self.by_code) >= self.settings.max_rooms:
             raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has too many open rooms; try again later")
-        room = Room(request.code, expected, self.settings, now)
+        code = request.code if version == p.PROTOCOL_VERSION else self.allocate_nameplate()
+        room = Room(code, expected, self.settings, now, version)
         room.seat(Party(0, Role.SEND))
-        self.by_code[request.code] = room
+        self.by_code[code] = room
         assert room.sender is not None
         return room, room.sender
 
-    def _admit_receiver(self, request: JoinRequest) -> tuple[Room, Party]:
+    def allocate_nameplate(self, choose: Callable[[int], int] = secrets.randbelow) -> str:
+        """A free nameplate, drawn at random among the free ones of the shortest length that has at least half
+        of its values free (1-9, then 10-99, ...): short to type, and not the lowest free one, so that a stranger
+        trying "1", "2", ... does not reliably land in live rooms (each such try burns that room's code)."""
+        for digits in range(1, 9):
+            low, high = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits
+            size = high - low
+            used = sum(1 for code in self.by_code if len(code) == digits and code.isdigit() and code[0] != "0")
+            if size - used < size / 2:
+                continue
+            for _ in range(64):  # at least half are free: 64 draws all miss with probability 2^-64
+                candidate = str(low + choose(size))
+                if candidate not in self.by_code:
+                    return candidate
+            free = [str(n) for n in range(low, high) if str(n) not in self.by_code]  # pragma: no cover
+            return free[choose(len(free))]  # pragma: no cover
+        raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has no free nameplate; try again later")
+
+    def _admit_receiver(self, request: JoinRequest, version: int) -> tuple[Room, Party]:
         room = self.by_code.get(request.code)
-        if room is None or room.state is State.ENDED:
+        if room is None or room.state is State.ENDED or room.version != version:
             raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no sender is waiting with this code")
         if len(room.receivers) >= room.expected or room.state is not State.WAITING:
             raise JoinRefused(ErrorCode.ROOM_FULL, "this room already has all its receivers")

@@ -17,57 +17,16 @@ import uvicorn
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from relay import __version__, logs, web
 from relay.access import Client, bearer_token, client_key
 from relay.config import Settings
-from relay.metrics import Stats, make_registry
-from relay.rooms import FAREWELL_TIMEOUT, JoinRequest, PeerGone
+from relay.metrics import make_registry
+from relay.rooms import FAREWELL_TIMEOUT, JoinRequest
 from relay.service import Relay
+from relay.sockets import peer_socket
 from relay.tuning import tune_allocator
 from relay.transport import LINGER, RelayWebSocketProtocol, http_protocol_class
-
-
-class AsgiPeerSocket:
-    """``PeerSocket`` over a Starlette WebSocket: every disconnect surfaces as ``PeerGone``."""
-
-    __slots__ = ("_ws", "_stats")
-
-    def __init__(self, websocket: WebSocket, stats: Stats | None = None) -> None:
-        self._ws = websocket
-        self._stats = stats or Stats()
-
-    async def receive(self) -> str | bytes:
-        try:
-            message = await self._ws.receive()
-        except WebSocketDisconnected as exc:
-            raise PeerGone() from exc
-        if message["type"] == "websocket.disconnect":
-            raise PeerGone()
-        data = message.get("bytes")
-        if data is None:
-            return message["text"]
-        stats = self._stats
-        stats.payload_bytes_in += len(data)
-        stats.payload_frames += 1
-        return data
-
-    async def send_text(self, text: str) -> None:
-        await self._send({"type": "websocket.send", "text": text})
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self._send({"type": "websocket.send", "bytes": data})
-        self._stats.payload_bytes_out += len(data)
-
-    async def close(self, code: int, reason: str = "") -> None:
-        await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-    async def _send(self, message: dict[str, object]) -> None:
-        try:
-            await self._ws.send(message)
-        except (WebSocketDisconnect, WebSocketDisconnected, OSError) as exc:
-            raise PeerGone() from exc
 
 
 def get_ws_relay(websocket: WebSocket) -> Relay:
@@ -132,7 +91,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await websocket.accept()
         query = websocket.query_params
         request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"))
-        await relay.serve(AsgiPeerSocket(websocket, relay.stats), request, client_of(websocket))
+        await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
+
+    @app.websocket("/ws")
+    async def new_room_socket(websocket: WebSocket, relay: WsRelayDep) -> None:
+        """Protocol 2: a sender names no room; the relay allocates a nameplate and says it in ``hello``."""
+        await websocket.accept()
+        query = websocket.query_params
+        request = JoinRequest("", query.get("role"), query.get("receivers"), query.get("v"))
+        await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
 
     app.include_router(web.router())
     return app

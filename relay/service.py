@@ -24,7 +24,7 @@ from relay.logs import event
 from relay.metrics import Stats, outcome_label
 from relay.protocol import ErrorCode
 from relay.rooms import (
-    FAREWELL_TIMEOUT, BinaryFrame, Close, Crashed, Effect, Ended, Event, Feed, Gone, Joined, JoinRefused,
+    FAREWELL_TIMEOUT, BinaryFrame, Close, Crashed, Effect, Ended, Event, FailedJoin, Feed, Gone, Joined, JoinRefused,
     JoinRequest, Party, PeerGone, PeerSocket, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State,
     TextFrame, TimerFired,
 )
@@ -47,6 +47,7 @@ class Seat:
 
     socket: PeerSocket
     task: asyncio.Task[None] | None = None
+    client_key: str = ""  # the address key its failed joins are counted under
     farewell: asyncio.Future[None] | None = None
 
 
@@ -115,7 +116,7 @@ class Relay:
                 self.joins.failed(client.key, now)
             await self._refuse(socket, client, refused)
             return
-        seat = Seat(socket, asyncio.current_task())
+        seat = Seat(socket, asyncio.current_task(), client.key)
         self.seats.setdefault(room, {})[party.peer] = seat
         self.stats.joins[party.role.value] += 1
         if party.role is Role.SEND:
@@ -221,6 +222,10 @@ class Relay:
                 if seat is not None and seat.farewell is None:
                     seat.farewell = asyncio.ensure_future(_farewell(seat, effect.last, effect.code))
                     farewells.append(seat.farewell)
+            elif isinstance(effect, FailedJoin):
+                seat = seats.get(effect.peer)
+                if seat is not None:
+                    self.joins.failed(seat.client_key, _now())
             elif isinstance(effect, Feed):
                 effects[index:index] = room.handle(effect.event, _now())
             elif isinstance(effect, Ended):

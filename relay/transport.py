@@ -1,20 +1,30 @@
-"""uvicorn protocol classes with the two guarantees the relay needs below the ASGI layer.
+"""uvicorn protocol classes with what the relay needs below the ASGI layer.
 
-1. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
+1. **Forwarding at socket speed.** ``RelayWebSocketProtocol`` reads a room's frames straight into one buffer per
+   connection (``relay.framebuffer``), unmasks each chunk once into the ``bytes`` that is forwarded, and gives
+   the service a direct ``PeerSocket`` (``relay.sockets``) with no ASGI message per frame. Flow control is the
+   transports' own: a send returns at once below a receiver's high-water mark and waits above it; the service
+   reads the sender's next frame only after every send returned; the sender's socket is read until its buffer
+   holds the waiting chunk and 16 KiB more, then paused.
+
+2. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
    TCP connection that sends nothing, or drips its request headers a byte at a time (slowloris), is held
    open forever. ``http_protocol_class(timeout)`` returns uvicorn's HTTP protocol with a deadline: every
    request's headers (and so the WebSocket upgrade) must be complete within ``timeout`` seconds of the
    connection opening or of the request's first byte, or the relay answers ``408`` and drops the connection.
-   There is no WebSocket yet, so no close code can be sent.
+   There is no WebSocket yet, so no close code can be sent. An upgrade whose request line or headers are too
+   long for ``websockets`` gets its ``414``/``431`` and is closed at once (uvicorn left it unanswered and open).
 
-2. **Sockets really dropped.** A peer that stops reading makes the socket's write buffer stop draining;
-   uvicorn's ``send`` then waits for ``writable`` forever, and asyncio's ``transport.close()`` waits for
+3. **Sockets really dropped.** A peer that stops reading makes the socket's write buffer stop draining;
+   a send then waits for ``writable`` forever, and asyncio's ``transport.close()`` waits for
    the buffer to drain before it closes, so the socket, its buffer (up to one chunk) and the task reading
    the sender would stay forever. ``RelayWebSocketProtocol`` aborts (RST, buffer discarded) any connection
    still open ``LINGER`` seconds after the application has finished with it, after a keep-alive ping went
    unanswered, or after a server shutdown asked it to close.
-"""
 
+What this module uses of uvicorn's and websockets' internals is listed, and checked, in tests/test_transport.py;
+pyproject.toml bounds both versions.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +33,11 @@ from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
+
+from relay.framebuffer import FrameBuffer, NotFastPath
+from relay.rooms import PeerGone
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseHttp
@@ -34,6 +48,12 @@ except ImportError:  # httptools is optional: fall back to the pure-Python h11 p
 
     _HTTPTOOLS = False
 
+# The key under which a connection's ``RelayWebSocketProtocol`` is in its ASGI scope's ``extensions``.
+EXTENSION = "relay.websocket"
+# Stop reading a peer while this much of what it sent waits in its inbox (besides one held binary frame).
+INBOX_HIGH = 64 * 1024
+# What one queued message counts for besides its length: a flood of empty frames fills the inbox too.
+MESSAGE_COST = 64
 # Seconds a connection may stay open after the app is done with it (the closing handshake takes a round trip).
 LINGER = 5.0
 _TIMEOUT_RESPONSE = (
@@ -51,24 +71,368 @@ def binary_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
-class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, plus a hard drop of connections that will not close.
+class BufferedReader(asyncio.BufferedProtocol):
+    """The transport's protocol once a connection is upgraded: it lets the loop read into the frame buffer.
 
-    It also writes binary messages without copying them: uvicorn's path serializes each frame into a new
-    buffer and joins it again (two copies of every chunk); here the header and the payload go to the
-    transport as they are.
+    uvloop reads into a protocol's own buffer only if that protocol is not an ``asyncio.Protocol``, which
+    uvicorn's WebSocket protocol is; so the transport gets this small object, which passes every callback on.
     """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: RelayWebSocketProtocol) -> None:
+        self._connection = connection
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._connection.frames_in.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._connection.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        self._connection.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._connection.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._connection.resume_writing()
+
+
+class Flag:
+    """The part of ``asyncio.Event`` uvicorn's protocol uses for ``writable``, without a deque per connection
+    (an idle room's socket should cost little)."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = True
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class _Discard:
+    """Stands in for uvicorn's ASGI receive queue once the app has accepted: from then on messages go to the
+    protocol's inbox, and the queue (three deques and an Event) would only hold memory and stray disconnects."""
+
+    __slots__ = ()
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+_DISCARD = _Discard()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame carrying ``payload`` (already UTF-8), header and payload together."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with a direct path for the room's frames.
+
+    Receiving: once the connection is open, the event loop reads into one ``FrameBuffer`` per connection
+    (``get_buffer``/``buffer_updated``). A complete binary frame is held there until ``next_message`` unmasks
+    it into the one new ``bytes`` the relay forwards; every other frame (text, control, fragments, anything
+    malformed) is handed whole to ``websockets``, which keeps its rules and close codes. Reading pauses only
+    while a held frame leaves the buffer full, so the transports' own flow control paces a sender: the room
+    takes the next frame only after every receiver's ``write_frame`` returned, and ``write_frame`` waits only
+    while that receiver's transport is above its high-water mark.
+
+    The app reaches this object through ``scope["extensions"][EXTENSION]`` (``relay.sockets.peer_socket``),
+    which bypasses the ASGI message dicts; the ASGI ``receive``/``send`` keep working on the same inbox.
+
+    It also answers an upgrade ``websockets`` refuses to parse (a request line or headers too long: 414/431),
+    which uvicorn leaves unanswered and open, and drops connections that will not close.
+    """
+
+    # Slots, not the instance dict: uvicorn's ~35 attributes already fill a dict's 42-entry table; ten more would
+    # double it (about 1 KiB per idle connection).
+    __slots__ = ("frames_in", "inbox", "inbox_bytes", "gone", "fast", "asgi_open", "_waiter", "_reading_paused",
+                 "reader")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frames_in = FrameBuffer(self.config.ws_max_size)
+        self.inbox: list[str | bytes] = []  # whole messages before the held frame, oldest first
+        self.inbox_bytes = 0
+        self.gone = False  # the peer closed, the connection was lost, or the relay sent its close
+        self.fast = True  # False once every byte goes to ``websockets`` (closing, or a frame it must judge)
+        self.asgi_open = False  # the app accepted: ASGI ``receive`` reads the inbox from now on
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self.writable = Flag()  # type: ignore[assignment]
+        self.reader = BufferedReader(self)
+
+    # --- handshake ------------------------------------------------------------------------------------
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][EXTENSION] = self
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None and not self.close_sent:
+            # websockets refused the request (e.g. a request line over 8 KiB: 414, headers: 431) and queued its
+            # answer; uvicorn never writes it, so the client would get no reply and the socket would stay open.
+            self.close_sent = True
+            self.handshake_complete = True
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            self._abort_later()
+
+    def _restart_frame_parser(self) -> None:
+        """Drop the handshake request (and its headers) that websockets' parser generator keeps in its frame.
+
+        ``ServerProtocol.parse`` reads the request and then runs ``Protocol.parse`` for frames, so the request
+        stays alive as a local for as long as the connection. Once open with nothing buffered, the parser
+        waits at a frame boundary: an equivalent fresh ``Protocol.parse`` can take over.
+        """
+        conn = self.conn
+        if conn.state is State.OPEN and not conn.reader.buffer and conn.parser_exc is None:
+            conn.parser = WsProtocol.parse(conn)
+            next(conn.parser)
+
+    # --- receiving ------------------------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.frames_in.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.frames_in.wrote(nbytes) and self.fast:
+            return  # the frame at the front is still incomplete: nothing to do until it is whole
+        if self.fast and (self.conn.state is not State.OPEN or self.close_sent):
+            self.fast = False
+        if not self.fast:
+            self.data_received(self.frames_in.take_rest())
+            return
+        self._parse()
+
+    def _parse(self) -> None:
+        """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox."""
+        frames = self.frames_in
+        while frames.held is None and self.inbox_bytes < INBOX_HIGH:
+            try:
+                header = frames.next_frame()
+            except NotFastPath:
+                self._stop_fast()
+                return
+            if header is None:
+                break
+            if header.fast_binary and not self.conn.expect_continuation_frame:
+                frames.hold(header)
+                self._wake()
+                break
+            if header.fast_text and not self.conn.expect_continuation_frame:
+                try:
+                    text = frames.take_payload(header).decode()
+                except UnicodeDecodeError:
+                    self.conn.send_close(1007, "invalid UTF-8")
+                    self.handle_parser_exception()
+                    self._stop_fast()
+                    return
+                self._deliver(text)
+                continue
+            self.data_received(frames.take_raw(header))  # websockets judges it; a message lands in the inbox
+            if self.conn.state is not State.OPEN or self.close_sent:
+                self._stop_fast()
+                return
+        self._pace()
+
+    def _pace(self) -> None:
+        """Read while there is room: pause while a held frame fills the buffer or the inbox is over its mark."""
+        pause = self.frames_in.full or self.inbox_bytes >= INBOX_HIGH
+        if pause is self._reading_paused or self.transport.is_closing():
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _stop_fast(self) -> None:
+        """From now on every byte goes to ``websockets`` (a held frame too: closing discards it)."""
+        if not self.fast:
+            return
+        self.fast = False
+        self.frames_in.held = None
+        rest = self.frames_in.take_rest()
+        if rest:
+            self.data_received(rest)
+        self._pace()
+
+    def send_receive_event_to_app(self) -> None:
+        """A message websockets assembled (text, or a fragmented binary message) goes to the inbox."""
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past our close: discard, keep reading until the peer's close arrives
+        if self.curr_msg_data_type == "text":
+            try:
+                message: str | bytes = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        else:
+            message = bytes(data)
+        self._deliver(message)
+        if not self.fast:
+            self._pace()
+
+    def _deliver(self, message: str | bytes) -> None:
+        self.inbox.append(message)
+        self.inbox_bytes += len(message) + MESSAGE_COST
+        self._wake()
+
+    async def next_message(self) -> str | bytes:
+        """The next whole message from the peer; raises ``PeerGone`` once it is gone and all were read."""
+        while True:
+            if self.inbox:
+                message = self.inbox.pop(0)
+                self.inbox_bytes -= len(message) + MESSAGE_COST
+                if self.inbox_bytes < INBOX_HIGH:
+                    if self.fast:
+                        self._parse()
+                    else:
+                        self._pace()
+                return message
+            if self.frames_in.held is not None:
+                data = self.frames_in.take_binary()
+                if self.fast:
+                    self._parse()
+                return data
+            if self.gone:
+                raise PeerGone()
+            self.frames_in.release()  # nothing buffered while the app waits: an idle room keeps no chunk buffer
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _gone(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)
+        self._gone()
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()
+        self._gone()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._gone()
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    async def write_frames(self, *parts: bytes) -> None:
+        """Write one frame (header and payload as given) at once, waiting only while above high-water."""
+        if not self.writable.is_set():
+            await self.writable.wait()
+        if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
+            raise PeerGone()
+        self.transport.writelines(parts)
+
+    async def close_with(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""
+        try:
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        except ClientDisconnected as exc:
+            raise PeerGone() from exc
+
+    # --- ASGI -----------------------------------------------------------------------------------------
+
+    async def receive(self) -> Any:
+        if not self.asgi_open:
+            return await super().receive()
+        try:
+            message = await self.next_message()
+        except PeerGone:
+            received = self.conn.close_rcvd
+            return {"type": "websocket.disconnect", "code": received.code if received else 1006}
+        if isinstance(message, str):
+            return {"type": "websocket.receive", "text": message}
+        return {"type": "websocket.receive", "bytes": message}
 
     async def send(self, message: Any) -> None:
         data = message.get("bytes") if message["type"] == "websocket.send" else None
-        if data is None or not self.handshake_complete or self.close_sent or self.initial_response is not None:
-            await super().send(message)
+        if data is not None and self.handshake_complete and not self.close_sent and self.initial_response is None:
+            try:
+                await self.write_frames(binary_frame_header(len(data)), data)
+            except PeerGone as exc:
+                raise ClientDisconnected() from exc
             return
-        await self.writable.wait()
-        if self.disconnected or self.conn.state is not State.OPEN:
-            raise ClientDisconnected()
-        self.transport.write(binary_frame_header(len(data)))
-        self.transport.write(data)
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete and not self.asgi_open:
+            self.asgi_open = True
+            # The handshake's objects are done with; an idle room keeps only what it needs.
+            self.queue = _DISCARD  # type: ignore[assignment]
+            state = self.__dict__
+            state.pop("request", None)
+            state.pop("response", None)
+            self.__dict__ = dict(state)  # a compact copy: uvicorn's attributes grew the dict past its fill
+            self._restart_frame_parser()
+        if self.close_sent and not self.gone:
+            # Past our close nothing more is read by the app: drop what waits, read on until the peer's close.
+            self.gone = True
+            self.inbox.clear()
+            self.inbox_bytes = 0
+            self._stop_fast()
+            self._pace()
+            self._wake()
+
+    # --- dropping connections that will not close -----------------------------------------------------
 
     async def run_asgi(self) -> None:
         await super().run_asgi()
@@ -88,13 +452,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _abort_if_open(self) -> None:
         if not self.disconnected and self.transport is not None:
-            self.transport.abort()  # connection_lost follows: the queue gets a disconnect, `writable` is set
+            self.transport.abort()  # connection_lost follows: the inbox reports gone, `writable` is set
 
 
 def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools, else h11) with a deadline on every request's headers."""
 
-    class RelayHttpProtocol(_BaseHttp):  # type: ignore[misc, valid-type]
+    class RelayHttpProtocol(_BaseHttp):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
@@ -123,6 +487,12 @@ def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
             transport.close()
             self.loop.call_later(LINGER, transport.abort)  # a client that does not read the 408 either
 
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            super().handle_websocket_upgrade(*args)
+            protocol = self.transport.get_protocol()
+            if isinstance(protocol, RelayWebSocketProtocol) and not self.transport.is_closing():
+                self.transport.set_protocol(protocol.reader)  # read straight into its frame buffer
+
         if _HTTPTOOLS:
 
             def on_message_begin(self) -> None:
@@ -136,7 +506,7 @@ def http_protocol_class(handshake_timeout: float) -> type[asyncio.Protocol]:
         else:
 
             def handle_events(self) -> None:
-                super().handle_events()
+                super().handle_events()  # type: ignore[misc]  # H11Protocol's, when httptools is missing
                 if self.scope is not None:
                     self._disarm()
 

@@ -10,13 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT = 180
 
-pytest.importorskip("psutil")
-pytest.importorskip("matplotlib")
 
 
 def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:

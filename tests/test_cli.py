@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -22,22 +21,19 @@ from pathlib import Path
 
 import pytest
 
-import relay
 from relay import protocol as p
 from clients.cli import main as cli_main
 from clients.cli import WEAK_CODE_BITS, JsonReporter, code_strength_bits, escape_for_terminal
 from clients.connection import BadRelayUrl, parse_relay_url, proxy_for, quote_peer_text
-from clients.transfer import Reporter, SendOptions
 from tests.conftest import free_port
-from tests.peers import RawPeer
+from tests.peers import WORDS, RawPeer, key_as_sender, raw_sides
 
+NO_ROOM = "98765432-no-such-room"  # a well-formed code whose nameplate has no room
 WAIT = 120  # seconds a CLI run may take before the test fails
 
 
 def serve_command() -> list[str]:
-    """How to run ``relay serve``: the server package owns it (``relay/command.py``, from the core branch)."""
-    if not (Path(relay.__file__).parent / "command.py").exists():
-        pytest.skip("relay/command.py (which runs `relay serve`) is not in this branch yet")
+    """How to run ``relay serve``: the server package owns it (``relay/command.py``)."""
     return [sys.executable, "-m", "relay.command", "serve"]
 
 
@@ -98,8 +94,8 @@ def test_send_and_receive_move_a_folder_and_a_file(relay_server, files, tmp_path
     assert received.returncode == 0, received.stderr
     assert sender.returncode == 0, stderr
     assert f"relay receive --relay {relay_server.http_url} {code}" in stdout
-    assert "every receiver verified" in stdout
-    assert "album/one.jpg" in received.stdout and "every checksum matched" in received.stdout
+    assert "every receiver authenticated every file" in stdout
+    assert "album/one.jpg" in received.stdout and "every file authenticated" in received.stdout
     assert sha(out / "album" / "one.jpg") == sha(files / "album" / "one.jpg")
     assert (out / "notes.txt").read_text() == "hello"
     assert (out / "album" / "empty").is_dir()
@@ -107,36 +103,39 @@ def test_send_and_receive_move_a_folder_and_a_file(relay_server, files, tmp_path
 
 def test_the_relay_url_comes_from_the_environment(relay_server, files, tmp_path) -> None:
     env = {**os.environ, "RELAY_URL": relay_server.http_url}
-    code = "env-" + secrets.token_hex(4)
-    sender = subprocess.Popen([sys.executable, "-m", "clients.cli", "send", "--code", code, "--quiet",
+    words = "env-" + secrets.token_hex(4)
+    sender = subprocess.Popen([sys.executable, "-m", "clients.cli", "send", "--code", words, "--quiet",
                                str(files / "notes.txt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
-    assert read_code(sender) == code
-    received = relay_command("receive", code, "--yes", "--quiet", "--output", str(tmp_path), env=env)
+    code = read_code(sender)
+    assert code.split("-", 1)[1] == words and code.split("-", 1)[0].isdigit()
+    received = relay_command("receive", "--yes", "--quiet", "--output", str(tmp_path),
+                             env={**env, "RELAY_CODE": code})  # the code from the environment, not argv
     finish(sender)
     assert received.returncode == 0 and sender.returncode == 0
     assert received.stdout == ""  # --quiet: nothing but errors
     assert (tmp_path / "notes.txt").read_text() == "hello"
 
 
-def test_a_chosen_code_is_normalised(relay_server, files, tmp_path) -> None:
+def test_chosen_words_and_a_typed_code_are_normalised(relay_server, files, tmp_path) -> None:
     sender = start_sender(relay_server.http_url, "--code", "My Code 42", str(files / "notes.txt"))
-    assert read_code(sender) == "my-code-42"
-    received = relay_command("receive", "MY_CODE_42", "--relay", relay_server.http_url, "--yes",
+    nameplate, words = read_code(sender).split("-", 1)
+    assert words == "my-code-42"
+    received = relay_command("receive", f" {nameplate} MY_CODE_42 ", "--relay", relay_server.http_url, "--yes",
                              "--output", str(tmp_path))
     finish(sender)
     assert received.returncode == 0 and sender.returncode == 0
 
 
 def test_receiving_an_unknown_code_exits_1_with_one_line(relay_server, tmp_path) -> None:
-    result = relay_command("receive", "no-such-room-" + secrets.token_hex(4), "--relay", relay_server.http_url,
+    result = relay_command("receive", "98765432-no-such-room", "--relay", relay_server.http_url,
                            "--yes", "--output", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.strip() == "relay: error: no sender is waiting with this code"
 
 
 def test_an_unreachable_relay_exits_3(tmp_path) -> None:
-    result = relay_command("receive", "some-code", "--relay", f"http://127.0.0.1:{free_port()}", "--yes",
+    result = relay_command("receive", "1-some-code", "--relay", f"http://127.0.0.1:{free_port()}", "--yes",
                            "--output", str(tmp_path))
     assert result.returncode == 3
     assert result.stderr.startswith("relay: error: cannot reach the relay") and result.stderr.count("\n") == 1
@@ -172,8 +171,8 @@ def test_sending_a_missing_path_exits_4_before_connecting(tmp_path) -> None:
     assert result.returncode == 4 and "no such file or folder" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["receive", "bad/code"], ["send", "--code", "!!", "x"],
-                                  ["send", "--receivers", "0", "x"]])
+@pytest.mark.parametrize("args", [["receive", "bad/code"], ["receive", "ocean-table-actor"],
+                                  ["send", "--code", "!!", "x"], ["send", "--receivers", "0", "x"]])
 def test_bad_usage_exits_2(args: list[str], tmp_path) -> None:
     (tmp_path / "x").write_text("x")
     result = relay_command(*args, cwd=tmp_path)
@@ -195,6 +194,33 @@ def test_a_hostile_name_is_shown_escaped(relay_server, tmp_path) -> None:
     offer = p.Offer((p.FileEntry("fine.txt", 1),), ())
     object.__setattr__(offer.files[0], "path", "evil\x1b[2J.txt")
     assert "\x1b" not in describe_offer(offer)
+
+
+def test_a_wrong_code_exits_5_on_both_sides_and_nothing_is_written(relay_server, files, tmp_path) -> None:
+    sender = start_sender(relay_server.http_url, str(files / "notes.txt"))
+    nameplate, _ = read_code(sender).split("-", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    received = relay_command("receive", f"{nameplate}-wrong-guess-here", "--relay", relay_server.http_url, "--yes",
+                             "--output", str(out))
+    _, sender_err = finish(sender)
+    told = "the code was wrong; nothing was sent; start again with a new code"
+    assert received.returncode == 5 and told in received.stderr
+    assert sender.returncode == 5 and told in sender_err
+    assert list(out.iterdir()) == []
+
+
+def test_help_says_argv_is_visible_and_lists_the_exit_codes() -> None:
+    result = relay_command("receive", "--help")
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    assert "visible to other users" in text and "RELAY_CODE" in text
+    assert "5 the code was wrong" in text and "6 the data was altered" in text
+
+
+def test_receive_without_a_code_on_a_non_terminal_exits_2() -> None:
+    result = relay_command("receive", "--yes", stdin="", env={k: v for k, v in os.environ.items() if k != "RELAY_CODE"})
+    assert result.returncode == 2 and "RELAY_CODE" in result.stderr
 
 
 # --- a pseudo-terminal, for what only happens on a terminal (the prompt, Ctrl-C, the QR code) ---------------
@@ -310,7 +336,7 @@ def test_a_sender_on_a_pipe_draws_no_qr_code(relay_server, files, tmp_path) -> N
 @pytest.mark.parametrize("command", ["send", "receive"])
 def test_a_malformed_relay_url_is_a_usage_error_in_one_line(url: str, command: str, tmp_path) -> None:
     (tmp_path / "x").write_text("x")
-    args = ["send", "x"] if command == "send" else ["receive", "some-code", "--yes"]
+    args = ["send", "x"] if command == "send" else ["receive", "1-some-code", "--yes"]
     result = relay_command(*args, "--relay", url, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("relay: error: not a relay URL") and result.stderr.count("\n") == 1
@@ -318,7 +344,7 @@ def test_a_malformed_relay_url_is_a_usage_error_in_one_line(url: str, command: s
 
 
 def test_a_malformed_relay_url_from_the_environment_is_a_usage_error(tmp_path) -> None:
-    result = relay_command("receive", "some-code", "--yes", env={**os.environ, "RELAY_URL": "ws://h:70000"})
+    result = relay_command("receive", "1-some-code", "--yes", env={**os.environ, "RELAY_URL": "ws://h:70000"})
     assert result.returncode == 2 and "the port must be a number from 1 to 65535" in result.stderr
 
 
@@ -397,11 +423,11 @@ def without_proxy_settings() -> dict[str, str]:
 def test_the_proxy_from_the_environment_carries_the_transfer(relay_server, files, tmp_path, connect_proxy,
                                                              variable: str) -> None:
     env = {**without_proxy_settings(), variable: f"http://127.0.0.1:{connect_proxy.port}"}
-    code = "proxied-" + secrets.token_hex(4)
+    words = "proxied-" + secrets.token_hex(4)
     sender = subprocess.Popen([sys.executable, "-m", "clients.cli", "send", "--relay", relay_server.http_url,
-                               "--code", code, "--quiet", str(files / "notes.txt")], stdout=subprocess.PIPE,
+                               "--code", words, "--quiet", str(files / "notes.txt")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env)
-    read_code(sender)
+    code = read_code(sender)
     received = relay_command("receive", code, "--relay", relay_server.http_url, "--yes", "--output",
                              str(tmp_path), env=env)
     finish(sender)
@@ -413,14 +439,14 @@ def test_the_proxy_from_the_environment_carries_the_transfer(relay_server, files
 def test_no_proxy_bypasses_the_proxy(relay_server, tmp_path, connect_proxy) -> None:
     env = {**without_proxy_settings(), "ALL_PROXY": f"http://127.0.0.1:{connect_proxy.port}",
            "NO_PROXY": "127.0.0.1"}
-    result = relay_command("receive", "no-room-" + secrets.token_hex(4), "--relay", relay_server.http_url, "--yes",
+    result = relay_command("receive", NO_ROOM, "--relay", relay_server.http_url, "--yes",
                            "--output", str(tmp_path), env=env)
     assert result.returncode == 1 and connect_proxy.tunnels == []
 
 
 def test_an_unreachable_proxy_is_an_unreachable_relay(relay_server, tmp_path) -> None:
     env = {**without_proxy_settings(), "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}"}
-    result = relay_command("receive", "some-code", "--relay", relay_server.http_url, "--yes", "--output",
+    result = relay_command("receive", "1-some-code", "--relay", relay_server.http_url, "--yes", "--output",
                            str(tmp_path), env=env)
     assert result.returncode == 3 and "through the proxy http://127.0.0.1:" in result.stderr
 
@@ -441,14 +467,14 @@ def test_proxy_choice_follows_the_usual_variables() -> None:
 
 def test_without_yes_a_non_terminal_receiver_refuses_before_joining(relay_server, tmp_path) -> None:
     """Before the fix it joined the room first (here: exit 1, "no sender is waiting")."""
-    result = relay_command("receive", "no-room-" + secrets.token_hex(4), "--relay", relay_server.http_url,
+    result = relay_command("receive", "98765432-no-room-" + secrets.token_hex(4), "--relay", relay_server.http_url,
                            "--output", str(tmp_path), stdin="")
     assert result.returncode == 2 and "pass --yes" in result.stderr
 
 
 def test_an_output_that_is_a_file_is_named_as_such(tmp_path) -> None:
     (tmp_path / "some_file").write_text("x")
-    result = relay_command("receive", "some-code", "--yes", "--output", str(tmp_path / "some_file"),
+    result = relay_command("receive", "1-some-code", "--yes", "--output", str(tmp_path / "some_file"),
                            "--relay", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert "is a file, not a folder" in result.stderr
@@ -467,7 +493,7 @@ def test_a_missing_output_folder_is_created_and_said_so(relay_server, files, tmp
 
 def test_a_folder_created_for_a_failed_transfer_is_removed_again(relay_server, tmp_path) -> None:
     out = tmp_path / "new" / "deeper"
-    result = relay_command("receive", "no-room-" + secrets.token_hex(4), "--relay", relay_server.http_url, "--yes",
+    result = relay_command("receive", NO_ROOM, "--relay", relay_server.http_url, "--yes",
                            "--output", str(out))
     assert result.returncode == 1 and not (tmp_path / "new").exists()
 
@@ -494,20 +520,23 @@ def test_a_receiver_waiting_for_the_other_receivers_says_so(relay_server, files,
 
 
 async def test_what_the_sender_writes_is_quoted_and_attributed(relay_server, tmp_path) -> None:
-    """A sender could make the receiver print "relay: error: YOUR DISK IS FULL" as if it were its own words."""
-    code = "hostile-" + secrets.token_hex(4)
-    sender = await RawPeer.connect(relay_server.ws_url, code, "send", receivers=1)
-    await sender.expect("hello")
+    """A sender could make the receiver print "relay: error: YOUR DISK IS FULL" as if it were its own words.
+
+    In protocol 2 a sender's cancel reason is sealed; the clear text a peer can still write is an error message.
+    """
+    sender = await RawPeer.connect_v2(relay_server.ws_url, None, "send", receivers=1)
+    hello = await sender.expect("hello")
+    code = f"{hello['nameplate']}-{WORDS}"
     receiver = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clients.cli", "receive", code, "--relay", relay_server.http_url, "--yes",
         "--output", str(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await sender.expect("peer_joined")
+        send_, recv_ = raw_sides(sender)
+        await key_as_sender(send_, recv_, code, 1)
         await sender.expect("paired")
-        await sender.send(p.Offer((p.FileEntry("a.txt", 5),)))
-        await sender.expect("accept")
-        await sender.expect("start")
-        await sender.send(p.Cancel('relay: error: YOUR DISK IS FULL "\x1b[2J\nrelay: error: really'))
+        await sender.send({"type": "error", "code": "write_failed",
+                           "message": 'relay: error: YOUR DISK IS FULL "\x1b[2J\nrelay: error: really'})
         _, stderr = await asyncio.wait_for(receiver.communicate(), WAIT)
     finally:
         if receiver.returncode is None:
@@ -516,7 +545,7 @@ async def test_what_the_sender_writes_is_quoted_and_attributed(relay_server, tmp
         await sender.close()
     lines = stderr.decode().splitlines()
     assert receiver.returncode == 1
-    assert lines == ["relay: error: the sender cancelled the transfer",
+    assert lines == ["relay: error: the sender stopped the transfer (write_failed)",
                      '  the sender said: "relay: error: YOUR DISK IS FULL \\"\\x1b[2J\\nrelay: error: really"']
 
 
@@ -537,8 +566,8 @@ def test_a_weak_chosen_code_gets_a_warning(tmp_path) -> None:
     (tmp_path / "x").write_text("x")
     unreachable = f"http://127.0.0.1:{free_port()}"
     weak = relay_command("send", "--code", "abc", "x", "--relay", unreachable, cwd=tmp_path)
-    assert weak.returncode == 3 and weak.stderr.startswith("relay: warning: the code abc is easy to guess")
-    strong = relay_command("send", "--code", "actor-table-ocean-ring", "x", "--relay", unreachable, cwd=tmp_path)
+    assert weak.returncode == 3 and weak.stderr.startswith("relay: warning: the words abc are easy to guess")
+    strong = relay_command("send", "--code", "actor-table-ocean", "x", "--relay", unreachable, cwd=tmp_path)
     assert strong.returncode == 3 and "warning" not in strong.stderr
 
 
@@ -637,7 +666,7 @@ def test_json_mode_prints_one_event_per_line(relay_server, files, tmp_path) -> N
 
 
 def test_json_mode_reports_an_error_with_its_exit_code(relay_server, tmp_path) -> None:
-    result = relay_command("receive", "no-room-" + secrets.token_hex(4), "--relay", relay_server.http_url, "--yes",
+    result = relay_command("receive", NO_ROOM, "--relay", relay_server.http_url, "--yes",
                            "--json", "--output", str(tmp_path))
     assert result.returncode == 1
     (event,) = json_lines(result.stdout)
@@ -657,9 +686,6 @@ def test_json_progress_is_limited_to_ten_events_a_second() -> None:
     assert 9 <= lines.count("progress") <= 11
 
 
-@pytest.mark.skipif(not hasattr(Reporter, "skipped") or "skip_unreadable" not in
-                    {f.name for f in dataclasses.fields(SendOptions)},
-                    reason="Reporter.skipped and SendOptions.skip_unreadable come with the receiving-side branch")
 def test_what_the_sender_leaves_out_is_listed(relay_server, files, tmp_path) -> None:
     (files / "album" / "elsewhere").symlink_to(files, target_is_directory=True)  # a link to a folder is left out
     sender = start_sender(relay_server.http_url, "--skip-unreadable", str(files / "album"))

@@ -17,7 +17,8 @@ from relay import protocol as p
 from relay.config import Settings
 from relay.protocol import ErrorCode
 from relay.rooms import (
-    TRANSITIONS, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined, JoinRefused,
+    TRANSITIONS, TRANSITIONS_V2, AllVerified, BinaryFrame, Close, Crashed, Effect, Ended, Feed, Gone, Joined,
+    JoinRefused,
     JoinRequest, Party, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State, TextFrame, TimerFired, code_tag,
 )
 
@@ -190,7 +191,7 @@ def test_receivers_in_ascii_digits_are_read() -> None:
 
 
 def test_an_unknown_protocol_version_is_refused() -> None:
-    assert refused(Rooms(Settings()), JoinRequest("abc", "send", None, "2")) is ErrorCode.UNSUPPORTED_VERSION
+    assert refused(Rooms(Settings()), JoinRequest("abc", "send", None, "3")) is ErrorCode.UNSUPPORTED_VERSION
 
 
 def test_rooms_beyond_the_limit_are_refused() -> None:
@@ -512,11 +513,11 @@ def test_the_idle_clock_starts_again_when_streaming_begins() -> None:
 # --- the table is data, and docs/rooms.md shows the same table ---------------------------------------------
 
 
-def documented_rows() -> set[tuple[str, str, str, str]]:
+def documented_rows(header: str = "| state | from | trigger | next |") -> set[tuple[str, str, str, str]]:
     rows = set()
     in_table = False
     for line in (ROOT / "docs" / "rooms.md").read_text("utf-8").splitlines():
-        if line.startswith("| state | from | trigger | next |"):
+        if line.startswith(header):
             in_table = True
             continue
         if in_table and line.startswith("|---"):
@@ -540,6 +541,17 @@ def test_docs_rooms_md_shows_exactly_the_transition_table_of_the_code() -> None:
     assert documented == coded, f"only in the docs: {documented - coded}; only in the code: {coded - documented}"
 
 
+def test_docs_rooms_md_shows_exactly_the_version_2_table_of_the_code() -> None:
+    coded = {
+        (t.state.value.upper() if t.state else "any live", t.source, t.trigger,
+         ", ".join(s.value.upper() for s in t.targets))
+        for t in TRANSITIONS_V2
+    }
+    documented = documented_rows("| state (v2) | from | trigger | next |")
+    assert documented, "docs/rooms.md has no version 2 transition table"
+    assert documented == coded, f"only in the docs: {documented - coded}; only in the code: {coded - documented}"
+
+
 def test_a_row_whose_action_leaves_its_targets_is_a_bug_not_a_silent_state(monkeypatch) -> None:
     from relay import rooms as module
 
@@ -559,7 +571,9 @@ def test_a_party_joining_a_room_past_waiting_is_a_bug() -> None:
 
 def test_every_state_but_ended_has_a_deadline() -> None:
     timed = {t.state for t in TRANSITIONS if t.trigger == "timer"}
-    assert timed == {s for s in State if s is not State.ENDED}
+    assert timed == {s for s in State if s not in (State.ENDED, State.KEYING)}  # v1 never keys
+    timed_v2 = {t.state for t in TRANSITIONS_V2 if t.trigger == "timer"}
+    assert timed_v2 == {s for s in State if s is not State.ENDED}
 
 
 def test_the_protocol_doc_links_the_room_table() -> None:

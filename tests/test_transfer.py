@@ -1,4 +1,8 @@
-"""The client library end to end: real relay, real sockets, real files on disk."""
+"""The client library end to end: real relay, real sockets, real files on disk (protocol v2, always encrypted).
+
+Fake relays (a test's own WebSocket server) hold real keys: they play the relay and the other party at once,
+knowing the code, so they can seal whatever hostile content a test needs.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ import websockets
 from relay import protocol as p
 from relay.protocol import ErrorCode
 from relay.config import Settings
+from clients import crypto as c
 from clients.connection import PeerRefused
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Unreadable
 from clients.transfer import Deadlines, ReceiveOptions, Reporter, SendOptions, receive, send
-from tests.peers import WAIT, RawPeer, send_file
+from tests.peers import WAIT, b64, key_as_receiver, key_as_sender, raw_sides, seal_json, send_sealed
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRANSFER_WAIT = 120.0
@@ -32,7 +37,33 @@ TRANSFER_WAIT = 120.0
 
 @pytest.fixture
 def code() -> str:
+    """The secret words a test's sender uses (the relay adds the nameplate in front)."""
     return "t-" + secrets.token_hex(6)
+
+
+FAKE_NAMEPLATE = "7"
+
+
+class ShowsCode(Reporter):
+    """Records the code the sender shows, as the person at the other computer reads it off the screen."""
+
+    def __init__(self) -> None:
+        self.code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def waiting(self, code: str, receivers: int) -> None:
+        if not self.code.done():
+            self.code.set_result(code)
+
+
+async def start_send(paths: list[Path], options: SendOptions, reporter: ShowsCode | None = None
+                     ) -> tuple[asyncio.Task[None], str]:
+    """Start ``send`` and return its task and the code it shows (or raise what ended it before that)."""
+    reporter = reporter or ShowsCode()
+    sending = asyncio.create_task(send(paths, options, reporter))
+    await asyncio.wait([sending, reporter.code], timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    if not reporter.code.done():
+        await sending
+    return sending, reporter.code.result()
 
 
 async def yes(offer: p.Offer) -> bool:
@@ -59,26 +90,21 @@ def tree(root: Path) -> dict[str, str | None]:
     }
 
 
-async def wait_for_room(relay, code: str) -> None:
-    """Wait (at most 5 s) until a sender has opened the room ``code``, so a receiver never races it."""
-    for _ in range(500):
-        if code in relay.relay.rooms.by_code:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the sender never opened its room")
-
-
 async def transfer(relay, code: str, paths: list[Path], outputs: list[Path], chunk_size: int = p.DEFAULT_CHUNK_SIZE,
                    **receive_options: object) -> None:
     """Run one ``send`` and one ``receive`` per output folder against each other."""
-    sending = asyncio.create_task(send(paths, SendOptions(code, relay.ws_url, len(outputs), chunk_size)))
-    await wait_for_room(relay, code)
+    sending, code = await start_send(paths, SendOptions(code, relay.ws_url, len(outputs), chunk_size))
     receiving = [
         receive(ReceiveOptions(code, output, relay.ws_url, **receive_options), yes)  # type: ignore[arg-type]
         for output in outputs
     ]
     async with asyncio.timeout(TRANSFER_WAIT):
-        await asyncio.gather(sending, *receiving)
+        # a receiver's own failure is the one a test asks about; the sender's follows from it
+        outcomes = await asyncio.gather(*receiving, return_exceptions=True)
+        outcomes.append((await asyncio.gather(sending, return_exceptions=True))[0])
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def make_file(path: Path, size: int) -> Path:
@@ -182,8 +208,7 @@ async def test_a_declined_offer_fails_on_both_sides(relay_server, code, tmp_path
     source = make_file(tmp_path / "in" / "x.bin", 10)
     out = tmp_path / "out"
     out.mkdir()
-    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
-    await asyncio.sleep(0.2)
+    sending, code = await start_send([source], SendOptions(code, relay_server.ws_url))
     with pytest.raises(TransferRefused) as receiver_error:
         await receive(ReceiveOptions(code, out, relay_server.ws_url), no)
     with pytest.raises(TransferRefused) as sender_error:
@@ -194,62 +219,117 @@ async def test_a_declined_offer_fails_on_both_sides(relay_server, code, tmp_path
 
 async def test_receiving_from_an_unknown_code_fails_at_once(relay_server, code, tmp_path) -> None:
     with pytest.raises(TransferRefused) as caught:
-        await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), yes), WAIT)
+        await asyncio.wait_for(receive(ReceiveOptions(f"98765432-{code}", tmp_path, relay_server.ws_url), yes), WAIT)
     assert caught.value.code is ErrorCode.ROOM_NOT_FOUND
 
 
 # --- hostile senders ---------------------------------------------------------------------------------------
 
 
-async def test_a_wrong_whole_file_digest_is_caught_and_nothing_is_kept(relay_server, code, tmp_path) -> None:
-    data = os.urandom(10_000)
-    sender = await RawPeer.connect(relay_server.ws_url, code, "send")
-    await sender.expect("hello")
-    receiving = asyncio.create_task(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), yes))
+async def hostile_sender(relay, receiving_options: dict[str, object] | None = None):
+    """A raw sender on the real relay, keyed with a real receiving client; returns (room, receive task)."""
+    room_task = asyncio.ensure_future(open_room_with_client(relay, receiving_options or {}))
+    return await asyncio.wait_for(room_task, WAIT)
+
+
+async def open_room_with_client(relay, receiving_options: dict[str, object]):
+    from tests.peers import RawPeer, WORDS
+    sender = await RawPeer.connect_v2(relay.ws_url, None, "send")
+    hello = await sender.expect("hello")
+    code = f"{hello['nameplate']}-{WORDS}"
+    options = ReceiveOptions(code, **receiving_options)  # type: ignore[arg-type]
+    receiving = asyncio.create_task(receive(options, yes))
     await sender.expect("peer_joined")
+    send_, recv_ = raw_sides(sender)
+    channel, content_key = await key_as_sender(send_, recv_, code, 1)
     await sender.expect("paired")
-    await sender.send(p.Offer((p.FileEntry("report.pdf", len(data)),), (), 4096))
+    return sender, channel, content_key, receiving
+
+
+async def test_a_chunk_that_does_not_authenticate_is_caught_and_nothing_is_kept(relay_server, tmp_path) -> None:
+    """A sender's chunk with a good xxh3 passes the relay; the receiver's AEAD refuses it: tampered, nothing kept."""
+    sender, channel, content_key, receiving = await hostile_sender(
+        relay_server, {"output": tmp_path, "relay_url": relay_server.ws_url})
+    offer = p.Offer((p.FileEntry("report.pdf", 10_000),), (), 4096)
+    await sender.send({"type": "offer", "to": 1, "total_size": 10_000, "files": 1,
+                       "data": b64(channel.seal(offer.to_json().encode()))})
     await sender.expect("accept")
     await sender.expect("start")
-    await send_file(sender, 0, data, 4096, file_digest="0" * 32)
+    salt = os.urandom(32)
+    plan = {"salt": b64(salt), "chunk_size": 4096, "segments": [[0, 0, 10_000]]}
+    await sender.send({"type": "stream", "epoch": 0, "to": [1], "chunks": 3, "bytes": 10_000 + 48,
+                       "data": [seal_json(channel, plan)]})
+    await send_sealed(sender, os.urandom(4096 + 16))  # right length and xxh3, sealed with no key at all
     with pytest.raises(TransferRefused) as caught:
         await asyncio.wait_for(receiving, WAIT)
-    assert caught.value.code is ErrorCode.CHECKSUM_MISMATCH
+    assert caught.value.code is ErrorCode.TAMPERED
     close, seen = await sender.closed()
-    assert close == 4020 and any(m.get("code") == "checksum_mismatch" for m in seen if isinstance(m, dict))
+    assert close == 4025 and any(m.get("code") == "tampered" for m in seen if isinstance(m, dict))
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_a_receiver_refuses_an_offer_larger_than_its_free_disk_space(relay_server, code, tmp_path) -> None:
-    sender = await RawPeer.connect(relay_server.ws_url, code, "send")
-    await sender.expect("hello")
-    receiving = asyncio.create_task(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), yes))
-    await sender.expect("peer_joined")
-    await sender.expect("paired")
-    await sender.send(p.Offer((p.FileEntry("huge.iso", 1 << 39),), ()))
+async def test_a_receiver_refuses_an_offer_larger_than_its_free_disk_space(relay_server, tmp_path) -> None:
+    sender, channel, _, receiving = await hostile_sender(
+        relay_server, {"output": tmp_path, "relay_url": relay_server.ws_url})
+    offer = p.Offer((p.FileEntry("huge.iso", 1 << 39),), ())
+    await sender.send({"type": "offer", "to": 1, "total_size": 1 << 39, "files": 1,
+                       "data": b64(channel.seal(offer.to_json().encode()))})
     with pytest.raises(LocalFailure) as caught:
         await asyncio.wait_for(receiving, WAIT)
     assert caught.value.code is ErrorCode.DISK_FULL
     assert (await sender.closed())[0] == 4022
 
 
+# --- fake relays that hold the keys: they play the relay and the sender at once -----------------------------
+
+
+def receiver_hello(receivers: int = 1) -> str:
+    return p.Hello(2, "receive", 1, receivers, p.DEFAULT_MAX_MESSAGE).to_json()
+
+
+async def as_sender(ws: websockets.ServerConnection, code: str) -> tuple[c.ControlChannel, bytes]:
+    """Greet a receiving client and key with it as its sender would."""
+    await ws.send(receiver_hello())
+
+    async def recv() -> dict[str, object]:
+        return json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+
+    return await key_as_sender(ws.send, recv, code, None)
+
+
+async def send_offer(ws: websockets.ServerConnection, channel: c.ControlChannel, offer: dict[str, object]) -> None:
+    files = offer.get("files", [])
+    assert isinstance(files, list)
+    total = sum(int(f["size"]) for f in files)  # type: ignore[index]
+    await ws.send(json.dumps({"type": "offer", "total_size": total, "files": len(files),
+                              "data": b64(channel.seal(json.dumps({"type": "offer", **offer}).encode()))}))
+
+
+def fake_code(words: str) -> str:
+    return f"{FAKE_NAMEPLATE}-{words}"
+
+
 async def test_a_corrupted_chunk_from_a_hostile_relay_is_caught_by_the_receiver(code, tmp_path) -> None:
     """The relay checks digests too, so only a hostile relay can deliver a bad chunk; the receiver must notice."""
-    good, bad = b"a" * 100, b"b" * 100
+    good, bad = b"a" * 116, b"b" * 116
     reported: list[dict[str, object]] = []
 
     async def hostile_relay(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
-        await ws.send(p.Offer((p.FileEntry("f.bin", 100),), (), 100).to_json())
-        await ws.recv()  # accept
-        await ws.send(p.Chunk(0, 0, 100, p.chunk_digest(good)).to_json())
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": "f.bin", "size": 100}], "chunk_size": 100})
+        await read_until(ws, "accept")
+        plan = {"salt": b64(bytes(32)), "chunk_size": 100, "segments": [[0, 0, 100]]}
+        await ws.send(json.dumps({"type": "stream", "epoch": 0, "chunks": 1, "bytes": 116,
+                                  "data": seal_json(channel, plan)}))
+        await ws.send(p.SealedChunk(0, 116, p.chunk_digest(good)).to_json())
         await ws.send(bad)
         reported.append(json.loads(await ws.recv()))
 
     async with websockets.serve(hostile_relay, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
+        options = ReceiveOptions(fake_code(code), tmp_path, f"ws://127.0.0.1:{port}")
         with pytest.raises(TransferRefused) as caught:
-            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, f"ws://127.0.0.1:{port}"), yes), WAIT)
+            await asyncio.wait_for(receive(options, yes), WAIT)
     assert caught.value.code is ErrorCode.CHECKSUM_MISMATCH
     assert reported and reported[0]["code"] == "checksum_mismatch"
     assert list(tmp_path.iterdir()) == []
@@ -262,14 +342,15 @@ async def test_a_hostile_path_from_a_hostile_relay_is_refused_by_the_receiver(co
     reported: list[dict[str, object]] = []
 
     async def hostile_relay(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
-        await ws.send(json.dumps({"type": "offer", "files": [{"path": path, "size": 1}], "chunk_size": 1}))
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": path, "size": 1}], "chunk_size": 1})
         reported.append(json.loads(await ws.recv()))
 
     async with websockets.serve(hostile_relay, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
+        options = ReceiveOptions(fake_code(code), tmp_path, f"ws://127.0.0.1:{port}")
         with pytest.raises(TransferError) as caught:
-            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, f"ws://127.0.0.1:{port}"), yes), WAIT)
+            await asyncio.wait_for(receive(options, yes), WAIT)
     assert caught.value.code is ErrorCode.UNSAFE_PATH
     assert "\x1b" not in str(caught.value)
     assert reported[0]["code"] == "unsafe_path"
@@ -281,8 +362,8 @@ async def test_the_reason_sent_just_before_a_close_is_reported_even_when_a_send_
     closed = asyncio.Event()
 
     async def relay_that_ends_at_once(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
-        await ws.send(p.Offer((p.FileEntry("f.bin", 10),), (), 10).to_json())
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": "f.bin", "size": 10}], "chunk_size": 10})
         await ws.send(p.PeerLeft(0, "send").to_json())
         await ws.close(ErrorCode.PEER_LEFT.close_code)
         closed.set()
@@ -294,7 +375,7 @@ async def test_the_reason_sent_just_before_a_close_is_reported_even_when_a_send_
 
     async with websockets.serve(relay_that_ends_at_once, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
-        options = ReceiveOptions(code, tmp_path, f"ws://127.0.0.1:{port}")
+        options = ReceiveOptions(fake_code(code), tmp_path, f"ws://127.0.0.1:{port}")
         with pytest.raises(TransferRefused) as caught:
             await asyncio.wait_for(receive(options, accept_after_the_close), WAIT)
     assert caught.value.code is ErrorCode.PEER_LEFT
@@ -309,20 +390,25 @@ def start_stalled_peer(role: str, relay, code: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(SCRIPTS / "stall_peer.py"), role, relay.ws_url, code],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},  # the script imports tests.peers
     )
 
 
-def wait_stalled(process: subprocess.Popen[str]) -> None:
+def read_line(process: subprocess.Popen[str]) -> str:
     assert process.stdout is not None
-    line = process.stdout.readline()  # returns when the peer has moved part of the transfer, or exits
-    assert line.strip() == "stalled", f"the stalled peer did not get going (exit {process.poll()})"
+    return process.stdout.readline().strip()  # returns when the peer printed its line, or exits
+
+
+def wait_stalled(process: subprocess.Popen[str]) -> None:
+    line = read_line(process)  # returns when the peer has moved part of the transfer, or exits
+    assert line == "stalled", f"the stalled peer did not get going (exit {process.poll()})"
 
 
 async def test_a_sender_killed_mid_transfer_is_reported_and_no_file_is_left(relay_server, code, tmp_path) -> None:
     peer = start_stalled_peer("send", relay_server, code)
     try:
-        await wait_for_room(relay_server, code)
-        receiving = asyncio.create_task(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), yes))
+        full_code = await asyncio.wait_for(asyncio.to_thread(read_line, peer), WAIT)  # the sender's code line
+        receiving = asyncio.create_task(receive(ReceiveOptions(full_code, tmp_path, relay_server.ws_url), yes))
         await asyncio.to_thread(wait_stalled, peer)
         peer.send_signal(signal.SIGKILL)
         with pytest.raises(TransferRefused) as caught:
@@ -337,16 +423,16 @@ async def test_a_sender_killed_mid_transfer_is_reported_and_no_file_is_left(rela
 async def test_a_receiver_killed_mid_transfer_is_reported_to_the_sender(relay_server, code, tmp_path) -> None:
     source = make_file(tmp_path / "big.bin", 64 * 1024 * 1024)
 
-    class Started(Reporter):
+    class Started(ShowsCode):
         def __init__(self) -> None:
+            super().__init__()
             self.sent = 0
 
         def advanced(self, done: int) -> None:
             self.sent = done
 
     reporter = Started()
-    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url), reporter))
-    await wait_for_room(relay_server, code)
+    sending, code = await start_send([source], SendOptions(code, relay_server.ws_url), reporter)
     peer = start_stalled_peer("receive", relay_server, code)
     try:
         await asyncio.to_thread(wait_stalled, peer)
@@ -369,7 +455,7 @@ Handler = Callable[[websockets.ServerConnection], Awaitable[None]]
 @contextlib.asynccontextmanager
 async def fake_relay(handler: Handler) -> AsyncIterator[str]:
     """A tiny WebSocket server on loopback that speaks as a relay through ``handler``; yields its URL."""
-    async with websockets.serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.5) as server:
+    async with websockets.serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.5, max_size=2**23) as server:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
@@ -394,18 +480,30 @@ async def silent(ws: websockets.ServerConnection, told: list[dict[str, object]])
 
 
 def sender_hello(receivers: int = 1) -> str:
-    return p.Hello(1, "send", 0, receivers, p.DEFAULT_MAX_MESSAGE).to_json()
+    return p.Hello(2, "send", 0, receivers, p.DEFAULT_MAX_MESSAGE, FAKE_NAMEPLATE).to_json()
+
+
+async def as_receivers(ws: websockets.ServerConnection, words: str, receivers: int = 1) -> None:
+    """Greet a sending client, have ``receivers`` receivers join and key with it, then say ``paired``."""
+    await ws.send(sender_hello(receivers))
+
+    async def recv() -> dict[str, object]:
+        return json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+
+    for k in range(1, receivers + 1):
+        await ws.send(p.PeerJoined(k, k, receivers).to_json())
+        await key_as_receiver(ws.send, recv, fake_code(words), k)
+    await ws.send(p.Paired(receivers).to_json())
 
 
 async def test_a_complete_without_verified_is_not_trusted(code, tmp_path) -> None:
     source = make_file(tmp_path / "x.bin", 1000)
 
     async def lying_relay(ws: websockets.ServerConnection) -> None:
-        await ws.send(sender_hello())
-        await ws.send(p.Paired(1).to_json())
+        await as_receivers(ws, code)
         await read_until(ws, "offer")
         await ws.send(p.Start().to_json())
-        await read_until(ws, "done")
+        await read_until(ws, "end")
         await ws.send(p.Complete().to_json())
         await silent(ws, [])
 
@@ -420,11 +518,10 @@ async def test_every_receiver_must_verify_counted_by_peer(code, tmp_path) -> Non
     source = make_file(tmp_path / "x.bin", 1000)
 
     async def lying_relay(ws: websockets.ServerConnection) -> None:
-        await ws.send(sender_hello(2))
-        await ws.send(p.Paired(2).to_json())
+        await as_receivers(ws, code, 2)
         await read_until(ws, "offer")
         await ws.send(p.Start().to_json())
-        await read_until(ws, "done")
+        await read_until(ws, "end")
         for peer in (1, 1, 0, 3, None):  # one receiver twice, the sender's own number, a stranger, no number
             await ws.send(p.Verified(peer).to_json())
         await ws.send(p.Complete().to_json())
@@ -443,7 +540,7 @@ async def test_the_sender_gives_up_on_receivers_that_never_come(code, tmp_path) 
     async def empty_room(ws: websockets.ServerConnection) -> None:
         await ws.send(sender_hello(2))
         await ws.send(p.PeerJoined(1, 1, 2).to_json())
-        await silent(ws, told)
+        await silent(ws, told)  # the sender's pake for receiver 1 is recorded too
 
     async with fake_relay(empty_room) as url:
         with pytest.raises(DeadlineExceeded) as caught:
@@ -457,8 +554,7 @@ async def test_the_sender_gives_up_on_an_offer_nobody_answers(code, tmp_path) ->
     source = make_file(tmp_path / "x.bin", 10)
 
     async def unanswered(ws: websockets.ServerConnection) -> None:
-        await ws.send(sender_hello())
-        await ws.send(p.Paired(1).to_json())
+        await as_receivers(ws, code)
         await silent(ws, [])
 
     async with fake_relay(unanswered) as url:
@@ -466,18 +562,17 @@ async def test_the_sender_gives_up_on_an_offer_nobody_answers(code, tmp_path) ->
             await asyncio.wait_for(send([source], SendOptions(code, url, deadlines=SHORT)), WAIT)
 
 
-async def test_the_sender_gives_up_when_no_receiver_confirms_its_checksums(code, tmp_path) -> None:
+async def test_the_sender_gives_up_when_no_receiver_confirms_its_files(code, tmp_path) -> None:
     source = make_file(tmp_path / "x.bin", 10)
 
     async def unconfirmed(ws: websockets.ServerConnection) -> None:
-        await ws.send(sender_hello())
-        await ws.send(p.Paired(1).to_json())
+        await as_receivers(ws, code)
         await read_until(ws, "offer")
         await ws.send(p.Start().to_json())
         await silent(ws, [])
 
     async with fake_relay(unconfirmed) as url:
-        with pytest.raises(DeadlineExceeded, match="every receiver to confirm its checksums"):
+        with pytest.raises(DeadlineExceeded, match="every receiver to confirm its files"):
             await asyncio.wait_for(send([source], SendOptions(code, url, deadlines=SHORT)), WAIT)
 
 
@@ -485,25 +580,25 @@ async def test_the_receiver_gives_up_on_an_offer_that_never_comes(code, tmp_path
     told: list[dict[str, object]] = []
 
     async def no_offer(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
+        await as_sender(ws, fake_code(code))
         await silent(ws, told)
 
     async with fake_relay(no_offer) as url:
         with pytest.raises(DeadlineExceeded, match="waiting for the offer"):
-            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url, deadlines=SHORT), yes), WAIT)
+            await asyncio.wait_for(receive(ReceiveOptions(fake_code(code), tmp_path, url, deadlines=SHORT), yes), WAIT)
     assert told and told[-1]["type"] == "error"
     assert list(tmp_path.iterdir()) == []
 
 
 async def test_the_receiver_gives_up_on_a_transfer_that_never_starts(code, tmp_path) -> None:
     async def never_starts(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
-        await ws.send(p.Offer((p.FileEntry("f.bin", 10),), ("empty",), 10).to_json())
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": "f.bin", "size": 10}], "dirs": ["empty"], "chunk_size": 10})
         await silent(ws, [])
 
     async with fake_relay(never_starts) as url:
         with pytest.raises(DeadlineExceeded, match="the transfer to start"):
-            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url, deadlines=SHORT), yes), WAIT)
+            await asyncio.wait_for(receive(ReceiveOptions(fake_code(code), tmp_path, url, deadlines=SHORT), yes), WAIT)
     assert list(tmp_path.iterdir()) == []  # the empty folder it made is gone too
 
 
@@ -511,23 +606,29 @@ async def test_the_receiver_gives_up_when_the_next_chunk_never_comes(code, tmp_p
     data = b"a" * 10
 
     async def stalls(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
-        await ws.send(p.Offer((p.FileEntry("d/f.bin", 20),), (), 10).to_json())
+        channel, content_key = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": "d/f.bin", "size": 20}], "chunk_size": 10})
         await read_until(ws, "accept")
-        await ws.send(p.Chunk(0, 0, 10, p.chunk_digest(data)).to_json())
-        await ws.send(data)
+        salt = os.urandom(32)
+        plan = c.StreamPlan((c.Segment(0, 0, 20),), 10)
+        plan_json = {"salt": b64(salt), "chunk_size": 10, "segments": [[0, 0, 20]]}
+        await ws.send(json.dumps({"type": "stream", "epoch": 0, "chunks": 2, "bytes": 52,
+                                  "data": seal_json(channel, plan_json)}))
+        sealed = c.StreamSealer(c.data_key(content_key, salt), plan).seal_next(data)
+        await ws.send(p.SealedChunk(0, len(sealed), p.chunk_digest(sealed)).to_json())
+        await ws.send(sealed)
         await silent(ws, [])
 
     async with fake_relay(stalls) as url:
         with pytest.raises(DeadlineExceeded, match="the next chunk from the sender"):
-            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url, deadlines=SHORT), yes), WAIT)
+            await asyncio.wait_for(receive(ReceiveOptions(fake_code(code), tmp_path, url, deadlines=SHORT), yes), WAIT)
     assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_relay_that_never_says_hello_is_unreachable(code, tmp_path) -> None:
     async with fake_relay(lambda ws: silent(ws, [])) as url:
         with pytest.raises(RelayUnavailable, match="did not answer"):
-            options = ReceiveOptions(code, tmp_path, url, deadlines=Deadlines(connect=0.3))
+            options = ReceiveOptions(fake_code(code), tmp_path, url, deadlines=Deadlines(connect=0.3))
             await asyncio.wait_for(receive(options, yes), WAIT)
 
 
@@ -546,8 +647,7 @@ async def test_the_sender_gets_a_neutral_reason_not_the_receivers_file_names(rel
     out = tmp_path / "out"
     out.mkdir()
     (out / "secret-plans.txt").write_text("mine")
-    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
-    await wait_for_room(relay_server, code)
+    sending, code = await start_send([source], SendOptions(code, relay_server.ws_url))
     with pytest.raises(LocalFailure, match="use --overwrite"):
         await asyncio.wait_for(receive(ReceiveOptions(code, out, relay_server.ws_url), yes), WAIT)
     with pytest.raises(TransferRefused) as caught:
@@ -561,8 +661,7 @@ async def test_a_receiver_that_refuses_locally_sends_a_neutral_decline(relay_ser
         raise LocalFailure(ErrorCode.DECLINED, "not asking on a non-terminal stdin: pass --yes")
 
     source = make_file(tmp_path / "in" / "x.txt", 10)
-    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
-    await wait_for_room(relay_server, code)
+    sending, code = await start_send([source], SendOptions(code, relay_server.ws_url))
     with pytest.raises(LocalFailure):
         await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, relay_server.ws_url), refuses), WAIT)
     with pytest.raises(TransferRefused) as caught:
@@ -588,8 +687,7 @@ async def test_an_interrupted_receiver_is_reported_to_the_sender_as_cancelled(re
         def advanced(self, done: int) -> None:
             moving.set()
 
-    sending = asyncio.create_task(send([source], SendOptions(code, relay_server.ws_url)))
-    await wait_for_room(relay_server, code)
+    sending, code = await start_send([source], SendOptions(code, relay_server.ws_url))
     receiving = asyncio.create_task(receive(ReceiveOptions(code, out, relay_server.ws_url), ask, Progress()))
     await asyncio.wait_for((asking if when == "asking" else moving).wait(), WAIT)
     receiving.cancel()
@@ -598,7 +696,7 @@ async def test_an_interrupted_receiver_is_reported_to_the_sender_as_cancelled(re
     with pytest.raises(TransferRefused) as caught:
         await asyncio.wait_for(sending, WAIT)
     assert caught.value.code is ErrorCode.CANCELLED
-    assert "the receiver cancelled" in str(caught.value)
+    assert str(caught.value) == "receiver 1 cancelled the transfer"
     assert list(out.iterdir()) == []
 
 
@@ -609,9 +707,10 @@ async def test_an_unreadable_file_fails_before_any_room_is_opened(relay_server, 
     folder = tmp_path / "udir"
     make_file(folder / "ok.txt", 10)
     (folder / "gone").symlink_to(tmp_path / "missing")
+    rooms = len(relay_server.relay.rooms)
     with pytest.raises(Unreadable, match="udir/gone"):
         await send([folder], SendOptions(code, relay_server.ws_url))
-    assert code not in relay_server.relay.rooms.by_code
+    assert len(relay_server.relay.rooms) == rooms
 
 
 async def test_skip_unreadable_sends_the_rest_and_reports_what_it_skipped(relay_server, code, tmp_path) -> None:
@@ -622,13 +721,12 @@ async def test_skip_unreadable_sends_the_rest_and_reports_what_it_skipped(relay_
     out.mkdir()
     skipped: list[tuple[str, str]] = []
 
-    class Skips(Reporter):
+    class Skips(ShowsCode):
         def skipped(self, left_out: list[tuple[str, str]]) -> None:
             skipped.extend(left_out)
 
     options = SendOptions(code, relay_server.ws_url, skip_unreadable=True)
-    sending = asyncio.create_task(send([folder], options, Skips()))
-    await wait_for_room(relay_server, code)
+    sending, code = await start_send([folder], options, Skips())
     await asyncio.wait_for(asyncio.gather(sending, receive(ReceiveOptions(code, out, relay_server.ws_url), yes)), WAIT)
     assert [path for path, _ in skipped] == [str(folder / "gone")]
     assert tree(out) == {"udir": None, "udir/ok.txt": digest(folder / "ok.txt")}
@@ -657,22 +755,22 @@ async def test_names_windows_would_refuse_arrive_as_they_are_on_linux(relay_serv
 
 async def test_a_text_offer_of_two_files_is_refused_before_connecting(relay_server, code, tmp_path) -> None:
     sources = [make_file(tmp_path / "a.txt", 5), make_file(tmp_path / "b.txt", 5)]
+    rooms = len(relay_server.relay.rooms)
     with pytest.raises(LocalFailure, match="exactly one file"):
         await send(sources, SendOptions(code, relay_server.ws_url, kind=p.OfferKind.TEXT))
-    assert code not in relay_server.relay.rooms.by_code
+    assert len(relay_server.relay.rooms) == rooms
 
 
 async def test_a_file_and_a_folder_of_one_name_from_a_hostile_relay_write_nothing(code, tmp_path) -> None:
     """The probe's offer (files b and a, folder a): refused by the receiver's offer check, nothing written."""
     async def hostile(ws: websockets.ServerConnection) -> None:
-        await ws.send(p.Hello(1, "receive", 1, 1, p.DEFAULT_MAX_MESSAGE).to_json())
-        offer = {"type": "offer", "files": [{"path": "b", "size": 1}, {"path": "a", "size": 1}], "dirs": ["a"]}
-        await ws.send(json.dumps(offer))
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": "b", "size": 1}, {"path": "a", "size": 1}], "dirs": ["a"]})
         await silent(ws, [])
 
     async with fake_relay(hostile) as url:
         with pytest.raises(TransferRefused) as caught:
-            await asyncio.wait_for(receive(ReceiveOptions(code, tmp_path, url), yes), WAIT)
+            await asyncio.wait_for(receive(ReceiveOptions(fake_code(code), tmp_path, url), yes), WAIT)
     assert caught.value.code is ErrorCode.UNSAFE_PATH
     assert list(tmp_path.iterdir()) == []
 
@@ -691,8 +789,7 @@ async def test_the_sender_gives_up_when_the_relay_stops_taking_data(code, tmp_pa
     stop = asyncio.Event()
 
     async def stops_reading(ws: websockets.ServerConnection) -> None:
-        await ws.send(sender_hello())
-        await ws.send(p.Paired(1).to_json())
+        await as_receivers(ws, code)
         await read_until(ws, "offer")
         await ws.send(p.Start().to_json())
         await stop.wait()  # reads nothing more: the socket's buffers fill and the sender's writes block

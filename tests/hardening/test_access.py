@@ -110,9 +110,9 @@ async def test_the_cli_reaches_a_private_relay_with_relay_token(relay_factory, c
 
     monkeypatch.setenv("RELAY_TOKEN", "wrong")
     with pytest.raises(TransferRefused) as caught:
-        await receive(ReceiveOptions(code, tmp_path, relay.ws_url), yes)
+        await receive(ReceiveOptions(f"98765432-{code}", tmp_path, relay.ws_url), yes)
     assert caught.value.code.value == "unauthorized"
     monkeypatch.setenv("RELAY_TOKEN", TOKEN)
     with pytest.raises(TransferRefused) as caught:  # past the token: the room does not exist
-        await receive(ReceiveOptions(code, tmp_path, relay.ws_url), yes)
+        await receive(ReceiveOptions(f"98765432-{code}", tmp_path, relay.ws_url), yes)
     assert caught.value.code.value == "room_not_found"

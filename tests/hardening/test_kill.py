@@ -45,6 +45,18 @@ async def wait_streaming(relay, code: str) -> None:
     raise AssertionError("the transfer never started streaming")
 
 
+def read_code(sender: subprocess.Popen[str]) -> str:
+    """The code line ``relay send`` prints first (also with --quiet): the relay's nameplate, then our words."""
+    assert sender.stdout is not None
+    line = sender.stdout.readline()
+    assert line.startswith("Code: "), line
+    return line.split()[1]
+
+
+def nameplate(code: str) -> str:
+    return code.split("-", 1)[0]
+
+
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     try:
         _, err = process.communicate(timeout=WAIT)
@@ -68,13 +80,10 @@ async def test_kill_9_of_the_sender_process_mid_transfer(relay_factory, code, tm
     sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
     receiver = None
     try:
-        for _ in range(1000):
-            if code in relay.relay.rooms.by_code:
-                break
-            await asyncio.sleep(0.01)
+        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
         receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
                          cwd=tmp_path)
-        await wait_streaming(relay, code)
+        await wait_streaming(relay, nameplate(code))
         receiver.send_signal(signal.SIGSTOP)
         sender.send_signal(signal.SIGKILL)
         sender.wait(timeout=WAIT)
@@ -93,10 +102,10 @@ async def test_kill_9_of_the_sender_process_mid_transfer(relay_factory, code, tm
     assert final_names(out) == []
     assert list(out.iterdir()) == []  # the receiver also cleaned up its temporary file
     for _ in range(500):
-        if code not in relay.relay.rooms.by_code:
+        if nameplate(code) not in relay.relay.rooms.by_code:
             break
         await asyncio.sleep(0.01)
-    assert code not in relay.relay.rooms.by_code
+    assert nameplate(code) not in relay.relay.rooms.by_code
     assert relay.relay.stats.transfers["peer_lost"] == 1
 
 
@@ -108,13 +117,10 @@ async def test_kill_9_of_the_receiver_process_mid_transfer(relay_factory, code, 
     sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
     receiver = None
     try:
-        for _ in range(1000):
-            if code in relay.relay.rooms.by_code:
-                break
-            await asyncio.sleep(0.01)
+        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
         receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
                          cwd=tmp_path)
-        await wait_streaming(relay, code)
+        await wait_streaming(relay, nameplate(code))
         receiver.send_signal(signal.SIGKILL)
         receiver.wait(timeout=WAIT)
         status, err = await asyncio.to_thread(finish, sender)

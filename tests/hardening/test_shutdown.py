@@ -16,7 +16,7 @@ import time
 
 import httpx
 
-from tests.hardening.test_kill import WAIT, big_file, final_names, finish, start
+from tests.hardening.test_kill import WAIT, big_file, final_names, finish, read_code, start
 from tests.hardening.wire import refused_with
 
 
@@ -63,10 +63,7 @@ async def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(re
     sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
     receiver = None
     try:
-        for _ in range(1000):
-            if relay.get("/healthz").json()["rooms"] == 1:
-                break
-            await asyncio.sleep(0.01)
+        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
         receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
                          cwd=tmp_path)
         await wait_streaming(relay)
@@ -103,10 +100,7 @@ async def test_past_the_grace_period_the_remaining_peers_get_going_away(relay_pr
     sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
     receiver = None
     try:
-        for _ in range(1000):
-            if relay.get("/healthz").json()["rooms"] == 1:
-                break
-            await asyncio.sleep(0.01)
+        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
         receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
                          cwd=tmp_path)
         await wait_streaming(relay)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from relay.config import Settings
 from clients.errors import TransferError
-from clients.transfer import ReceiveOptions, SendOptions, receive, send
+from clients.transfer import ReceiveOptions, Reporter, SendOptions, receive, send
 from tests.conftest import TEST_LIMITS, start_relay
 
 WAIT = 300.0
@@ -25,15 +25,21 @@ async def accept(offer: object) -> bool:
     return True
 
 
+class ShowsCode(Reporter):
+    def __init__(self) -> None:
+        self.code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def waiting(self, code: str, receivers: int) -> None:
+        self.code.set_result(code)
+
+
 async def main(source: Path, output: Path) -> int:
     relay = start_relay(Settings(**TEST_LIMITS))  # type: ignore[arg-type]
     try:
-        code = "fd-" + secrets.token_hex(6)
-        sending = asyncio.create_task(send([source], SendOptions(code, relay.ws_url)))
-        for _ in range(1000):  # at most 10 s for the sender to open its room
-            if code in relay.relay.rooms.by_code:
-                break
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 (the relay runs in another thread: nothing to await)
+        shows = ShowsCode()
+        sending = asyncio.create_task(send([source], SendOptions("fd-" + secrets.token_hex(6), relay.ws_url), shows))
+        await asyncio.wait([sending, shows.code], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        code = shows.code.result() if shows.code.done() else ""
         async with asyncio.timeout(WAIT):
             offer, _ = await asyncio.gather(receive(ReceiveOptions(code, output, relay.ws_url), accept), sending)
     except TransferError as exc:

@@ -5,9 +5,12 @@ Chromium missing is a failure, not a skip: these tests are how we know the web c
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
@@ -71,3 +74,23 @@ def pages(context: BrowserContext) -> Iterator[tuple[Page, Page]]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    """A multi-MiB random file (not a multiple of the chunk size), a small text file and an empty file."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 * 1024 * 1024 + 12345))
+    note = tmp_path / "note.txt"
+    note.write_text("second file, with ünïcödé\n", encoding="utf-8")
+    empty = tmp_path / "empty.dat"
+    empty.write_bytes(b"")
+    return {"big": big, "note": note, "empty": empty}
+
+
+@pytest.fixture
+def in_thread() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Future[Any]]]:
+    """Run a raw asyncio peer in its own thread while the test drives the page with the sync API."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    yield lambda coroutine: pool.submit(asyncio.run, coroutine)
+    pool.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
+import zipfile
 from pathlib import Path
 
 from playwright.sync_api import Download, Page
@@ -62,3 +64,16 @@ def wait_state(page: Page, selector: str, state: str) -> str:
 def saved_hashes(downloads: list[Download]) -> dict[str, str]:
     """suggested file name -> sha256 of the saved bytes."""
     return {download.suggested_filename: sha256(Path(download.path())) for download in downloads}
+
+
+def zip_hashes(download: Download) -> dict[str, str]:
+    """name -> sha256 of each file in a downloaded zip (folders as "name/": ""), after checking every CRC-32."""
+    with zipfile.ZipFile(download.path()) as archive:
+        assert archive.testzip() is None
+        return {info.filename: "" if info.is_dir() else hashlib.sha256(archive.read(info)).hexdigest()
+                for info in archive.infolist()}
+
+
+def fresh_code() -> str:
+    """A room code no other test uses."""
+    return f"test-{secrets.token_hex(6)}"

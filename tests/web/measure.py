@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from relay.config import Settings
@@ -63,20 +64,23 @@ class Sampler:
             self.heap_peak[index] = max(self.heap_peak[index], page.js_heap_used())
         self.rss_peak = max(self.rss_peak, self.browser.rss())
 
-    def wait(self, page: Page, selector: str) -> str:
+    def wait(self, page: Page, selector: str, gave_up=lambda: False) -> str:
+        """Sample until the page shows a final state; `gave_up()` true ends the wait early (the other side died)."""
         deadline = time.monotonic() + TIMEOUT_S
         while (shown := state(page, selector)) not in FINAL:
             if time.monotonic() > deadline:
                 raise TimeoutError("transfer did not finish")
+            if gave_up():
+                return "failed"
             self.sample()
             time.sleep(0.5)
         self.sample()
         return shown
 
 
-def start_sending(page: Page, base: str, source: Path) -> str:
+def start_sending(page: Page, base: str, source: Path | list[Path]) -> str:
     page.goto(base + "/")
-    page.set_files("#file-input", [source])
+    page.set_files("#file-input", source if isinstance(source, list) else [source])
     page.wait_for("!document.getElementById('picked').hidden", 30)
     page.click("#send-start")
     page.wait_for("document.getElementById('send-status').dataset.state === 'waiting'", 30)
@@ -94,9 +98,25 @@ def wait_download(folder: Path, name: str, size: int) -> Path:
     return path
 
 
-def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Path) -> tuple[float, Sampler, bool]:
+def wait_zip(folder: Path, name: str) -> Path:
+    """The finished zip download: complete once its central directory (written last) can be read."""
+    path = folder / name
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with zipfile.ZipFile(path):
+                return path
+        except (OSError, zipfile.BadZipFile):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"download of {name} did not finish") from None
+            time.sleep(0.1)
+
+
+def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Path,
+                       extra: Path | None = None) -> tuple[float, Sampler, bool]:
+    """One file as itself, or with `extra` two files as one zip (the page computes each file's CRC-32)."""
     sender, receiver = browser.new_page("about:blank"), browser.new_page("about:blank")
-    code = start_sending(sender, base, source)
+    code = start_sending(sender, base, [source, extra] if extra else source)
     receiver.goto(f"{base}/#receive={code}")
     receiver.click("#receive-connect")
     receiver.wait_for("!document.getElementById('receive-offer').hidden", 30)
@@ -114,8 +134,16 @@ def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Pa
     if shown != "verified":
         print(f"  receiver ended {shown}: {status_text(receiver, 'receive-status')}; sender: "
               f"{status_text(sender, 'send-status')}", flush=True)
-    ok = shown == "verified" and sha256(wait_download(downloads, source.name, source.stat().st_size)) == sha256(source)
-    (downloads / source.name).unlink(missing_ok=True)
+    if extra is None:
+        saved = wait_download(downloads, source.name, source.stat().st_size) if shown == "verified" else None
+        ok = saved is not None and sha256(saved) == sha256(source)
+        (downloads / source.name).unlink(missing_ok=True)
+    else:
+        ok = shown == "verified"
+        if ok:
+            with zipfile.ZipFile(wait_zip(downloads, "relay-files.zip")) as archive:
+                ok = archive.testzip() is None and sorted(archive.namelist()) == sorted([source.name, extra.name])
+        (downloads / "relay-files.zip").unlink(missing_ok=True)
     sender.close()
     receiver.close()
     return elapsed, sampler, ok
@@ -128,7 +156,8 @@ def browser_to_cli(browser: Chromium, base: str, source: Path, out: Path) -> tup
     started = time.monotonic()
     process = subprocess.Popen([str(Path(sys.executable).with_name("relay")), "receive", code, "--relay", base,
                                 "--output", str(out), "--yes", "--quiet"])
-    shown = sampler.wait(page, "#send-status")
+    # A receiving command that exits with an error (say, it cannot start) ends the wait at once.
+    shown = sampler.wait(page, "#send-status", lambda: process.poll() not in (None, 0))
     process.wait(TIMEOUT_S)
     elapsed = time.monotonic() - started
     if shown != "verified":
@@ -163,6 +192,17 @@ def main(size_mib: int, runs: int) -> None:
                       f"Chromium RSS idle {rss_idle / MiB:.0f} MiB, peak {sampler.rss_peak / MiB:.0f} MiB",
                       flush=True)
             print(f"browser -> browser median: {statistics.median(rates):.1f} MiB/s", flush=True)
+            extra = folder / "note.txt"
+            extra.write_text("a second file, so the download is one zip\n")
+            rates = []
+            for run in range(runs):
+                elapsed, sampler, ok = browser_to_browser(browser, base, source, downloads, extra)
+                rates.append(size_mib / elapsed)
+                print(f"browser -> browser (two files as one streamed zip), run {run + 1}: {size_mib} MiB in "
+                      f"{elapsed:.1f} s = {size_mib / elapsed:.1f} MiB/s, zip checks: {ok}; peak JS heap: receiver tab "
+                      f"{sampler.heap_peak[1] / MiB:.1f} MiB; Chromium RSS peak {sampler.rss_peak / MiB:.0f} MiB",
+                      flush=True)
+            print(f"browser -> browser zip median: {statistics.median(rates):.1f} MiB/s", flush=True)
             rates = []
             for run in range(runs):
                 elapsed, sampler, ok = browser_to_cli(browser, base, source, out)

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import xxhash
@@ -23,40 +19,26 @@ from playwright.sync_api import BrowserContext, Page
 
 from relay import protocol as p
 from tests.peers import WAIT, RawPeer
-from tests.web.driver import accept_downloads, open_offer, saved_hashes, sha256, start_sending, wait_state
+from tests.web.driver import (
+    accept_downloads,
+    fresh_code,
+    open_offer,
+    saved_hashes,
+    sha256,
+    start_sending,
+    wait_state,
+    zip_hashes,
+)
 
 PROCESS_TIMEOUT = 60
 RELAY_COMMAND = str(Path(sys.executable).with_name("relay"))
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    """A multi-MiB random file (not a multiple of the chunk size), a small text file and an empty file."""
-    big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(6 * 1024 * 1024 + 12345))
-    note = tmp_path / "note.txt"
-    note.write_text("second file, with ünïcödé\n", encoding="utf-8")
-    empty = tmp_path / "empty.dat"
-    empty.write_bytes(b"")
-    return {"big": big, "note": note, "empty": empty}
-
-
-@pytest.fixture
-def in_thread() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Future[Any]]]:
-    """Run a raw asyncio peer in its own thread while the test drives the page with the sync API."""
-    pool = ThreadPoolExecutor(max_workers=2)
-    yield lambda coroutine: pool.submit(asyncio.run, coroutine)
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def fresh_code() -> str:
-    return f"test-{secrets.token_hex(6)}"
-
-
 # --- browser to browser ------------------------------------------------------------------------------------
 
 
-def test_browser_to_browser_streams_files_to_downloads(pages: tuple[Page, Page], relay_server, files, artifacts):
+def test_browser_to_browser_streams_files_to_downloads_as_one_zip(pages: tuple[Page, Page], relay_server, files,
+                                                                  artifacts):
     sender, receiver = pages
     code = start_sending(sender, relay_server.http_url, [files["big"], files["note"], files["empty"]])
     assert sender.locator("#send-qr svg").count() == 1
@@ -68,12 +50,20 @@ def test_browser_to_browser_streams_files_to_downloads(pages: tuple[Page, Page],
     assert "big.bin" in offer_text and "note.txt" in offer_text and "6.01 MiB" in offer_text
     receiver.screenshot(path=str(artifacts / "receive-view.png"), full_page=True)
 
-    downloads = accept_downloads(receiver, 3)
+    receiver.check("#save-downloads")
+    assert "one zip file, relay-files.zip" in (receiver.text_content("#save-note") or "")
+    downloads = accept_downloads(receiver, 1)
     wait_state(sender, "#send-status", "verified")
-    assert saved_hashes(downloads) == {name: sha256(path) for name, path in
-                                       (("big.bin", files["big"]), ("note.txt", files["note"]), ("empty.dat", files["empty"]))}
+    assert downloads[0].suggested_filename == "relay-files.zip"
+    assert zip_hashes(downloads[0]) == {name: sha256(files[key]) for name, key in
+                                        (("big.bin", "big"), ("note.txt", "note"), ("empty.dat", "empty"))}
     assert receiver.locator('#receive-files li[data-state="verified"]').count() == 3
     assert sender.locator('#send-files li[data-state="verified"]').count() == 3
+    # The end says what happened, how long it took and how fast, with proper plurals.
+    done = receiver.text_content("#receive-status") or ""
+    assert done.startswith("Done: 3 files (6.01 MiB) saved to your downloads folder as relay-files.zip"), done
+    assert "on average" in done and "(s)" not in done
+    assert (sender.text_content("#send-status") or "").startswith("Done: 3 files (6.01 MiB) reached the receiver")
     sender.screenshot(path=str(artifacts / "send-finished.png"), full_page=True)
     receiver.screenshot(path=str(artifacts / "receive-finished.png"), full_page=True)
 
@@ -117,7 +107,8 @@ def test_sender_cancel_reaches_the_receiving_page(pages: tuple[Page, Page], rela
     sender.click("#send-cancel")
     wait_state(sender, "#send-status", "cancelled")
     text = wait_state(receiver, "#receive-status", "cancelled")
-    assert "sender cancelled" in text
+    assert text.startswith("The sender cancelled the transfer. Nothing was saved.")
+    assert receiver.is_hidden("#receive-quote")  # the page's own default reason is not quoted back
 
 
 def test_receiver_decline_shows_on_the_sending_page(pages: tuple[Page, Page], relay_server, files):
@@ -125,8 +116,12 @@ def test_receiver_decline_shows_on_the_sending_page(pages: tuple[Page, Page], re
     code = start_sending(sender, relay_server.http_url, [files["note"]])
     open_offer(receiver, relay_server.http_url, code)
     receiver.click("#receive-decline")
-    wait_state(receiver, "#receive-status", "cancelled")
-    assert "declined" in wait_state(sender, "#send-status", "failed")
+    assert wait_state(receiver, "#receive-status", "cancelled") == "You declined the offer. Nothing was saved."
+    text = wait_state(sender, "#send-status", "cancelled")
+    assert text.startswith("The receiver declined the files. Nothing was delivered.")
+    # A decline is not a failure: not in the failure colour, and the selection stays for another try.
+    assert sender.get_attribute("#send-status", "data-tone") == "neutral"
+    assert sender.is_visible("#send-retry")
 
 
 # --- cancel in the middle of a transfer, against raw peers that stop reading --------------------------------
@@ -233,7 +228,8 @@ def test_checksum_mismatch_from_a_hostile_sender_fails_visibly(context: BrowserC
     page.check("#save-downloads")
     page.click("#receive-accept")
     text = wait_state(page, "#receive-status", "failed")
-    assert "checksum mismatch" in text
+    assert text.startswith("Some data arrived damaged (a checksum did not match)"), text
+    assert "Nothing was saved." in text
     assert page.locator('#receive-files li[data-state="verified"]').count() == 0
     close_code, seen = result.result(WAIT * 3)
     assert close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code
@@ -270,6 +266,8 @@ def test_hostile_file_names_are_shown_escaped(context: BrowserContext, relay_ser
 # --- the page and the `relay` command ----------------------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="the page speaks protocol 1 and the CLI protocol 2 until the page helper "
+                   "switches the page to protocol 2 (issue 10, its half); remove this marker then")
 def test_browser_sends_to_relay_receive(context: BrowserContext, relay_server, files, tmp_path):
     page = context.new_page()
     code = start_sending(page, relay_server.http_url, [files["big"], files["note"]])
@@ -283,6 +281,8 @@ def test_browser_sends_to_relay_receive(context: BrowserContext, relay_server, f
     assert sha256(out / "note.txt") == sha256(files["note"])
 
 
+@pytest.mark.xfail(strict=True, reason="the page speaks protocol 1 and the CLI protocol 2 until the page helper "
+                   "switches the page to protocol 2 (issue 10, its half); remove this marker then")
 def test_relay_send_to_browser(context: BrowserContext, relay_server, files, tmp_path):
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
@@ -296,14 +296,14 @@ def test_relay_send_to_browser(context: BrowserContext, relay_server, files, tmp
         assert code in first_line, first_line
         page = context.new_page()
         open_offer(page, relay_server.http_url, code)
-        downloads = accept_downloads(page, 2)
+        downloads = accept_downloads(page, 1)
         assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(PROCESS_TIMEOUT)
-    assert saved_hashes(downloads) == {"big.bin": sha256(files["big"]),
-                                       "folder_sub_inner.bin": sha256(folder / "sub" / "inner.bin")}
+    assert zip_hashes(downloads[0]) == {"big.bin": sha256(files["big"]),
+                                        "folder/sub/inner.bin": sha256(folder / "sub" / "inner.bin")}
 
 
 def _read_line(process: subprocess.Popen, timeout: float) -> str:

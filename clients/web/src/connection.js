@@ -17,7 +17,8 @@ function tick(ms) {
   if (ticker === undefined) {
     ticker = null;
     try {
-      if (typeof Worker === "function") ticker = { worker: new Worker("/tick.js"), waiters: [] };
+      // Relative to the page, like every URL it uses (it may be served under a proxy's path prefix).
+      if (typeof Worker === "function") ticker = { worker: new Worker(new URL("tick.js", document.baseURI)), waiters: [] };
     } catch {
       ticker = null;
     }
@@ -39,11 +40,15 @@ function tick(ms) {
   });
 }
 
-/** The WebSocket URL of a room on the relay that served this page. */
+/**
+ * The WebSocket URL of a room on the relay that served this page: `ws/CODE` relative to the page, so a page
+ * served at https://host/relay/ talks to wss://host/relay/ws/CODE (a proxy with a path prefix).
+ */
 export function roomUrl(code, params, location = window.location) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = new URLSearchParams({ ...params, v: "1" });
-  return `${scheme}//${location.host}/ws/${encodeURIComponent(code)}?${query}`;
+  const url = new URL(`ws/${encodeURIComponent(code)}`, location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.search = new URLSearchParams({ ...params, v: "1" }).toString();
+  return url.href;
 }
 
 /** A closed socket: `code` is the WebSocket close code, `errorCode` the protocol error it stands for. */

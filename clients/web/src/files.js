@@ -32,6 +32,28 @@ async function walk(entry, prefix, items, dirs) {
   if (count === 0) dirs.push(path);
 }
 
+/**
+ * Files and empty folders under a folder the person picked with showDirectoryPicker (File System Access API):
+ * unlike <input webkitdirectory>, this sees empty folders, so they are offered too.
+ */
+export async function itemsFromDirectoryHandle(root) {
+  const items = [];
+  const dirs = [];
+  const visit = async (handle, path) => {
+    const children = [];
+    for await (const child of handle.values()) children.push(child);
+    children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    if (children.length === 0) dirs.push(path);
+    for (const child of children) {
+      const childPath = `${path}/${child.name}`;
+      if (child.kind === "file") items.push({ path: childPath, file: await child.getFile() });
+      else await visit(child, childPath);
+    }
+  };
+  await visit(root, root.name);
+  return { items, dirs };
+}
+
 /** Files and empty folders from a drop event's DataTransfer. */
 export async function itemsFromDrop(dataTransfer) {
   const items = [];

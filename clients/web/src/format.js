@@ -53,3 +53,23 @@ export class RateMeter {
     return `${formatBytes(rate)}/s, ${formatDuration(remaining / rate)} left`;
   }
 }
+
+/** 1 -> "1 file", 1000 -> "1,000 files"; `many` defaults to `one` + "s". */
+export function plural(count, one, many = `${one}s`) {
+  return `${count.toLocaleString("en")} ${count === 1 ? one : many}`;
+}
+
+/** "3 files and 1 folder", "1 file", "2 empty folders": what a selection or offer holds. */
+export function describeCounts(files, folders, folderWord = "empty folder") {
+  const parts = [];
+  if (files > 0 || folders === 0) parts.push(plural(files, "file"));
+  if (folders > 0) parts.push(plural(folders, folderWord));
+  return parts.join(" and ");
+}
+
+/** "4.2 s" / "2 min 05 s" taken and the average rate, for a finished transfer. */
+export function describeFinish(bytes, elapsedMs) {
+  const seconds = elapsedMs / 1000;
+  const took = seconds < 10 ? `${seconds.toFixed(1)} s` : formatDuration(seconds);
+  return seconds > 0 && bytes > 0 ? `Took ${took}, ${formatBytes(bytes / seconds)}/s on average.` : `Took ${took}.`;
+}

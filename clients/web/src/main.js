@@ -4,30 +4,54 @@
 //   #receive=CODE      the receive view with CODE filled in (the link a sender shares). The fragment never
 //                      reaches the relay, and the page only joins the room when the person presses Connect.
 
-import { prefillCode, setUpReceiveView } from "./receive-view.js";
+import { prefillCode, setUpReceiveView, showBadLink } from "./receive-view.js";
 import { setUpSendView } from "./send-view.js";
 
 function show(view) {
   const receiving = view === "receive";
   document.getElementById("send-view").hidden = receiving;
   document.getElementById("receive-view").hidden = !receiving;
-  document.getElementById("tab-send").setAttribute("aria-current", receiving ? "false" : "page");
-  document.getElementById("tab-receive").setAttribute("aria-current", receiving ? "page" : "false");
+  const current = (tab, on) => (on ? tab.setAttribute("aria-current", "page") : tab.removeAttribute("aria-current"));
+  current(document.getElementById("tab-send"), !receiving);
+  current(document.getElementById("tab-receive"), receiving);
+}
+
+/** The code in a "#receive=CODE" fragment, or null when its percent-encoding is broken ("%E0%A4%A"). */
+export function codeFromFragment(fragment) {
+  try {
+    return decodeURIComponent(fragment.slice("receive=".length));
+  } catch {
+    return null;
+  }
 }
 
 function route() {
   const fragment = window.location.hash.slice(1);
   if (fragment.startsWith("receive=")) {
-    prefillCode(decodeURIComponent(fragment.slice("receive=".length)));
+    const code = codeFromFragment(fragment);
     // Keep the code out of the address bar and history once it is in the form.
     history.replaceState(null, "", "#receive");
     show("receive");
+    if (code === null) {
+      showBadLink();
+      document.getElementById("receive-code").focus();
+    } else {
+      prefillCode(code);
+      document.getElementById("receive-connect").focus(); // Enter now connects
+    }
   } else {
-    show(fragment === "receive" ? "receive" : "send");
+    const receiving = fragment === "receive";
+    show(receiving ? "receive" : "send");
+    if (receiving) document.getElementById("receive-code").focus();
   }
 }
 
-setUpSendView();
+setUpSendView({
+  showSend: () => {
+    history.replaceState(null, "", "#send");
+    show("send");
+  },
+});
 setUpReceiveView();
 window.addEventListener("hashchange", route);
 route();

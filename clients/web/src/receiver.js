@@ -4,7 +4,7 @@
 import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
 import { createHashing } from "./hashing.js";
 import { ACK_INTERVAL, ProtocolError, TransferCheck, clipText, escapeText, parseMessage } from "./protocol.js";
-import { FINAL_STATES, describeError } from "./sender.js";
+import { FINAL_STATES } from "./sender.js";
 import { SinkError } from "./sinks.js";
 
 /**
@@ -25,6 +25,9 @@ export class ReceiveSession {
     this.lastAck = 0;
     this.verifiedFiles = 0;
     this.maxMessage = undefined;
+    this.outcome = null; // how it ended: {code, reason, by, peer} (see words.js)
+    this.startedAt = null;
+    this.endedAt = null;
   }
 
   /** Run until the transfer ends; resolves with the final state. */
@@ -58,20 +61,22 @@ export class ReceiveSession {
     this.sink = sink;
     this.check = new TransferCheck(this.offer, this.hashing, this.maxMessage);
     this.connection.sendMessage({ type: "accept" });
+    this.startedAt = Date.now();
     this.#setState("transferring", `saving to ${sink.label}`);
   }
 
-  decline(reason = "declined by the receiver") {
+  /** Say no to the offer. The page sends no reason of its own: the sender's page already says it was declined. */
+  decline(reason = "") {
     if (this.state !== "offered") return;
     this.connection.sendMessage({ type: "decline", reason: clipText(reason) });
-    this.#setState("cancelled", "you declined the offer");
+    this.#end("cancelled", { code: "declined", by: "you" });
   }
 
   cancel(reason = "cancelled by the receiver") {
     if (FINAL_STATES.has(this.state)) return;
     this.connection?.sendMessage({ type: "cancel", reason: clipText(reason) });
-    this.#setState("cancelled", "you cancelled the transfer");
     this.#discardOpenFile();
+    this.#end("cancelled", { code: "cancelled", by: "you" });
   }
 
   async #on(message) {
@@ -98,24 +103,27 @@ export class ReceiveSession {
       case "done":
         this.#requireAccepted(message);
         this.check.done();
+        await this.sink.finish?.(); // a zip writes its table of contents here
         this.connection.sendMessage({ type: "verified" });
         this.#setState("verifying", "every file checked; waiting for the relay to confirm");
         return;
       case "complete":
         if (!this.check || !this.check.finished) throw new ProtocolError("complete before done", "unexpected_message");
-        this.#setState("verified", `every file was verified and saved to ${this.sink.label}`);
+        this.#end("verified", { code: "done", by: "relay" });
         return;
       case "cancel":
         this.#discardOpenFile();
-        this.#setState("cancelled", `the sender cancelled${message.reason ? `: ${escapeText(message.reason)}` : ""}`);
+        this.#end("cancelled", { code: "cancelled", reason: message.reason, by: "peer", peer: message.peer ?? 0 });
         return;
       case "error":
         this.#discardOpenFile();
-        this.#setState("failed", describeError(message.code, message.message));
+        this.#end("failed", {
+          code: message.code, reason: message.message, by: message.peer === null ? "relay" : "peer", peer: message.peer,
+        });
         return;
       case "peer_left":
         this.#discardOpenFile();
-        this.#setState("failed", describeError("peer_left"));
+        this.#end("failed", { code: "peer_left", by: "relay", peer: message.role === "send" ? 0 : message.peer });
         return;
       default:
         throw new ProtocolError(`unexpected '${message.type}' message`, "unexpected_message");
@@ -162,6 +170,8 @@ export class ReceiveSession {
       this.fileOpen = false;
       this.sink.abortFile();
     }
+    // A sink that keeps nothing unless everything arrived (a zip) stops its download as a whole.
+    this.sink?.abortAll?.();
   }
 
   #progress(file, fileDone) {
@@ -178,15 +188,21 @@ export class ReceiveSession {
     if (FINAL_STATES.has(this.state)) return;
     this.#discardOpenFile();
     if (error instanceof ConnectionClosed) {
-      const reason = error.errorCode
-        ? describeError(error.errorCode, error.reason)
-        : `the connection to the relay closed (code ${error.code})`;
-      this.#setState(error.errorCode === "cancelled" ? "cancelled" : "failed", reason);
+      const code = error.errorCode ?? "connection_lost";
+      this.#end(code === "cancelled" ? "cancelled" : "failed", { code, reason: error.reason, by: "relay" });
       return;
     }
     const code = error instanceof ProtocolError || error instanceof SinkError ? error.code : "internal_error";
     this.connection?.sendMessage({ type: "error", code, message: clipText(error.message) });
-    this.#setState("failed", describeError(code, error.message));
+    this.#end("failed", { code, reason: escapeText(error.message), by: "local" });
+  }
+
+  // Record how the session ended (words.js turns it into sentences), then enter the final state.
+  #end(state, outcome) {
+    if (FINAL_STATES.has(this.state)) return;
+    this.outcome = outcome;
+    this.endedAt = Date.now();
+    this.#setState(state, "");
   }
 
   #setState(state, detail = "") {

@@ -1,29 +1,32 @@
-// The send view: pick or drop files, start a SendSession, show code, link, QR code and progress.
+// The send view: pick or drop files, start a SendSession, show code, link, QR code and progress. A refused or
+// failed attempt keeps the selection: "Try again" sends it again with a new code.
 
-import { RateMeter, formatBytes } from "./format.js";
-import { itemsFromDrop, itemsFromInput } from "./files.js";
-import { renderFileRows, showStatus, throttle, updateFileRow } from "./file-rows.js";
-import { checkPath, escapeText, makeOffer } from "./protocol.js";
+import { progressTitle, setBusy, setTitle } from "./activity.js";
+import { RateMeter, describeCounts, describeFinish, formatBytes, formatDuration, plural } from "./format.js";
+import { itemsFromDirectoryHandle, itemsFromDrop, itemsFromInput } from "./files.js";
+import { markLong, renderFileRows, showQuote, showStatus, throttle, updateFileRow } from "./file-rows.js";
+import { escapeText } from "./protocol.js";
 import { qrSvg } from "./qr.js";
+import { EMPTY_SELECTION, addToSelection, removeFromSelection, selectionNotes } from "./selection.js";
 import { FINAL_STATES, SendSession } from "./sender.js";
-
-const STATE_TEXT = {
-  connecting: "Connecting to the relay...",
-  waiting: "Waiting for the receiver",
-  // (detail: "0 of 1 joined")
-  offered: "Waiting for the receiver to accept",
-  transferring: "Transferring",
-  verifying: "Sent; waiting for the receiver to verify",
-  verified: "Verified",
-  failed: "Failed",
-  cancelled: "Cancelled",
-};
+import { endWords } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
 
-/** The link that opens this page's receive view with `code` filled in. */
+/** Largest text snippet (an offer of kind "text"), in bytes of UTF-8: docs/protocol.md's limit. */
+export const MAX_SNIPPET = 1024 * 1024;
+
+/** The link that opens this page's receive view with `code` filled in (same path, so it works under a prefix). */
 export function receiveLink(code, location = window.location) {
-  return `${location.origin}/#receive=${code}`;
+  const url = new URL(location.href);
+  url.hash = `receive=${code}`;
+  return url.href;
+}
+
+/** The relay's base URL for the command-line client: this page's folder, without the trailing slash. */
+export function relayBase(location = window.location) {
+  const url = new URL(".", location.href);
+  return url.href.replace(/\/$/, "");
 }
 
 async function copyText(text, button) {
@@ -35,33 +38,60 @@ async function copyText(text, button) {
   }
 }
 
-export function setUpSendView() {
-  let picked = { items: [], dirs: [] };
+/** The status line while the session runs (the end states come from words.js). */
+function liveText(session, state) {
+  const one = session.receivers === 1;
+  switch (state) {
+    case "connecting":
+      return "Connecting to the relay...";
+    case "waiting":
+      return one
+        ? "Waiting for the receiver: share the code or the link."
+        : `Waiting for the receivers: ${session.joined} of ${session.receivers} joined. Share the code or the link.`;
+    case "offered":
+      return one ? "The receiver is looking at the files; waiting for them to accept." : "Waiting for every receiver to accept.";
+    case "transferring":
+      return "Sending...";
+    case "verifying":
+      return one ? "Sent; waiting for the receiver to confirm every checksum." : "Sent; waiting for every receiver to confirm every checksum.";
+    default:
+      return "";
+  }
+}
+
+export function setUpSendView({ showSend }) {
+  let picked = EMPTY_SELECTION;
   let session = null;
+  let lastRun = null; // {selection, receivers, kind}: what "Try again" sends
 
   const showPicked = () => {
     const hasFiles = picked.items.length > 0 || picked.dirs.length > 0;
     $("picked").hidden = !hasFiles;
     const entries = picked.items.map((item) => ({ path: item.path, size: item.file.size }));
-    renderFileRows($("picked-list"), entries);
+    renderFileRows($("picked-list"), entries, { onRemove: remove, label: "selected files" });
     const total = entries.reduce((sum, entry) => sum + entry.size, 0);
-    const folders = picked.dirs.length ? `, ${picked.dirs.length} empty folder(s)` : "";
-    $("picked-summary").textContent = `${entries.length} file(s), ${formatBytes(total)}${folders}`;
+    $("picked-summary").textContent = `${describeCounts(entries.length, picked.dirs.length)}, ${formatBytes(total)} in all`;
+  };
+
+  const remove = (index) => {
+    const path = picked.items[index].path;
+    picked = removeFromSelection(picked, index);
+    showPicked();
+    showNotes([`Removed ${escapeText(path)} from the selection.`]);
+    // Keep the keyboard where it was: the next row's Remove button, else Send.
+    const buttons = $("picked-list").querySelectorAll("button.remove");
+    (buttons[Math.min(index, buttons.length - 1)] ?? $("send-start")).focus();
+  };
+
+  const showNotes = (notes) => {
+    $("pick-notes").replaceChildren(...notes.map((note) => Object.assign(document.createElement("p"), { textContent: note })));
   };
 
   const add = ({ items, dirs }) => {
     $("pick-error").textContent = "";
-    const known = new Set(picked.items.map((item) => item.path));
-    const fresh = items.filter((item) => !known.has(item.path));
-    const next = { items: [...picked.items, ...fresh], dirs: [...new Set([...picked.dirs, ...dirs])] };
-    try {
-      for (const item of fresh) checkPath(item.path);
-      makeOffer(next.items.map((item) => ({ path: item.path, size: item.file.size })), next.dirs);
-    } catch (error) {
-      $("pick-error").textContent = `Cannot send this selection: ${escapeText(error.message)}`;
-      return;
-    }
-    picked = next;
+    const result = addToSelection(picked, { items, dirs });
+    picked = result.selection;
+    showNotes(selectionNotes(result));
     showPicked();
   };
 
@@ -72,18 +102,52 @@ export function setUpSendView() {
   $("folder-input").addEventListener("change", (event) => {
     add({ items: itemsFromInput(event.target.files), dirs: [] });
     event.target.value = "";
+    // This browser's folder chooser lists files only: say so rather than lose empty folders without a word.
+    const notes = $("pick-notes");
+    notes.append(Object.assign(document.createElement("p"), {
+      textContent: "Empty folders inside are not included when a folder is chosen this way; drop the folder onto the page to include them.",
+    }));
   });
-  if (!("webkitdirectory" in document.createElement("input"))) $("folder-label").hidden = true;
+  // Where the browser can open a folder itself, use that: unlike the folder input it also sees empty folders.
+  if (typeof window.showDirectoryPicker === "function") {
+    $("folder-pick").hidden = false;
+    $("folder-label").hidden = true;
+    $("folder-input").hidden = true;
+  } else if (!("webkitdirectory" in document.createElement("input"))) {
+    $("folder-label").hidden = true;
+  }
+  $("folder-pick").addEventListener("click", async () => {
+    let handle;
+    try {
+      handle = await window.showDirectoryPicker({ id: "relay-send", mode: "read" });
+    } catch (error) {
+      if (error.name !== "AbortError") $("pick-error").textContent = `Could not open the folder: ${escapeText(error.message)}`;
+      return;
+    }
+    try {
+      add(await itemsFromDirectoryHandle(handle));
+    } catch (error) {
+      $("pick-error").textContent = `Could not read the folder: ${escapeText(error.message)}`;
+    }
+  });
 
+  // Drop anywhere on the page: the whole page is the drop target, the dashed zone only shows where.
   const zone = $("drop-zone");
-  zone.addEventListener("dragover", (event) => {
+  const canDrop = () => !$("send-pick").hidden || !$("receive-view").hidden;
+  document.addEventListener("dragover", (event) => {
+    if (!event.dataTransfer || !Array.from(event.dataTransfer.types).includes("Files")) return;
     event.preventDefault();
-    zone.classList.add("over");
+    event.dataTransfer.dropEffect = canDrop() ? "copy" : "none";
+    if (canDrop()) zone.classList.add("over");
   });
-  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
-  zone.addEventListener("drop", async (event) => {
-    event.preventDefault();
+  document.addEventListener("dragleave", (event) => {
+    if (event.relatedTarget === null) zone.classList.remove("over");
+  });
+  document.addEventListener("drop", async (event) => {
+    event.preventDefault(); // never let the browser open a dropped file in place of the page
     zone.classList.remove("over");
+    if (!canDrop() || !event.dataTransfer) return;
+    if ($("send-view").hidden) showSend();
     try {
       add(await itemsFromDrop(event.dataTransfer));
     } catch (error) {
@@ -92,79 +156,120 @@ export function setUpSendView() {
   });
 
   $("send-clear").addEventListener("click", () => {
-    picked = { items: [], dirs: [] };
+    picked = EMPTY_SELECTION;
     showPicked();
+    showNotes([]);
+    $("file-input").focus();
   });
 
-  $("send-start").addEventListener("click", () => {
-    const receivers = Math.min(8, Math.max(1, Number.parseInt($("receivers").value, 10) || 1));
-    start(picked, receivers);
+  const receiverCount = () => Math.min(8, Math.max(1, Number.parseInt($("receivers").value, 10) || 1));
+
+  $("send-start").addEventListener("click", () => start(picked, receiverCount()));
+
+  // A text snippet: one UTF-8 file offered with "kind": "text", which the receiving page shows to copy.
+  $("text-paste").addEventListener("click", async () => {
+    $("text-error").textContent = "";
+    try {
+      $("text-input").value = await navigator.clipboard.readText();
+    } catch {
+      $("text-error").textContent = "This browser did not allow reading the clipboard: paste into the box instead.";
+    }
+    $("text-input").focus();
+  });
+  $("text-send").addEventListener("click", () => {
+    const bytes = new TextEncoder().encode($("text-input").value);
+    $("text-error").textContent = "";
+    if ($("text-input").value.trim() === "") {
+      $("text-error").textContent = "Type or paste some text first.";
+      $("text-input").focus();
+      return;
+    }
+    if (bytes.length > MAX_SNIPPET) {
+      $("text-error").textContent = `The text is ${formatBytes(bytes.length)}; a text can be at most `
+        + `${formatBytes(MAX_SNIPPET)}. Save it as a file and send the file instead.`;
+      $("text-input").focus();
+      return;
+    }
+    const file = new File([bytes], "text.txt", { type: "text/plain" });
+    start({ items: [{ path: "text.txt", file }], dirs: [] }, 1, "text");
   });
 
   $("send-cancel").addEventListener("click", () => session?.cancel());
+  $("send-retry").addEventListener("click", () => start(lastRun.selection, lastRun.receivers, lastRun.kind));
+  $("send-edit").addEventListener("click", () => backToPick());
   $("send-again").addEventListener("click", () => {
-    session = null;
-    picked = { items: [], dirs: [] };
-    showPicked();
-    $("send-run").hidden = true;
-    $("send-pick").hidden = false;
+    picked = EMPTY_SELECTION;
+    if (lastRun?.kind === "text") $("text-input").value = "";
+    showNotes([]);
+    backToPick();
   });
 
-  function start(selection, receivers) {
+  function backToPick() {
+    session = null;
+    showPicked();
+    setTitle();
+    $("send-run").hidden = true;
+    $("send-pick").hidden = false;
+    $("intro").hidden = false;
+    (picked.items.length > 0 ? $("send-start") : $("file-input")).focus();
+  }
+
+  function start(selection, receivers, kind = undefined) {
+    lastRun = { selection, receivers, kind };
     $("send-pick").hidden = true;
+    $("intro").hidden = true;
     $("send-run").hidden = false;
     $("send-share").hidden = true;
     $("send-cancel").hidden = false;
-    $("send-again").hidden = true;
+    for (const id of ["send-retry", "send-edit", "send-again"]) $(id).hidden = true;
+    showQuote($("send-quote"), "", "");
     const rate = new RateMeter();
     let progress = { done: 0, total: 0, fileOk: new Map(), receivers };
     let state = "connecting";
     let rows = [];
+    const starts = [];
 
     const render = throttle(() => {
       const { done, total, fileOk } = progress;
       $("send-total").max = Math.max(total, 1);
       $("send-total").value = state === "verified" ? Math.max(total, 1) : done;
-      const speed = state === "transferring" || state === "verifying" ? rate.describe(total - done) : "";
+      const running = state === "transferring" || state === "verifying";
+      const speed = running ? rate.describe(total - done) : "";
       $("send-numbers").textContent = `${formatBytes(done)} of ${formatBytes(total)}${speed ? ` (${speed})` : ""}`;
-      let start = 0;
+      if (running) setTitle(progressTitle(done, total, rate, formatDuration, "sent"));
       rows.forEach((row, index) => {
-        const fileDone = Math.max(0, Math.min(row.entry.size, done - start));
-        start += row.entry.size;
+        const fileDone = Math.max(0, Math.min(row.entry.size, done - starts[index]));
         let word = "";
         if ((fileOk.get(index) ?? 0) >= receivers || state === "verified") word = "verified";
-        else if (FINAL_STATES.has(state)) word = state === "cancelled" ? "cancelled" : "not verified";
-        else if (fileDone >= row.entry.size && (state === "transferring" || state === "verifying")) word = "sent";
+        else if (FINAL_STATES.has(state)) word = fileDone > 0 ? "not verified" : "not sent";
+        else if (fileDone >= row.entry.size && running) word = "sent";
         else if (fileDone > 0) word = "sending";
         else word = "waiting";
         updateFileRow(row, fileDone, word);
       });
     });
 
-    session = new SendSession(selection.items, {
+    const current = new SendSession(selection.items, {
       dirs: selection.dirs,
       receivers,
+      kind,
       listener: {
         onCode(code) {
           const link = receiveLink(code);
           $("send-code").textContent = code;
           $("send-link").href = link;
           $("send-link").textContent = link;
-          $("send-cli").textContent = `relay receive ${code} --relay ${window.location.origin}`;
+          $("send-cli").textContent = `relay receive ${code} --relay ${relayBase()}`;
           $("send-qr").replaceChildren(qrSvg(link, `QR code of the link ${link}`));
           $("send-share").hidden = false;
           $("copy-code").textContent = "Copy code";
           $("copy-link").textContent = "Copy link";
         },
-        onState(next, detail) {
+        onState(next) {
+          if (session !== current) return;
           state = next;
-          const text = STATE_TEXT[next] ?? next;
-          showStatus($("send-status"), next, detail ? `${text}: ${detail}` : text);
-          if (FINAL_STATES.has(next)) {
-            $("send-cancel").hidden = true;
-            $("send-again").hidden = false;
-            $("send-share").hidden = true;
-          }
+          if (FINAL_STATES.has(next)) finish(next);
+          else showStatus($("send-status"), next, liveText(current, next));
           render(true);
         },
         onProgress(next) {
@@ -174,10 +279,55 @@ export function setUpSendView() {
         },
       },
     });
-    progress.total = session.total;
-    rows = renderFileRows($("send-files"), session.offer.files);
+    session = current;
+
+    const finish = (next) => {
+      setBusy("send", false);
+      $("send-cancel").hidden = true;
+      $("send-share").hidden = true;
+      const count = current.offer.files.length;
+      if (next === "verified") {
+        const whom = receivers === 1 ? "the receiver" : `all ${receivers} receivers`;
+        const what = kind === "text"
+          ? `the text (${formatBytes(current.total)})`
+          : `${describeCounts(count, current.offer.dirs.length)} (${formatBytes(current.total)})`;
+        const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
+        const sums = kind === "text" ? "its checksum" : "every checksum";
+        showStatus($("send-status"), next, `Done: ${what} reached ${whom}, and ${sums} matched.${took}`, "ok");
+        setTitle("Sent");
+        $("send-again").hidden = false;
+        $("send-again").textContent = kind === "text" ? "Send something else" : "Send more files";
+        $("send-again").focus();
+        return;
+      }
+      const words = endWords({
+        side: "send",
+        state: next,
+        outcome: current.outcome ?? {},
+        receivers,
+        saved: { files: current.filesDelivered, total: count },
+      });
+      showStatus($("send-status"), next, words.text, words.tone);
+      showQuote($("send-quote"), words.quoteBy ?? "", words.quote);
+      setTitle(next === "cancelled" ? "Stopped" : "Failed");
+      $("send-retry").hidden = false;
+      $("send-edit").hidden = false;
+      $("send-retry").focus();
+    };
+
+    let at = 0;
+    for (const entry of current.offer.files) {
+      starts.push(at);
+      at += entry.size;
+    }
+    progress.total = current.total;
+    rows = renderFileRows($("send-files"), current.offer.files, { label: "files being sent" });
+    markLong($("send-files"), rows.length, "files being sent");
+    setBusy("send", true);
+    showStatus($("send-status"), "connecting", liveText(current, "connecting"));
+    $("send-status").focus();
     render(true);
-    session.run();
+    current.run();
   }
 
   $("copy-code").addEventListener("click", (event) => copyText($("send-code").textContent, event.target));

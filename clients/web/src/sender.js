@@ -21,32 +21,20 @@ const CODE_ATTEMPTS = 3;
 /** Terminal states of a session. */
 export const FINAL_STATES = new Set(["verified", "failed", "cancelled"]);
 
-/** Human text for an error code the relay or a receiver sent. */
-export function describeError(code, message) {
-  const text = message ? `: ${escapeText(message)}` : "";
-  switch (code) {
-    case "peer_left":
-      return `the other side left${text}`;
-    case "declined":
-      return `the receiver declined${text}`;
-    case "checksum_mismatch":
-      return `checksum mismatch${text}`;
-    default:
-      return `${code.replaceAll("_", " ")}${text}`;
-  }
-}
-
 /**
- * One send. `items` are {path, file} (file is a File/Blob); `dirs` are empty folders to create.
+ * One send. `items` are {path, file} (file is a File/Blob); `dirs` are empty folders to create; `kind` "text"
+ * offers one file as a text snippet for the receiver to read rather than save.
  * Listener methods (all optional): onCode(code), onState(state, detail), onProgress(progress).
  */
 export class SendSession {
-  constructor(items, { dirs = [], receivers = 1, listener = {}, location = window.location } = {}) {
+  constructor(items, { dirs = [], receivers = 1, kind = undefined, listener = {}, location = window.location } = {}) {
     this.items = items;
     this.receivers = receivers;
     this.listener = listener;
     this.location = location;
     this.offer = makeOffer(items.map((item) => ({ path: item.path, size: item.file.size })), dirs);
+    // protocol.js checks a text offer's shape when it parses one; the send view makes exactly one small file.
+    if (kind !== undefined) this.offer.kind = kind;
     this.total = this.offer.files.reduce((sum, entry) => sum + entry.size, 0);
     this.state = "idle";
     this.code = null;
@@ -56,6 +44,9 @@ export class SendSession {
     this.fileOk = new Map(); // file index -> number of receivers that verified it
     this.verifiedBy = 0;
     this.acked = new Map(); // receiver peer -> bytes of the whole offer it has written (from its acks)
+    this.outcome = null; // how it ended: {code, reason, by, peer} (see words.js)
+    this.startedAt = null; // Date.now() when the bytes started to flow, for the elapsed time and average rate
+    this.endedAt = null;
     this.fileStarts = [];
     let start = 0;
     for (const entry of this.offer.files) {
@@ -82,7 +73,14 @@ export class SendSession {
   cancel(reason = "cancelled by the sender") {
     if (FINAL_STATES.has(this.state)) return;
     this.connection?.sendMessage({ type: "cancel", reason: clipText(reason) });
-    this.#setState("cancelled", "you cancelled the transfer");
+    this.#end("cancelled", { code: "cancelled", by: "you" });
+  }
+
+  /** Files every receiver has verified so far. */
+  get filesDelivered() {
+    let count = 0;
+    for (const verified of this.fileOk.values()) if (verified >= this.receivers) count += 1;
+    return count;
   }
 
   /** Bytes handed to the network so far (sent minus what still waits in the socket's buffer). */
@@ -136,9 +134,10 @@ export class SendSession {
         }
         break;
       case "decline":
-        this.#setState("failed", describeError("declined", message.reason));
+        this.#end("cancelled", { code: "declined", reason: message.reason, by: "peer", peer: message.peer });
         break;
       case "start":
+        this.startedAt = Date.now();
         this.#setState("transferring");
         // Stream while this loop keeps reading the receivers' messages (acks, cancel, errors).
         this.streaming = this.#stream().catch((error) => this.#fail(error));
@@ -151,16 +150,18 @@ export class SendSession {
         this.verifiedBy += 1;
         break;
       case "complete":
-        this.#setState("verified", "the receiver has every file, and every checksum matched");
+        this.#end("verified", { code: "done", by: "relay" });
         break;
       case "cancel":
-        this.#setState("cancelled", `the other side cancelled${message.reason ? `: ${escapeText(message.reason)}` : ""}`);
+        this.#end("cancelled", { code: "cancelled", reason: message.reason, by: "peer", peer: message.peer });
         break;
       case "error":
-        this.#setState("failed", describeError(message.code, message.message));
+        this.#end("failed", {
+          code: message.code, reason: message.message, by: message.peer === null ? "relay" : "peer", peer: message.peer,
+        });
         break;
       case "peer_left":
-        this.#setState("failed", describeError("peer_left"));
+        this.#end("failed", { code: "peer_left", by: "relay", peer: message.peer });
         break;
       default:
         throw new ProtocolError(`unexpected '${message.type}' message`, "unexpected_message");
@@ -264,19 +265,26 @@ export class SendSession {
   #fail(error) {
     if (FINAL_STATES.has(this.state)) return;
     if (error instanceof ConnectionClosed) {
-      const reason = error.errorCode
-        ? describeError(error.errorCode, error.reason)
-        : `the connection to the relay closed (code ${error.code})`;
-      this.#setState(error.errorCode === "cancelled" ? "cancelled" : "failed", reason);
+      const code = error.errorCode ?? "connection_lost";
+      this.#end(code === "cancelled" ? "cancelled" : "failed", { code, reason: error.reason, by: "relay" });
       return;
     }
     if (error instanceof ProtocolError && this.connection) {
       this.connection.sendMessage({ type: "error", code: error.code, message: clipText(error.message) });
-    } else if (this.connection) {
-      // A local problem (an unreadable file): tell the receivers why the transfer stops.
-      this.connection.sendMessage({ type: "cancel", reason: clipText(error.message) });
+      this.#end("failed", { code: error.code, reason: escapeText(error.message), by: "local" });
+      return;
     }
-    this.#setState("failed", escapeText(error.message));
+    // A local problem (an unreadable file): tell the receivers why the transfer stops.
+    this.connection?.sendMessage({ type: "cancel", reason: clipText(error.message) });
+    this.#end("failed", { code: "read_failed", reason: escapeText(error.message), by: "local" });
+  }
+
+  // Record how the session ended (words.js turns it into sentences), then enter the final state.
+  #end(state, outcome) {
+    if (FINAL_STATES.has(this.state)) return;
+    this.outcome = outcome;
+    this.endedAt = Date.now();
+    this.#setState(state, "");
   }
 
   #setState(state, detail = "") {

@@ -5,9 +5,15 @@
 //   closeFile()           the file's digest matched: make it final
 //   abortFile()           the file failed: throw away what was written
 //
+// Sinks that keep nothing unless everything arrived (a zip) also have abortAll(), and finish() to end the
+// whole transfer; `keepsPartial` says whether verified files stay when a later one fails.
+//
 // Three ways, best first: a folder or file the person picks (File System Access API: streams to disk and
 // commits atomically on close), a streamed download through our service worker (streams to the downloads
 // folder), and an in-memory Blob (only for small files; the whole file is held in the tab until saved).
+
+import { createCRC32 } from "hash-wasm";
+import { ZipWriter, zipName } from "./zip.js";
 
 export const MEMORY_LIMIT = 256 * 1024 * 1024;
 const DOWNLOAD_START_TIMEOUT_MS = 15000;
@@ -38,6 +44,20 @@ export function downloadName(path) {
   return path.split("/").join("_");
 }
 
+// Characters some system refuses in a file name (Windows: <>:"|?*\ and control characters).
+const FORBIDDEN_CHAR_RE = /[<>:"|?*\\\u0000-\u001f]/g;
+const RESERVED_STEMS = new Set(["con", "prn", "aux", "nul", ...[1, 2, 3, 4, 5, 6, 7, 8, 9].flatMap((n) => [`com${n}`, `lpt${n}`])]);
+
+/**
+ * A name a file system will take for offered path segment `segment`: each forbidden character becomes "_",
+ * so do trailing dots and spaces, and a Windows-reserved stem ("con", "lpt1") gets a "_" in front.
+ */
+export function localSegment(segment) {
+  let name = segment.replace(FORBIDDEN_CHAR_RE, "_").replace(/[. ]+$/, (tail) => "_".repeat(tail.length));
+  if (RESERVED_STEMS.has(name.split(".", 1)[0].replace(/ +$/, "").toLowerCase())) name = `_${name}`;
+  return name;
+}
+
 // --- File System Access API --------------------------------------------------------------------------------
 
 export const canPickFolder = () => typeof window.showDirectoryPicker === "function";
@@ -51,8 +71,10 @@ export class FolderSink {
 
   constructor(root) {
     this.root = root;
-    this.label = `folder "${root.name}"`;
+    this.label = `the folder "${root.name}"`;
+    this.keepsPartial = true;
     this.current = null;
+    this.renamed = new Map(); // offered path -> the path it was saved under, where the browser refused a name
   }
 
   async prepare(offer) {
@@ -69,9 +91,11 @@ export class FolderSink {
   }
 
   async openFile(index, entry) {
-    const { folders, name } = splitPath(entry.path);
+    const { folders, name: offered } = splitPath(entry.path);
     try {
       const parent = await this.#folder(folders, true);
+      const name = await this.#nameIn(parent, offered, "file");
+      if (name !== offered) this.#renamed(entry.path, folders, name);
       const handle = await parent.getFileHandle(name, { create: true });
       // createWritable writes to a hidden swap file; close() commits it under the real name at once.
       this.current = { parent, name, writable: await handle.createWritable({ keepExistingData: false }), path: entry.path };
@@ -108,8 +132,35 @@ export class FolderSink {
 
   async #folder(parts, create) {
     let folder = this.root;
-    for (const part of parts) folder = await folder.getDirectoryHandle(part, { create });
+    for (const part of parts) {
+      try {
+        folder = await folder.getDirectoryHandle(part, { create });
+      } catch (error) {
+        if (error.name !== "TypeError" || localSegment(part) === part) throw error;
+        folder = await folder.getDirectoryHandle(localSegment(part), { create });
+      }
+    }
     return folder;
+  }
+
+  // The offered name if the browser takes it, else its localSegment(); a mapped name must not already exist
+  // (two offered names can map to the same one).
+  async #nameIn(parent, name, kind) {
+    try {
+      await parent.getFileHandle(name, { create: false });
+      return name;
+    } catch (error) {
+      if (error.name !== "TypeError") return name; // NotFoundError: a valid, free name
+    }
+    const mapped = localSegment(name);
+    if (mapped === name) throw new SinkError(`the browser refused the ${kind} name ${name}`);
+    const taken = await parent.getFileHandle(mapped, { create: false }).then(() => true, () => false);
+    if (taken) throw new SinkError(`${mapped} (for ${name}) already exists in the chosen folder`, "file_exists");
+    return mapped;
+  }
+
+  #renamed(path, folders, name) {
+    this.renamed.set(path, [...folders.map((part) => localSegment(part)), name].join("/"));
   }
 
   async #exists(path) {
@@ -133,7 +184,8 @@ export class SaveFileSink {
 
   constructor(handle) {
     this.handle = handle;
-    this.label = `file "${handle.name}"`;
+    this.label = `the file "${handle.name}"`;
+    this.keepsPartial = true;
     this.writable = null;
   }
 
@@ -192,11 +244,12 @@ export function registerDownloadWorker() {
       if (!("serviceWorker" in navigator) || !window.isSecureContext) return null;
       for (let attempt = 1; attempt <= REGISTER_ATTEMPTS; attempt++) {
         try {
-          await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+          // Relative to the page, so the page also works behind a proxy under a path prefix (/relay/).
+          await navigator.serviceWorker.register("sw.js", { scope: "./" });
           const registration = await navigator.serviceWorker.ready;
           if (registration.active) return registration;
         } catch {
-          const existing = await navigator.serviceWorker.getRegistration("/").catch(() => undefined);
+          const existing = await navigator.serviceWorker.getRegistration("./").catch(() => undefined);
           if (existing && existing.active) return existing;
         }
         if (attempt < REGISTER_ATTEMPTS) await new Promise((resolve) => setTimeout(resolve, REGISTER_RETRY_MS));
@@ -212,25 +265,23 @@ function randomId() {
 }
 
 /**
- * Each file becomes one browser download whose bytes the service worker streams from this page: the page
- * posts a chunk only when the worker's stream asks for one ("pull"), so neither side queues more than a few
- * chunks, whatever the file size.
+ * One browser download whose bytes the service worker streams from this page: the page posts a chunk only when
+ * the worker's stream asks for one ("pull"), so neither side queues more than a few chunks, whatever the size.
  */
-export class StreamDownloadSink {
-  constructor(registration) {
+class DownloadStream {
+  constructor(registration, frames) {
     this.worker = registration.active;
-    this.label = "your downloads folder";
+    this.scope = registration.scope;
+    this.frames = frames;
     this.current = null;
-    this.frames = [];
   }
 
-  async prepare() {}
-
-  async openFile(index, entry) {
+  /** Start the download of `name` (`size` bytes, or undefined when not known in advance). */
+  async open(name, size) {
     const channel = new MessageChannel();
     const id = randomId();
     const current = {
-      port: channel.port1, credits: 0, waiter: null, registered: false, started: false, cancelled: false, path: entry.path,
+      port: channel.port1, credits: 0, waiter: null, registered: false, started: false, cancelled: false, path: name,
     };
     this.current = current;
     const wake = () => {
@@ -247,26 +298,24 @@ export class StreamDownloadSink {
       wake();
     };
     current.keepalive = setInterval(() => this.worker.postMessage({ type: "keepalive" }), KEEPALIVE_MS);
-    this.worker.postMessage(
-      { type: "download", id, name: downloadName(entry.path), size: entry.size },
-      [channel.port2],
-    );
+    this.worker.postMessage({ type: "download", id, name, size }, [channel.port2]);
     const deadline = Date.now() + DOWNLOAD_START_TIMEOUT_MS;
-    await this.#until(current, () => current.registered, deadline, entry.path);
+    await this.#until(current, () => current.registered, deadline, name);
     const frame = document.createElement("iframe");
     frame.hidden = true;
     frame.title = "download";
-    frame.src = `/relay-download/${id}/${encodeURIComponent(downloadName(entry.path))}`;
+    // Under the worker's scope, wherever the page is served from.
+    frame.src = new URL(`relay-download/${id}/${encodeURIComponent(name)}`, this.scope).href;
     document.body.append(frame);
     this.frames.push(frame);
-    await this.#until(current, () => current.started, deadline, entry.path);
+    await this.#until(current, () => current.started, deadline, name);
   }
 
   // Wait for a message from the worker (or a cancel), at most until `deadline`.
   async #until(current, condition, deadline, path) {
     while (!condition() && !current.cancelled) {
       if (Date.now() > deadline) {
-        await this.abortFile();
+        this.abort();
         throw new SinkError(`the browser did not start the download of ${path}`);
       }
       await new Promise((resolve) => {
@@ -278,6 +327,7 @@ export class StreamDownloadSink {
 
   async write(bytes) {
     const current = this.current;
+    if (current === null) throw new SinkError("the download was already stopped");
     while (current.credits === 0 && !current.cancelled) {
       await new Promise((resolve) => {
         current.waiter = resolve;
@@ -290,12 +340,53 @@ export class StreamDownloadSink {
     current.port.postMessage({ type: "chunk", buffer }, [buffer]);
   }
 
+  end() {
+    this.#stop({ type: "end" });
+  }
+
+  abort() {
+    this.#stop({ type: "abort" });
+  }
+
+  #stop(message) {
+    const current = this.current;
+    this.current = null;
+    if (current === null) return;
+    clearInterval(current.keepalive);
+    current.port.postMessage(message);
+    current.port.close();
+  }
+}
+
+/** Each file becomes one browser download (used for a single file: many files or folders go into one zip). */
+export class StreamDownloadSink {
+  constructor(registration) {
+    this.registration = registration;
+    this.label = "your downloads folder";
+    this.keepsPartial = true;
+    this.frames = [];
+    this.stream = null;
+  }
+
+  async prepare() {}
+
+  async openFile(index, entry) {
+    this.stream = new DownloadStream(this.registration, this.frames);
+    await this.stream.open(downloadName(entry.path), entry.size);
+  }
+
+  async write(bytes) {
+    await this.stream.write(bytes);
+  }
+
   async closeFile() {
-    this.#end({ type: "end" });
+    this.stream?.end();
+    this.stream = null;
   }
 
   async abortFile() {
-    this.#end({ type: "abort" });
+    this.stream?.abort();
+    this.stream = null;
   }
 
   /** Remove the hidden download frames (the downloads themselves continue). */
@@ -303,14 +394,111 @@ export class StreamDownloadSink {
     for (const frame of this.frames) frame.remove();
     this.frames = [];
   }
+}
 
-  #end(message) {
-    const current = this.current;
-    this.current = null;
-    if (current === null) return;
-    clearInterval(current.keepalive);
-    current.port.postMessage(message);
-    current.port.close();
+/**
+ * Many files or any folder as ONE download: a stored zip built as the bytes arrive (zip.js), never held in
+ * memory. The download only completes (finish) once every file was verified; any failure stops it, so a
+ * browser never shows a finished zip with missing or unverified files.
+ */
+export class ZipDownloadSink {
+  constructor(registration) {
+    this.registration = registration;
+    this.frames = [];
+    this.stream = null;
+    this.writer = null;
+    this.keepsPartial = false;
+    this.label = "your downloads folder";
+  }
+
+  async prepare(offer) {
+    this.offer = offer;
+    this.name = zipName(offer);
+    this.label = `your downloads folder as ${this.name}`;
+    this.crc = await createCRC32();
+    this.writer = new ZipWriter();
+  }
+
+  async openFile(index, entry) {
+    await this.#started();
+    this.crc.init();
+    await this.stream.write(this.writer.fileStart(entry.path, entry.size));
+  }
+
+  async write(bytes) {
+    this.crc.update(bytes);
+    await this.stream.write(bytes);
+  }
+
+  async closeFile() {
+    await this.stream.write(this.writer.fileEnd(Number.parseInt(this.crc.digest("hex"), 16)));
+  }
+
+  async abortFile() {
+    this.abortAll();
+  }
+
+  /** Stop the zip download: it then fails in the browser instead of finishing. */
+  abortAll() {
+    this.stream?.abort();
+  }
+
+  /** Every file arrived and was verified: write the zip's table of contents and end the download. */
+  async finish() {
+    await this.#started();
+    await this.stream.write(this.writer.finish());
+    this.stream.end();
+  }
+
+  dispose() {
+    for (const frame of this.frames) frame.remove();
+    this.frames = [];
+  }
+
+  // The download starts with the first file (or at the end, for folders only); empty folders go first.
+  async #started() {
+    if (this.stream !== null) return;
+    this.stream = new DownloadStream(this.registration, this.frames);
+    await this.stream.open(this.name, undefined);
+    for (const dir of this.offer.dirs) await this.stream.write(this.writer.directory(dir));
+  }
+}
+
+// --- a text snippet --------------------------------------------------------------------------------------------
+
+/** A text snippet (an offer of kind "text", at most 1 MiB): kept in the page and shown once verified. */
+export class TextSink {
+  constructor() {
+    this.label = "this page";
+    this.keepsPartial = true;
+    this.parts = [];
+    this.text = null;
+  }
+
+  async prepare(offer) {
+    if (offer.kind !== "text") throw new SinkError("only a text offer can be shown as text");
+  }
+
+  async openFile() {
+    this.parts = [];
+  }
+
+  async write(bytes) {
+    this.parts.push(bytes);
+  }
+
+  async closeFile() {
+    const bytes = new Uint8Array(await new Blob(this.parts).arrayBuffer());
+    this.parts = [];
+    try {
+      this.text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch {
+      throw new SinkError("the text is not valid UTF-8", "malformed_message");
+    }
+  }
+
+  async abortFile() {
+    this.parts = [];
   }
 }
 
@@ -321,6 +509,7 @@ export class MemorySink {
   constructor(limit = MEMORY_LIMIT) {
     this.limit = limit;
     this.label = "your downloads folder";
+    this.keepsPartial = true;
     this.current = null;
     this.urls = [];
   }

@@ -5,7 +5,8 @@
 // It serves only streams a page of ours registered a moment before (random 128-bit ids, each usable once),
 // always as an attachment with a sandboxing Content-Security-Policy: bytes from a peer are never rendered.
 
-const PREFIX = "/relay-download/";
+// Under this worker's scope, which is the folder the page was served from ("/" or a proxy's "/relay/").
+const PREFIX = new URL("relay-download/", self.registration.scope).pathname;
 const QUEUED_CHUNKS = 4;
 const pending = new Map();
 

@@ -1,0 +1,98 @@
+"""``PeerSocket`` implementations: what the room service reads from and writes to, one per party.
+
+``DirectPeerSocket`` talks to the connection's ``RelayWebSocketProtocol`` (``relay.transport``) with no ASGI
+message in between: a chunk is unmasked once into the ``bytes`` it returns, and ``send_bytes`` hands that same
+object to the transport (every receiver's transport references it; nothing copies it again). A send returns at
+once while the receiver's transport is below its high-water mark and waits only above it, so the service's
+loop (send to every receiver, then read the sender's next frame) is the flow control.
+
+``AsgiPeerSocket`` is the fallback for any other ASGI server (no ``relay.websocket`` extension in the scope).
+``peer_socket`` picks one. Every method raises ``rooms.PeerGone`` once the socket is gone.
+"""
+
+from __future__ import annotations
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from relay.metrics import Stats
+from relay.rooms import PeerGone, PeerSocket
+from relay.transport import EXTENSION, RelayWebSocketProtocol, binary_frame_header, text_frame
+
+
+class DirectPeerSocket:
+    """``PeerSocket`` straight over the relay's WebSocket protocol object."""
+
+    __slots__ = ("_connection", "_stats")
+
+    def __init__(self, connection: RelayWebSocketProtocol, stats: Stats) -> None:
+        self._connection = connection
+        self._stats = stats
+
+    async def receive(self) -> str | bytes:
+        message = await self._connection.next_message()
+        if type(message) is bytes:
+            stats = self._stats
+            stats.payload_bytes_in += len(message)
+            stats.payload_frames += 1
+        return message
+
+    async def send_text(self, text: str) -> None:
+        await self._connection.write_frames(text_frame(text.encode()))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._connection.write_frames(binary_frame_header(len(data)), data)
+        self._stats.payload_bytes_out += len(data)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self._connection.close_with(code, reason)
+
+
+class AsgiPeerSocket:
+    """``PeerSocket`` over a Starlette WebSocket: every disconnect surfaces as ``PeerGone``."""
+
+    __slots__ = ("_ws", "_stats")
+
+    def __init__(self, websocket: WebSocket, stats: Stats) -> None:
+        self._ws = websocket
+        self._stats = stats
+
+    async def receive(self) -> str | bytes:
+        try:
+            message = await self._ws.receive()
+        except WebSocketDisconnected as exc:
+            raise PeerGone() from exc
+        if message["type"] == "websocket.disconnect":
+            raise PeerGone()
+        data = message.get("bytes")
+        if data is None:
+            text: str = message["text"]
+            return text
+        stats = self._stats
+        stats.payload_bytes_in += len(data)
+        stats.payload_frames += 1
+        return bytes(data)
+
+    async def send_text(self, text: str) -> None:
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": data})
+        self._stats.payload_bytes_out += len(data)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def _send(self, message: dict[str, object]) -> None:
+        try:
+            await self._ws.send(message)
+        except (WebSocketDisconnect, WebSocketDisconnected, OSError) as exc:
+            raise PeerGone() from exc
+
+
+def peer_socket(websocket: WebSocket, stats: Stats | None = None) -> PeerSocket:
+    """The cheapest ``PeerSocket`` for an accepted WebSocket: direct under ``RelayWebSocketProtocol``."""
+    stats = stats if stats is not None else Stats()
+    connection = websocket.scope.get("extensions", {}).get(EXTENSION)
+    if isinstance(connection, RelayWebSocketProtocol):
+        return DirectPeerSocket(connection, stats)
+    return AsgiPeerSocket(websocket, stats)

@@ -1,0 +1,111 @@
+"""A small reverse proxy on loopback that serves a relay under a path prefix, as nginx or Caddy would.
+
+``GET /relay/app.js`` goes to the relay as ``GET /app.js``; a WebSocket upgrade to ``/relay/ws/CODE`` goes to
+``/ws/CODE`` and then carries the socket's bytes both ways. Each connection carries one request (the proxy asks
+the relay to close after it), so only the first request line of a connection needs rewriting. The client's
+``Host`` header is passed on unchanged (nginx: ``proxy_set_header Host $host``), so the relay's same-origin check
+sees the proxy's address, as it would in production. Paths outside the prefix get 404; the bare prefix without
+its slash is redirected to it, as the nginx snippet in docs/operations.md does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+HEAD_LIMIT = 64 * 1024
+PIPE_BLOCK = 256 * 1024
+START_TIMEOUT_S = 10
+
+
+class PrefixProxy:
+    def __init__(self, upstream_port: int, prefix: str = "/relay/") -> None:
+        assert prefix.startswith("/") and prefix.endswith("/")
+        self.upstream_port = upstream_port
+        self.prefix = prefix
+        self.port = 0
+        self.requests: list[str] = []  # request targets as the browser sent them, for the test to look at
+
+    @property
+    def url(self) -> str:
+        """The page's address through the proxy, with the prefix."""
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
+
+    async def serve(self, ready: threading.Event, stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=HEAD_LIMIT)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        async with server:
+            await stop.wait()
+        # End the connections still open (a page's WebSocket) before the loop closes.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        request_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+        method, target, version = request_line.split(" ", 2)
+        self.requests.append(target)
+        if target == self.prefix.rstrip("/"):
+            await self._answer(writer, "301 Moved Permanently", f"Location: {self.prefix}\r\n")
+            return
+        if not target.startswith(self.prefix):
+            await self._answer(writer, "404 Not Found", "")
+            return
+        headers = [line for line in header_lines if line.split(":", 1)[0].strip().lower() != "connection"]
+        upgrade = any(line.split(":", 1)[0].strip().lower() == "upgrade" for line in headers)
+        headers.append("Connection: Upgrade" if upgrade else "Connection: close")
+        headers.append("X-Forwarded-For: 127.0.0.1")
+        rewritten = "\r\n".join([f"{method} /{target[len(self.prefix):]} {version}", *headers]) + "\r\n\r\n"
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            await self._answer(writer, "502 Bad Gateway", "")
+            return
+        up_writer.write(rewritten.encode("latin-1"))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while block := await source.read(PIPE_BLOCK):
+                sink.write(block)
+                await sink.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            sink.close()
+
+    @staticmethod
+    async def _answer(writer: asyncio.StreamWriter, status: str, extra: str) -> None:
+        writer.write(f"HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@contextmanager
+def prefix_proxy(upstream_port: int, prefix: str = "/relay/") -> Iterator[PrefixProxy]:
+    """Run a PrefixProxy in a thread of its own for the duration of the block."""
+    proxy = PrefixProxy(upstream_port, prefix)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(proxy.serve(ready, stop)), daemon=True)
+    thread.start()
+    assert ready.wait(START_TIMEOUT_S), "the test proxy did not start"
+    try:
+        yield proxy
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(START_TIMEOUT_S)
+        loop.close()
