@@ -43,8 +43,15 @@ class ChunkSink:
         self.received = 0
         """Plaintext bytes authenticated so far (for progress)."""
 
-    async def put(self, sealed: bytes | bytearray | memoryview) -> Placed:
-        """Authenticate and decrypt the next chunk into a free buffer and queue its write.
+    @property
+    def position(self) -> c.ChunkPosition | None:
+        """Where the next chunk belongs (its file index tells the caller which part to have open)."""
+        return self._opener.position
+
+    async def put(self, sealed: bytes | bytearray | memoryview,
+                  observe: Callable[[memoryview], object] | None = None) -> Placed:
+        """Authenticate and decrypt the next chunk into a free buffer and queue its write; ``observe`` sees the
+        authenticated plaintext first (e.g. a running SHA-256).
 
         Raises ``crypto.Tampered`` (nothing of that chunk is written) or ``diskio.WriteFailed`` (an earlier write
         failed). Waits while every buffer is being written: that is the receiver's backpressure.
@@ -55,6 +62,8 @@ class ChunkSink:
         except BaseException:
             self._writer.give_back(buffer)
             raise
+        if observe is not None:
+            observe(memoryview(buffer)[:placed.length])
         if placed.length:
             fd, path = self._part_for(placed.file)
             self._writer.submit(fd, path, placed.offset, buffer, placed.length)
