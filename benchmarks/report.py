@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from benchmarks.plan import MIB, Measurement
@@ -33,7 +33,7 @@ def machine_description() -> dict:
     except ImportError:
         memory = "?"
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu or platform.processor(),
         "cores": os.cpu_count(),
         "memory": memory,

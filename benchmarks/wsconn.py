@@ -12,6 +12,8 @@ import json
 import socket
 import struct
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from benchmarks.wsframes import (
     OP_CLOSE,
@@ -54,6 +56,7 @@ class WsConnection:
         self._rate = rate
         self._scanner = FrameScanner(self._on_text, self._on_binary, self._on_control)
         self._reader: asyncio.Task | None = None
+        self._replies: set[asyncio.Future[None]] = set()  # pongs and the close answer, kept until written
 
     @classmethod
     async def open(
@@ -110,14 +113,14 @@ class WsConnection:
             raise item
         return item
 
-    async def close(self, timeout: float = 2.0) -> None:
-        """Send a close frame, wait (bounded) for the relay to end the stream, release the socket."""
+    async def close(self, wait: float = 2.0) -> None:
+        """Send a close frame, wait (at most ``wait`` seconds) for the relay to end the stream, release the socket."""
         try:
             if self.close_code is None:
-                await asyncio.wait_for(self.send_parts(client_close(1000)), timeout)
+                await asyncio.wait_for(self.send_parts(client_close(1000)), wait)
             if self._reader is not None:
-                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
-        except (OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), wait)
+        except (TimeoutError, OSError):
             pass
         finally:
             if self._reader is not None:
@@ -164,10 +167,15 @@ class WsConnection:
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
-            asyncio.ensure_future(self.send_parts(client_frame(OP_PONG, payload)))
+            self._reply(self.send_parts(client_frame(OP_PONG, payload)))
         elif opcode == OP_CLOSE:
             self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            asyncio.ensure_future(self._answer_close())
+            self._reply(self._answer_close())
+
+    def _reply(self, sending: Coroutine[Any, Any, None]) -> None:
+        future = asyncio.ensure_future(sending)
+        self._replies.add(future)
+        future.add_done_callback(self._replies.discard)
 
     async def _answer_close(self) -> None:
         try:

@@ -213,6 +213,12 @@ class Destination:
             except OSError as exc:
                 raise _write_error(part.entry.path, exc) from exc
 
+    def part_fd(self, part: Part) -> tuple[int, str]:
+        """The open part's descriptor, for writes at offsets from the data path's writer thread, and the offered
+        path to name in messages."""
+        assert part.handle is not None
+        return part.handle.fileno(), part.entry.path
+
     async def finish(self, part: Part) -> None:
         """Flush a verified part, give it the offered mode and mtime, and close it; it keeps its temporary name."""
         await self._settle(part)
@@ -397,6 +403,11 @@ def _rename_no_clobber(dir_fd: int, part_name: str, name: str) -> None:
             return
         raise FileExistsError(name) from exc
     os.unlink(part_name, dir_fd=dir_fd)
+
+
+def write_error(path: str, exc: OSError) -> LocalFailure:
+    """What a failed write of ``path`` is to the user: ``disk_full`` for ENOSPC, else ``write_failed``."""
+    return _write_error(path, exc)
 
 
 def _write_error(path: str, exc: OSError) -> LocalFailure:

@@ -38,7 +38,9 @@ from clients import crypto as c
 from clients.connection import PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
-from clients.store import Destination
+from clients.datapath import ChunkSink
+from clients.diskio import WriteFailed
+from clients.store import Destination, Part, write_error
 
 
 class Reporter:
@@ -621,59 +623,70 @@ async def _receive_stream(
     if not isinstance(stream, p.Stream) or not isinstance(stream.data, str):
         raise _unexpected(stream, "waiting for the stream")
     salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message)
-    opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
     several = connection.hello.receivers > 1
+    part: Part | None = None
+
+    def part_for(index: int) -> tuple[int, str]:
+        assert part is not None and part.entry is offer.files[index]
+        return destination.part_fd(part)
+
+    # authenticated plaintext goes from the AEAD straight into a writer buffer, pwritten by one thread
+    # (clients/datapath.py, issue 12): no bytes object and no thread-pool hop per chunk
+    sink = ChunkSink(c.data_key(pair.content_key, salt), plan, part_for)
     digests: dict[int, str] = {}
     sha256 = hashlib.sha256()
     header: p.SealedChunk | None = None
-    part = None
     written = chunks = 0
     next_ack = p.ACK_INTERVAL
-    while True:
-        frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
-        if isinstance(frame, bytes):
-            if header is None:
-                raise p.UnexpectedMessage("binary frame without a chunk header")
-            if len(frame) != header.size or p.chunk_digest(frame) != header.xxh3_64:
-                raise p.ChecksumMismatch(f"chunk {chunks} failed its xxh3_64 check")
-            header = None
-            chunk = opener.open_next(frame)
-            if part is None:
-                part = await destination.open_part(offer.files[chunk.file])
-            if chunk.plaintext:
-                await destination.write(part, chunk.plaintext)
-            if several:
-                sha256.update(chunk.plaintext)
-            chunks += 1
-            written += len(chunk.plaintext)
-            reporter.advanced(written)
-            if chunk.last:
-                if several and digests.pop(chunk.file, None) != sha256.hexdigest():
-                    raise c.Tampered(f"file {chunk.file} does not match the sender's sealed SHA-256")
-                sha256 = hashlib.sha256()
-                await destination.finish(part)
-                part = None
-            if written >= next_ack or chunk.last:
-                next_ack = written + p.ACK_INTERVAL
-                await connection.send(p.ChunkAck(stream.epoch, chunks))
-            continue
-        match frame:
-            case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
-                header = frame
-            case p.Sealed():
-                note = _open_json(pair.channel, frame.data)
-                if not several or not isinstance(note, dict) or type(note.get("file")) is not int \
-                        or not isinstance(note.get("sha256"), str):
-                    raise p.UnexpectedMessage("a sealed message this receiver does not expect")
-                digests[note["file"]] = note["sha256"]
-            case p.End() if header is None and frame.epoch == stream.epoch:
-                opener.finish()  # Truncated if the last file's last chunk never came
-                destination.commit()
-                await connection.send(p.Verified())
-                await _wait_complete(connection, deadlines)
-                return
-            case _:
-                raise _unexpected(frame, "receiving")
+    try:
+        while True:
+            frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
+            if isinstance(frame, bytes):
+                if header is None:
+                    raise p.UnexpectedMessage("binary frame without a chunk header")
+                if len(frame) != header.size or p.chunk_digest(frame) != header.xxh3_64:
+                    raise p.ChecksumMismatch(f"chunk {chunks} failed its xxh3_64 check")
+                header = None
+                position = sink.position
+                if part is None and position is not None:
+                    part = await destination.open_part(offer.files[position.file])
+                placed = await sink.put(frame, sha256.update if several else None)
+                chunks += 1
+                written += placed.length
+                reporter.advanced(written)
+                if placed.last:
+                    if several and digests.pop(placed.file, None) != sha256.hexdigest():
+                        raise c.Tampered(f"file {placed.file} does not match the sender's sealed SHA-256")
+                    sha256 = hashlib.sha256()
+                    await sink.flush()  # every byte of the part is written before it is closed
+                    assert part is not None
+                    await destination.finish(part)
+                    part = None
+                if written >= next_ack or placed.last:
+                    next_ack = written + p.ACK_INTERVAL
+                    await connection.send(p.ChunkAck(stream.epoch, chunks))
+                continue
+            match frame:
+                case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
+                    header = frame
+                case p.Sealed():
+                    note = _open_json(pair.channel, frame.data)
+                    if not several or not isinstance(note, dict) or type(note.get("file")) is not int \
+                            or not isinstance(note.get("sha256"), str):
+                        raise p.UnexpectedMessage("a sealed message this receiver does not expect")
+                    digests[note["file"]] = note["sha256"]
+                case p.End() if header is None and frame.epoch == stream.epoch:
+                    await sink.finish()  # Truncated if the last file's last chunk never came
+                    destination.commit()
+                    await connection.send(p.Verified())
+                    await _wait_complete(connection, deadlines)
+                    return
+                case _:
+                    raise _unexpected(frame, "receiving")
+    except WriteFailed as exc:
+        raise write_error(exc.filename or "", exc) from exc
+    finally:
+        sink.close()
 
 
 async def _wait_complete(connection: RelayConnection, deadlines: Deadlines) -> None:

@@ -390,6 +390,7 @@ def start_stalled_peer(role: str, relay, code: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(SCRIPTS / "stall_peer.py"), role, relay.ws_url, code],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},  # the script imports tests.peers
     )
 
 

@@ -31,7 +31,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium is required for the browser tests and was not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.fail(f"Chromium is required for the browser tests and was not found at {CHROMIUM} "
+                    "(apt-get install chromium)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
         yield browser

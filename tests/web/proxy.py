@@ -6,6 +6,9 @@ the relay to close after it), so only the first request line of a connection nee
 ``Host`` header is passed on unchanged (nginx: ``proxy_set_header Host $host``), so the relay's same-origin check
 sees the proxy's address, as it would in production. Paths outside the prefix get 404; the bare prefix without
 its slash is redirected to it, as the nginx snippet in docs/operations.md does.
+
+It also records what the relay receives: every WebSocket message a page sends through it (``received``, each
+as ``(target, text or bytes)``, unmasked and reassembled), so a test can look for what must never reach the relay.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class PrefixProxy:
         self.prefix = prefix
         self.port = 0
         self.requests: list[str] = []  # request targets as the browser sent them, for the test to look at
+        self.received: list[tuple[str, str | bytes]] = []  # WebSocket messages from the pages, as the relay gets them
 
     @property
     def url(self) -> str:
@@ -71,12 +75,16 @@ class PrefixProxy:
             await self._answer(writer, "502 Bad Gateway", "")
             return
         up_writer.write(rewritten.encode("latin-1"))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        frames = _FrameReader(target, self.received) if upgrade else None
+        await asyncio.gather(self._pipe(reader, up_writer, frames), self._pipe(up_reader, writer))
 
     @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    frames: _FrameReader | None = None) -> None:
         try:
             while block := await source.read(PIPE_BLOCK):
+                if frames is not None:
+                    frames.feed(block)
                 sink.write(block)
                 await sink.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -91,6 +99,61 @@ class PrefixProxy:
             await writer.drain()
         finally:
             writer.close()
+
+
+class _FrameReader:
+    """Parses the client-to-server half of a WebSocket (RFC 6455: masked frames, maybe fragmented) into messages."""
+
+    def __init__(self, target: str, out: list[tuple[str, str | bytes]]) -> None:
+        self.target = target
+        self.out = out
+        self.buffer = bytearray()
+        self.message = bytearray()
+        self.opcode = 0
+
+    def feed(self, block: bytes) -> None:
+        self.buffer += block
+        while (frame := self._frame()) is not None:
+            fin, opcode, payload = frame
+            if opcode in (1, 2):
+                self.opcode, self.message = opcode, bytearray(payload)
+            elif opcode == 0:
+                self.message += payload
+            else:
+                continue  # close, ping, pong
+            if fin:
+                data = bytes(self.message)
+                self.out.append((self.target, data.decode("utf-8", "replace") if self.opcode == 1 else data))
+
+    def _frame(self) -> tuple[bool, int, bytes] | None:
+        buffer = self.buffer
+        if len(buffer) < 2:
+            return None
+        fin, opcode, length, at = bool(buffer[0] & 0x80), buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+        if length == 126:
+            if len(buffer) < 4:
+                return None
+            length, at = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            if len(buffer) < 10:
+                return None
+            length, at = int.from_bytes(buffer[2:10], "big"), 10
+        masked = bool(buffer[1] & 0x80)
+        key_end = at + (4 if masked else 0)
+        if len(buffer) < key_end + length:
+            return None
+        payload = bytes(buffer[key_end:key_end + length])
+        if masked:
+            key = buffer[at:key_end]
+            payload = _unmask(payload, bytes(key))
+        del buffer[:key_end + length]
+        return fin, opcode, payload
+
+
+def _unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR with the repeated 4-byte mask, fast enough for megabyte frames."""
+    repeated = (key * (len(payload) // 4 + 1))[: len(payload)]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(payload), "big")
 
 
 @contextmanager

@@ -1,8 +1,12 @@
-"""The web page as the relay serves it: the shipped dist/ is a fresh build, headers are strict, GETs are inert."""
+"""The web page as the relay serves it: the shipped dist/ is a fresh build, its script and stylesheet are pinned by
+Subresource Integrity, headers are strict, GETs are inert."""
 
 from __future__ import annotations
 
+import base64
 import filecmp
+import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +27,8 @@ def test_shipped_dist_matches_a_fresh_build(tmp_path: Path):
     assert shipped == sorted(path.name for path in fresh.iterdir())
     _, mismatch, errors = filecmp.cmpfiles(STATIC, fresh, shipped, shallow=False)
     assert mismatch == [] and errors == [], (
-        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' and commit relay/static/"
+        f"stale files {mismatch}: run 'npm --prefix clients/web ci && npm --prefix clients/web run build' "
+        "and commit relay/static/"
     )
 
 
@@ -54,6 +59,46 @@ def test_unknown_paths_are_not_served(relay_server):
 def test_plain_gets_never_touch_a_room(relay_server):
     with httpx.Client(base_url=relay_server.http_url, timeout=10) as client:
         before = len(relay_server.relay.rooms)
-        for path in ("/", "/?code=word-word-word-word", "/ws/word-word-word-word", "/ws/word-word-word-word?role=receive"):
+        for path in ("/", "/?code=word-word-word-word", "/ws/word-word-word-word",
+                     "/ws/word-word-word-word?role=receive", "/ws/42", "/ws?role=send&v=2"):
             assert client.get(path).status_code in (200, 404), path
         assert len(relay_server.relay.rooms) == before
+
+
+def test_served_assets_match_the_subresource_integrity_of_the_page(relay_server):
+    """The page's script and stylesheet carry integrity="sha384-..." and the relay serves exactly those bytes."""
+    with httpx.Client(base_url=relay_server.http_url, timeout=10) as client:
+        page = client.get("/").text
+        tags = re.findall(r"<(?:script|link)\b[^>]*>", page)
+        pinned = {}
+        for tag in tags:
+            source = re.search(r'\b(?:src|href)="([^"]+)"', tag)
+            if source is None or source.group(1) not in ("app.js", "style.css"):
+                continue
+            integrity = re.search(r'\bintegrity="sha384-([A-Za-z0-9+/=]+)"', tag)
+            assert integrity is not None, f"no integrity on {tag}"
+            pinned[source.group(1)] = integrity.group(1)
+        assert sorted(pinned) == ["app.js", "style.css"], tags
+        for name, expected in pinned.items():
+            served = client.get(f"/{name}").content
+            assert base64.b64encode(hashlib.sha384(served).digest()).decode() == expected, name
+
+
+def test_the_browser_loads_the_pinned_assets_and_would_refuse_altered_ones(context, relay_server):
+    """Chromium enforces the integrity attributes: the page runs, and the same tag with a wrong hash is blocked."""
+    page = context.new_page()
+    page.goto(relay_server.http_url + "/")
+    page.wait_for_selector("#send-view")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgba(0, 0, 0, 0)"
+    attempt = """(integrity) => new Promise((resolve) => {
+        const link = document.createElement("link");
+        link.rel = "stylesheet";
+        link.href = "style.css";
+        link.integrity = integrity;
+        link.onload = () => resolve("loaded");
+        link.onerror = () => resolve("blocked");
+        document.head.append(link);
+    })"""
+    pinned = page.get_attribute('link[rel="stylesheet"]', "integrity")
+    assert page.evaluate(attempt, pinned) == "loaded"
+    assert page.evaluate(attempt, "sha384-" + "A" * 64) == "blocked"

@@ -238,6 +238,7 @@ def test_js_detects_every_attack_as_python_does(cases_and_results, backend):
 
         expected.append([_outcome(run), opened])
     assert out["attacks"] == expected
+    assert out["attacks_at_once"] == expected  # chunks opening concurrently, as the page does
     assert [outcome for outcome, _ in out["attacks"]] == [
         "ok", "tampered", "tampered", "tampered", "tampered", "truncated", "tampered", "tampered",
     ]

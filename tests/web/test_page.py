@@ -12,13 +12,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import xxhash
 from playwright.sync_api import BrowserContext, Page
 
 from relay import protocol as p
-from tests.peers import WAIT, RawPeer
-from tests.web.driver import accept_downloads, fresh_code, open_offer, sha256, start_sending, wait_state, zip_hashes
+from tests.peers import WAIT, seal_json, send_sealed
+from tests.web.driver import accept_downloads, open_offer, sha256, start_sending, wait_state, zip_hashes
 from tests.web.proxy import prefix_proxy
+from tests.web.raw import RawSender, join_as_receiver
 
 TiB = 1024**4
 
@@ -59,7 +59,10 @@ def test_page_works_behind_a_reverse_proxy_at_a_path_prefix(context: BrowserCont
         targets = proxy.requests
         for asset in ("app.js", "style.css", "favicon.svg", "sw.js"):
             assert f"{proxy.prefix}{asset}" in targets, targets
-        assert sum(target.startswith(f"{proxy.prefix}ws/{code}?") for target in targets) == 2, targets
+        # The sender asked for a room without naming one; the receiver named the nameplate only.
+        nameplate = code.split("-", 1)[0]
+        assert sum(target.startswith(f"{proxy.prefix}ws?") for target in targets) == 1, targets
+        assert sum(target.startswith(f"{proxy.prefix}ws/{nameplate}?") for target in targets) == 1, targets
         assert not [target for target in targets if not target.startswith(proxy.prefix)], targets
 
 
@@ -203,29 +206,27 @@ def test_receiving_into_a_chosen_folder_creates_its_empty_folders(pages: tuple[P
     receiver.goto(relay_server.http_url + "/#receive")
     receiver.evaluate(MAKE_TREE, {"name": "inbox", "files": {}, "dirs": []})
     # A raw sender with folders: the relay command or another page would offer the same.
-    code = fresh_code()
     note = files["note"].read_bytes()
+    box: list[str] = []
 
     async def folder_sender() -> None:
-        peer = await RawPeer.connect(relay_server.ws_url, code, "send")
-        await peer.expect("hello")
+        sender = await RawSender.open(relay_server.ws_url)
+        box.append(sender.code)
         ready.set()
-        await peer.expect("peer_joined")
-        await peer.expect("paired")
-        await peer.send(p.Offer((p.FileEntry("tree/sub/note.txt", len(note)),), ("tree/emptydir",)))
-        await peer.expect("accept")
-        await peer.expect("start")
-        await peer.send(p.Chunk(0, 0, len(note), p.chunk_digest(note)))
-        await peer.send(note)
-        await peer.send(p.FileDone(0, len(note), xxhash.xxh3_128_hexdigest(note)))
-        await peer.send(p.Done())
-        await peer.closed()
+        await sender.key()
+        await sender.offer(p.Offer((p.FileEntry("tree/sub/note.txt", len(note)),), ("tree/emptydir",)))
+        await sender.peer.expect("accept")
+        await sender.peer.expect("start")
+        sealer = await sender.stream([len(note)], p.DEFAULT_CHUNK_SIZE)
+        await send_sealed(sender.peer, sealer.seal_next(note))
+        await sender.peer.send({"type": "end", "epoch": 0})
+        await sender.peer.closed()
 
     ready = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
         result = pool.submit(asyncio.run, folder_sender())
         assert ready.wait(WAIT)
-        receiver.fill("#receive-code", code)
+        receiver.fill("#receive-code", box[0])
         receiver.click("#receive-connect")
         receiver.wait_for_selector("#receive-offer:not([hidden])")
         receiver.check("#save-folder")
@@ -254,22 +255,21 @@ def test_a_huge_offer_warns_about_space(context: BrowserContext, relay_factory, 
     page.goto(relay.http_url + "/#receive")
     free = page.evaluate("navigator.storage.estimate().then((e) => e.quota - e.usage)")
     size = max(TiB, 2 * free)
-    code = fresh_code()
     ready = threading.Event()
+    box: list[str] = []
 
     async def huge_sender() -> None:
-        peer = await RawPeer.connect(relay.ws_url, code, "send")
-        await peer.expect("hello")
+        sender = await RawSender.open(relay.ws_url)
+        box.append(sender.code)
         ready.set()
-        await peer.expect("peer_joined")
-        await peer.expect("paired")
-        await peer.send(p.Offer((p.FileEntry("disk-image.raw", size),)))
-        await peer.expect("decline")
-        await peer.closed()
+        await sender.key()
+        await sender.offer(p.Offer((p.FileEntry("disk-image.raw", size),)))
+        await sender.peer.expect("decline")
+        await sender.peer.closed()
 
     result = in_thread(huge_sender())
     assert ready.wait(WAIT)
-    open_offer(page, relay.http_url, code)
+    open_offer(page, relay.http_url, box[0])
     page.wait_for_selector("#space-note:not([hidden])")
     warning = page.text_content("#space-note") or ""
     assert warning.startswith("These files need "), warning
@@ -283,10 +283,9 @@ def test_a_refused_send_keeps_the_selection_and_can_try_again(context: BrowserCo
     hold = threading.Event()
 
     async def room_holder() -> None:
-        peer = await RawPeer.connect(relay.ws_url, fresh_code(), "send")
-        await peer.expect("hello")
+        sender = await RawSender.open(relay.ws_url)
         await asyncio.get_running_loop().run_in_executor(None, hold.wait, WAIT * 4)
-        await peer.close()
+        await sender.peer.close()
 
     holder = in_thread(room_holder())
     page = context.new_page()
@@ -318,39 +317,32 @@ def test_a_refused_send_keeps_the_selection_and_can_try_again(context: BrowserCo
 
 def test_an_unknown_code_suggests_checking_it(context: BrowserContext, relay_server):
     page = context.new_page()
-    page.goto(f"{relay_server.http_url}/#receive={fresh_code()}")
+    page.goto(f"{relay_server.http_url}/#receive=87654321-ocean-table-actor")
     page.click("#receive-connect")
     text = wait_state(page, "#receive-status", "failed")
     assert text.startswith("No transfer is waiting under this code. Nothing was saved. Check the code"), text
     assert page.evaluate("document.activeElement.id") == "receive-code"  # ready to check or retype it
 
 
-def test_the_senders_cancel_reason_is_a_quote_from_them(context: BrowserContext, relay_server, in_thread):
-    code = fresh_code()
-    ready = threading.Event()
+def test_a_receivers_sealed_cancel_reason_is_a_quote_from_them(context: BrowserContext, relay_server, files, in_thread):
+    page = context.new_page()
+    code = start_sending(page, relay_server.http_url, [files["note"]])
     reason = "<b>wrong folder</b>, sorry"
 
-    async def sender() -> None:
-        peer = await RawPeer.connect(relay_server.ws_url, code, "send")
-        await peer.expect("hello")
-        ready.set()
-        await peer.expect("peer_joined")
-        await peer.expect("paired")
-        await peer.send(p.Offer((p.FileEntry("a.txt", 1),)))
-        await peer.send(p.Cancel(reason))
+    async def receiver() -> None:
+        peer, channel, _ = await join_as_receiver(relay_server.ws_url, code)
+        await peer.expect("offer")
+        # The reason is sealed for the sender: the relay forwards it without reading it.
+        await peer.send({"type": "cancel", "data": seal_json(channel, {"reason": reason})})
         await peer.closed()
 
-    result = in_thread(sender())
-    assert ready.wait(WAIT)
-    page = context.new_page()
-    page.goto(f"{relay_server.http_url}/#receive={code}")
-    page.click("#receive-connect")
-    text = wait_state(page, "#receive-status", "cancelled")
-    assert text == "The sender cancelled the transfer. Nothing was saved. Ask the sender to send again."
-    assert page.text_content("#receive-quote p") == "The sender wrote:"
-    assert page.text_content("#receive-quote q") == reason
-    assert page.locator("#receive-quote b").count() == 0
-    assert page.get_attribute("#receive-status", "data-tone") == "neutral"
+    result = in_thread(receiver())
+    text = wait_state(page, "#send-status", "cancelled")
+    assert text.startswith("The receiver cancelled the transfer."), text
+    assert page.text_content("#send-quote p") == "The receiver wrote:"
+    assert page.text_content("#send-quote q") == reason
+    assert page.locator("#send-quote b").count() == 0
+    assert page.get_attribute("#send-status", "data-tone") == "neutral"
     result.result(WAIT * 2)
 
 
@@ -413,10 +405,10 @@ def test_progress_in_the_title_and_a_leave_warning_while_sending(context: Browse
     release = threading.Event()
 
     async def receiver_that_stalls() -> None:
-        peer = await RawPeer.connect(relay_server.ws_url, code, "receive")
-        await peer.expect("hello")
+        peer, channel, _ = await join_as_receiver(relay_server.ws_url, code)
         await peer.expect("offer")
-        await peer.send({"type": "accept"})
+        await peer.send({"type": "accept", "data": seal_json(channel, {})})
+        await peer.expect("stream")
         await peer.expect("chunk")
         await asyncio.get_running_loop().run_in_executor(None, release.wait, WAIT * 3)
         await peer.close()

@@ -1,10 +1,13 @@
-"""clients/web/src/protocol.js and hashing.js agree with relay/protocol.py: paths, messages, codes, digests.
+"""clients/web/src/protocol.js and hashing.js agree with relay/protocol.py: paths, the sealed offer's rules, the
+version 2 messages a page receives, base64, and digests (XXH3-64 of chunks, SHA-256 of files).
 
 Runs the browser modules under Node (the web client's build tool), so it needs `npm --prefix clients/web ci`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import random
@@ -26,9 +29,7 @@ PATHS = [
     "lone\ud800surrogate", "/".join(["d"] * 2049), "a/" * 1000 + "b" * 2000, "aux.c", "a:b.txt", "what?.txt",
     "trailing.", "trailing ", "dir./x", "CON/nul.txt", "\udc00", "x\U0001f600", "é" * 127 + "e",
 ]
-MESSAGES = [
-    '{"type":"hello","version":1,"role":"send","peer":0,"receivers":1,"max_message":4194304}',
-    '{"type":"hello","version":1,"role":"admin","peer":0,"receivers":1,"max_message":4194304}',
+OFFERS = [
     '{"type":"offer","files":[{"path":"a","size":1}],"dirs":["d"],"chunk_size":1048576}',
     '{"type":"offer","files":[{"path":"a","size":1},{"path":"A","size":2}]}',
     '{"type":"offer","files":[{"path":"a","size":1},{"path":"a/b","size":2}]}',
@@ -38,22 +39,7 @@ MESSAGES = [
     '{"type":"offer","files":[],"dirs":["x/../y"]}',
     '{"type":"offer","files":"nope"}',
     '{"type":"offer","files":[{"path":"a","size":1}],"chunk_size":0}',
-    '{"type":"chunk","file":0,"offset":0,"size":1,"xxh3_64":"0123456789abcdef"}',
-    '{"type":"chunk","file":0,"offset":0,"size":0,"xxh3_64":"0123456789abcdef"}',
-    '{"type":"chunk","file":0,"offset":0,"size":1,"xxh3_64":"0123456789ABCDEF"}',
-    '{"type":"file_done","file":0,"size":3,"xxh3_128":"0123456789abcdef0123456789abcdef"}',
-    '{"type":"file_done","file":0,"size":3,"xxh3_128":"0123"}',
-    '{"type":"error","code":"checksum_mismatch","message":"bad"}',
-    '{"type":"error","code":"made_up","message":"bad"}',
-    '{"type":"cancel","reason":"' + "r" * 1001 + '"}',
-    '{"type":"peer_left","peer":1,"role":"receive"}',
-    '{"type":"ack","file":"0","offset":0}',
-    '{"type":"frobnicate"}', '{"kind":"hello"}', "[1,2]", "not json", '{"type":7}',
-    # lone surrogates anywhere: malformed_message
-    '{"type":"cancel","reason":"\\ud800"}', '{"type":"error","code":"write_failed","message":"\\uDFFF"}',
-    '{"type":"ack","file":0,"offset":0,"x":{"y":["\\ud800"]}}', '{"type":"start","\\udbff":1}',
-    '{"type":"offer","files":[{"path":"a\\ud800","size":1}]}', '{"type":"cancel","reason":"\\ud83d\\ude00"}',
-    '{"type":"cancel","reason":"\\\\ud800"}', '{"type":"frobnicate\\ud800"}',
+    '{"type":"offer","files":[{"path":"a\\ud800","size":1}]}',
     # names that cannot exist side by side
     '{"type":"offer","files":[{"path":"a","size":1}],"dirs":["a"]}',
     '{"type":"offer","files":[{"path":"b","size":1},{"path":"a","size":1}],"dirs":["a"]}',
@@ -78,7 +64,56 @@ MESSAGES = [
     '{"type":"offer","kind":"stdin","files":[{"path":"a","size":9007199254740991}]}',
     '{"type":"offer","kind":"folder","files":[{"path":"a","size":1}]}',
 ]
-CODES = ["Actor Table_Ocean.ring", "  abc  ", "-x-", "UPPER", "a" * 129, "é-word", "a--b"]
+
+def _b64(size: int) -> str:
+    return base64.b64encode(bytes((7 * i) % 256 for i in range(size))).decode()
+
+
+MESSAGES = [
+    '{"type":"hello","version":2,"role":"send","peer":0,"receivers":1,"max_message":4194304,"nameplate":"42"}',
+    '{"type":"hello","version":2,"role":"receive","peer":1,"receivers":3,"max_message":4194304}',
+    '{"type":"hello","version":2,"role":"send","peer":0,"receivers":1,"max_message":4194304,"nameplate":"4a2"}',
+    '{"type":"hello","version":2,"role":"send","peer":0,"receivers":1,"max_message":4194304,"nameplate":"123456789"}',
+    '{"type":"hello","version":2,"role":"send","peer":0,"receivers":1,"max_message":4194304,"nameplate":42}',
+    '{"type":"hello","version":2,"role":"admin","peer":0,"receivers":1,"max_message":4194304}',
+    f'{{"type":"pake","data":"{_b64(33)}","peer":1}}', f'{{"type":"pake","data":"{_b64(32)}"}}',
+    '{"type":"pake","data":"!!!!"}', '{"type":"pake","data":"QUJD"}', '{"type":"pake","data":"QUI"}',
+    '{"type":"pake","data":7}', '{"type":"pake"}', '{"type":"pake","data":"QQ=A"}',
+    f'{{"type":"confirm","data":"{_b64(32)}"}}', f'{{"type":"confirm","data":"{_b64(33)}"}}',
+    f'{{"type":"key","data":"{_b64(48)}"}}', f'{{"type":"key","data":"{_b64(47)}"}}',
+    '{"type":"wrong_code"}',
+    f'{{"type":"offer","total_size":5,"files":1,"data":"{_b64(80)}"}}',
+    f'{{"type":"offer","total_size":5,"files":0,"data":"{_b64(80)}"}}',
+    f'{{"type":"offer","total_size":-1,"files":1,"data":"{_b64(80)}"}}',
+    f'{{"type":"offer","total_size":5,"files":1,"data":"{_b64(15)}"}}',
+    f'{{"type":"offer","total_size":5,"files":100001,"data":"{_b64(16)}"}}',
+    '{"type":"offer","files":[{"path":"a","size":1}]}',
+    f'{{"type":"accept","data":"{_b64(16)}","peer":2}}', '{"type":"accept","peer":1}',
+    f'{{"type":"decline","code":"declined","data":"{_b64(40)}","peer":1}}', '{"type":"decline"}',
+    '{"type":"decline","code":"made_up"}', '{"type":"start"}',
+    f'{{"type":"stream","epoch":0,"chunks":3,"bytes":48,"data":"{_b64(120)}"}}',
+    f'{{"type":"stream","epoch":-1,"chunks":3,"bytes":48,"data":"{_b64(120)}"}}',
+    f'{{"type":"stream","epoch":0,"chunks":0,"bytes":48,"data":"{_b64(120)}"}}',
+    f'{{"type":"stream","epoch":0,"chunks":1,"bytes":15,"data":"{_b64(120)}"}}',
+    f'{{"type":"stream","epoch":4294967296,"chunks":1,"bytes":16,"data":"{_b64(120)}"}}',
+    '{"type":"chunk","epoch":0,"size":16,"xxh3_64":"0123456789abcdef"}',
+    '{"type":"chunk","epoch":0,"size":15,"xxh3_64":"0123456789abcdef"}',
+    '{"type":"chunk","epoch":0,"size":17,"xxh3_64":"0123456789ABCDEF"}',
+    '{"type":"chunk","file":0,"offset":0,"size":1,"xxh3_64":"0123456789abcdef"}',
+    '{"type":"end","epoch":0}', '{"type":"end"}', '{"type":"done"}', '{"type":"file_done","file":0}',
+    '{"type":"ack","epoch":0,"chunks":0,"peer":1}', '{"type":"ack","file":0,"offset":0}',
+    f'{{"type":"sealed","data":"{_b64(50)}","peer":3}}', '{"type":"sealed","data":""}',
+    '{"type":"verified","peer":1}', '{"type":"complete"}',
+    f'{{"type":"cancel","data":"{_b64(30)}","peer":1}}', '{"type":"cancel","peer":0}', '{"type":"cancel","data":5}',
+    '{"type":"error","code":"wrong_code","message":"the code was wrong"}',
+    '{"type":"error","code":"tampered","message":"bad","peer":1}', '{"type":"error","code":"made_up","message":"bad"}',
+    '{"type":"peer_left","peer":1,"role":"receive"}',
+    '{"type":"frobnicate"}', '{"kind":"hello"}', "[1,2]", "not json", '{"type":7}',
+    # lone surrogates anywhere: malformed_message
+    '{"type":"cancel","x":"\\ud800"}', '{"type":"error","code":"write_failed","message":"\\uDFFF"}',
+    '{"type":"ack","epoch":0,"chunks":0,"x":{"y":["\\ud800"]}}', '{"type":"start","\\udbff":1}',
+    '{"type":"error","code":"tampered","message":"\\ud83d\\ude00"}', '{"type":"frobnicate\\ud800"}',
+]
 TEXTS = ["plain", "new\nline", "tab\t", "bell\x07", "bidi\u202eexe", "c1\x9b", "zwj\u200dx", "ok ünïcödé"]
 
 
@@ -87,18 +122,21 @@ def test_js_protocol_agrees_with_python():
     assert node, "Node.js is needed to check the web client's protocol module"
     assert (WEB / "node_modules" / "hash-wasm").is_dir(), "run: npm --prefix clients/web ci"
     rng = random.Random(3)
-    blobs = [bytes(rng.getrandbits(8) for _ in range(n)) for n in (0, 1, 3, 16, 17, 128, 129, 240, 241, 1000, 4097, 70000)]
-    cases = {"paths": PATHS, "messages": MESSAGES, "codes": CODES, "texts": TEXTS, "blobs": [b.hex() for b in blobs]}
-    done = subprocess.run([node, str(WEB / "test" / "protocol-cases.mjs")], input=json.dumps(cases), capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "NODE_OPTIONS": ""})
+    sizes = (0, 1, 3, 16, 17, 128, 129, 240, 241, 1000, 4097, 70000)
+    blobs = [bytes(rng.getrandbits(8) for _ in range(n)) for n in sizes]
+    cases = {"paths": PATHS, "offers": OFFERS, "messages": MESSAGES, "texts": TEXTS, "blobs": [b.hex() for b in blobs],
+             "base64": [b.hex() for b in blobs]}
+    done = subprocess.run([node, str(WEB / "test" / "protocol-cases.mjs")], input=json.dumps(cases),
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "NODE_OPTIONS": ""})
     assert done.returncode == 0, done.stderr
     js = json.loads(done.stdout)
 
     assert js["paths"] == [_outcome(p.check_path, path) for path in PATHS]
-    assert js["messages"] == [_outcome(p.parse_message, text) for text in MESSAGES]
-    assert js["codes"] == [[p.normalize_code(c), p.is_valid_code(p.normalize_code(c))] for c in CODES]
+    assert js["offers"] == [_outcome(p.parse_message, text) for text in OFFERS]  # version 1's offer rules
+    assert js["messages"] == [_outcome(lambda text: p.parse_message(text, p.PROTOCOL_V2), text) for text in MESSAGES]
     assert js["texts"] == [p.escape_text(text) for text in TEXTS]
-    assert js["digests"] == [[xxhash.xxh3_64_hexdigest(b), xxhash.xxh3_128_hexdigest(b)] for b in blobs]
+    assert js["digests"] == [[xxhash.xxh3_64_hexdigest(b), hashlib.sha256(b).hexdigest()] for b in blobs]
+    assert js["base64"] == [[base64.b64encode(b).decode(), b.hex()] for b in blobs]
 
 
 def _outcome(check, value) -> str:

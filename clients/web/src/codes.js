@@ -1,15 +1,17 @@
-// Room codes: four words of the BIP-39 English list joined by "-" (docs/protocol.md section 7).
+// Codes of protocol version 2: "<nameplate>-<words>" (docs/protocol.md section 8.1). The relay allocates the
+// nameplate; the words are the secret, drawn here from the BIP-39 English list with crypto.getRandomValues, and
+// never leave the page except inside the PAKE (never in a URL, a request or storage).
 
 import wordlistText from "../../../relay/wordlist.txt";
+import { generateWords } from "./crypto.js";
 
 export const WORDS = Object.freeze(wordlistText.split("\n").map((word) => word.trim()).filter(Boolean));
-export const WORDS_PER_CODE = 4;
+/** Three words of 2,048: 33 bits, and each code allows one guess (a wrong one ends the room). */
+export const WORDS_PER_CODE = 3;
 
 if (WORDS.length !== 2048) throw new Error(`the bundled word list has ${WORDS.length} words, expected 2048`);
 
-/** A fresh random code such as "actor-table-ocean-ring" (44 bits from crypto.getRandomValues). */
-export function generateCode() {
-  const picks = crypto.getRandomValues(new Uint16Array(WORDS_PER_CODE));
-  // 2048 divides 65536, so masking to 11 bits keeps every word equally likely.
-  return Array.from(picks, (value) => WORDS[value & 2047]).join("-");
+/** Fresh secret words such as "actor-table-ocean" (unbiased, from crypto.getRandomValues). */
+export function generateSecretWords() {
+  return generateWords(WORDS, WORDS_PER_CODE);
 }

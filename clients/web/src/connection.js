@@ -1,7 +1,7 @@
 // One WebSocket to the relay, turned into a pull-style reader: `await connection.next()` yields frames in
 // order, so a session can be written as a plain loop. Sending respects bufferedAmount.
 
-import { encodeMessage, errorCodeOfClose } from "./protocol.js";
+import { PROTOCOL_VERSION, encodeMessage, errorCodeOfClose } from "./protocol.js";
 
 const DRAIN_POLL_MS = 4;
 /** How often a full send buffer is looked at again (through the tick worker, so also in a background tab). */
@@ -41,13 +41,15 @@ function tick(ms) {
 }
 
 /**
- * The WebSocket URL of a room on the relay that served this page: `ws/CODE` relative to the page, so a page
- * served at https://host/relay/ talks to wss://host/relay/ws/CODE (a proxy with a path prefix).
+ * The WebSocket URL for protocol version 2 on the relay that served this page, relative to the page (so a page
+ * served at https://host/relay/ talks to wss://host/relay/ws, behind a proxy with a path prefix). A sender names
+ * no room (`nameplate` null: the relay allocates one and says it in `hello`); a receiver names the nameplate.
+ * Only the nameplate ever goes into a URL, never the secret words of the code.
  */
-export function roomUrl(code, params, location = window.location) {
-  const url = new URL(`ws/${encodeURIComponent(code)}`, location.href);
+export function roomUrl(nameplate, params, location = window.location) {
+  const url = new URL(nameplate === null ? "ws" : `ws/${encodeURIComponent(nameplate)}`, location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  url.search = new URLSearchParams({ ...params, v: "1" }).toString();
+  url.search = new URLSearchParams({ ...params, v: String(PROTOCOL_VERSION) }).toString();
   return url.href;
 }
 

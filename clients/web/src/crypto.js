@@ -191,6 +191,11 @@ export function defaultBackend() {
   return globalThis.crypto?.subtle ? webCryptoBackend(globalThis.crypto.subtle) : nobleBackend;
 }
 
+/** "webcrypto" or "noble": which backend defaultBackend() picks here (the page says when it is the slow one). */
+export function backendName() {
+  return defaultBackend().name;
+}
+
 // --- codes ---------------------------------------------------------------------------------------------------
 
 /** NFKC, lower case, runs of white space, "_", "." and "-" become one "-", trimmed: as clients/crypto.py. */
@@ -621,8 +626,10 @@ export class StreamOpener {
     if (sealed.length !== position.length + TAG_SIZE) {
       throw new Tampered(`chunk ${position.chunk} of file ${position.file} has the wrong length`);
     }
-    const plaintext = await this.cipher.open(position.file, position.chunk, position.offset, position.last, sealed);
+    // Claimed before the await, so that several chunks may be opening at once (each at its own position); the
+    // caller uses their results in order.
     this.position = this.#next();
+    const plaintext = await this.cipher.open(position.file, position.chunk, position.offset, position.last, sealed);
     return { file: position.file, offset: position.offset, plaintext, last: position.last };
   }
 

@@ -1,10 +1,12 @@
-// Chunk and file digests of the protocol (XXH3-64 and XXH3-128, seed 0, lower-case hex) with hash-wasm.
-//
-// hash-wasm's streaming XXH3 matches Python's xxhash byte for byte (tests/web/test_protocol_js.py checks it).
-// Hashing runs on the main thread: at several GB/s for 1 MiB chunks it costs well under a millisecond per
-// chunk, less than moving the chunk into a worker would.
+// The digests one transfer needs, with hash-wasm (WebAssembly, streaming):
+//   XXH3-64 of each ciphertext chunk (seed 0, lower-case hex): the transport checksum the relay checks and
+//     forwards (tests/web/test_protocol_js.py checks it against Python's xxhash byte for byte);
+//   SHA-256 of each file's plaintext, which the sender seals to every receiver when there are several
+//     (docs/protocol.md section 8.3: receivers share the content key, so a chunk alone does not prove its sender).
+// Hashing runs on the main thread: at several hundred MB/s or more for 1 MiB chunks it costs less than moving the
+// chunk into a worker would.
 
-import { createXXHash3, createXXHash128 } from "hash-wasm";
+import { createSHA256, createXXHash3 } from "hash-wasm";
 
 /**
  * Create the hashers one transfer needs. Each session gets its own, because a file digest is a running
@@ -12,7 +14,7 @@ import { createXXHash3, createXXHash128 } from "hash-wasm";
  */
 export async function createHashing() {
   const chunkHasher = await createXXHash3(0, 0);
-  const fileHasher = await createXXHash128(0, 0);
+  const fileHasher = await createSHA256();
   return {
     /** XXH3-64 of one chunk's bytes, as 16 hex digits. */
     chunkDigest(bytes) {
@@ -20,7 +22,7 @@ export async function createHashing() {
       chunkHasher.update(bytes);
       return chunkHasher.digest("hex");
     },
-    /** Start a new running XXH3-128 over a whole file (this ends any previous one). */
+    /** Start a new running SHA-256 over a whole file (this ends any previous one). */
     newFileDigest() {
       fileHasher.init();
       return {

@@ -2,10 +2,15 @@
 //   #send (default)    the send view
 //   #receive           the receive view
 //   #receive=CODE      the receive view with CODE filled in (the link a sender shares). The fragment never
-//                      reaches the relay, and the page only joins the room when the person presses Connect.
+//                      reaches the relay, the page removes it from the address bar and history at once, and it
+//                      only joins the room when the person presses Connect.
+//   #42-ocean-table    the same, in the bare form of docs/design/protocol-v2.md (a code: digits, then words).
 
 import { prefillCode, setUpReceiveView, showBadLink } from "./receive-view.js";
 import { setUpSendView } from "./send-view.js";
+import { slowCrypto } from "./sealing.js";
+
+const BARE_CODE_RE = /^[0-9]{1,8}-/;
 
 function show(view) {
   const receiving = view === "receive";
@@ -27,8 +32,9 @@ export function codeFromFragment(fragment) {
 
 function route() {
   const fragment = window.location.hash.slice(1);
-  if (fragment.startsWith("receive=")) {
-    const code = codeFromFragment(fragment);
+  const bare = BARE_CODE_RE.test(fragment);
+  if (fragment.startsWith("receive=") || bare) {
+    const code = codeFromFragment(bare ? `receive=${fragment}` : fragment);
     // Keep the code out of the address bar and history once it is in the form.
     history.replaceState(null, "", "#receive");
     show("receive");
@@ -53,5 +59,7 @@ setUpSendView({
   },
 });
 setUpReceiveView();
+// Without WebCrypto (a plain-http origin other than localhost) the same encryption runs on @noble/ciphers.
+document.getElementById("crypto-note").hidden = !slowCrypto();
 window.addEventListener("hashchange", route);
 route();

@@ -1,10 +1,12 @@
-// The relay wire protocol, version 1, for the browser: message rules, path checks and the chunk-stream check.
+// The relay wire protocol, version 2 (end-to-end encrypted), for the browser: the messages the page sends and
+// receives, the rules of the offer it finds inside a sealed message, and path checks.
 //
-// This mirrors relay/protocol.py; docs/protocol.md is the specification of both. Nothing here touches the
-// DOM or a socket: functions take already-received frames and return values, or throw a ProtocolError that
-// names the error code to report. Everything that comes from the wire is hostile input.
+// This mirrors relay/protocol.py; docs/protocol.md (section 8) is the specification of both. Nothing here touches
+// the DOM or a socket: functions take already-received frames and return values, or throw a ProtocolError that
+// names the error code to report. Everything that comes from the wire is hostile input, and so is everything a
+// sealed message holds once it opened (a peer can seal anything).
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 export const DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024;
 export const ACK_INTERVAL = 8 * 1024 * 1024;
@@ -45,6 +47,8 @@ export const CLOSE_CODES = Object.freeze({
   too_many_connections: 4430,
   rate_limited: 4431,
   transfer_too_large: 4413,
+  wrong_code: 4033,
+  tampered: 4025,
 });
 
 const BY_CLOSE_CODE = new Map(Object.entries(CLOSE_CODES).map(([code, close]) => [close, code]));
@@ -68,7 +72,7 @@ export class ProtocolError extends Error {
 }
 
 const malformed = (message) => new ProtocolError(message, "malformed_message");
-const unexpected = (message) => new ProtocolError(message, "unexpected_message");
+export const unexpected = (message) => new ProtocolError(message, "unexpected_message");
 const unsafe = (message) => new ProtocolError(message, "unsafe_path");
 
 // --- text shown to people ----------------------------------------------------------------------------------
@@ -89,19 +93,6 @@ export function escapeText(text) {
     if (cp <= 0xffff) return "\\u" + cp.toString(16).padStart(4, "0");
     return "\\U" + cp.toString(16).padStart(8, "0");
   });
-}
-
-// --- room codes --------------------------------------------------------------------------------------------
-
-const ROOM_CODE_RE = /^[a-z0-9][a-z0-9-]{0,127}$/;
-
-/** Turn what a person typed into a room code: lower case, spaces / `_` / `.` become `-`. */
-export function normalizeCode(text) {
-  return String(text).trim().toLowerCase().replace(/[\s_.]+/gu, "-").replace(/^-+|-+$/g, "");
-}
-
-export function isValidCode(code) {
-  return ROOM_CODE_RE.test(code);
 }
 
 // --- paths -------------------------------------------------------------------------------------------------
@@ -251,7 +242,13 @@ function fileEntry(item) {
   return entry;
 }
 
-function parseOffer(data) {
+/**
+ * Check the offer a sender sealed (the version 1 offer object: files, dirs, chunk_size, kind) with the same rules
+ * as relay.protocol.Offer.from_dict; returns {files, dirs, chunk_size, kind?} or throws a ProtocolError.
+ */
+export function checkOffer(data) {
+  if (data === null || typeof data !== "object" || Array.isArray(data)) throw malformed("the offer must be a JSON object");
+  if (!encodable(data)) throw malformed("the offer holds a string that is not valid Unicode (a lone surrogate)");
   const files = data.files;
   const dirs = data.dirs === undefined ? [] : data.dirs;
   const kind = data.kind === undefined ? "files" : data.kind;
@@ -266,21 +263,77 @@ function parseOffer(data) {
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   const chunkSize = intField(data.chunk_size === undefined ? DEFAULT_CHUNK_SIZE : data.chunk_size, "chunk_size", 1);
   checkLayout(entries, checkedDirs, kind);
-  const offer = { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
+  const offer = { files: entries, dirs: checkedDirs, chunk_size: chunkSize };
   if (kind !== "files") offer.kind = kind;
   return offer;
 }
 
-/** Per type: build the checked message from the parsed JSON object. Unknown extra fields are dropped. */
+// Opaque values travel as standard base64 with padding; the relay checks their decoded length, and so does the
+// page (a sealed value is at least one AES-GCM tag and at most max_message bytes).
+const B64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
+export const TAG_SIZE = 16;
+export const PAKE_SIZE = 33;
+export const CONFIRM_SIZE = 32;
+export const SEALED_KEY_SIZE = 48;
+export const MAX_EPOCH = 2 ** 32 - 1;
+
+function b64Field(value, name, low = TAG_SIZE, high = DEFAULT_MAX_MESSAGE) {
+  if (typeof value !== "string" || value.length % 4 !== 0 || value.length > 4 * Math.ceil(high / 3) || !B64_RE.test(value)) {
+    throw malformed(`field '${name}' must be standard base64 of ${low} to ${high} bytes`);
+  }
+  const decoded = (value.length / 4) * 3 - (value.endsWith("==") ? 2 : value.endsWith("=") ? 1 : 0);
+  if (decoded < low || decoded > high) throw malformed(`field '${name}' must be base64 of ${low} to ${high} bytes`);
+  return value;
+}
+
+function optionalB64(value, name) {
+  return value === undefined || value === null ? null : b64Field(value, name);
+}
+
+function errorCodeField(value, name) {
+  const code = strField(value, name, 64);
+  if (!Object.hasOwn(CLOSE_CODES, code)) throw malformed(`unknown error code '${escapeText(code)}'`);
+  return code;
+}
+
+/** Decode a base64 field already checked by parseMessage. */
+export function fromBase64(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** Standard base64 with padding of `bytes`. */
+export function toBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+/**
+ * Per type: build the checked message from the parsed JSON object (version 2, as the relay forwards it to a
+ * party: `peer` on what comes from a receiver, never `to`). Unknown extra fields are dropped.
+ */
 const PARSERS = {
-  hello: (d) => ({
-    type: "hello",
-    version: intField(d.version, "version"),
-    role: roleField(d.role),
-    peer: intField(d.peer, "peer"),
-    receivers: intField(d.receivers, "receivers", 1),
-    max_message: intField(d.max_message, "max_message", 1),
-  }),
+  hello: (d) => {
+    const hello = {
+      type: "hello",
+      version: intField(d.version, "version"),
+      role: roleField(d.role),
+      peer: intField(d.peer, "peer"),
+      receivers: intField(d.receivers, "receivers", 1),
+      max_message: intField(d.max_message, "max_message", 1),
+      nameplate: null,
+    };
+    if (d.nameplate !== undefined && d.nameplate !== null) {
+      if (typeof d.nameplate !== "string" || !/^[0-9]{1,8}$/.test(d.nameplate)) {
+        throw malformed("field 'nameplate' must be 1 to 8 decimal digits");
+      }
+      hello.nameplate = d.nameplate;
+    }
+    return hello;
+  },
   peer_joined: (d) => ({
     type: "peer_joined",
     peer: intField(d.peer, "peer"),
@@ -288,34 +341,48 @@ const PARSERS = {
     receivers: intField(d.receivers, "receivers"),
   }),
   paired: (d) => ({ type: "paired", receivers: intField(d.receivers, "receivers") }),
-  offer: parseOffer,
-  accept: (d) => ({ type: "accept", peer: optionalPeer(d) }),
-  decline: (d) => ({ type: "decline", reason: strField(d.reason ?? "", "reason"), peer: optionalPeer(d) }),
+  pake: (d) => ({ type: "pake", data: b64Field(d.data, "data", PAKE_SIZE, PAKE_SIZE), peer: optionalPeer(d) }),
+  confirm: (d) => ({ type: "confirm", data: b64Field(d.data, "data", CONFIRM_SIZE, CONFIRM_SIZE), peer: optionalPeer(d) }),
+  key: (d) => ({ type: "key", data: b64Field(d.data, "data", SEALED_KEY_SIZE, SEALED_KEY_SIZE) }),
+  wrong_code: () => ({ type: "wrong_code" }),
+  offer: (d) => ({
+    type: "offer",
+    total_size: intField(d.total_size, "total_size"),
+    files: intField(d.files, "files", 1, MAX_FILES),
+    data: b64Field(d.data, "data"),
+  }),
+  accept: (d) => ({ type: "accept", data: optionalB64(d.data, "data"), peer: optionalPeer(d) }),
+  decline: (d) => ({
+    type: "decline",
+    code: errorCodeField(d.code ?? "declined", "code"),
+    data: optionalB64(d.data, "data"),
+    peer: optionalPeer(d),
+  }),
   start: () => ({ type: "start" }),
+  stream: (d) => ({
+    type: "stream",
+    epoch: intField(d.epoch, "epoch", 0, MAX_EPOCH),
+    chunks: intField(d.chunks, "chunks", 1),
+    bytes: intField(d.bytes, "bytes", TAG_SIZE),
+    data: b64Field(d.data, "data"),
+  }),
   chunk: (d) => ({
     type: "chunk",
-    file: intField(d.file, "file"),
-    offset: intField(d.offset, "offset"),
-    size: intField(d.size, "size", 1),
+    epoch: intField(d.epoch, "epoch", 0, MAX_EPOCH),
+    size: intField(d.size, "size", TAG_SIZE),
     xxh3_64: hexField(d.xxh3_64, "xxh3_64", 16),
   }),
-  file_done: (d) => ({
-    type: "file_done",
-    file: intField(d.file, "file"),
-    size: intField(d.size, "size"),
-    xxh3_128: hexField(d.xxh3_128, "xxh3_128", 32),
+  end: (d) => ({ type: "end", epoch: intField(d.epoch, "epoch", 0, MAX_EPOCH) }),
+  ack: (d) => ({
+    type: "ack", epoch: intField(d.epoch, "epoch", 0, MAX_EPOCH), chunks: intField(d.chunks, "chunks"), peer: optionalPeer(d),
   }),
-  done: () => ({ type: "done" }),
-  ack: (d) => ({ type: "ack", file: intField(d.file, "file"), offset: intField(d.offset, "offset"), peer: optionalPeer(d) }),
-  file_ok: (d) => ({ type: "file_ok", file: intField(d.file, "file"), peer: optionalPeer(d) }),
+  sealed: (d) => ({ type: "sealed", data: b64Field(d.data, "data"), peer: optionalPeer(d) }),
   verified: (d) => ({ type: "verified", peer: optionalPeer(d) }),
   complete: () => ({ type: "complete" }),
-  cancel: (d) => ({ type: "cancel", reason: strField(d.reason ?? "", "reason"), peer: optionalPeer(d) }),
-  error: (d) => {
-    const code = strField(d.code, "code", 64);
-    if (!Object.hasOwn(CLOSE_CODES, code)) throw malformed(`unknown error code '${escapeText(code)}'`);
-    return { type: "error", code, message: strField(d.message ?? "", "message"), peer: optionalPeer(d) };
-  },
+  cancel: (d) => ({ type: "cancel", data: optionalB64(d.data, "data"), peer: optionalPeer(d) }),
+  error: (d) => ({
+    type: "error", code: errorCodeField(d.code, "code"), message: strField(d.message ?? "", "message"), peer: optionalPeer(d),
+  }),
   peer_left: (d) => ({ type: "peer_left", peer: intField(d.peer, "peer"), role: roleField(d.role) }),
 };
 
@@ -361,12 +428,12 @@ export function parseMessage(text) {
   return parse(data);
 }
 
-/** Build an offer message for local files, checking it by the same rules a receiver will apply. */
+/** Build the offer object for local files (sealed before it leaves the page), checking it by the same rules a receiver will apply. */
 export function makeOffer(files, dirs = [], chunkSize = DEFAULT_CHUNK_SIZE) {
   const entries = files.map(fileEntry);
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   checkLayout(entries, checkedDirs);
-  return { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
+  return { files: entries, dirs: checkedDirs, chunk_size: chunkSize };
 }
 
 /** Serialise a message for a text frame, dropping null fields like relay.protocol.Message.to_json. */
@@ -381,94 +448,4 @@ export function encodeMessage(message) {
 /** Cut a reason or message to the protocol's 1,000 characters. */
 export function clipText(text) {
   return [...String(text)].slice(0, MAX_TEXT).join("");
-}
-
-// --- the stream of one transfer ----------------------------------------------------------------------------
-
-/**
- * Follows the chunk stream of one offer and refuses anything that breaks section 3's rules, like
- * relay.protocol.TransferCheck with hash_files. `hashing` supplies chunkDigest(bytes) and newFileDigest().
- * Feed it chunk(header), payload(bytes), fileDone(message) and done() in wire order.
- */
-export class TransferCheck {
-  constructor(offer, hashing, maxChunk = DEFAULT_MAX_MESSAGE) {
-    this.offer = offer;
-    this.hashing = hashing;
-    this.maxChunk = maxChunk;
-    this.fileIndex = 0;
-    this.offset = 0;
-    this.pending = null;
-    this.finished = false;
-    this.bytesDone = 0;
-    this.fileDigest = hashing.newFileDigest();
-  }
-
-  chunk(header) {
-    if (this.pending !== null) throw unexpected("a chunk header arrived where its payload was expected");
-    this.#checkOpen();
-    if (header.file !== this.fileIndex) {
-      throw unexpected(`chunk for file ${header.file} while file ${this.fileIndex} is being sent`);
-    }
-    if (header.offset !== this.offset) throw unexpected(`chunk at offset ${header.offset}, expected ${this.offset}`);
-    const limit = Math.min(this.offer.chunk_size, this.maxChunk);
-    if (header.size > limit) {
-      throw new ProtocolError(`chunk of ${header.size} bytes is over the chunk size ${limit}`, "size_mismatch");
-    }
-    if (header.offset + header.size > this.offer.files[this.fileIndex].size) {
-      throw new ProtocolError(`chunk runs past the end of file ${this.fileIndex}`, "size_mismatch");
-    }
-    this.pending = header;
-  }
-
-  /** Check a binary frame (Uint8Array) against its header; return the header it belongs to. */
-  payload(bytes) {
-    const header = this.pending;
-    if (header === null) throw unexpected("binary frame without a chunk header");
-    if (bytes.length !== header.size) {
-      throw new ProtocolError(`payload of ${bytes.length} bytes, header said ${header.size}`, "size_mismatch");
-    }
-    if (this.hashing.chunkDigest(bytes) !== header.xxh3_64) {
-      throw new ProtocolError(
-        `chunk at offset ${header.offset} of file ${header.file} failed its xxh3_64 check`,
-        "checksum_mismatch",
-      );
-    }
-    this.fileDigest.update(bytes);
-    this.pending = null;
-    this.offset += header.size;
-    this.bytesDone += header.size;
-    return header;
-  }
-
-  fileDone(message) {
-    if (this.pending !== null) throw unexpected("file_done arrived where a payload was expected");
-    this.#checkOpen();
-    if (message.file !== this.fileIndex) {
-      throw unexpected(`file_done for file ${message.file} while file ${this.fileIndex} is open`);
-    }
-    const size = this.offer.files[this.fileIndex].size;
-    if (message.size !== size || this.offset !== size) {
-      throw new ProtocolError(`file ${this.fileIndex} ended at ${this.offset} bytes, offer said ${size}`, "size_mismatch");
-    }
-    if (this.fileDigest.hexdigest() !== message.xxh3_128) {
-      throw new ProtocolError(
-        `file ${escapeText(this.offer.files[this.fileIndex].path)} failed its xxh3_128 check`,
-        "checksum_mismatch",
-      );
-    }
-    this.fileDigest = this.hashing.newFileDigest();
-    this.fileIndex += 1;
-    this.offset = 0;
-  }
-
-  done() {
-    if (this.pending !== null || this.fileIndex !== this.offer.files.length) {
-      throw unexpected("done arrived before every file was finished");
-    }
-    this.finished = true;
-  }
-
-  #checkOpen() {
-    if (this.fileIndex >= this.offer.files.length) throw unexpected("data after the last offered file");
-  }
 }

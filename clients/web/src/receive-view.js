@@ -5,7 +5,8 @@
 import { progressTitle, setBusy, setTitle } from "./activity.js";
 import { RateMeter, describeCounts, describeFinish, formatBytes, formatDuration } from "./format.js";
 import { markLong, renderFileRows, showQuote, showStatus, throttle, updateFileRow } from "./file-rows.js";
-import { escapeText, isValidCode, normalizeCode } from "./protocol.js";
+import { InvalidCode, normalizeCode, splitCode } from "./crypto.js";
+import { escapeText } from "./protocol.js";
 import { ReceiveSession } from "./receiver.js";
 import { FINAL_STATES } from "./sender.js";
 import {
@@ -129,8 +130,12 @@ export function setUpReceiveView() {
     event.preventDefault();
     const code = normalizeCode($("receive-code").value);
     $("receive-code").value = code;
-    if (!isValidCode(code)) {
-      showStatus($("receive-status"), "invalid", "A code is letters, digits and dashes, like actor-table-ocean-ring.", "bad");
+    try {
+      splitCode(code);
+    } catch (error) {
+      if (!(error instanceof InvalidCode)) throw error;
+      showStatus($("receive-status"), "invalid",
+        "A code is the number and the words the sender shows, like 42-ocean-table-actor.", "bad");
       $("receive-code").focus();
       return;
     }
@@ -213,15 +218,17 @@ export function setUpReceiveView() {
       switch (next) {
         case "connecting":
           return "Connecting to the relay...";
+        case "keying":
+          return "Connected; checking the code with the sender...";
         case "waiting":
-          return "Connected; waiting for the sender's offer.";
+          return "The code is right; waiting for the sender's offer.";
         case "offered":
           if (offer.kind === "text") return `The sender sent a text (${formatBytes(offer.files[0].size)}). Show it, or decline.`;
           return `The sender offers ${describeCounts(offer.files.length, offer.dirs.length)}. Choose where to save them, then accept or decline.`;
         case "transferring":
           return `Receiving into ${current.sink ? current.sink.label : "your downloads folder"}...`;
         case "verifying":
-          return "Every file checked; waiting for the relay to confirm.";
+          return "Every file authenticated; waiting for the relay to confirm.";
         default:
           return "";
       }
@@ -241,7 +248,7 @@ export function setUpReceiveView() {
         $("receive-run").hidden = true;
         $("copy-text").textContent = "Copy text";
         const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
-        showStatus($("receive-status"), next, `Done: the sender's text (${formatBytes(current.total)}) arrived, and its checksum matched. Nothing was saved to disk.${took}`, "ok");
+        showStatus($("receive-status"), next, `Done: the sender's text (${formatBytes(current.total)}) arrived end-to-end encrypted and authenticated. Nothing was saved to disk.${took}`, "ok");
         setTitle("Received");
       } else if (next === "verified") {
         const what = `${describeCounts(offer.files.length, offer.dirs.length)} (${formatBytes(current.total)})`;
@@ -252,7 +259,7 @@ export function setUpReceiveView() {
             + `${current.sink.renamed.size > 3 ? ", and so on" : ""} (each character it refuses became "_").`
           : "";
         showStatus($("receive-status"), next,
-          `Done: ${what} saved to ${current.sink.label}, and every checksum matched.${renamed}${took}`, "ok");
+          `Done: ${what} saved to ${current.sink.label}, and every file was authenticated end to end.${renamed}${took}`, "ok");
         setTitle("Received");
       } else {
         const words = endWords({

@@ -45,6 +45,7 @@ function liveText(session, state) {
     case "connecting":
       return "Connecting to the relay...";
     case "waiting":
+      if (session.channels.size < session.joined) return "Checking the code with the receiver...";
       return one
         ? "Waiting for the receiver: share the code or the link."
         : `Waiting for the receivers: ${session.joined} of ${session.receivers} joined. Share the code or the link.`;
@@ -53,7 +54,7 @@ function liveText(session, state) {
     case "transferring":
       return "Sending...";
     case "verifying":
-      return one ? "Sent; waiting for the receiver to confirm every checksum." : "Sent; waiting for every receiver to confirm every checksum.";
+      return one ? "Sent; waiting for the receiver to authenticate every file." : "Sent; waiting for every receiver to authenticate every file.";
     default:
       return "";
   }
@@ -259,7 +260,8 @@ export function setUpSendView({ showSend }) {
           $("send-code").textContent = code;
           $("send-link").href = link;
           $("send-link").textContent = link;
-          $("send-cli").textContent = `relay receive ${code} --relay ${relayBase()}`;
+          // No code on the command line: other users of that machine could read it there; the command asks for it.
+          $("send-cli").textContent = `relay receive --relay ${relayBase()}`;
           $("send-qr").replaceChildren(qrSvg(link, `QR code of the link ${link}`));
           $("send-share").hidden = false;
           $("copy-code").textContent = "Copy code";
@@ -292,8 +294,8 @@ export function setUpSendView({ showSend }) {
           ? `the text (${formatBytes(current.total)})`
           : `${describeCounts(count, current.offer.dirs.length)} (${formatBytes(current.total)})`;
         const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
-        const sums = kind === "text" ? "its checksum" : "every checksum";
-        showStatus($("send-status"), next, `Done: ${what} reached ${whom}, and ${sums} matched.${took}`, "ok");
+        const sums = kind === "text" ? "it was" : "every file was";
+        showStatus($("send-status"), next, `Done: ${what} reached ${whom} end-to-end encrypted, and ${sums} authenticated.${took}`, "ok");
         setTitle("Sent");
         $("send-again").hidden = false;
         $("send-again").textContent = kind === "text" ? "Send something else" : "Send more files";

@@ -1,11 +1,29 @@
-// The sending side of one transfer, without any DOM: connect as role=send, wait for the receivers, offer the
-// files, stream them chunk by chunk (one File.stream() per file, pausing while the socket's send buffer is full),
-// and follow the receivers' acknowledgements until `complete`. The page listens through `listener`.
+// The sending side of one transfer (protocol version 2, end-to-end encrypted), without any DOM: connect as
+// role=send and learn the nameplate, draw the secret words, run a PAKE with each receiver as it joins (confirmed
+// both ways, then the content key sealed to it), seal the offer to each, and stream the files as STREAM-sealed
+// chunks (one File.stream() per file, pausing while the socket's send buffer is full), following the receivers'
+// acknowledgements until `complete`. The page listens through `listener`.
+//
+// The relay sees the nameplate, sizes and timing; never a name, a byte of a file or a word of the code.
 
 import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
-import { generateCode } from "./codes.js";
+import { generateSecretWords } from "./codes.js";
+import {
+  CryptoError,
+  Pake,
+  RECEIVER,
+  SENDER,
+  StreamPlan,
+  StreamSealer,
+  TAG_SIZE,
+  WrongCode,
+  dataKey,
+  newContentKey,
+  newEpochSalt,
+} from "./crypto.js";
 import { createHashing } from "./hashing.js";
-import { DEFAULT_CHUNK_SIZE, ProtocolError, clipText, escapeText, makeOffer, parseMessage } from "./protocol.js";
+import { DEFAULT_CHUNK_SIZE, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64 } from "./protocol.js";
+import { openJson, sealJson } from "./sealing.js";
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
 export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
@@ -16,7 +34,10 @@ export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
  * every receiver has sent an ack (acks are optional in the protocol, and one that never acks is not waited for).
  */
 export const ACK_WINDOW = 64 * 1024 * 1024;
-const CODE_ATTEMPTS = 3;
+/** Chunks read and being sealed ahead of the one being sent. */
+const SEAL_AHEAD = 4;
+/** The one stream epoch of a transfer in this version (docs/protocol.md section 8.2). */
+export const EPOCH = 0;
 
 /** Terminal states of a session. */
 export const FINAL_STATES = new Set(["verified", "failed", "cancelled"]);
@@ -41,9 +62,14 @@ export class SendSession {
     this.connection = null;
     this.sent = 0;
     this.joined = 0;
-    this.fileOk = new Map(); // file index -> number of receivers that verified it
+    this.fileOk = new Map(); // file index -> number of receivers that authenticated and stored it (from acks)
     this.verifiedBy = 0;
-    this.acked = new Map(); // receiver peer -> bytes of the whole offer it has written (from its acks)
+    this.acked = new Map(); // receiver peer -> chunks of the stream it has authenticated and written (from its acks)
+    this.pakes = new Map(); // receiver peer -> its PAKE, until confirmed
+    this.pairs = new Map(); // receiver peer -> its pair keys, once both PAKE messages passed
+    this.channels = new Map(); // receiver peer -> its control channel, once confirmed both ways
+    this.contentKey = newContentKey();
+    this.sentChunks = 0;
     this.outcome = null; // how it ended: {code, reason, by, peer} (see words.js)
     this.startedAt = null; // Date.now() when the bytes started to flow, for the elapsed time and average rate
     this.endedAt = null;
@@ -69,10 +95,10 @@ export class SendSession {
     return this.state;
   }
 
-  /** Give up at any moment; the relay tells the receivers with `cancel`. */
-  cancel(reason = "cancelled by the sender") {
+  /** Give up at any moment; the relay tells the receivers with `cancel` (no reason: it could name a file). */
+  cancel() {
     if (FINAL_STATES.has(this.state)) return;
-    this.connection?.sendMessage({ type: "cancel", reason: clipText(reason) });
+    this.connection?.sendMessage({ type: "cancel" });
     this.#end("cancelled", { code: "cancelled", by: "you" });
   }
 
@@ -89,20 +115,17 @@ export class SendSession {
     return Math.max(0, this.sent - buffered);
   }
 
-  // Open the room with a fresh code; a code already in use (room_taken) gets a new one.
+  // Open a room: the relay allocates its nameplate and says it in `hello`; the secret words are drawn here.
   async #connect() {
-    for (let attempt = 1; ; attempt++) {
-      this.code = generateCode();
-      const url = roomUrl(this.code, { role: "send", receivers: String(this.receivers) }, this.location);
-      this.connection = await Connection.open(url);
-      const first = parseMessage(await this.connection.next());
-      if (first.type === "error" && first.code === "room_taken" && attempt < CODE_ATTEMPTS) {
-        this.connection.close();
-        continue;
-      }
-      if (first.type === "hello") this.listener.onCode?.(this.code);
-      return first;
+    const url = roomUrl(null, { role: "send", receivers: String(this.receivers) }, this.location);
+    this.connection = await Connection.open(url);
+    const first = parseMessage(await this.connection.next());
+    if (first.type === "hello") {
+      if (first.nameplate === null) throw new ProtocolError("the relay gave this room no nameplate", "unexpected_message");
+      this.code = `${first.nameplate}-${generateSecretWords()}`;
+      this.listener.onCode?.(this.code);
     }
+    return first;
   }
 
   async #handle(frame) {
@@ -113,28 +136,47 @@ export class SendSession {
   async #on(message) {
     switch (message.type) {
       case "hello":
-        this.chunkSize = Math.min(DEFAULT_CHUNK_SIZE, message.max_message);
+        // Each chunk grows by its 16-byte tag on the wire: the relay's max_message bounds the sealed chunk.
+        this.chunkSize = Math.min(DEFAULT_CHUNK_SIZE, message.max_message - TAG_SIZE);
         this.offer.chunk_size = this.chunkSize;
         this.#setState("waiting", `0 of ${message.receivers} joined`);
         break;
       case "peer_joined":
         this.joined = message.joined;
         this.#setState("waiting", `${message.joined} of ${message.receivers} joined`);
+        if (!this.pakes.has(message.peer)) {
+          const pake = new Pake(SENDER, this.code);
+          this.pakes.set(message.peer, pake);
+          this.connection.sendMessage({ type: "pake", to: message.peer, data: toBase64(pake.outbound) });
+        }
+        break;
+      case "pake":
+        await this.#pake(message);
+        break;
+      case "confirm":
+        await this.#confirm(message);
         break;
       case "paired":
-        this.connection.sendMessage(this.offer);
+        if (this.channels.size !== this.receivers) throw new ProtocolError("paired before every receiver was keyed", "unexpected_message");
+        for (const [peer, channel] of [...this.channels].sort(([a], [b]) => a - b)) {
+          this.connection.sendMessage({
+            type: "offer", to: peer, total_size: this.total, files: this.offer.files.length, data: await sealJson(channel, this.offer),
+          });
+        }
         this.#setState("offered");
         break;
       case "accept":
+        // Opened even though it says nothing yet: the control channel counts every message in order.
+        if (message.data !== null) await openJson(this.#channel(message.peer), message.data);
         break;
       case "ack":
-        if (message.file < this.fileStarts.length) {
-          const position = this.fileStarts[message.file] + message.offset;
-          this.acked.set(message.peer, Math.max(this.acked.get(message.peer) ?? 0, position));
+        if (message.epoch === EPOCH && message.peer !== null) {
+          this.acked.set(message.peer, Math.max(this.acked.get(message.peer) ?? 0, message.chunks));
+          this.#countDelivered();
         }
         break;
       case "decline":
-        this.#end("cancelled", { code: "declined", reason: message.reason, by: "peer", peer: message.peer });
+        this.#end("cancelled", { code: "declined", reason: await this.#sealedReason(message), by: "peer", peer: message.peer });
         break;
       case "start":
         this.startedAt = Date.now();
@@ -142,18 +184,15 @@ export class SendSession {
         // Stream while this loop keeps reading the receivers' messages (acks, cancel, errors).
         this.streaming = this.#stream().catch((error) => this.#fail(error));
         break;
-      case "file_ok":
-        this.fileOk.set(message.file, (this.fileOk.get(message.file) ?? 0) + 1);
-        this.#progress();
-        break;
       case "verified":
         this.verifiedBy += 1;
         break;
       case "complete":
+        if (this.verifiedBy < this.receivers) throw new ProtocolError("complete before every receiver verified", "unexpected_message");
         this.#end("verified", { code: "done", by: "relay" });
         break;
       case "cancel":
-        this.#end("cancelled", { code: "cancelled", reason: message.reason, by: "peer", peer: message.peer });
+        this.#end("cancelled", { code: "cancelled", reason: await this.#sealedReason(message), by: "peer", peer: message.peer });
         break;
       case "error":
         this.#end("failed", {
@@ -168,34 +207,116 @@ export class SendSession {
     }
   }
 
+  // A receiver's PAKE message: derive the pair's keys and send our confirmation. A message that is not a valid
+  // PAKE message is a wrong code too (a relay in the middle would make its one guess this way).
+  async #pake(message) {
+    const pake = this.pakes.get(message.peer);
+    if (pake === undefined || this.pairs.has(message.peer)) throw new ProtocolError("a PAKE message out of order", "unexpected_message");
+    let keys;
+    try {
+      keys = await pake.finish(fromBase64(message.data));
+    } catch (error) {
+      if (error instanceof CryptoError) this.#wrongCode(message.peer);
+      throw error;
+    }
+    this.pairs.set(message.peer, keys);
+    this.connection.sendMessage({ type: "confirm", to: message.peer, data: toBase64(await keys.confirmation(SENDER)) });
+  }
+
+  // A receiver's confirmation: check it, then seal the transfer's content key to it.
+  async #confirm(message) {
+    const keys = this.pairs.get(message.peer);
+    if (keys === undefined || this.channels.has(message.peer)) throw new ProtocolError("a confirmation out of order", "unexpected_message");
+    try {
+      await keys.checkConfirmation(RECEIVER, fromBase64(message.data));
+    } catch (error) {
+      if (error instanceof WrongCode) this.#wrongCode(message.peer);
+      throw error;
+    }
+    this.connection.sendMessage({ type: "key", to: message.peer, data: toBase64(await keys.sealContentKey(this.contentKey)) });
+    this.channels.set(message.peer, await keys.controlChannel(SENDER));
+  }
+
+  // The receiver typed another code: the relay ends the room for everyone with wrong_code (the code is spent).
+  #wrongCode(peer) {
+    this.connection.sendMessage({ type: "wrong_code", to: peer });
+    this.#end("failed", { code: "wrong_code", by: "local", peer });
+  }
+
+  #channel(peer) {
+    const channel = this.channels.get(peer);
+    if (channel === undefined) throw new ProtocolError(`a sealed message from receiver ${peer}, which has no key`, "unexpected_message");
+    return channel;
+  }
+
+  // The human reason a receiver sealed into its decline or cancel, if any (shown as a quote from them).
+  async #sealedReason(message) {
+    if (message.data === null || !this.channels.has(message.peer)) return "";
+    try {
+      const opened = await openJson(this.channels.get(message.peer), message.data);
+      return opened !== null && typeof opened === "object" && typeof opened.reason === "string" ? escapeText(opened.reason.slice(0, 1000)) : "";
+    } catch {
+      return ""; // the transfer ends anyway; a reason that does not open is not shown
+    }
+  }
+
+  // A file counts as delivered once every receiver acknowledged its last chunk (receivers ack each file's end).
+  #countDelivered() {
+    if (this.acked.size < this.receivers || this.fileEnds === undefined) return;
+    const slowest = Math.min(...this.acked.values());
+    this.fileEnds.forEach((end, index) => {
+      if (end <= slowest) this.fileOk.set(index, this.receivers);
+    });
+    this.#progress();
+  }
+
+  // Open the one epoch (a sealed plan to each receiver), then seal and send every chunk in plan order. With
+  // several receivers, each file's SHA-256 goes sealed to every receiver just before the file's last chunk: they
+  // all hold the content key, so only the pair channel proves that the bytes are the sender's.
   async #stream() {
     const { hashing, connection } = this;
-    for (const [index, entry] of this.offer.files.entries()) {
-      const file = this.items[index].file;
-      const digest = hashing.newFileDigest();
-      let offset = 0;
-      const chunks = this.#chunks(file, entry.size);
-      try {
-        for (;;) {
-          const { value: bytes, done } = await chunks.next();
-          if (done || FINAL_STATES.has(this.state)) break;
-          const header = { type: "chunk", file: index, offset, size: bytes.length, xxh3_64: hashing.chunkDigest(bytes) };
-          digest.update(bytes);
-          await connection.drain(SEND_BUFFER_LIMIT, () => this.#aheadOfReceivers() > ACK_WINDOW);
-          if (FINAL_STATES.has(this.state)) break;
-          connection.sendMessage(header);
-          connection.sendBinary(bytes);
-          offset += bytes.length;
-          this.sent += bytes.length;
-          this.#progress();
-        }
-      } finally {
-        await chunks.return(undefined); // stops reading the file when the transfer ended early
-      }
-      if (FINAL_STATES.has(this.state)) return;
-      connection.sendMessage({ type: "file_done", file: index, size: entry.size, xxh3_128: digest.hexdigest() });
+    const salt = newEpochSalt();
+    const plan = new StreamPlan(this.offer.files.map((entry, file) => ({ file, start: 0, end: entry.size })), this.chunkSize);
+    const peers = [...this.channels.keys()].sort((a, b) => a - b);
+    const sealedPlan = { salt: toBase64(salt), chunk_size: this.chunkSize, segments: plan.segments.map((s) => [s.file, s.start, s.end]) };
+    const plans = [];
+    for (const peer of peers) plans.push(await sealJson(this.channels.get(peer), sealedPlan));
+    connection.sendMessage({ type: "stream", epoch: EPOCH, to: peers, chunks: plan.chunkCount(), bytes: plan.ciphertextSize(), data: plans });
+    this.fileEnds = [];
+    let chunks = 0;
+    for (const entry of this.offer.files) {
+      chunks += Math.max(1, Math.ceil(entry.size / this.chunkSize));
+      this.fileEnds.push(chunks);
     }
-    connection.sendMessage({ type: "done" });
+    const sealer = await StreamSealer.create(await dataKey(this.contentKey, salt), plan);
+    this.chunksPerWindow = Math.max(1, Math.floor(ACK_WINDOW / this.chunkSize));
+    // Up to SEAL_AHEAD chunks are read and being sealed (WebCrypto works off the page's thread) while the oldest
+    // is sent, so neither the file nor the cipher waits for the other.
+    const inFlight = [];
+    const sendOldest = async () => {
+      const { index, length, sha256, sealing } = inFlight.shift();
+      const sealed = await sealing;
+      if (sha256 !== null) {
+        for (const peer of peers) {
+          connection.sendMessage({ type: "sealed", to: peer, data: await sealJson(this.channels.get(peer), { file: index, sha256 }) });
+        }
+      }
+      await connection.drain(SEND_BUFFER_LIMIT, () => this.#aheadOfReceivers() > this.chunksPerWindow);
+      if (FINAL_STATES.has(this.state)) return false;
+      connection.sendMessage({ type: "chunk", epoch: EPOCH, size: sealed.length, xxh3_64: hashing.chunkDigest(sealed) });
+      connection.sendBinary(sealed);
+      this.sentChunks += 1;
+      this.sent += length;
+      this.#progress();
+      return true;
+    };
+    for await (const item of this.#sealedChunks(sealer, this.receivers > 1)) {
+      if (FINAL_STATES.has(this.state)) return; // leaving the loop stops reading the file
+      inFlight.push(item);
+      if (inFlight.length >= SEAL_AHEAD && !(await sendOldest())) return;
+    }
+    while (inFlight.length > 0) if (!(await sendOldest())) return;
+    connection.sendMessage({ type: "end", epoch: EPOCH });
     this.#setState("verifying");
     // Keep the progress moving while the last megabytes leave the send buffer.
     while (this.state === "verifying" && connection.bufferedAmount > 0) {
@@ -206,6 +327,24 @@ export class SendSession {
   }
 
   /**
+   * Every chunk of the plan in order, each with its sealing under way: {index, length, sha256, sealing}. With
+   * several receivers `sha256` is the file's digest on its last chunk (computed here, before the next file's
+   * bytes reset the running digest), else null.
+   */
+  async *#sealedChunks(sealer, several) {
+    for (const [index, entry] of this.offer.files.entries()) {
+      const digest = several ? this.hashing.newFileDigest() : null;
+      for await (const bytes of this.#chunks(this.items[index].file, entry.size)) {
+        const last = sealer.position.last;
+        digest?.update(bytes);
+        const sealing = sealer.sealNext(bytes);
+        sealing.catch(() => {}); // awaited when its turn comes; a transfer that ended first never looks at it
+        yield { index, length: bytes.length, sha256: last && digest !== null ? digest.hexdigest() : null, sealing };
+      }
+    }
+  }
+
+  /**
    * The file's bytes as chunks of exactly chunkSize bytes (the last one shorter), each a Uint8Array owning its
    * buffer. One stream of the whole file (File.stream()) instead of a File.slice() per chunk: the browser reads
    * ahead into the stream on its own (bounded by the stream's queue), and a slice costs a round trip to the
@@ -213,6 +352,12 @@ export class SendSession {
    */
   async *#chunks(file, size) {
     const name = file.name || "a file";
+    if (size === 0) {
+      // An empty file is one empty chunk: its authenticated last chunk is what completes it on the other side.
+      if (file.size !== 0) throw new Error(`${name} changed while it was being sent`);
+      yield new Uint8Array(0);
+      return;
+    }
     let reader;
     try {
       reader = file.stream().getReader();
@@ -252,10 +397,10 @@ export class SendSession {
     }
   }
 
-  // Bytes sent beyond the slowest receiver's last ack; 0 until every receiver has acked (see ACK_WINDOW).
+  // Chunks sent beyond the slowest receiver's last ack; 0 until every receiver has acked (see ACK_WINDOW).
   #aheadOfReceivers() {
     if (FINAL_STATES.has(this.state) || this.acked.size < this.receivers) return 0;
-    return this.sent - Math.min(...this.acked.values());
+    return this.sentChunks - Math.min(...this.acked.values());
   }
 
   #progress() {
@@ -269,13 +414,22 @@ export class SendSession {
       this.#end(code === "cancelled" ? "cancelled" : "failed", { code, reason: error.reason, by: "relay" });
       return;
     }
+    if (error instanceof CryptoError && this.connection) {
+      // A sealed message did not authenticate (or a limit of the nonce layout): end the room for everyone. The
+      // words sent in clear name no file.
+      const code = error instanceof WrongCode ? "wrong_code" : "tampered";
+      this.connection.sendMessage({ type: "error", code, message: "a sealed message did not authenticate" });
+      this.#end("failed", { code, by: "local" });
+      return;
+    }
     if (error instanceof ProtocolError && this.connection) {
-      this.connection.sendMessage({ type: "error", code: error.code, message: clipText(error.message) });
+      this.connection.sendMessage({ type: "error", code: error.code, message: "the sender's page refused a message" });
       this.#end("failed", { code: error.code, reason: escapeText(error.message), by: "local" });
       return;
     }
-    // A local problem (an unreadable file): tell the receivers why the transfer stops.
-    this.connection?.sendMessage({ type: "cancel", reason: clipText(error.message) });
+    // A local problem (an unreadable file): the receivers learn that the sender cancelled (a reason in clear
+    // could name the file, which the relay must not see).
+    this.connection?.sendMessage({ type: "cancel" });
     this.#end("failed", { code: "read_failed", reason: escapeText(error.message), by: "local" });
   }
 

@@ -3,7 +3,8 @@
 //
 // A session records how it ended as an `outcome`: {code, reason, by, peer}
 //   code    a protocol error code ("declined", "room_not_found", ...), or one of the page's own:
-//           "done" (verified), "connection_lost" (closed without a code), "read_failed" (a local file)
+//           "done" (verified), "connection_lost" (closed without a code), "read_failed" (a local file);
+//           "wrong_code" and "tampered" come from the relay or from this page's own checks
 //   reason  free text that came with it; when `by` is "peer" it is the other party's words and is shown as a
 //           quote from them, never as the page's own sentence
 //   by      "you", "peer" (the other party), "relay", or "local" (this browser)
@@ -27,6 +28,8 @@ const WHAT = {
   cancelled: (side, other, by) => (by === "you" ? "You cancelled the transfer." : `${capitalize(other)} cancelled the transfer.`),
   peer_left: (side, other) => `${capitalize(other)} left before the transfer finished.`,
   room_not_found: () => "No transfer is waiting under this code.",
+  wrong_code: () => "The code was wrong; nothing was sent; start again with a new code.",
+  tampered: () => "Some data did not authenticate: it was changed on the way, so the transfer stopped and nothing more was saved.",
   room_full: () => "Every receiver place of this transfer is already taken.",
   room_taken: () => "Could not get a free code from the relay.",
   rate_limited: () => "The relay refused the connection: too many attempts from your network in the last minute.",
@@ -59,7 +62,9 @@ const WHAT = {
 
 // What to do next, when it differs from the side's default.
 const NEXT = {
-  room_not_found: { receive: "Check the code (it is four words, and each code works once) and try again." },
+  room_not_found: { receive: "Check the code (a number and three words, and each code works once) and try again." },
+  wrong_code: { send: "Press Try again to send with a new code.", receive: "Ask the sender for a new code, then type it here." },
+  tampered: { send: "Press Try again to send with a new code.", receive: "Ask the sender to send again." },
   room_full: { receive: "Ask the sender for a new code." },
   rate_limited: { send: "Wait a minute, then press Try again.", receive: "Wait a minute, then try again." },
   too_many_rooms: { send: "Try again in a few minutes.", receive: "Try again in a few minutes." },
@@ -112,7 +117,9 @@ export function endWords({ side, state, outcome = {}, receivers = 1, saved = {} 
   const localDetail = outcome.by === "local" && outcome.reason ? ` (${outcome.reason})` : "";
   const next = NEXT[code]?.[side] ?? DEFAULT_NEXT[side];
   const quiet = code === "declined" || (code === "cancelled" && outcome.by === "you");
-  const text = [`${what}${relayDetail}${localDetail}`, savedWords(side, saved, other), next].filter(Boolean).join(" ");
+  // A wrong code already says that nothing was sent, so it needs no sentence about what was saved.
+  const kept = code === "wrong_code" ? "" : savedWords(side, saved, other);
+  const text = [`${what}${relayDetail}${localDetail}`, kept, next].filter(Boolean).join(" ");
   return {
     tone: quiet || code === "cancelled" ? "neutral" : "bad",
     text,

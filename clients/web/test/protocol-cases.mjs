@@ -1,8 +1,9 @@
 // Run the browser protocol module under Node on cases read from stdin (JSON) and print the results (JSON),
 // so tests/web/test_protocol_js.py can compare them with relay/protocol.py.
-//   {"paths": [...], "offers": [...], "messages": [...], "codes": [...], "texts": [...], "blobs": ["hex", ...]}
+//   {"paths": [...], "offers": [...], "messages": [...], "texts": [...], "blobs": ["hex", ...],
+//    "base64": ["hex", ...]}
 
-import { checkPath, escapeText, isValidCode, normalizeCode, parseMessage } from "../src/protocol.js";
+import { checkOffer, checkPath, escapeText, fromBase64, parseMessage, toBase64 } from "../src/protocol.js";
 import { createHashing } from "../src/hashing.js";
 
 const outcome = (fn) => {
@@ -14,13 +15,16 @@ const outcome = (fn) => {
   }
 };
 
+const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (pair) => Number.parseInt(pair, 16));
+const toHex = (bytes) => Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+
 let input = "";
 for await (const piece of process.stdin) input += piece;
 const cases = JSON.parse(input);
 const hashing = await createHashing();
 
 const digests = cases.blobs.map((hex) => {
-  const bytes = Uint8Array.from(hex.match(/../g) ?? [], (pair) => Number.parseInt(pair, 16));
+  const bytes = fromHex(hex);
   const file = hashing.newFileDigest();
   for (let start = 0; start < bytes.length; start += 1000) file.update(bytes.subarray(start, start + 1000));
   return [hashing.chunkDigest(bytes), file.hexdigest()];
@@ -28,8 +32,13 @@ const digests = cases.blobs.map((hex) => {
 
 process.stdout.write(JSON.stringify({
   paths: cases.paths.map((path) => outcome(() => checkPath(path))),
+  // A sealed offer is opened to this object, then checked by the rules of a version 1 offer.
+  offers: cases.offers.map((text) => outcome(() => checkOffer(JSON.parse(text)))),
   messages: cases.messages.map((text) => outcome(() => parseMessage(text))),
-  codes: cases.codes.map((text) => [normalizeCode(text), isValidCode(normalizeCode(text))]),
   texts: cases.texts.map((text) => escapeText(text)),
   digests,
+  base64: cases.base64.map((hex) => {
+    const text = toBase64(fromHex(hex));
+    return [text, toHex(fromBase64(text))];
+  }),
 }));

@@ -1,0 +1,163 @@
+"""clients.diskio: one writer thread and one reader thread with fixed buffer pools, on real files."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from clients.diskio import DiskError, FileReader, FileWriter, ReadFailed, WriteFailed
+
+BOUND = 20.0
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_chunks_land_at_their_offsets_in_any_order(tmp_path: Path) -> None:
+    data = os.urandom(10 * 4096 + 123)
+    path = tmp_path / "part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    writer = FileWriter(4096, depth=3)
+    try:
+        offsets = list(range(0, len(data), 4096))
+        for offset in reversed(offsets):
+            buffer = await asyncio.wait_for(writer.acquire(), BOUND)
+            piece = data[offset:offset + 4096]
+            buffer[:len(piece)] = piece
+            writer.submit(fd, str(path), offset, buffer, len(piece))
+        await asyncio.wait_for(writer.flush(), BOUND)
+        assert writer.statistics() == {"in_flight": 0, "free": 3, "depth": 3}
+    finally:
+        writer.close()
+        os.close(fd)
+    assert path.read_bytes() == data
+
+
+async def test_memory_is_bounded_acquire_waits_while_every_buffer_is_in_flight(tmp_path: Path) -> None:
+    writer = FileWriter(16, depth=2)
+    try:
+        first, second = await writer.acquire(), await writer.acquire()
+        third = asyncio.ensure_future(writer.acquire())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not third.done()  # nothing came back: no buffer was written
+        path = tmp_path / "f"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        first[:3] = b"abc"
+        writer.submit(fd, str(path), 0, first, 3)
+        assert await asyncio.wait_for(third, BOUND) is first  # the written buffer is the one handed out again
+        await writer.flush()
+        os.close(fd)
+        assert path.read_bytes() == b"abc"
+        del second
+    finally:
+        writer.close()
+
+
+async def test_a_failed_write_surfaces_as_write_failed_with_the_path_and_errno(tmp_path: Path) -> None:
+    path = tmp_path / "read-only-handle"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    writer = FileWriter(8, depth=2)
+    try:
+        buffer = await writer.acquire()
+        writer.submit(fd, str(path), 0, buffer, 8)
+        with pytest.raises(WriteFailed) as caught:
+            await asyncio.wait_for(writer.flush(), BOUND)
+        assert caught.value.errno == errno.EBADF and caught.value.filename == str(path)
+        assert isinstance(caught.value, DiskError) and isinstance(caught.value, OSError)
+        with pytest.raises(WriteFailed):  # and on every later call: the transfer cannot go on
+            await writer.acquire()
+    finally:
+        writer.close()
+        os.close(fd)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+async def test_a_full_disk_is_enospc() -> None:
+    fd = os.open("/dev/full", os.O_WRONLY)
+    writer = FileWriter(4096, depth=2)
+    try:
+        buffer = await writer.acquire()
+        writer.submit(fd, "/dev/full", 0, buffer, 4096)
+        with pytest.raises(WriteFailed) as caught:
+            await asyncio.wait_for(writer.flush(), BOUND)
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        writer.close()
+        os.close(fd)
+
+
+async def read_all(reader: FileReader) -> list[bytes]:
+    chunks = []
+    while (chunk := await asyncio.wait_for(reader.next(), BOUND)) is not None:
+        chunks.append(bytes(chunk))
+    return chunks
+
+
+@pytest.mark.parametrize("size, chunk", [(0, 10), (1, 10), (10, 10), (95, 10), (100000, 4096)])
+async def test_the_reader_returns_the_planned_chunks(tmp_path: Path, size: int, chunk: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "source"
+    path.write_bytes(data + b"tail that was not offered")
+    reader = FileReader(path, size, chunk, depth=3)
+    try:
+        chunks = await read_all(reader)
+    finally:
+        reader.close()
+    assert b"".join(chunks) == data
+    assert [len(c) for c in chunks] == ([0] if size == 0 else [min(chunk, size - i) for i in range(0, size, chunk)])
+    assert await reader.next() is None
+
+
+async def test_the_reader_reads_at_most_depth_chunks_ahead(tmp_path: Path) -> None:
+    path = tmp_path / "source"
+    path.write_bytes(os.urandom(64 * 1024))
+    reader = FileReader(path, 64 * 1024, 1024, depth=4)
+    try:
+        first = await reader.next()
+        assert first is not None
+        await until(lambda: len(reader._ready) == 3, "the reader filled its other buffers")
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        assert len(reader._ready) == 3  # one held by us, three ahead: it waits for a buffer
+        assert len(await read_all(reader)) == 63
+    finally:
+        reader.close()
+
+
+async def test_a_file_that_shrank_since_the_offer_is_a_read_failure(tmp_path: Path) -> None:
+    path = tmp_path / "source"
+    path.write_bytes(b"x" * 25)
+    reader = FileReader(path, 40, 10, depth=2)
+    try:
+        with pytest.raises(ReadFailed, match="ended at 25 bytes"):
+            await read_all(reader)
+    finally:
+        reader.close()
+
+
+async def test_a_missing_file_is_a_read_failure(tmp_path: Path) -> None:
+    with pytest.raises(ReadFailed) as caught:
+        FileReader(tmp_path / "gone", 1, 1)
+    assert caught.value.errno == errno.ENOENT
+
+
+async def test_closing_a_reader_early_stops_its_thread(tmp_path: Path) -> None:
+    path = tmp_path / "source"
+    path.write_bytes(os.urandom(100000))
+    reader = FileReader(path, 100000, 100, depth=2)
+    assert await reader.next() is not None
+    reader.close()
+    assert not reader._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):  # rather than waiting forever for a chunk
+        await reader.next()

@@ -1,0 +1,50 @@
+"""The issue-12 benchmarks must never rot: each runs end to end on a tiny size and says the data arrived intact.
+
+No speed is asserted: the numbers of a tiny run mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.servers import PIPING_BIN
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180
+
+
+def run(*args: str) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{") and line.endswith("}")]
+
+
+def test_fast_path_receives_verified_and_sends_everything() -> None:
+    rows = run("benchmarks.fast_path", "--mib", "8", "--chunk-kib", "256")
+    assert [row["role"] for row in rows] == ["receive", "send"]
+    assert rows[0]["verified"] is True
+    assert all(row["cpu_s_per_gib"] > 0 and row["peak_rss_mib"] > 0 for row in rows)
+
+
+def test_ws_client_choice_measures_both_directions() -> None:
+    rows = run("benchmarks.ws_client_choice", "--mib", "8", "--clients", "websockets,wsclient")
+    assert [(row["client"], row["direction"]) for row in rows] == [
+        ("websockets", "down"), ("wsclient", "down"), ("websockets", "up"), ("wsclient", "up")]
+    assert not [row for row in rows if "error" in row]
+
+
+@pytest.mark.skipif(not PIPING_BIN.exists(), reason="piping-server is not installed in benchmarks/.cache")
+def test_cli_vs_piping_moves_a_verified_file_through_both_tools(tmp_path: Path) -> None:
+    rows = run("benchmarks.cli_vs_piping", "--sizes-mib", "4", "--receivers", "2", "--no-install",
+               "--log-dir", str(tmp_path))
+    assert [(row["tool"], row["receivers"]) for row in rows] == [
+        ("relay CLI", 1), ("piping-server + curl", 1), ("relay CLI", 2), ("piping-server + curl", 2)]
+    assert all(row["ok"] for row in rows), [row["error"] for row in rows]

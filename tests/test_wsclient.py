@@ -1,0 +1,330 @@
+"""clients.wsclient against real servers on loopback: websockets' own server (an independent implementation of
+RFC 6455), a CONNECT proxy, TLS with a throwaway certificate, and the relay itself."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from clients.wsclient import ConnectionClosed, HandshakeFailed, RecvInProgress, WebSocketClient
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+BOUND = 20.0
+
+
+@asynccontextmanager
+async def ws_server(handler: Handler, **kwargs: object) -> AsyncIterator[int]:
+    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=4 << 20, **kwargs) as server:  # type: ignore[arg-type]
+        yield server.sockets[0].getsockname()[1]
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 1 << 20])
+async def test_binary_frames_of_every_length_class_go_both_ways(size: int) -> None:
+    payload = os.urandom(size)
+    async with ws_server(echo) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/", max_size=1 << 20)
+        await client.send_binary(payload)
+        got = await asyncio.wait_for(client.recv(), BOUND)
+        assert isinstance(got, memoryview) and got == payload
+        await client.send_text("done ✓")
+        assert await asyncio.wait_for(client.recv(), BOUND) == "done ✓"
+        await client.close()
+
+
+async def test_a_long_stream_arrives_intact_through_one_fixed_buffer() -> None:
+    frames = [os.urandom(n) for n in (1 << 20, 1, 700000, 1 << 20, 126, 65536)] * 20
+
+    async def blast(ws: ServerConnection) -> None:
+        for frame in frames:
+            await ws.send(frame)
+        await ws.send("end")
+
+    async with ws_server(blast) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}", max_size=1 << 20)
+        buffer_size = len(client._buffer)
+        for expected in frames:
+            got = await asyncio.wait_for(client.recv(), BOUND)
+            assert got == expected
+            # hold the frame while the loop reads on, until the buffer is full (reading paused) or the server is
+            # done: bytes arriving meanwhile must not overwrite the frame we hold
+            for _ in range(100):
+                if client._reading_paused or b"end" in client._buffer[client._start:client._end]:
+                    break
+                await asyncio.sleep(0.001)
+            assert got == expected
+        assert await asyncio.wait_for(client.recv(), BOUND) == "end"
+        assert len(client._buffer) == buffer_size
+        await client.close()
+
+
+async def test_fragmented_messages_are_reassembled() -> None:
+    async def fragments(ws: ServerConnection) -> None:
+        await ws.send(iter(["héllo ", "wörld"]))
+        await ws.send(iter([b"ab", b"cd", b""]))
+
+    async with ws_server(fragments) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}")
+        assert await asyncio.wait_for(client.recv(), BOUND) == "héllo wörld"
+        assert bytes(await asyncio.wait_for(client.recv(), BOUND)) == b"abcd"
+        await client.close()
+
+
+async def test_a_server_ping_is_answered_while_reading() -> None:
+    async def pinger(ws: ServerConnection) -> None:
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, BOUND)
+        await ws.send("pong received")
+
+    async with ws_server(pinger) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}")
+        assert await asyncio.wait_for(client.recv(), BOUND) == "pong received"
+        await client.close()
+
+
+async def test_the_servers_close_code_and_reason_surface() -> None:
+    async def closer(ws: ServerConnection) -> None:
+        await ws.close(4001, "room not found")
+
+    async with ws_server(closer) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}")
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), BOUND)
+        assert (caught.value.code, caught.value.reason) == (4001, "room not found")
+        with pytest.raises(ConnectionClosed):
+            await client.send_binary(b"late")
+
+
+async def test_an_oversized_frame_closes_with_1009_before_its_bytes_arrive() -> None:
+    seen: list[int | None] = []
+
+    async def big(ws: ServerConnection) -> None:
+        await ws.send(bytes(70000))
+        await ws.wait_closed()
+        seen.append(ws.close_code)
+
+    async with ws_server(big) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}", max_size=65536)
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), BOUND)
+        assert caught.value.code == 1009
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [1009]
+
+
+async def test_headers_reach_the_server_and_a_refusal_is_a_handshake_failure() -> None:
+    def check(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            return Response(403, "Forbidden", Headers(), b"no")
+        return None
+
+    async with ws_server(echo, process_request=check) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/x?y=1",
+                                               headers={"Authorization": "Bearer s3cret"})
+        await client.send_text("hi")
+        assert await asyncio.wait_for(client.recv(), BOUND) == "hi"
+        await client.close()
+        with pytest.raises(HandshakeFailed) as caught:
+            await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        assert caught.value.status == 403
+    with pytest.raises(ValueError):
+        await WebSocketClient.connect("ws://127.0.0.1:9/", headers={"X": "a\r\nInjected: 1"})
+
+
+async def test_an_http_connect_proxy_tunnels_the_connection() -> None:
+    targets: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        targets.append(head.split(b"\r\n")[0])
+        host, port = head.split(b" ")[1].rsplit(b":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host.decode(), int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(1 << 16):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    proxy_port = proxy_server.sockets[0].getsockname()[1]
+    async with proxy_server, ws_server(echo) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/", proxy=f"http://127.0.0.1:{proxy_port}")
+        await client.send_binary(b"through the tunnel")
+        assert await asyncio.wait_for(client.recv(), BOUND) == b"through the tunnel"
+        await client.close()
+    assert targets == [f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()]
+
+
+def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+async def test_wss_checks_the_certificate_and_carries_frames(tmp_path: Path) -> None:
+    server_tls, client_tls = self_signed(tmp_path)
+    async with ws_server(echo, ssl=server_tls) as port:
+        client = await WebSocketClient.connect(f"wss://127.0.0.1:{port}/", ssl=client_tls)
+        payload = os.urandom(1 << 20)
+        await client.send_binary(payload)
+        assert await asyncio.wait_for(client.recv(), BOUND) == payload
+        await client.close()
+        with pytest.raises(ssl.SSLCertVerificationError):  # the system's roots do not know this certificate
+            await WebSocketClient.connect(f"wss://127.0.0.1:{port}/")
+
+
+async def test_the_relay_says_hello_to_this_client(relay_server) -> None:
+    client = await WebSocketClient.connect(f"{relay_server.ws_url}/ws/speed-hello?role=send&v=1")
+    hello = json.loads(await asyncio.wait_for(client.recv(), BOUND))
+    assert hello["type"] == "hello" and hello["role"] == "send"
+    await client.close()
+
+
+@asynccontextmanager
+async def raw_server(reply: Callable[[bytes], bytes], then_close: bool = True) -> AsyncIterator[int]:
+    """A server that answers the upgrade request with whatever ``reply(request_head)`` returns, in one write."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply(head))
+        await writer.drain()
+        if then_close:
+            writer.close()
+        else:
+            await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+def accept_for(head: bytes) -> bytes:
+    import base64
+    import hashlib
+
+    key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    return base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+
+
+def upgrade(head: bytes, accept: bytes | None = None, extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + (accept or accept_for(head)) + b"\r\n" + extra + b"\r\n")
+
+
+async def test_frames_sent_with_the_101_in_one_packet_are_not_lost() -> None:
+    async with raw_server(lambda head: upgrade(head) + b"\x81\x05hello\x82\x03abc", then_close=False) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        assert await asyncio.wait_for(client.recv(), BOUND) == "hello"
+        assert await asyncio.wait_for(client.recv(), BOUND) == b"abc"
+        client.abort()
+
+
+@pytest.mark.parametrize("reply, why", [
+    (lambda head: upgrade(head, accept=b"d3JvbmcgYWNjZXB0IGtleQ=="), "Accept"),
+    (lambda head: upgrade(head, extra=b"Sec-WebSocket-Extensions: permessage-deflate\r\n"), "extension"),
+    (lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "200"),
+    (lambda head: b"SSH-2.0-OpenSSH\r\n\r\n", "HTTP"),
+    (lambda head: b"HTTP/1.1 101 OK\r\n" + b"X: " + b"a" * 20000, "too long"),
+    (lambda head: b"HTTP/1.1 101 Swi", "closed during the upgrade"),
+])
+async def test_a_bad_upgrade_response_is_a_handshake_failure(reply: Callable[[bytes], bytes], why: str) -> None:
+    async with raw_server(reply) as port:
+        with pytest.raises(HandshakeFailed, match=why):
+            await WebSocketClient.connect(f"ws://127.0.0.1:{port}/", open_timeout=BOUND)
+
+
+async def test_a_connection_cut_inside_a_frame_is_closed_1006() -> None:
+    async with raw_server(lambda head: upgrade(head) + b"\x82\x7e\x10\x00" + b"x" * 100) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), BOUND)
+        assert caught.value.code == 1006
+
+
+async def test_a_second_concurrent_reader_is_refused_not_interleaved() -> None:
+    async with raw_server(lambda head: upgrade(head), then_close=False) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        first = asyncio.ensure_future(client.recv())
+        await asyncio.sleep(0)
+        with pytest.raises(RecvInProgress):
+            await client.recv()
+        first.cancel()
+        client.transport.abort()
+
+
+async def test_a_close_is_answered_while_nobody_reads_and_the_reason_before_it_stays_queued() -> None:
+    closed_at_server = asyncio.Event()
+
+    async def say_why_then_close(ws: ServerConnection) -> None:
+        await ws.send('{"type":"peer_left"}')
+        await ws.close(4003, "peer left")  # completes only once the client answered the close
+        closed_at_server.set()
+
+    async with ws_server(say_why_then_close) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        await asyncio.wait_for(closed_at_server.wait(), BOUND)  # no recv() was running meanwhile
+        with pytest.raises(ConnectionClosed) as caught:
+            await client.send_text("too late")
+        assert caught.value.code == 4003
+        assert await asyncio.wait_for(client.recv(), BOUND) == '{"type":"peer_left"}'
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), BOUND)
+        assert (caught.value.code, caught.value.reason) == (4003, "peer left")
+
+
+def test_it_runs_on_uvloop_as_the_cli_does() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        async with ws_server(echo) as port:
+            client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+            payload = os.urandom(3 << 20)
+            for start in range(0, len(payload), 1 << 20):
+                await client.send_binary(payload[start:start + (1 << 20)])
+            for start in range(0, len(payload), 1 << 20):
+                assert await asyncio.wait_for(client.recv(), BOUND) == payload[start:start + (1 << 20)]
+            await client.close()
+
+    uvloop.run(main())
