@@ -132,7 +132,7 @@ def test_js_protocol_agrees_with_python():
     js = json.loads(done.stdout)
 
     assert js["paths"] == [_outcome(p.check_path, path) for path in PATHS]
-    assert js["offers"] == [_outcome(p.parse_message, text) for text in OFFERS]  # version 1's offer rules
+    assert js["offers"] == [_outcome(p.parse_offer, text) for text in OFFERS]  # the sealed offer's rules
     assert js["messages"] == [_outcome(lambda text: p.parse_message(text, p.PROTOCOL_V2), text) for text in MESSAGES]
     assert js["texts"] == [p.escape_text(text) for text in TEXTS]
     assert js["digests"] == [[xxhash.xxh3_64_hexdigest(b), hashlib.sha256(b).hexdigest()] for b in blobs]
