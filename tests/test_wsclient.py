@@ -216,9 +216,9 @@ async def test_wss_checks_the_certificate_and_carries_frames(tmp_path: Path) -> 
 
 
 async def test_the_relay_says_hello_to_this_client(relay_server) -> None:
-    client = await WebSocketClient.connect(f"{relay_server.ws_url}/ws/speed-hello?role=send&v=1")
+    client = await WebSocketClient.connect(f"{relay_server.ws_url}/ws?role=send&v=2")
     hello = json.loads(await asyncio.wait_for(client.recv(), BOUND))
-    assert hello["type"] == "hello" and hello["role"] == "send"
+    assert hello["type"] == "hello" and hello["role"] == "send" and hello["nameplate"].isdigit()
     await client.close()
 
 
