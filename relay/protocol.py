@@ -1026,6 +1026,24 @@ class Resume(Message):
         return cls(0, tuple(sorted(pairs)))
 
 
+RESYNC_HALF_SIZE = 16  # clients.crypto.RESYNC_HALF_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Resync(Message):
+    """After a resume, each party of a pair sends its fresh random half of the new control keys' salt, in clear
+    (the sender names receiver ``to``; the sender gets a receiver's with ``peer``)."""
+
+    TYPE: ClassVar[str] = "resync"
+    half: str
+    to: int | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Resync:
+        return cls(_b64_field(data.get("half"), "half", RESYNC_HALF_SIZE), _optional_to(data), _optional_peer(data))
+
+
 @dataclass(frozen=True, slots=True)
 class Reconnecting(Message):
     """Relay to the others: party ``peer``'s socket dropped; its seat is parked for the resume window."""
@@ -1063,7 +1081,7 @@ MESSAGE_TYPES_V2: dict[str, type[Message]] = {
     for cls in (
         Hello, PeerJoined, Paired, Pake, Confirm, Key, WrongCode, SealedOffer, SealedAccept, SealedDecline, Start,
         Stream, SealedChunk, End, ChunkAck, Sealed, Verified, Complete, SealedCancel, Error, PeerLeft,
-        ResumeId, Resume, Reconnecting, Resumed,
+        ResumeId, Resume, Resync, Reconnecting, Resumed,
     )
 }
 REGISTRIES: dict[int, dict[str, type[Message]]] = {PROTOCOL_VERSION: MESSAGE_TYPES, PROTOCOL_V2: MESSAGE_TYPES_V2}

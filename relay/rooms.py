@@ -738,6 +738,15 @@ class Room:
             self._end_with_error(ErrorCode.PEER_LEFT, f"{away} did not come back within the resume window "
                                  f"({self.settings.resume_window:g} s); nothing was kept under a final name")
 
+    def _resync(self, party: Party | None, message: object, _: float) -> None:
+        """A pair's fresh halves of its new control keys' salt: the sender's to receiver ``to``, a receiver's to
+        the sender with ``peer`` (dropped, like any message, for a party that is away)."""
+        assert party is not None and self.sender is not None and isinstance(message, p.Resync)
+        if party.role is Role.SEND:
+            self._send(self._addressed(message), p.Resync(message.half))
+        else:
+            self._send(self.sender, p.Resync(message.half, peer=party.peer))
+
     def _drop(self, _: Party | None, __: object, ___: float) -> None:
         """A message that means nothing while the room is parked (progress of an abandoned epoch)."""
 
@@ -804,6 +813,10 @@ _RESUME_ID = tuple(
     for state in (State.WAITING, State.KEYING, State.PAIRED, State.OFFERED, State.STREAMING, State.DONE)
     for source in (SENDER, RECEIVER)
 )
+_RESYNC = tuple(
+    Transition(state, source, "resync", (state,), Room._resync)
+    for state in (State.STREAMING, State.DONE, State.PARKED) for source in (SENDER, RECEIVER)
+)
 _PARKING = tuple(
     Transition(state, source, "gone", (State.PARKED, State.ENDED), Room._park)
     for state in (State.STREAMING, State.DONE, State.PARKED) for source in (SENDER, RECEIVER)
@@ -836,6 +849,7 @@ TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
     *_RESUME_ID,
     *_PARKING,
+    *_RESYNC,
     Transition(State.DONE, SENDER, "stream", (State.STREAMING,), Room._stream),
     Transition(State.PARKED, SENDER, "chunk", (State.PARKED,), Room._sealed_chunk),
     Transition(State.PARKED, SENDER, "binary", (State.PARKED,), Room._ciphertext),

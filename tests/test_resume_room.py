@@ -280,3 +280,14 @@ def test_resumes_are_bounded_per_transfer() -> None:
         rooms.resume(room.code, "receive", receiver_resume(1, n))
         room.handle(Rejoined(1), 0.0)
     assert ended(room.handle(Gone(1), 0.0)) == "resume_refused"
+
+
+def test_resync_halves_are_forwarded_between_the_pair() -> None:
+    rooms, room = resume_room(2)
+    back(rooms, room, 2)
+    half = "A" * 22 + "=="  # 16 bytes
+    effects = room.handle(text(2, {"type": "resync", "half": half}), 0.0)
+    assert sent(effects, 0) == [{"type": "resync", "half": half, "peer": 2}] and sent(effects, 1) == []
+    effects = room.handle(text(0, {"type": "resync", "to": 2, "half": half}), 0.0)
+    assert sent(effects, 2) == [{"type": "resync", "half": half}] and sent(effects, 1) == []
+    assert ended(room.handle(text(0, {"type": "resync", "to": 2, "half": "AAAA"}), 0.0)) == "malformed_message"
