@@ -333,8 +333,10 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
         reporter.waiting(code, options.receivers)
         content_key = c.new_content_key()
         keys: dict[int, c.PairKeys] = {}
+        # The sender registers no verifiers of its own: it cannot take its seat back yet, so its drop ends the
+        # room at once (peer_left) instead of leaving the receivers waiting for the resume window.
         channels = await _key_receivers(connection, code, options.receivers, content_key, reporter, deadlines.receivers,
-                                        keys, deadlines.resume_window > 0)
+                                        keys)
         for peer, channel in sorted(channels.items()):
             sealed = _b64(channel.seal(offer_text))
             await connection.send(p.SealedOffer(offer.total_size, len(offer.files), sealed, to=peer))
@@ -376,7 +378,7 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
 
 async def _key_receivers(
     connection: RelayConnection, code: str, expected: int, content_key: bytes, reporter: Reporter, seconds: float,
-    keys: dict[int, c.PairKeys] | None = None, resume_ids: bool = False,
+    keys: dict[int, c.PairKeys] | None = None,
 ) -> dict[int, c.ControlChannel]:
     """Run a PAKE with each receiver as it joins, confirm it both ways, and give it the sealed content key.
 
@@ -412,9 +414,6 @@ async def _key_receivers(
                         raise c.WrongCode(WRONG_CODE_MESSAGE) from None
                     await connection.send(p.Key(_b64(pair.seal_content_key(content_key)), to=message.peer))
                     channels[message.peer] = pair.control_channel(c.Role.SENDER)
-                    if resume_ids:
-                        token = pair.resume_token(c.Role.SENDER)
-                        await connection.send(p.ResumeId(verifier(token), to=message.peer))
                 elif isinstance(message, p.Paired) and len(channels) == expected:
                     return channels
                 else:

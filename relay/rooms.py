@@ -708,6 +708,8 @@ class Room:
         """A socket dropped mid-transfer: park its seat for the resume window (nothing is held for it), tell
         the others, and abandon the open epoch (the sender opens a new one, under a new key, once all are back)."""
         assert party is not None
+        if party.parked:
+            return  # the same drop seen twice (a failed send, then the read loop): parked already
         if not self.resumable(party):
             self._gone(party, None, now)
             return
@@ -735,8 +737,8 @@ class Room:
         if now - self.parked_at >= self.settings.resume_window:
             away = ", ".join("the sender" if q.role is Role.SEND else f"receiver {q.peer}"
                              for q in self.parties if q.parked)
-            self._end_with_error(ErrorCode.PEER_LEFT, f"{away} did not come back within the resume window "
-                                 f"({self.settings.resume_window:g} s); nothing was kept under a final name")
+            self._end_with_error(ErrorCode.PEER_LEFT, f"{away} disconnected and did not come back within the resume "
+                                 f"window ({self.settings.resume_window:g} s); nothing was kept under a final name")
 
     def _resync(self, party: Party | None, message: object, _: float) -> None:
         """A pair's fresh halves of its new control keys' salt: the sender's to receiver ``to``, a receiver's to

@@ -74,6 +74,13 @@ def test_a_receiver_that_drops_mid_stream_parks_the_room_and_the_sender_hears_re
     assert sent(effects, 2) == []
 
 
+def test_a_drop_seen_twice_parks_once() -> None:
+    _, room = resume_room(2)
+    room.handle(Gone(2), 0.0)
+    assert room.handle(Gone(2), 1.0) == []  # a failed send, then the read loop: one drop
+    assert room.parked_at == 0.0
+
+
 def test_nothing_is_forwarded_or_held_for_anyone_while_parked() -> None:
     _, room = resume_room(2)
     room.handle(Gone(2), 0.0)
@@ -106,7 +113,7 @@ def test_a_room_not_whole_within_the_resume_window_ends_with_a_clear_message() -
     assert ended(effects) == "peer_left"
     farewell = sent(effects, 0)[-1]
     assert isinstance(farewell, dict) and farewell["code"] == "peer_left"
-    assert "receiver 2 did not come back within the resume window" in farewell["message"]
+    assert "receiver 2 disconnected and did not come back within the resume window" in farewell["message"]
     assert sent(effects, 2) == []  # its seat is gone: nothing is written to it
 
 
