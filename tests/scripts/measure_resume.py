@@ -32,6 +32,14 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else -1
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class TimedCutter(Cutter):
     """The cutter, noting when it cut and when the first payload of the resumed connection passed."""
 
@@ -51,7 +59,8 @@ class TimedCutter(Cutter):
             await sink.send(frame)
 
 
-async def main(size_mib: int, work: Path) -> int:
+def prepare(size_mib: int, work: Path) -> tuple[Path, Path]:
+    """The source file (random bytes, kept between runs) and an empty output folder."""
     work.mkdir(parents=True, exist_ok=True)
     source = work / "big.bin"
     if not source.exists() or source.stat().st_size != size_mib * CHUNK:
@@ -62,10 +71,15 @@ async def main(size_mib: int, work: Path) -> int:
     out.mkdir(exist_ok=True)
     for leftover in out.iterdir():
         leftover.unlink()
+    return source, out
+
+
+async def main(size_mib: int, source: Path, out: Path) -> int:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     relay = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())",
+        "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         for _ in range(200):
@@ -76,6 +90,7 @@ async def main(size_mib: int, work: Path) -> int:
             except OSError:
                 await asyncio.sleep(0.05)
         idle = rss_kib(relay.pid)
+        print(f"relay up on {port}, pid {relay.pid}", file=sys.stderr, flush=True)
         url = f"ws://127.0.0.1:{port}"
         cutter = TimedCutter(url, size_mib // 2)
         async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
@@ -84,7 +99,9 @@ async def main(size_mib: int, work: Path) -> int:
                 sys.executable, "-m", "clients.cli", "send", "--relay", url, str(source), env=env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             assert sender.stdout is not None
-            code = (await sender.stdout.readline()).decode().split()[1]
+            first = (await asyncio.wait_for(sender.stdout.readline(), 60)).decode()
+            print(f"sender: {first.strip()}", file=sys.stderr, flush=True)
+            code = first.split()[1]
             receiver = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "clients.cli", "receive", "--relay", proxy, "--yes", "--output", str(out),
                 env={**env, "RELAY_CODE": code}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -103,7 +120,8 @@ async def main(size_mib: int, work: Path) -> int:
             sent_out, sent_err = await sender.communicate()
         sent_text = sent_out.decode()
         resent = re.search(r"\((\d+) bytes\) sent again", sent_text)
-        same = hashlib.sha256(source.read_bytes()).digest() == hashlib.sha256((out / source.name).read_bytes()).digest()
+        received = out / source.name
+        same = received.exists() and _sha256(source) == _sha256(received)
         print(f"size: {size_mib} MiB in 1 MiB chunks; cut after {size_mib // 2} chunks reached the receiver")
         print(f"exit codes: sender {sender.returncode}, receiver {receiver.returncode}; byte for byte: {same}")
         print(f"bytes sent again: {resent.group(1) if resent else 0}")
@@ -119,4 +137,5 @@ async def main(size_mib: int, work: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(int(sys.argv[1]), Path(sys.argv[2]))))
+    size = int(sys.argv[1])
+    sys.exit(asyncio.run(main(size, *prepare(size, Path(sys.argv[2])))))
