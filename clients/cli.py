@@ -41,7 +41,9 @@ from clients.connection import (
 )
 from clients.errors import LocalFailure, RelayUnavailable, TransferError
 from clients.progress import ProgressBar, human_size
-from clients.transfer import WORDS_PER_CODE, ReceiveOptions, Reporter, SendOptions, check_words, receive, send
+from clients.transfer import (
+    DEFAULT_RESUME_WINDOW, WORDS_PER_CODE, Deadlines, ReceiveOptions, Reporter, SendOptions, check_words, receive, send,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_WRONG_CODE, EXIT_TAMPERED = 5, 6
@@ -111,6 +113,18 @@ class TerminalReporter(Reporter):
     def started(self, total: int) -> None:
         if self.show_bar:
             self.bar = ProgressBar(self.out, total)
+
+    def reconnecting(self, attempt: int) -> None:
+        if self.bar is not None:
+            self.out.write("\n")
+        if attempt:
+            self.say(f"connection lost, reconnecting (attempt {attempt})")
+        else:
+            self.say("another party's connection was lost; waiting for it to reconnect")
+
+    def resent(self, count: int) -> None:
+        if count:
+            self.say(f"{human_size(count)} ({count} bytes) sent again after reconnecting")
 
     def advanced(self, done: int) -> None:
         if self.bar is not None:
@@ -283,6 +297,16 @@ JSON_HELP = ("print one JSON object per line on stdout instead of text, for scri
              "connected, offer, started, progress, skipped, renamed, text, done, error); see README")
 
 
+RESUME_HELP = ("how long to keep trying when the connection to the relay drops mid-transfer (default 300; "
+               "0: give up at once)")
+
+
+def resume_window(value: float) -> Deadlines:
+    if not 0 <= value <= 86_400 or value != value:
+        raise UsageError("--resume-window must be 0 to 86400 seconds")
+    return Deadlines(resume_window=value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Send files through a relay server, encrypted end "
                                      "to end: the relay never sees names, contents or the secret words of the code.",
@@ -308,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     send_parser.add_argument("--skip-unreadable", action="store_true",
                              help="leave out files and folders that cannot be read, and list them")
     send_parser.add_argument("--chunk-size", type=int, default=p.DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
+    send_parser.add_argument("--resume-window", type=float, default=DEFAULT_RESUME_WINDOW, metavar="SECONDS",
+                             help=RESUME_HELP)
     send_parser.add_argument("--quiet", action="store_true", help="print only the code line and errors")
     send_parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -326,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     receive_parser.add_argument("--yes", "-y", action="store_true", help="accept without asking")
     receive_parser.add_argument("--overwrite", action="store_true", help="replace files that already exist")
     receive_parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    receive_parser.add_argument("--resume-window", type=float, default=DEFAULT_RESUME_WINDOW, metavar="SECONDS",
+                                help=RESUME_HELP)
     receive_parser.add_argument("--json", action="store_true", help=JSON_HELP + "; needs --yes")
     return parser
 
@@ -408,7 +436,8 @@ def send_command(args: argparse.Namespace) -> int:
             raise UsageError(f"a text is at most {human_size(p.MAX_TEXT_OFFER)}; send a file instead")
     relay, url, relay_flag = checked_relay(args.relay)
     reporter = make_reporter(args, sys.stdout, relay, relay_flag, qr=True)
-    options = dict(words=words, relay_url=url, receivers=args.receivers, chunk_size=args.chunk_size)
+    options = dict(words=words, relay_url=url, receivers=args.receivers, chunk_size=args.chunk_size,
+                   deadlines=resume_window(args.resume_window))
     if args.skip_unreadable:
         options["skip_unreadable"] = True
     paths: list[str | os.PathLike[str]]
@@ -552,7 +581,8 @@ async def receive_into(args: argparse.Namespace, code: str, url: str, staging: P
         answer = await ask("Accept? [y/N] ", reporter.out)
         return answer.strip().lower() in ("y", "yes")
 
-    options = ReceiveOptions(code, output, url, args.overwrite, output_for=output_for)
+    options = ReceiveOptions(code, output, url, args.overwrite, output_for=output_for,
+                             deadlines=resume_window(args.resume_window))
     where = "standard output" if to_stdout else p.escape_text(str(output))
 
     async def receive_and_show() -> str:

@@ -22,6 +22,7 @@ OPEN_TIMEOUT = 15.0
 MAX_INCOMING = p.DEFAULT_MAX_MESSAGE + 64 * 1024
 # After a close, how many still-queued frames to look through for the message saying why.
 UNREAD_AFTER_CLOSE = 64
+MAX_RESUME_NOISE = 64  # other parties' `resumed`/`reconnecting` read before our own `resumed`
 
 
 def default_relay_url() -> str:
@@ -164,11 +165,16 @@ def proxy_for(relay: RelayUrl, environ: dict[str, str] | None = None) -> str | N
     return None
 
 
-def room_url(relay_url: str, nameplate: str | None, role: str, receivers: int | None = None) -> str:
-    """A receiver's URL names the nameplate; a sender's names none (the relay allocates one). Never the words."""
+def room_url(relay_url: str, nameplate: str | None, role: str, receivers: int | None = None,
+             resume: bool = False) -> str:
+    """A receiver's URL names the nameplate; a sender's names none (the relay allocates one). Never the words.
+
+    ``resume``: a party taking back its parked seat (both roles name the nameplate then)."""
     query = {"role": role, "v": str(p.PROTOCOL_V2)}
     if receivers is not None:
         query["receivers"] = str(receivers)
+    if resume:
+        query["resume"] = "1"
     room = f"/{quote(nameplate, safe='')}" if nameplate else ""
     return f"{websocket_base(relay_url)}/ws{room}?{urlencode(query)}"
 
@@ -240,6 +246,14 @@ def error_from_message(message: p.Message) -> TransferError | None:
     return None
 
 
+class ConnectionLost(TransferRefused):
+    """The socket to the relay broke without a close from the relay (a network drop, a relay that died): the
+    transfer may resume (docs/protocol.md section 8.5). Without resume it ends like ``peer_left``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.PEER_LEFT, message)
+
+
 class RelayConnection:
     """Control messages and payload frames over one WebSocket; ending messages surface as exceptions."""
 
@@ -251,12 +265,18 @@ class RelayConnection:
     async def open(cls, relay_url: str, nameplate: str | None, role: str, receivers: int | None = None
                    ) -> RelayConnection:
         """Connect and wait for ``hello``; a refusal (room not found, full...) raises ``TransferRefused``."""
+        websocket = await cls._connect(relay_url, nameplate, role, receivers)
+        return await cls._greeted(websocket, role)
+
+    @classmethod
+    async def _connect(cls, relay_url: str, nameplate: str | None, role: str, receivers: int | None,
+                       resume: bool = False) -> ClientConnection:
         relay = parse_relay_url(relay_url)  # BadRelayUrl before any socket
-        url = room_url(relay_url, nameplate, role, receivers)
+        url = room_url(relay_url, nameplate, role, receivers, resume)
         proxy = proxy_for(relay)
         via = f" through the proxy {_without_password(proxy)}" if proxy else ""
         try:
-            websocket = await websockets.connect(
+            return await websockets.connect(
                 url, compression=None, max_size=MAX_INCOMING, open_timeout=OPEN_TIMEOUT,
                 ping_interval=20, ping_timeout=60, write_limit=2**20, proxy=proxy,
                 additional_headers=token_headers(),
@@ -268,6 +288,25 @@ class RelayConnection:
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST,
                                    f"cannot reach the relay at {relay.websocket_base}{via}: {exc}") from exc
+
+    @classmethod
+    async def resume(cls, relay_url: str, nameplate: str, hello: p.Hello, message: p.Resume) -> RelayConnection:
+        """Take back a parked seat: connect with ``resume=1``, send ``message`` and wait for the relay's
+        ``resumed`` for this party. ``hello`` is the first connection's (the relay sends no new one)."""
+        websocket = await cls._connect(relay_url, nameplate, hello.role, None, resume=True)
+        connection = cls(websocket, hello)
+        await connection.send(message)
+        for _ in range(MAX_RESUME_NOISE):
+            first = await connection.receive()
+            if isinstance(first, p.Resumed) and first.peer == hello.peer:
+                return connection
+            if not isinstance(first, p.Resumed | p.Reconnecting):
+                break
+        await connection.abort(ErrorCode.UNEXPECTED_MESSAGE, "the relay did not confirm the resume")
+        raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay did not confirm the resume")
+
+    @classmethod
+    async def _greeted(cls, websocket: ClientConnection, role: str) -> RelayConnection:
         connection = cls(websocket, p.Hello(p.PROTOCOL_V2, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
         first = await connection.receive()
         if not isinstance(first, p.Hello):
@@ -347,6 +386,8 @@ class RelayConnection:
 
     @staticmethod
     def _closed_error(exc: websockets.ConnectionClosed) -> TransferError:
+        if exc.rcvd is None:
+            return ConnectionLost("the connection to the relay was lost")
         close = exc.rcvd.code if exc.rcvd else None
         code = ErrorCode.from_close_code(close) or ErrorCode.PEER_LEFT
         reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else ""

@@ -35,12 +35,10 @@ from relay import protocol as p
 from relay.codes import wordlist
 from relay.protocol import ErrorCode
 from clients import crypto as c
-from clients.connection import PeerRefused, RelayConnection, default_relay_url, peer_name
+from clients.connection import ConnectionLost, PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
-from clients.datapath import ChunkSink
-from clients.diskio import WriteFailed
-from clients.store import Destination, Part, write_error
+from clients.store import Destination
 
 
 class Reporter:
@@ -75,6 +73,12 @@ class Reporter:
         """Receiver, before accepting: these offered paths will be stored under another name on this system
         (``clients.store.local_name``), as ``(offered, stored as)``. Only called when the list is not empty."""
 
+    def reconnecting(self, attempt: int) -> None:
+        """The connection to the relay was lost (this party's or, ``attempt`` 0, another's): trying again."""
+
+    def resent(self, count: int) -> None:
+        """Sender, at the end: ``count`` bytes were sent again after reconnections (0: none)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
@@ -91,8 +95,10 @@ class Deadlines:
     frame: float = 300.0  # while streaming: the next frame (receiver), or the relay taking a frame (sender)
     verified: float = 600.0  # sender: after ``done``, until every ``verified`` and ``complete``
     leave: float = 5.0  # telling the room why this party leaves (a relay that stopped reading never takes it)
+    resume_window: float = 300.0  # DEFAULT_RESUME_WINDOW: how long a lost connection is tried again; 0: never
 
 
+DEFAULT_RESUME_WINDOW = 300.0  # the relay's default --resume-window
 WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
 
 
@@ -227,6 +233,67 @@ async def _open(options: SendOptions | ReceiveOptions, role: str, nameplate: str
         raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"the relay at {options.url} did not answer: {exc}") from None
 
 
+# --- resume (docs/protocol.md section 8.5, design/protocol-v2.md section 7) ----------------------------------
+
+RESUME_NEXT_INFO = c.LABEL + b" resume next"
+MAX_RECONNECT_ATTEMPTS = 30
+RECONNECT_BACKOFF = 0.2  # seconds before the first attempt, doubled each time up to MAX_BACKOFF
+MAX_BACKOFF = 10.0
+# Refusals worth another attempt: the relay may not have noticed the drop yet (the seat is not parked yet).
+RETRY_CODES = frozenset({ErrorCode.RESUME_REFUSED, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
+
+
+def verifier(token: bytes) -> str:
+    """What the relay keeps of a resume token: its SHA-256, so that the relay cannot take a seat itself."""
+    return hashlib.sha256(token).hexdigest()
+
+
+@dataclass(slots=True)
+class SeatTokens:
+    """This party's current resume token per pair (a receiver has one, for peer 0... keyed by its own number).
+
+    Each token is good once: a resume shows it with the verifier of the next, ``HKDF(T, "", "relay-v2 resume
+    next")``, and the next one replaces it once the relay accepted the resume."""
+
+    tokens: dict[int, bytes]
+
+    def message(self, peer: int) -> p.Resume:
+        return p.Resume(peer, tuple((k, p.SeatToken(t.hex(), verifier(self.following(t))))
+                                    for k, t in sorted(self.tokens.items())))
+
+    @staticmethod
+    def following(token: bytes) -> bytes:
+        return c.hkdf(token, b"", RESUME_NEXT_INFO)
+
+    def advance(self) -> None:
+        self.tokens = {k: self.following(t) for k, t in self.tokens.items()}
+
+
+async def _reconnect(url: str, nameplate: str, hello: p.Hello, seat: SeatTokens, window: float,
+                     reporter: Reporter) -> RelayConnection:
+    """Take this party's parked seat back: bounded attempts with backoff, for at most ``window`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window
+    attempt = 0
+    while attempt < MAX_RECONNECT_ATTEMPTS and loop.time() < deadline:
+        attempt += 1
+        reporter.reconnecting(attempt)
+        await asyncio.sleep(min(RECONNECT_BACKOFF * 2 ** (attempt - 1), MAX_BACKOFF, deadline - loop.time()))
+        try:
+            async with asyncio.timeout(max(1.0, min(30.0, deadline - loop.time()))):
+                connection = await RelayConnection.resume(url, nameplate, hello, seat.message(hello.peer))
+        except (RelayUnavailable, ConnectionLost, TimeoutError):
+            continue
+        except TransferRefused as exc:
+            if exc.code in RETRY_CODES:
+                continue
+            raise
+        seat.advance()
+        return connection
+    raise ConnectionLost(f"the connection to the relay was lost and could not be restored within "
+                         f"{_duration(window)} ({attempt} attempts)")
+
+
 # --- sending -----------------------------------------------------------------------------------------------
 
 
@@ -265,30 +332,25 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
             )
         reporter.waiting(code, options.receivers)
         content_key = c.new_content_key()
-        channels = await _key_receivers(connection, code, options.receivers, content_key, reporter, deadlines.receivers)
+        keys: dict[int, c.PairKeys] = {}
+        # The sender registers no verifiers of its own: it cannot take its seat back yet, so its drop ends the
+        # room at once (peer_left) instead of leaving the receivers waiting for the resume window.
+        channels = await _key_receivers(connection, code, options.receivers, content_key, reporter, deadlines.receivers,
+                                        keys)
         for peer, channel in sorted(channels.items()):
             sealed = _b64(channel.seal(offer_text))
             await connection.send(p.SealedOffer(offer.total_size, len(offer.files), sealed, to=peer))
         await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection, channels))
-        salt = c.new_epoch_salt()
-        plan = c.StreamPlan(tuple(c.Segment(i, 0, f.entry.size) for i, f in enumerate(outgoing.files)), chunk_size)
-        plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
-                     "segments": [[s.file, s.start, s.end] for s in plan.segments]}
-        peers = tuple(sorted(channels))
-        await connection.send(p.Stream(0, plan.chunk_count(), plan.ciphertext_size(),
-                                       tuple(_seal_json(channels[k], plan_json) for k in peers), to=peers))
+        room = _Parking(channels, keys, reporter)
         reporter.started(outgoing.total_size)
-        watcher = asyncio.create_task(_watch_receivers(connection, options.receivers))
+        watcher = asyncio.create_task(_watch_receivers(connection, options.receivers, room))
         try:
-            sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
-            digests = channels if len(channels) > 1 else None
-            await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame)
-            await _send_or_explain(connection, p.End(0), watcher, deadlines.frame)
-            await _within(deadlines.verified, "every receiver to confirm its files", asyncio.shield(watcher))
+            await _stream_epochs(connection, outgoing, content_key, chunk_size, room, reporter, watcher, deadlines)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, TransferError):
                 await watcher
+        reporter.resent(room.resent)
         reporter.finished()
     except c.WrongCode:
         await _leave(connection, connection.close(), deadlines.leave)
@@ -315,7 +377,8 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
 
 
 async def _key_receivers(
-    connection: RelayConnection, code: str, expected: int, content_key: bytes, reporter: Reporter, seconds: float
+    connection: RelayConnection, code: str, expected: int, content_key: bytes, reporter: Reporter, seconds: float,
+    keys: dict[int, c.PairKeys] | None = None,
 ) -> dict[int, c.ControlChannel]:
     """Run a PAKE with each receiver as it joins, confirm it both ways, and give it the sealed content key.
 
@@ -323,7 +386,7 @@ async def _key_receivers(
     confirmation that fails means the receiver typed another code: ``wrong_code`` ends the room for everyone.
     """
     pakes: dict[int, c.Pake] = {}
-    keys: dict[int, c.PairKeys] = {}
+    keys = {} if keys is None else keys
     channels: dict[int, c.ControlChannel] = {}
     joined = 0
     try:
@@ -381,11 +444,44 @@ async def _wait_until_started(connection: RelayConnection, channels: dict[int, c
             _open_json(channels[message.peer], message.data)  # nothing in it yet (resume will say what it holds)
 
 
-async def _watch_receivers(connection: RelayConnection, receivers: int) -> None:
+class _Parked(Exception):
+    """The room parked (a party's connection dropped): the epoch under way is abandoned."""
+
+
+@dataclass(slots=True)
+class _Parking:
+    """The sender's view of resume: who is away, each receiver's position once all are back, the resynced
+    channels, and how far the stream got (to count what is sent again)."""
+
+    channels: dict[int, c.ControlChannel]
+    keys: dict[int, c.PairKeys]
+    reporter: Reporter
+    parked: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    away: set[int] = field(default_factory=set)
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    high: int = 0  # bytes of the offer (in file order) the stream has got through
+    resent: int = 0
+
+    def park(self, peer: int) -> None:
+        self.away.add(peer)
+        self.parked.set()
+        self.ready.clear()
+        self.positions.clear()
+        self.reporter.reconnecting(0)
+
+    def check_ready(self) -> None:
+        if self.parked.is_set() and not self.away and set(self.positions) == set(self.channels):
+            self.ready.set()
+
+
+async def _watch_receivers(connection: RelayConnection, receivers: int, room: _Parking | None = None) -> None:
     """Read what the relay passes back while streaming, until ``complete``; ending messages raise.
 
     ``complete`` counts only once every receiver (peers 1 to ``receivers``) has sent ``verified``: the relay
-    saying so alone proves nothing.
+    saying so alone proves nothing. With ``room``, it also follows resume: ``reconnecting``, ``resumed``, each
+    returning receiver's ``resync`` (answered with this side's fresh half and a sealed proof) and every
+    receiver's sealed position.
     """
     verified: set[int] = set()
     while True:
@@ -401,21 +497,103 @@ async def _watch_receivers(connection: RelayConnection, receivers: int) -> None:
         if isinstance(message, p.Verified):
             if message.peer is not None and 1 <= message.peer <= receivers:
                 verified.add(message.peer)
+        elif room is not None and isinstance(message, p.Reconnecting):
+            room.park(message.peer)
+        elif room is not None and isinstance(message, p.Resumed):
+            room.away = set(message.parked)
+            room.check_ready()
+        elif room is not None and isinstance(message, p.Resync) and message.peer in room.channels:
+            half, theirs = c.new_resync_half(), _unb64(message.half)
+            if len(theirs) != c.RESYNC_HALF_SIZE:
+                raise c.Tampered("a receiver's resync half has the wrong length")
+            old = room.channels[message.peer]
+            channel = room.keys[message.peer].control_channel(c.Role.SENDER, half + theirs)
+            room.channels[message.peer] = channel
+            await connection.send(p.Resync(_b64(half), to=message.peer))
+            await connection.send(p.Sealed(_seal_json(channel, {"received": old.received}), to=message.peer))
+        elif room is not None and isinstance(message, p.Sealed) and message.peer in room.channels:
+            note = _open_json(room.channels[message.peer], message.data)
+            if not isinstance(note, dict) or type(note.get("file")) is not int or type(note.get("have")) is not int:
+                raise p.UnexpectedMessage("a sealed message the sender does not expect")
+            room.positions[message.peer] = (note["file"], note["have"])
+            room.check_ready()
         elif not isinstance(message, p.ChunkAck):
             raise _unexpected(message, "streaming")
+
+
+async def _stream_epochs(
+    connection: RelayConnection, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
+    reporter: Reporter, watcher: asyncio.Task[None], deadlines: Deadlines,
+) -> None:
+    """Epoch 0 from the start; after each resume a new epoch (fresh salt, so a fresh data key) from the earliest
+    position any receiver holds, until every receiver verified."""
+    sizes = [local.entry.size for local in outgoing.files]
+    start, epoch = (0, 0), 0
+    while True:
+        if start[0] >= len(sizes):  # every receiver holds every byte: resend the last file's last chunk
+            last = len(sizes) - 1
+            start = (last, max(0, (sizes[last] - 1) // chunk_size * chunk_size))
+        first = c.Segment(start[0], start[1], sizes[start[0]])
+        plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
+                            chunk_size)
+        base = sum(sizes[: start[0]]) + start[1]
+        room.resent += max(0, room.high - base)
+        salt = c.new_epoch_salt()
+        plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
+                     "segments": [[s.file, s.start, s.end] for s in plan.segments]}
+        peers = tuple(sorted(room.channels))
+        room.parked.clear()
+        await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
+                                       tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
+        sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
+        digests = room.channels if len(room.channels) > 1 else None
+        try:
+            await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
+                          room, base, plan.segments, epoch)
+            await _send_or_explain(connection, p.End(epoch), watcher, deadlines.frame)
+            parked = asyncio.ensure_future(room.parked.wait())
+            try:
+                await _within(deadlines.verified, "every receiver to confirm its files",
+                              asyncio.wait({watcher, parked}, return_when=asyncio.FIRST_COMPLETED))
+            finally:
+                parked.cancel()
+            if watcher.done():
+                watcher.result()
+                return
+        except _Parked:
+            pass
+        await _within(deadlines.resume_window + deadlines.frame, "the receivers to come back",
+                      asyncio.wait({watcher, asyncio.ensure_future(room.ready.wait())},
+                                   return_when=asyncio.FIRST_COMPLETED))
+        if watcher.done():
+            watcher.result()
+            return
+        for peer, (index, have) in room.positions.items():
+            if not (0 <= index < len(sizes) and 0 <= have <= sizes[index] or index == len(sizes) and have == 0):
+                raise p.UnexpectedMessage(f"receiver {peer} reported a position outside the offer")
+        start, epoch = min(room.positions.values()), epoch + 1
 
 
 async def _stream(
     connection: RelayConnection, outgoing: Outgoing, sealer: c.StreamSealer, chunk_size: int,
     digests: dict[int, c.ControlChannel] | None, reporter: Reporter, watcher: asyncio.Task[None], seconds: float,
+    room: _Parking | None = None, base: int = 0, segments: tuple[c.Segment, ...] | None = None, epoch: int = 0,
 ) -> None:
     """Seal and send every chunk in plan order. With several receivers, each file's SHA-256 goes sealed to every
     receiver just before the file's last chunk (a receiver holds the content key and could forge chunks for
     the others; it cannot forge the pair channel)."""
-    sent = 0
-    for index, local in enumerate(outgoing.files):
+    sent = base
+    if segments is None:
+        segments = tuple(c.Segment(i, 0, local.entry.size) for i, local in enumerate(outgoing.files))
+    for segment in segments:
+        index, local = segment.file, outgoing.files[segment.file]
         sha256 = hashlib.sha256() if digests is not None else None
-        async for data in _read_chunks(local.source, local.entry.size, chunk_size):
+        if sha256 is not None and segment.start:
+            async for data in _read_chunks(local.source, segment.start, chunk_size):
+                sha256.update(data)  # the file's digest covers the bytes the receivers already hold
+        async for data in _read_chunks(local.source, local.entry.size, chunk_size, segment.start):
+            if room is not None and room.parked.is_set():
+                raise _Parked()
             if watcher.done():
                 watcher.result()  # re-raise what ended the room
                 raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
@@ -428,25 +606,29 @@ async def _stream(
                         note = _seal_json(channel, {"file": index, "sha256": sha256.hexdigest()})
                         await _send_or_explain(connection, p.Sealed(note, to=peer), watcher, seconds)
             sealed = sealer.seal_next(data)
-            header = p.SealedChunk(0, len(sealed), p.chunk_digest(sealed))
+            header = p.SealedChunk(epoch, len(sealed), p.chunk_digest(sealed))
             await _send_or_explain(connection, header, watcher, seconds)
             await _send_or_explain(connection, sealed, watcher, seconds)
             sent += len(data)
-            reporter.advanced(sent)
+            if room is not None:
+                room.high = max(room.high, sent)
+            reporter.advanced(min(sent, outgoing.total_size))
 
 
-async def _read_chunks(source: Path, size: int, chunk_size: int) -> AsyncIterator[bytes]:
+async def _read_chunks(source: Path, size: int, chunk_size: int, start: int = 0) -> AsyncIterator[bytes]:
     """The first ``size`` bytes of ``source`` in the plan's chunks (one empty chunk for an empty file), reading
     one chunk ahead of the caller so that the disk and the network work at the same time.
 
     A file that shrank since it was offered is an error; bytes it grew by are not sent (the offer said ``size``).
     """
-    if size == 0:
+    if size == start:
         yield b""
         return
     try:
         async with aiofiles.open(source, "rb") as handle:
-            offset = 0
+            offset = start
+            if start:
+                await handle.seek(start)
             reading = asyncio.ensure_future(handle.read(min(chunk_size, size)))
             try:
                 while offset < size:
@@ -490,6 +672,14 @@ class _Pair:
 
     content_key: bytes
     channel: c.ControlChannel
+    keys: c.PairKeys
+
+
+@dataclass(slots=True)
+class _Link:
+    """The receiver's current connection, replaced when a lost one is resumed."""
+
+    connection: RelayConnection
 
 
 async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter | None = None) -> p.Offer:
@@ -501,12 +691,16 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         nameplate, _ = c.split_code(code)
     except c.InvalidCode as exc:
         raise LocalFailure(ErrorCode.BAD_REQUEST, str(exc)) from exc
-    connection = await _open(options, "receive", nameplate)
+    link = _Link(await _open(options, "receive", nameplate))
+    connection = link.connection
     destination = Destination(options.output, options.overwrite)
     try:
         reporter.connected(connection.hello.peer, connection.hello.receivers)
         pair = await _within(deadlines.receivers, "the sender to answer the key exchange",
                              _key_with_sender(connection, code))
+        seat = SeatTokens({connection.hello.peer: pair.keys.resume_token(c.Role.RECEIVER)})
+        if deadlines.resume_window > 0:
+            await connection.send(p.ResumeId(verifier(seat.tokens[connection.hello.peer])))
         sealed_offer = await _within(
             deadlines.receivers, "the offer (the sender offers once every receiver has joined)", connection.receive()
         )
@@ -532,35 +726,36 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         destination.make_dirs(offer.dirs)
         await connection.send(p.SealedAccept(_seal_json(pair.channel, {})))
         reporter.started(offer.total_size)
-        await _receive_stream(connection, offer, pair, destination, reporter, deadlines)
+        resume = _Resume(options.url, nameplate, seat, reporter) if deadlines.resume_window > 0 else None
+        await _receive_stream(link, offer, pair, destination, reporter, deadlines, resume)
     except c.WrongCode:
         await destination.discard()
-        await _leave(connection, connection.close(), deadlines.leave)
+        await _leave(link.connection, link.connection.close(), deadlines.leave)
         raise wrong_code() from None
     except c.CryptoError as exc:
         await destination.discard()
-        await _leave(connection, connection.abort(ErrorCode.TAMPERED, str(exc)), deadlines.leave)
+        await _leave(link.connection, link.connection.abort(ErrorCode.TAMPERED, str(exc)), deadlines.leave)
         raise TransferRefused(ErrorCode.TAMPERED, f"{TAMPERED_MESSAGE} ({exc})") from exc
     except p.ProtocolError as error:
         await destination.discard()
-        await _leave(connection, connection.abort(error.code, error.message), deadlines.leave)
+        await _leave(link.connection, link.connection.abort(error.code, error.message), deadlines.leave)
         raise TransferRefused(error.code, error.message) from error
     except LocalFailure as failure:
         await destination.discard()
-        await _leave(connection, connection.abort(failure.code, public_reason(failure)), deadlines.leave)
+        await _leave(link.connection, link.connection.abort(failure.code, public_reason(failure)), deadlines.leave)
         raise
     except DeadlineExceeded as exc:
         await destination.discard()
-        await _leave(connection, connection.abort(exc.code, str(exc)), deadlines.leave)
+        await _leave(link.connection, link.connection.abort(exc.code, str(exc)), deadlines.leave)
         raise
     except TransferError:
         await destination.discard()
-        await _leave(connection, connection.close(), deadlines.leave)
+        await _leave(link.connection, link.connection.close(), deadlines.leave)
         raise
     except asyncio.CancelledError:
         try:
             # first: the others learn at once, however long cleaning up takes
-            await _leave(connection, connection.cancel(), deadlines.leave)
+            await _leave(link.connection, link.connection.cancel(), deadlines.leave)
         finally:
             await destination.discard()
         raise
@@ -592,15 +787,24 @@ async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
     message = await connection.receive()
     if not isinstance(message, p.Key):
         raise _unexpected(message, "waiting for the sender's content key")
-    return _Pair(pair.open_content_key(_unb64(message.data)), pair.control_channel(c.Role.RECEIVER))
+    return _Pair(pair.open_content_key(_unb64(message.data)), pair.control_channel(c.Role.RECEIVER), pair)
 
 
-def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int) -> tuple[bytes, c.StreamPlan]:
-    """The sealed plan of the stream, checked against the offer: every file whole, in order (no resume yet)."""
+def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
+             held: tuple[int, int] = (0, 0)) -> tuple[bytes, c.StreamPlan]:
+    """The sealed plan of the stream, checked against the offer: every file in order from a start no later than
+    ``held`` (file index, bytes of it this receiver holds; the first epoch starts at (0, 0)) to the end."""
     if not isinstance(opened, dict):
         raise p.MalformedMessage("the sealed plan is not an object")
     salt, chunk_size, segments = opened.get("salt"), opened.get("chunk_size"), opened.get("segments")
-    expected = [[index, 0, entry.size] for index, entry in enumerate(offer.files)]
+    first = segments[0] if isinstance(segments, list) and segments else None
+    if (isinstance(first, list) and len(first) == 3 and all(type(v) is int for v in first)
+            and 0 <= first[0] < len(offer.files) and 0 <= first[1] <= offer.files[first[0]].size
+            and (first[0], first[1]) <= held):
+        expected = [[first[0], first[1], offer.files[first[0]].size]]
+        expected += [[index, 0, offer.files[index].size] for index in range(first[0] + 1, len(offer.files))]
+    else:
+        expected = []
     if (not isinstance(salt, str) or type(chunk_size) is not int or not 1 <= chunk_size <= max_message
             or segments != expected):
         raise c.Tampered("the sealed plan does not match the offer")
@@ -613,80 +817,132 @@ def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int)
     return salt_bytes, plan
 
 
+@dataclass(slots=True)
+class _Resume:
+    """What a receiver needs to take its seat back after a lost connection."""
+
+    url: str
+    nameplate: str
+    seat: SeatTokens
+    reporter: Reporter
+
+    async def again(self, link: _Link, pair: _Pair, window: float, held: tuple[int, int]) -> None:
+        """Reconnect, resync the control channel with fresh keys, and tell the sender (sealed) what we hold."""
+        link.connection = await _reconnect(self.url, self.nameplate, link.connection.hello, self.seat, window,
+                                           self.reporter)
+        half = c.new_resync_half()
+        await link.connection.send(p.Resync(_b64(half)))
+        for _ in range(64):
+            message = await link.connection.receive()
+            if isinstance(message, p.Resync):
+                break
+            if not isinstance(message, p.Resumed | p.Reconnecting):
+                raise _unexpected(message, "resuming")
+        else:
+            raise p.UnexpectedMessage("the sender did not resync")
+        sender_half = _unb64(message.half)
+        if len(sender_half) != c.RESYNC_HALF_SIZE:
+            raise c.Tampered("the sender's resync half has the wrong length")
+        old = pair.channel
+        pair.channel = pair.keys.control_channel(c.Role.RECEIVER, sender_half + half)
+        await link.connection.send(p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
+                                                                      "have": held[1]})))
+
+
 async def _receive_stream(
-    connection: RelayConnection, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter,
-    deadlines: Deadlines,
+    link: _Link, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter,
+    deadlines: Deadlines, resume: _Resume | None = None,
 ) -> None:
+    connection = link.connection
     # every receiver must accept before the stream starts: as long as the relay's offer timeout
     what = "the transfer to start (every receiver must accept)"
     stream = await _within(deadlines.answer, what, connection.receive())
     if not isinstance(stream, p.Stream) or not isinstance(stream.data, str):
         raise _unexpected(stream, "waiting for the stream")
     salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message)
+    opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
     several = connection.hello.receivers > 1
-    part: Part | None = None
-
-    def part_for(index: int) -> tuple[int, str]:
-        assert part is not None and part.entry is offer.files[index]
-        return destination.part_fd(part)
-
-    # authenticated plaintext goes from the AEAD straight into a writer buffer, pwritten by one thread
-    # (clients/datapath.py, issue 12): no bytes object and no thread-pool hop per chunk
-    sink = ChunkSink(c.data_key(pair.content_key, salt), plan, part_for)
     digests: dict[int, str] = {}
     sha256 = hashlib.sha256()
     header: p.SealedChunk | None = None
+    part = None
     written = chunks = 0
     next_ack = p.ACK_INTERVAL
-    try:
-        while True:
+    current, have = 0, 0  # the file in progress (files before it are finished) and the bytes of it written
+    while True:
+        try:
             frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
-            if isinstance(frame, bytes):
-                if header is None:
-                    raise p.UnexpectedMessage("binary frame without a chunk header")
-                if len(frame) != header.size or p.chunk_digest(frame) != header.xxh3_64:
-                    raise p.ChecksumMismatch(f"chunk {chunks} failed its xxh3_64 check")
-                header = None
-                position = sink.position
-                if part is None and position is not None:
-                    part = await destination.open_part(offer.files[position.file])
-                placed = await sink.put(frame, sha256.update if several else None)
-                chunks += 1
-                written += placed.length
-                reporter.advanced(written)
-                if placed.last:
-                    if several and digests.pop(placed.file, None) != sha256.hexdigest():
-                        raise c.Tampered(f"file {placed.file} does not match the sender's sealed SHA-256")
-                    sha256 = hashlib.sha256()
-                    await sink.flush()  # every byte of the part is written before it is closed
-                    assert part is not None
-                    await destination.finish(part)
-                    part = None
-                if written >= next_ack or placed.last:
-                    next_ack = written + p.ACK_INTERVAL
-                    await connection.send(p.ChunkAck(stream.epoch, chunks))
+        except ConnectionLost:
+            if resume is None:
+                raise
+            await resume.again(link, pair, deadlines.resume_window, (current, have))
+            connection, header = link.connection, None
+            continue
+        if isinstance(frame, bytes):
+            if header is None:
+                raise p.UnexpectedMessage("binary frame without a chunk header")
+            if len(frame) != header.size or p.chunk_digest(frame) != header.xxh3_64:
+                raise p.ChecksumMismatch(f"chunk {chunks} failed its xxh3_64 check")
+            header = None
+            chunk = opener.open_next(frame)
+            chunks += 1
+            # After a resume the epoch may start before what this receiver holds (another receiver was behind):
+            # authenticated bytes it already has are skipped, never written twice.
+            if chunk.file < current or chunk.offset + len(chunk.plaintext) <= have and not chunk.last:
                 continue
-            match frame:
-                case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
-                    header = frame
-                case p.Sealed():
-                    note = _open_json(pair.channel, frame.data)
-                    if not several or not isinstance(note, dict) or type(note.get("file")) is not int \
-                            or not isinstance(note.get("sha256"), str):
-                        raise p.UnexpectedMessage("a sealed message this receiver does not expect")
-                    digests[note["file"]] = note["sha256"]
-                case p.End() if header is None and frame.epoch == stream.epoch:
-                    await sink.finish()  # Truncated if the last file's last chunk never came
-                    destination.commit()
-                    await connection.send(p.Verified())
-                    await _wait_complete(connection, deadlines)
-                    return
-                case _:
-                    raise _unexpected(frame, "receiving")
-    except WriteFailed as exc:
-        raise write_error(exc.filename or "", exc) from exc
-    finally:
-        sink.close()
+            if chunk.file != current or chunk.offset > have:
+                raise c.Tampered(f"file {chunk.file}: a chunk at {chunk.offset} after only {have} bytes")
+            fresh = chunk.plaintext[have - chunk.offset:]
+            if part is None:
+                part = await destination.open_part(offer.files[chunk.file])
+            if fresh:
+                await destination.write(part, fresh)
+            if several:
+                sha256.update(fresh)
+            have += len(fresh)
+            written += len(fresh)
+            reporter.advanced(written)
+            if chunk.last:
+                if several and digests.pop(chunk.file, None) != sha256.hexdigest():
+                    raise c.Tampered(f"file {chunk.file} does not match the sender's sealed SHA-256")
+                sha256 = hashlib.sha256()
+                await destination.finish(part)
+                part = None
+                current, have = current + 1, 0
+            if written >= next_ack or chunk.last:
+                next_ack = written + p.ACK_INTERVAL
+                await connection.send(p.ChunkAck(stream.epoch, chunks))
+            continue
+        match frame:
+            case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
+                header = frame
+            case p.Sealed():
+                note = _open_json(pair.channel, frame.data)
+                if isinstance(note, dict) and type(note.get("received")) is int:
+                    continue  # the sender's proof that it holds the pair key, after a resync
+                if not several or not isinstance(note, dict) or type(note.get("file")) is not int \
+                        or not isinstance(note.get("sha256"), str):
+                    raise p.UnexpectedMessage("a sealed message this receiver does not expect")
+                digests[note["file"]] = note["sha256"]
+            case p.Stream() if resume is not None and isinstance(frame.data, str) and frame.epoch > stream.epoch:
+                stream = frame  # the sender's next epoch after a resume, from what every receiver holds
+                salt, plan = _plan_of(_open_json(pair.channel, frame.data), offer, frame,
+                                      connection.hello.max_message, (current, have))
+                opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
+                chunks = 0
+            case p.Reconnecting():
+                reporter.reconnecting(0)  # another party's connection dropped; the stream waits for it
+            case p.Resumed():
+                if not frame.parked:  # everyone is back: the sender's next epoch starts from what we all hold
+                    await connection.send(p.Sealed(_seal_json(pair.channel, {"file": current, "have": have})))
+            case p.End() if header is None and frame.epoch == stream.epoch:
+                opener.finish()  # Truncated if the last file's last chunk never came
+                destination.commit()
+                await connection.send(p.Verified())
+                await _wait_complete(connection, deadlines)
+                return
+            case _:
+                raise _unexpected(frame, "receiving")
 
 
 async def _wait_complete(connection: RelayConnection, deadlines: Deadlines) -> None:

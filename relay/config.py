@@ -67,6 +67,10 @@ class Settings:
         default=1800.0, metadata={"help": "seconds an offer may wait for every receiver's answer", "min": 0.001,
                                   "max": 1e7}
     )
+    resume_window: float = field(
+        default=300.0, metadata={"help": "seconds a transfer waits for a party whose connection dropped to come back "
+                                         "(protocol 2 resume)", "min": 0.001, "max": 1e7}
+    )
     max_connections_per_ip: int = field(
         default=32,
         metadata={"help": "most WebSockets open at once from one client address (IPv6: per /64); 0: no limit",

@@ -74,6 +74,7 @@ class ErrorCode(StrEnum):
     TRANSFER_TOO_LARGE = "transfer_too_large"
     WRONG_CODE = "wrong_code"
     TAMPERED = "tampered"
+    RESUME_REFUSED = "resume_refused"
 
     @property
     def close_code(self) -> int:
@@ -118,6 +119,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.TRANSFER_TOO_LARGE: 4413,
     ErrorCode.WRONG_CODE: 4033,
     ErrorCode.TAMPERED: 4025,
+    ErrorCode.RESUME_REFUSED: 4034,
 }
 _BY_CLOSE_CODE = {close: code for code, close in CLOSE_CODES.items()}
 
@@ -564,6 +566,7 @@ TAG_SIZE = 16  # AES-GCM tag: every sealed value and ciphertext chunk is at leas
 MAX_SEALED = DEFAULT_MAX_MESSAGE  # decoded bytes of one sealed value (the frame limit bounds it as well)
 MAX_RECEIVERS_FIELD = 1000  # bound on a `to` list before the room compares it with its own receivers
 MAX_EPOCH = 2**32 - 1
+MAX_RESUMES = 64  # reconnections one transfer may make (each one may resend up to a chunk per file)
 _B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -815,11 +818,136 @@ class SealedCancel(Message):
         return cls(None if sealed is None else _b64_field(sealed, "data"), _optional_peer(data))
 
 
+# --- v2 resume (docs/protocol.md section 10): seats proved with tokens derived from the pair key -----------
+
+VERIFIER_DIGITS = 64  # hex(SHA-256(token))
+_PEER_KEY = re.compile(r"[1-9][0-9]{0,3}")
+TOKEN_DIGITS = 64  # hex of a 32-byte resume token
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeId(Message):
+    """A party registers the verifier (SHA-256 of its resume token) of its seat; the sender names receiver ``to``.
+
+    Only the digest reaches the relay: a relay (or its logs) cannot take a seat with it.
+    """
+
+    TYPE: ClassVar[str] = "resume_id"
+    verifier: str
+    to: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResumeId:
+        return cls(_hex_field(data.get("verifier"), "verifier", VERIFIER_DIGITS), _optional_to(data))
+
+
+@dataclass(frozen=True, slots=True)
+class SeatToken:
+    """One seat's proof: the current token, and the verifier of the next one (a token is good once)."""
+
+    token: str
+    next_verifier: str
+
+    @classmethod
+    def parse(cls, value: object, name: str) -> SeatToken:
+        if not isinstance(value, dict):
+            raise MalformedMessage(f"field {name!r} must be an object with 'token' and 'next_verifier'")
+        return cls(_hex_field(value.get("token"), f"{name}.token", TOKEN_DIGITS),
+                   _hex_field(value.get("next_verifier"), f"{name}.next_verifier", VERIFIER_DIGITS))
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(Message):
+    """The first message on a ``resume=1`` socket: party ``peer`` takes its seat back.
+
+    A receiver sends ``{"peer":k,"token":...,"next_verifier":...}``; the sender (``peer`` 0) one token per pair,
+    ``{"peer":0,"tokens":{"k":{"token":...,"next_verifier":...}}}``. ``tokens`` holds (receiver, SeatToken) pairs.
+    """
+
+    TYPE: ClassVar[str] = "resume"
+    peer: int
+    tokens: tuple[tuple[int, SeatToken], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.peer != 0:
+            (_, seat), = self.tokens
+            return {"type": self.TYPE, "peer": self.peer, "token": seat.token, "next_verifier": seat.next_verifier}
+        return {"type": self.TYPE, "peer": 0, "tokens": {
+            str(k): {"token": seat.token, "next_verifier": seat.next_verifier} for k, seat in self.tokens}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Resume:
+        peer = _int_field(data.get("peer"), "peer", 0, MAX_RECEIVERS_FIELD)
+        if peer != 0:
+            return cls(peer, ((peer, SeatToken.parse(data, "resume")),))
+        tokens = data.get("tokens")
+        if not isinstance(tokens, dict) or not 1 <= len(tokens) <= MAX_RECEIVERS_FIELD:
+            raise MalformedMessage(f"field 'tokens' must map 1 to {MAX_RECEIVERS_FIELD} receivers to their tokens")
+        pairs = []
+        for name, value in tokens.items():
+            k = int(name) if isinstance(name, str) and _PEER_KEY.fullmatch(name) else None
+            if k is None or k > MAX_RECEIVERS_FIELD:
+                raise MalformedMessage("the keys of 'tokens' must be receiver numbers in ASCII digits")
+            pairs.append((k, SeatToken.parse(value, f"tokens.{k}")))
+        return cls(0, tuple(sorted(pairs)))
+
+
+RESYNC_HALF_SIZE = 16  # clients.crypto.RESYNC_HALF_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Resync(Message):
+    """After a resume, each party of a pair sends its fresh random half of the new control keys' salt, in clear
+    (the sender names receiver ``to``; the sender gets a receiver's with ``peer``)."""
+
+    TYPE: ClassVar[str] = "resync"
+    half: str
+    to: int | None = None
+    peer: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Resync:
+        return cls(_b64_field(data.get("half"), "half", RESYNC_HALF_SIZE), _optional_to(data), _optional_peer(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting(Message):
+    """Relay to the others: party ``peer``'s socket dropped; its seat is parked for the resume window."""
+
+    TYPE: ClassVar[str] = "reconnecting"
+    peer: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reconnecting:
+        return cls(_int_field(data.get("peer"), "peer", 0, MAX_RECEIVERS_FIELD))
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed(Message):
+    """Relay to everyone: party ``peer`` proved its seat and is back; ``parked`` lists the seats still away."""
+
+    TYPE: ClassVar[str] = "resumed"
+    peer: int
+    parked: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "peer": self.peer, "parked": list(self.parked)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Resumed:
+        parked = data.get("parked", [])
+        if not isinstance(parked, list) or len(parked) > MAX_RECEIVERS_FIELD + 1:
+            raise MalformedMessage("field 'parked' must be a list of peers")
+        return cls(_int_field(data.get("peer"), "peer", 0, MAX_RECEIVERS_FIELD),
+                   tuple(_int_field(k, "parked", 0, MAX_RECEIVERS_FIELD) for k in parked))
+
+
 MESSAGE_TYPES_V2: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, PeerJoined, Paired, Pake, Confirm, Key, WrongCode, SealedOffer, SealedAccept, SealedDecline, Start,
         Stream, SealedChunk, End, ChunkAck, Sealed, Verified, Complete, SealedCancel, Error, PeerLeft,
+        ResumeId, Resume, Resync, Reconnecting, Resumed,
     )
 }
 REGISTRIES: dict[int, dict[str, type[Message]]] = {PROTOCOL_V2: MESSAGE_TYPES_V2}
@@ -913,21 +1041,58 @@ class StreamCheck:
     bytes_done: int = 0
     pending: SealedChunk | None = None
     finished: bool = False
+    discarding: bool = False  # the pending header is an abandoned epoch's: its payload is dropped
+    resumes: int = 0  # epochs reopened after a party came back (resume); at most MAX_RESUMES
+    reopened: bool = False  # the open epoch was abandoned by a resume: the sender must open a new one
+    earlier_bytes: int = 0  # bytes that passed in abandoned epochs (for the log's byte count)
 
     def stream(self, message: Stream) -> None:
         """Open the epoch if its clear totals can describe this offer: each chunk carries a 16-byte tag, at
-        least one plaintext byte unless it is an empty file's only chunk, and no more plaintext than offered."""
-        if self.epoch is not None:
-            raise UnexpectedMessage("this relay runs one stream epoch per transfer")
+        least one plaintext byte unless it is an empty file's only chunk, and no more plaintext than offered.
+
+        One epoch per transfer, plus one more after each resume, numbered upwards (each under a fresh data key:
+        the relay's check is only that an old epoch's frames cannot pass again)."""
+        if self.pending is not None:
+            raise UnexpectedMessage("a stream message arrived where a chunk's payload was expected")
+        if self.epoch is not None and not self.reopened:
+            raise UnexpectedMessage("the stream epoch is already open; a new one follows only a resume")
+        if self.epoch is not None and message.epoch <= self.epoch:
+            raise UnexpectedMessage(f"epoch {message.epoch} after epoch {self.epoch}: epochs only go up")
         overhead = TAG_SIZE * message.chunks
         if message.chunks > self.total_size + self.files or not overhead <= message.bytes <= self.total_size + overhead:
             raise SizeMismatch(f"a stream of {message.chunks} chunks and {message.bytes} bytes cannot carry "
                                f"{self.total_size} bytes in {self.files} file(s)")
         self.epoch, self.declared_chunks, self.declared_bytes = message.epoch, message.chunks, message.bytes
+        self.earlier_bytes += self.bytes_done
+        self.chunks_done = self.bytes_done = 0
+        self.pending, self.finished, self.reopened = None, False, False
 
-    def chunk(self, header: SealedChunk) -> None:
+    def abandon(self) -> None:
+        """A party's socket dropped and the room parked: the open epoch (if any) is abandoned, and once everyone
+        is back the sender opens the next one from what each receiver holds (frames of the old epoch still on
+        their way are dropped). Bounded, so that a room cannot be kept streaming forever by reconnecting."""
+        if self.resumes >= MAX_RESUMES:
+            raise ProtocolError(f"more than {MAX_RESUMES} resumes in one transfer", ErrorCode.RESUME_REFUSED)
+        self.resumes += 1
+        if self.epoch is not None:
+            self.reopened = True
+            self.discarding = self.pending is not None
+
+    @property
+    def total_bytes(self) -> int:
+        """Ciphertext bytes that passed in every epoch of this transfer."""
+        return self.earlier_bytes + self.bytes_done
+
+    def chunk(self, header: SealedChunk) -> bool:
+        """Check a chunk header; False if it belongs to the epoch a resume abandoned (its payload is dropped:
+        it was on its way when the room parked)."""
         if self.pending is not None:
             raise UnexpectedMessage("a chunk header arrived where its payload was expected")
+        if self.reopened and header.epoch == self.epoch:
+            if header.size > self.max_chunk:
+                raise SizeMismatch(f"chunk of {header.size} bytes is over this relay's max_message {self.max_chunk}")
+            self.pending, self.discarding = header, True
+            return False
         if self.epoch is None or self.finished or header.epoch != self.epoch:
             raise UnexpectedMessage(f"chunk for epoch {header.epoch}, which is not open")
         if header.size > self.max_chunk:
@@ -936,13 +1101,18 @@ class StreamCheck:
             raise SizeMismatch(f"chunk past the {self.declared_chunks} chunks and {self.declared_bytes} bytes "
                                "the stream declared")
         self.pending = header
+        return True
 
-    def payload(self, data: bytes | bytearray | memoryview) -> SealedChunk:
+    def payload(self, data: bytes | bytearray | memoryview) -> SealedChunk | None:
+        """Check a payload against its header; None if it is one of an abandoned epoch's (drop it)."""
         header = self.pending
         if header is None:
             raise UnexpectedMessage("binary frame without a chunk header")
         if len(data) != header.size:
             raise SizeMismatch(f"payload of {len(data)} bytes, header said {header.size}")
+        if self.discarding:
+            self.pending, self.discarding = None, False
+            return None
         if chunk_digest(data) != header.xxh3_64:
             raise ChecksumMismatch(f"chunk {self.chunks_done} failed its xxh3_64 check")
         self.pending = None
@@ -950,10 +1120,14 @@ class StreamCheck:
         self.bytes_done += header.size
         return header
 
-    def end(self, message: End) -> None:
+    def end(self, message: End) -> bool:
+        """Check the end of the epoch; False if it ends the epoch a resume abandoned (dropped)."""
+        if self.reopened and self.pending is None and message.epoch == self.epoch:
+            return False
         if self.pending is not None or self.epoch is None or self.finished or message.epoch != self.epoch:
             raise UnexpectedMessage(f"end of epoch {message.epoch}, which is not open")
         if self.chunks_done != self.declared_chunks or self.bytes_done != self.declared_bytes:
             raise SizeMismatch(f"epoch ended after {self.chunks_done} chunks and {self.bytes_done} bytes; "
                                f"the stream declared {self.declared_chunks} and {self.declared_bytes}")
         self.finished = True
+        return True

@@ -45,6 +45,7 @@ class State(StrEnum):
     OFFERED = "offered"  # offer forwarded, waiting for every accept
     STREAMING = "streaming"  # chunks flowing
     DONE = "done"  # sender sent `end`, waiting for every `verified`
+    PARKED = "parked"  # a party's socket dropped mid-transfer; its seat waits the resume window for it
     ENDED = "ended"
 
 
@@ -126,15 +127,22 @@ class ShuttingDown:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejoined:
+    """Party ``peer`` proved its parked seat with its resume token (``Rooms.resume``) on a new socket."""
+
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
 class AllVerified:
     """Fed back by the room itself once every receiver's ``verified`` has been written to the sender."""
 
 
-Event = Joined | TextFrame | BinaryFrame | Gone | TimerFired | Crashed | ShuttingDown | AllVerified
-_PARTY_EVENTS = (Joined, TextFrame, BinaryFrame, Gone)
+Event = Joined | TextFrame | BinaryFrame | Gone | TimerFired | Crashed | ShuttingDown | AllVerified | Rejoined
+_PARTY_EVENTS = (Joined, TextFrame, BinaryFrame, Gone, Rejoined)
 # The table's name for each event that carries no message ("crash" and frames are named in Room._classify).
-_TRIGGERS: dict[type, str] = {Joined: "joined", Gone: "gone", TimerFired: "timer", ShuttingDown: "shutdown",
-                              AllVerified: "all_verified"}
+_TRIGGERS: dict[type, str] = {Joined: "joined", Gone: "gone", Rejoined: "rejoined", TimerFired: "timer",
+                              ShuttingDown: "shutdown", AllVerified: "all_verified"}
 
 
 # --- effects: what the service must do --------------------------------------------------------------------
@@ -205,6 +213,10 @@ class Party:
     confirm_from: bool = False  # its confirmation reached the sender
     keyed: bool = False  # the sealed content key reached it
     offered: bool = False  # its sealed offer reached it
+    # v2 resume: verifiers are SHA-256 digests (hex) of tokens only the parties can derive from the pair key
+    verifier: str | None = None  # a receiver's seat: the verifier it registered
+    sender_verifier: str | None = None  # on a receiver: the verifier the sender registered for this pair
+    parked: bool = False  # its socket dropped mid-transfer and its seat waits for it (the room is PARKED)
 
 
 # A key of this process's own: a reader of the logs cannot test guessed codes against the tags offline.
@@ -241,7 +253,8 @@ class Room:
 
     __slots__ = (
         "code", "expected", "settings", "sender", "receivers", "state", "check", "offer_totals",
-        "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer",
+        "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer", "parked_at",
+        "parked_from",
     )
 
     def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
@@ -261,6 +274,8 @@ class Room:
         self.outcome = ""
         self._out: list[Effect] = []
         self._by_peer: dict[int, Party] = {}
+        self.parked_at = now  # v2 resume: when the room parked (its resume window counts from there)
+        self.parked_from = State.STREAMING  # the state it goes back to once every parked seat is back
 
     @property
     def tag(self) -> str:
@@ -543,17 +558,21 @@ class Room:
         if sorted(message.to) != [r.peer for r in self.receivers]:
             raise UnexpectedMessage("this relay runs one stream epoch for every receiver of the room")
         self.check.stream(message)
+        self.state = State.STREAMING  # from DONE: the catch-up epoch after a resume
         for peer, plan in zip(message.to, message.data, strict=True):
             receiver = self._by_peer[peer]
             self._send(receiver, p.Stream(message.epoch, message.chunks, message.bytes, plan))
 
     def _sealed_chunk(self, _: Party | None, message: object, __: float) -> None:
         assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.SealedChunk)
-        self.check.chunk(message)
+        self.check.chunk(message)  # a chunk of an epoch a resume abandoned is let through to be dropped
 
     def _ciphertext(self, _: Party | None, data: object, __: float) -> None:
         assert isinstance(self.check, p.StreamCheck) and isinstance(data, bytes)
-        text = self.check.payload(data).to_json()
+        header = self.check.payload(data)
+        if header is None:
+            return  # sent before the room parked, in the epoch the resume abandoned: nobody expects it
+        text = header.to_json()
         for receiver in self.receivers:
             if not receiver.closed:
                 self._out.append(SendText(receiver.peer, text))
@@ -561,7 +580,8 @@ class Room:
 
     def _end_epoch(self, _: Party | None, message: object, __: float) -> None:
         assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.End)
-        self.check.end(message)
+        if not self.check.end(message):
+            return  # the end of an abandoned epoch, on its way when the room parked
         self.state = State.DONE
         self._to_receivers(message)
 
@@ -587,6 +607,77 @@ class Room:
                   [(other, None if other is party else text if other.role is Role.SEND else bare, close)
                    for other in self.parties])
 
+    # --- v2 resume: parking a dropped seat, taking it back (docs/protocol.md section 10) -----------------
+
+    def _resume_id(self, party: Party | None, message: object, _: float) -> None:
+        """Register a seat's verifier, once per seat and only after the pair is keyed (the token derives from
+        the pair key). The sender registers one per receiver; only digests reach the relay."""
+        assert party is not None and isinstance(message, p.ResumeId)
+        if party.role is Role.SEND:
+            receiver = self._addressed(message)
+            if not receiver.keyed or receiver.sender_verifier is not None:
+                raise UnexpectedMessage(f"resume_id for receiver {receiver.peer} before keying, or twice")
+            receiver.sender_verifier = message.verifier
+        else:
+            if message.to is not None or not party.keyed or party.verifier is not None:
+                raise UnexpectedMessage("resume_id before keying, twice, or with 'to'")
+            party.verifier = message.verifier
+
+    def resumable(self, party: Party) -> bool:
+        """Whether ``party``'s seat can be proved again: it registered its verifier(s) (the sender: one per
+        receiver). A party that registered none leaves as before (``peer_left``)."""
+        if party.role is Role.RECEIVE:
+            return party.verifier is not None
+        return bool(self.receivers) and all(r.sender_verifier is not None for r in self.receivers)
+
+    def _park(self, party: Party | None, _: object, now: float) -> None:
+        """A socket dropped mid-transfer: park its seat for the resume window (nothing is held for it), tell
+        the others, and abandon the open epoch (the sender opens a new one, under a new key, once all are back)."""
+        assert party is not None
+        if party.parked:
+            return  # the same drop seen twice (a failed send, then the read loop): parked already
+        if not self.resumable(party):
+            self._gone(party, None, now)
+            return
+        party.closed = party.gone = party.parked = True
+        if self.state is not State.PARKED:
+            assert isinstance(self.check, p.StreamCheck)
+            self.parked_from, self.parked_at = self.state, now
+            self.state = State.PARKED
+            self.check.abandon()
+        text = p.Reconnecting(party.peer).to_json()
+        self._out.extend(SendText(other.peer, text) for other in self.parties if not other.closed)
+
+    def _rejoined(self, party: Party | None, _: object, now: float) -> None:
+        """A parked seat was proved again (``Rooms.resume``): everyone hears ``resumed``; with nobody away any
+        more the room goes back to where it was, and the sender opens the next epoch."""
+        assert party is not None
+        away = tuple(other.peer for other in self.parties if other.parked)
+        text = p.Resumed(party.peer, away).to_json()
+        self._out.extend(SendText(other.peer, text) for other in self.parties if not other.closed)
+        if not away:
+            self.state = self.parked_from
+            self.last_activity = now
+
+    def _parked_deadline(self, _: Party | None, __: object, now: float) -> None:
+        if now - self.parked_at >= self.settings.resume_window:
+            away = ", ".join("the sender" if q.role is Role.SEND else f"receiver {q.peer}"
+                             for q in self.parties if q.parked)
+            self._end_with_error(ErrorCode.PEER_LEFT, f"{away} disconnected and did not come back within the resume "
+                                 f"window ({self.settings.resume_window:g} s); nothing was kept under a final name")
+
+    def _resync(self, party: Party | None, message: object, _: float) -> None:
+        """A pair's fresh halves of its new control keys' salt: the sender's to receiver ``to``, a receiver's to
+        the sender with ``peer`` (dropped, like any message, for a party that is away)."""
+        assert party is not None and self.sender is not None and isinstance(message, p.Resync)
+        if party.role is Role.SEND:
+            self._send(self._addressed(message), p.Resync(message.half))
+        else:
+            self._send(self.sender, p.Resync(message.half, peer=party.peer))
+
+    def _drop(self, _: Party | None, __: object, ___: float) -> None:
+        """A message that means nothing while the room is parked (progress of an abandoned epoch)."""
+
 
 WRONG_CODE_MESSAGE = "the code was wrong; nothing was sent; start again with a new code"
 
@@ -606,6 +697,19 @@ _WRONG_CODE = tuple(
 _SEALED = tuple(
     Transition(state, source, "sealed", (state,), Room._sealed)
     for state in (State.PAIRED, State.OFFERED, State.STREAMING, State.DONE) for source in (SENDER, RECEIVER)
+)
+_RESUME_ID = tuple(
+    Transition(state, source, "resume_id", (state,), Room._resume_id)
+    for state in (State.WAITING, State.KEYING, State.PAIRED, State.OFFERED, State.STREAMING, State.DONE)
+    for source in (SENDER, RECEIVER)
+)
+_RESYNC = tuple(
+    Transition(state, source, "resync", (state,), Room._resync)
+    for state in (State.STREAMING, State.DONE, State.PARKED) for source in (SENDER, RECEIVER)
+)
+_PARKING = tuple(
+    Transition(state, source, "gone", (State.PARKED, State.ENDED), Room._park)
+    for state in (State.STREAMING, State.DONE, State.PARKED) for source in (SENDER, RECEIVER)
 )
 # The life of a room (docs/rooms.md shows this table; tests/test_rooms.py checks that the two agree): keying
 # first, then a sealed offer per receiver and one ciphertext epoch. A state of None means every live state. A
@@ -635,6 +739,21 @@ TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(State.DONE, RECEIVER, "verified", (State.DONE,), Room._verified),
     Transition(State.DONE, RELAY, "all_verified", (State.ENDED,), Room._complete),
     Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
+    *_RESUME_ID,
+    *_PARKING,
+    *_RESYNC,
+    Transition(State.DONE, SENDER, "stream", (State.STREAMING,), Room._stream),
+    Transition(State.PARKED, SENDER, "chunk", (State.PARKED,), Room._sealed_chunk),
+    Transition(State.PARKED, SENDER, "binary", (State.PARKED,), Room._ciphertext),
+    Transition(State.PARKED, SENDER, "end", (State.PARKED,), Room._end_epoch),
+    Transition(State.PARKED, RECEIVER, "ack", (State.PARKED,), Room._drop),
+    Transition(State.PARKED, SENDER, "sealed", (State.PARKED,), Room._sealed),
+    Transition(State.PARKED, RECEIVER, "sealed", (State.PARKED,), Room._sealed),
+    Transition(State.PARKED, RECEIVER, "verified", (State.PARKED,), Room._verified),
+    Transition(State.PARKED, RELAY, "all_verified", (State.ENDED,), Room._complete),
+    Transition(State.PARKED, SENDER, "rejoined", (State.PARKED, State.STREAMING, State.DONE), Room._rejoined),
+    Transition(State.PARKED, RECEIVER, "rejoined", (State.PARKED, State.STREAMING, State.DONE), Room._rejoined),
+    Transition(State.PARKED, RELAY, "timer", (State.PARKED, State.ENDED), Room._parked_deadline),
     Transition(None, SENDER, "cancel", (State.ENDED,), Room._sealed_cancel),
     Transition(None, RECEIVER, "cancel", (State.ENDED,), Room._sealed_cancel),
     Transition(None, SENDER, "error", (State.ENDED,), Room._reported_error),
@@ -665,6 +784,7 @@ class JoinRequest:
     role: str | None
     receivers: str | None = None
     version: str | None = None
+    resume: str | None = None  # "1": a party taking back its parked seat; its first message is `resume`
 
 
 class Rooms:
@@ -743,6 +863,40 @@ class Rooms:
         party = Party(room._next_peer, Role.RECEIVE)
         room._next_peer += 1
         room.seat(party)
+        return room, party
+
+    def resume(self, code: str, role: str | None, message: p.Resume) -> tuple[Room, Party]:
+        """Decide whether a ``resume=1`` socket may take back parked seat ``message.peer`` of room ``code``.
+
+        The token's SHA-256 must equal the seat's verifier (compared in constant time; the sender proves every
+        pair); the next verifier then replaces it, so each token is good once. Raises ``JoinRefused``:
+        ``room_not_found`` (no such room), ``resume_refused`` (no such parked seat, or a wrong token). The
+        caller then feeds ``Rejoined(party.peer)``. A relay restarted since keeps no rooms: ``room_not_found``.
+        """
+        room = self.by_code.get(code)
+        if room is None or room.state is State.ENDED:
+            raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no transfer is waiting to be resumed with this code")
+        party = room.party(message.peer)
+        wanted = Role.SEND if message.peer == 0 else Role.RECEIVE
+        if party is None or role != wanted or room.state is not State.PARKED or not party.parked:
+            raise JoinRefused(ErrorCode.RESUME_REFUSED, "that seat is not waiting to be resumed")
+        if party.role is Role.RECEIVE:
+            pairs = [(party, party.verifier, message.tokens[0][1])]
+        else:
+            given = dict(message.tokens)
+            if sorted(given) != [r.peer for r in room.receivers]:
+                raise JoinRefused(ErrorCode.RESUME_REFUSED, "the sender must prove its seat with every receiver")
+            pairs = [(r, r.sender_verifier, given[r.peer]) for r in room.receivers]
+        proved = [verifier is not None and hmac.compare_digest(
+            hashlib.sha256(bytes.fromhex(seat.token)).hexdigest(), verifier) for _, verifier, seat in pairs]
+        if not all(proved):
+            raise JoinRefused(ErrorCode.RESUME_REFUSED, "the resume token does not match this seat")
+        for receiver, _, seat in pairs:
+            if party.role is Role.RECEIVE:
+                receiver.verifier = seat.next_verifier
+            else:
+                receiver.sender_verifier = seat.next_verifier
+        party.parked = party.gone = party.closed = False
         return room, party
 
     def remove(self, room: Room) -> None:

@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def room_socket(websocket: WebSocket, code: str, relay: WsRelayDep) -> None:
         await websocket.accept()
         query = websocket.query_params
-        request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"))
+        request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"), query.get("resume"))
         await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
 
     @app.websocket("/ws")

@@ -25,7 +25,7 @@ from relay.metrics import Stats, outcome_label
 from relay.protocol import ErrorCode
 from relay.rooms import (
     FAREWELL_TIMEOUT, BinaryFrame, Close, Crashed, Effect, Ended, Event, FailedJoin, Feed, Gone, Joined, JoinRefused,
-    JoinRequest, Party, PeerGone, PeerSocket, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State,
+    JoinRequest, Party, PeerGone, PeerSocket, Rejoined, Role, Room, Rooms, SendBytes, SendText, ShuttingDown, State,
     TextFrame, TimerFired,
 )
 
@@ -35,8 +35,11 @@ SWEEP_INTERVAL = 1.0
 PRUNE_INTERVAL = 60.0  # how often the join limiter forgets refilled buckets
 DRAIN_POLL = 0.1
 
-# Refusals that look like guessing a secret (a room code or the token): they cost ``failed_join_cost``.
-GUESS_CODES = frozenset({ErrorCode.ROOM_NOT_FOUND, ErrorCode.UNAUTHORIZED})
+# Refusals that look like guessing a secret (a room code, the token, a resume token): they cost
+# ``failed_join_cost``.
+GUESS_CODES = frozenset({ErrorCode.ROOM_NOT_FOUND, ErrorCode.UNAUTHORIZED, ErrorCode.RESUME_REFUSED})
+# How long a ``resume=1`` socket has to send its ``resume`` message.
+RESUME_READ_TIMEOUT = 10.0
 # Refusals logged at debug only: under a flood they would be one log line per attempt.
 QUIET_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
 
@@ -105,26 +108,34 @@ class Relay:
 
     async def _serve(self, socket: PeerSocket, request: JoinRequest, client: Client) -> None:
         now = _now()
+        resuming = request.resume not in (None, "")
         refused = self.check(request, client, now)
         if refused is None:
             try:
-                room, party = self.rooms.admit(request, now)
+                if resuming:
+                    room, party = await self._resume_seat(socket, request)
+                else:
+                    room, party = self.rooms.admit(request, now)
             except JoinRefused as exc:
                 refused = exc
+            except PeerGone:
+                return  # it left before saying which seat it wanted back
         if refused is not None:
             if refused.code in GUESS_CODES:
-                self.joins.failed(client.key, now)
+                self.joins.failed(client.key, _now())
             await self._refuse(socket, client, refused)
             return
         seat = Seat(socket, asyncio.current_task(), client.key)
-        self.seats.setdefault(room, {})[party.peer] = seat
+        self.seats.setdefault(room, {})[party.peer] = seat  # a resumed seat replaces its dropped socket's
         self.stats.joins[party.role.value] += 1
-        if party.role is Role.SEND:
+        if resuming:
+            event("peer_resumed", room=room.tag, peer=party.peer)
+        elif party.role is Role.SEND:
             event("room_opened", room=room.tag, receivers=room.expected)
         else:
             event("peer_joined", room=room.tag, peer=party.peer, joined=len(room.receivers), receivers=room.expected)
         try:
-            await self._feed(room, Joined(party.peer))
+            await self._feed(room, Rejoined(party.peer) if resuming else Joined(party.peer))
             await self._read_frames(room, party, seat)
             if seat.farewell is not None:
                 # Returning closes the socket at once: first let the room's last message to it go out.
@@ -141,6 +152,28 @@ class Relay:
                 self._left_unexpectedly(room, party)  # the room's end then finishes it
             elif room.state is State.ENDED:
                 self.finish(room)
+
+    async def _resume_seat(self, socket: PeerSocket, request: JoinRequest) -> tuple[Room, Party]:
+        """A ``resume=1`` socket: read its ``resume`` message (bounded in time) and let ``Rooms.resume`` decide.
+
+        Raises ``JoinRefused`` (a bad request, a first message that is not ``resume``, no parked seat, a wrong
+        token) or ``PeerGone``.
+        """
+        if request.resume != "1" or request.version != str(p.PROTOCOL_V2) or not p.is_nameplate(request.code):
+            raise JoinRefused(ErrorCode.BAD_REQUEST, "resume=1 needs v=2 and the nameplate in the URL")
+        try:
+            frame = await asyncio.wait_for(socket.receive(), RESUME_READ_TIMEOUT)
+        except TimeoutError:
+            raise JoinRefused(ErrorCode.RESUME_REFUSED, "no resume message in time") from None
+        if not isinstance(frame, str):
+            raise JoinRefused(ErrorCode.MALFORMED_MESSAGE, "the first message of a resume must be text")
+        try:
+            message = p.parse_message(frame, p.PROTOCOL_V2)
+        except p.ProtocolError as exc:
+            raise JoinRefused(exc.code, exc.message) from None
+        if not isinstance(message, p.Resume):
+            raise JoinRefused(ErrorCode.UNEXPECTED_MESSAGE, "the first message on a resume=1 socket is 'resume'")
+        return self.rooms.resume(request.code, request.role, message)
 
     def _left_unexpectedly(self, room: Room, party: Party) -> None:
         """This party's route is ending while its room still counts on it (the route was cancelled from

@@ -15,16 +15,19 @@ command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v node >/dev/null 2>&1 || missing="$missing nodejs"
 command -v npm >/dev/null 2>&1 || missing="$missing npm"
 command -v socat >/dev/null 2>&1 || missing="$missing socat"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 if [ -n "$missing" ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing
 fi
-for tool in chromium node npm socat; do
+for tool in chromium node npm socat curl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "scripts/test.sh: $tool is missing after install" >&2; exit 1; }
 done
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 npm --prefix clients/web ci --no-audit --no-fund --loglevel=error
+# piping-server (npm, into benchmarks/.cache) for the baselines the benchmark tests run against, with curl.
+python3 -c "from benchmarks.servers import ensure_piping_server; ensure_piping_server(install=True)"
 
 # Linters (settings in pyproject.toml): ruff for style and likely bugs, mypy for types. Either one failing stops
 # the run here, before the tests, with its findings above this line.

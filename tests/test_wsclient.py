@@ -315,7 +315,7 @@ async def test_a_close_is_answered_while_nobody_reads_and_the_reason_before_it_s
 
 
 def test_it_runs_on_uvloop_as_the_cli_does() -> None:
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # a dependency of the project on every platform CI runs on
 
     async def main() -> None:
         async with ws_server(echo) as port:

@@ -1,0 +1,141 @@
+"""Measure a short drop healing: a transfer of SIZE_MIB MiB whose receiver's connection is cut at about half.
+
+usage: python -m tests.scripts.measure_resume SIZE_MIB WORK_FOLDER
+Starts ``relay serve`` on a free loopback port (a process of its own, so its RSS can be read), a proxy in front of
+it for the receiver that cuts the receiver's first connection (no close frame) after half of the chunks, then
+``relay send`` and ``relay receive`` (1 MiB chunks). Prints the bytes sent again, the time from the cut to the
+first chunk of the new epoch, the relay's RSS before the transfer, at the cut and at its peak while parked, and
+whether the received file is byte for byte the sent one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import websockets
+
+from tests.conftest import free_port
+from tests.test_resume_cli import Cutter
+
+CHUNK = 1024 * 1024
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(match.group(1)) if match else -1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TimedCutter(Cutter):
+    """The cutter, noting when it cut and when the first payload of the resumed connection passed."""
+
+    cut_at: float = 0.0
+    resumed_at: float = 0.0
+
+    async def _pipe(self, source, sink, cut):  # type: ignore[no-untyped-def]
+        binaries = 0
+        async for frame in source:
+            if isinstance(frame, bytes):
+                binaries += 1
+                if cut is not None and binaries > cut:
+                    self.cut_at = time.monotonic()
+                    return
+                if cut is None and len(self.paths) > 1 and not self.resumed_at and self.cut_at:
+                    self.resumed_at = time.monotonic()
+            await sink.send(frame)
+
+
+def prepare(size_mib: int, work: Path) -> tuple[Path, Path]:
+    """The source file (random bytes, kept between runs) and an empty output folder."""
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / "big.bin"
+    if not source.exists() or source.stat().st_size != size_mib * CHUNK:
+        with source.open("wb") as handle:
+            for _ in range(size_mib):
+                handle.write(os.urandom(CHUNK))
+    out = work / "out"
+    out.mkdir(exist_ok=True)
+    for leftover in out.iterdir():
+        leftover.unlink()
+    return source, out
+
+
+async def main(size_mib: int, source: Path, out: Path) -> int:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    relay = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())",
+        "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        idle = rss_kib(relay.pid)
+        print(f"relay up on {port}, pid {relay.pid}", file=sys.stderr, flush=True)
+        url = f"ws://127.0.0.1:{port}"
+        cutter = TimedCutter(url, size_mib // 2)
+        async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+            proxy = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            sender = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "clients.cli", "send", "--relay", url, str(source), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert sender.stdout is not None
+            first = (await asyncio.wait_for(sender.stdout.readline(), 60)).decode()
+            print(f"sender: {first.strip()}", file=sys.stderr, flush=True)
+            code = first.split()[1]
+            receiver = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "clients.cli", "receive", "--relay", proxy, "--yes", "--output", str(out),
+                env={**env, "RELAY_CODE": code}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            started = time.monotonic()
+            at_cut = peak = 0
+            while receiver.returncode is None and time.monotonic() - started < 600:
+                if cutter.cut_at and not cutter.resumed_at:
+                    now = rss_kib(relay.pid)
+                    at_cut = at_cut or now
+                    peak = max(peak, now)
+                try:
+                    await asyncio.wait_for(receiver.wait(), 0.02)
+                except TimeoutError:
+                    pass
+            received_out, received_err = await receiver.communicate()
+            sent_out, sent_err = await sender.communicate()
+        sent_text = sent_out.decode()
+        resent = re.search(r"\((\d+) bytes\) sent again", sent_text)
+        received = out / source.name
+        same = received.exists() and _sha256(source) == _sha256(received)
+        print(f"size: {size_mib} MiB in 1 MiB chunks; cut after {size_mib // 2} chunks reached the receiver")
+        print(f"exit codes: sender {sender.returncode}, receiver {receiver.returncode}; byte for byte: {same}")
+        print(f"bytes sent again: {resent.group(1) if resent else 0}")
+        print(f"time from the cut to the first chunk of the new epoch: {cutter.resumed_at - cutter.cut_at:.3f} s")
+        print(f"relay RSS: idle {idle} KiB, at the cut {at_cut} KiB, peak while parked {peak} KiB")
+        print(f"receiver said: {received_out.decode().strip()!r} {received_err.decode().strip()!r}")
+        print(f"sender said: {sent_text.strip()!r} {sent_err.decode().strip()!r}")
+        return 0 if same and sender.returncode == 0 and receiver.returncode == 0 else 1
+    finally:
+        if relay.returncode is None:
+            relay.terminate()
+        await relay.wait()
+
+
+if __name__ == "__main__":
+    size = int(sys.argv[1])
+    sys.exit(asyncio.run(main(size, *prepare(size, Path(sys.argv[2])))))

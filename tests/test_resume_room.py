@@ -1,0 +1,300 @@
+"""Resume in the room state machine (protocol 2, docs/protocol.md section 10): parking a dropped seat, proving
+it back with a token, the resume window, and the next epoch. No sockets, injected clock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from relay import protocol as p
+from relay.rooms import AllVerified, BinaryFrame, Feed, Gone, JoinRefused, Rejoined, Room, Rooms, State, TimerFired
+from tests.test_rooms_v2 import SEALED, SETTINGS, chunk, ended, join, key, new_room, offer, sent, stream, text
+
+
+def token(seat: str, n: int = 0) -> str:
+    """A stand-in resume token (the real ones derive from the pair key: clients/crypto.py)."""
+    return hashlib.sha256(f"{seat}/{n}".encode()).hexdigest()
+
+
+def verifier(hex_token: str) -> str:
+    return hashlib.sha256(bytes.fromhex(hex_token)).hexdigest()
+
+
+def resume_room(receivers: int = 1, register: bool = True) -> tuple[Rooms, Room]:
+    """A streaming room whose parties registered their verifiers, with epoch 0 open."""
+    rooms, room = new_room(receivers)
+    peers = [join(rooms, room) for _ in range(receivers)]
+    for k in peers:
+        key(room, k)
+        if register:
+            assert room.handle(text(k, {"type": "resume_id", "verifier": verifier(token(f"r{k}"))}), 0.0) == []
+            assert room.handle(text(0, {"type": "resume_id", "to": k, "verifier": verifier(token(f"s{k}"))}),
+                               0.0) == []
+    for k in peers:
+        room.handle(text(0, offer(k)), 0.0)
+    for k in peers:
+        room.handle(text(k, {"type": "accept", "data": SEALED}), 0.0)
+    room.handle(text(0, stream(receivers)), 0.0)
+    assert room.state is State.STREAMING
+    return rooms, room
+
+
+def receiver_resume(k: int, n: int = 0, seat: str | None = None) -> p.Resume:
+    message = {"type": "resume", "peer": k, "token": token(seat or f"r{k}", n),
+               "next_verifier": verifier(token(seat or f"r{k}", n + 1))}
+    resume = p.parse_message(json.dumps(message), p.PROTOCOL_V2)
+    assert isinstance(resume, p.Resume)
+    return resume
+
+
+def sender_resume(receivers: int, n: int = 0) -> p.Resume:
+    tokens = {str(k): {"token": token(f"s{k}", n), "next_verifier": verifier(token(f"s{k}", n + 1))}
+              for k in range(1, receivers + 1)}
+    resume = p.parse_message(json.dumps({"type": "resume", "peer": 0, "tokens": tokens}), p.PROTOCOL_V2)
+    assert isinstance(resume, p.Resume)
+    return resume
+
+
+def messages(effects: list[Any], peer: int) -> list[str]:
+    return [m["type"] if isinstance(m, dict) else "bytes" for m in sent(effects, peer)]
+
+
+# --- parking -------------------------------------------------------------------------------------------------
+
+
+def test_a_receiver_that_drops_mid_stream_parks_the_room_and_the_sender_hears_reconnecting() -> None:
+    _, room = resume_room(2)
+    effects = room.handle(Gone(2), 5.0)
+    assert room.state is State.PARKED and ended(effects) is None
+    assert sent(effects, 0) == [{"type": "reconnecting", "peer": 2}]
+    assert sent(effects, 1) == [{"type": "reconnecting", "peer": 2}]
+    assert sent(effects, 2) == []
+
+
+def test_a_drop_seen_twice_parks_once() -> None:
+    _, room = resume_room(2)
+    room.handle(Gone(2), 0.0)
+    assert room.handle(Gone(2), 1.0) == []  # a failed send, then the read loop: one drop
+    assert room.parked_at == 0.0
+
+
+def test_nothing_is_forwarded_or_held_for_anyone_while_parked() -> None:
+    _, room = resume_room(2)
+    room.handle(Gone(2), 0.0)
+    effects = chunk(room, b"c" * 40)  # on its way when the room parked: dropped, for everyone
+    assert effects == []
+    assert room.handle(text(1, {"type": "ack", "epoch": 0, "chunks": 1}), 0.0) == []
+    assert room.handle(text(0, {"type": "end", "epoch": 0}), 0.0) == []
+    assert room.state is State.PARKED
+
+
+def test_a_party_without_a_verifier_leaves_as_before() -> None:
+    _, room = resume_room(1, register=False)
+    effects = room.handle(Gone(1), 0.0)
+    assert ended(effects) == "peer_left" and room.state is State.ENDED
+
+
+def test_a_drop_before_streaming_is_not_parked() -> None:
+    rooms, room = new_room(1)
+    k = join(rooms, room)
+    key(room, k)
+    room.handle(text(k, {"type": "resume_id", "verifier": verifier(token("r1"))}), 0.0)
+    assert ended(room.handle(Gone(k), 0.0)) == "peer_left"
+
+
+def test_a_room_not_whole_within_the_resume_window_ends_with_a_clear_message() -> None:
+    _, room = resume_room(2)
+    room.handle(Gone(2), 10.0)
+    assert room.handle(TimerFired(), 10.0 + SETTINGS.resume_window - 1) == []
+    effects = room.handle(TimerFired(), 10.0 + SETTINGS.resume_window)
+    assert ended(effects) == "peer_left"
+    farewell = sent(effects, 0)[-1]
+    assert isinstance(farewell, dict) and farewell["code"] == "peer_left"
+    assert "receiver 2 disconnected and did not come back within the resume window" in farewell["message"]
+    assert sent(effects, 2) == []  # its seat is gone: nothing is written to it
+
+
+# --- proving a seat ------------------------------------------------------------------------------------------
+
+
+def test_a_receiver_proves_its_seat_and_the_room_goes_back_to_streaming() -> None:
+    rooms, room = resume_room(1)
+    room.handle(Gone(1), 0.0)
+    found, party = rooms.resume(room.code, "receive", receiver_resume(1))
+    assert found is room and party.peer == 1 and not party.parked
+    effects = room.handle(Rejoined(1), 3.0)
+    assert room.state is State.STREAMING
+    assert sent(effects, 0) == [{"type": "resumed", "peer": 1, "parked": []}]
+    assert sent(effects, 1) == [{"type": "resumed", "peer": 1, "parked": []}]
+
+
+def test_a_wrong_token_is_refused_and_the_seat_stays_parked() -> None:
+    rooms, room = resume_room(1)
+    room.handle(Gone(1), 0.0)
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume(room.code, "receive", receiver_resume(1, seat="stranger"))
+    assert refused.value.code is p.ErrorCode.RESUME_REFUSED
+    assert room.party(1).parked and room.state is State.PARKED  # type: ignore[union-attr]
+
+
+def test_a_token_is_good_once_and_the_next_one_is_good_after_it() -> None:
+    rooms, room = resume_room(1)
+    room.handle(Gone(1), 0.0)
+    rooms.resume(room.code, "receive", receiver_resume(1, 0))
+    room.handle(Rejoined(1), 0.0)
+    room.handle(Gone(1), 1.0)
+    with pytest.raises(JoinRefused):
+        rooms.resume(room.code, "receive", receiver_resume(1, 0))  # replayed
+    rooms.resume(room.code, "receive", receiver_resume(1, 1))
+
+
+def test_a_receivers_token_cannot_take_the_senders_seat_nor_the_reverse() -> None:
+    rooms, room = resume_room(1)
+    room.handle(Gone(0), 0.0)
+    with pytest.raises(JoinRefused):
+        rooms.resume(room.code, "receive", receiver_resume(1))  # seat 1 is not parked
+    stolen = p.Resume(0, ((1, p.SeatToken(token("r1"), verifier(token("x")))),))
+    with pytest.raises(JoinRefused):
+        rooms.resume(room.code, "send", stolen)
+    with pytest.raises(JoinRefused):
+        rooms.resume(room.code, "receive", sender_resume(1))  # the sender's seat, asked for as a receiver
+
+
+def test_the_sender_must_prove_every_pair() -> None:
+    rooms, room = resume_room(2)
+    room.handle(Gone(0), 0.0)
+    half = p.Resume(0, ((1, p.SeatToken(token("s1"), verifier(token("s1", 1)))),))
+    with pytest.raises(JoinRefused):
+        rooms.resume(room.code, "send", half)
+    rooms.resume(room.code, "send", sender_resume(2))
+    assert room.handle(Rejoined(0), 0.0) and room.state is State.STREAMING
+
+
+def test_an_unknown_nameplate_is_room_not_found() -> None:
+    rooms, _ = resume_room(1)
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("99999999", "receive", receiver_resume(1))
+    assert refused.value.code is p.ErrorCode.ROOM_NOT_FOUND
+
+
+def test_the_room_waits_for_every_parked_seat() -> None:
+    rooms, room = resume_room(3)
+    room.handle(Gone(1), 0.0)
+    room.handle(Gone(3), 1.0)
+    rooms.resume(room.code, "receive", receiver_resume(1))
+    effects = room.handle(Rejoined(1), 2.0)
+    assert room.state is State.PARKED
+    assert sent(effects, 0) == [{"type": "resumed", "peer": 1, "parked": [3]}]
+    rooms.resume(room.code, "receive", receiver_resume(3))
+    room.handle(Rejoined(3), 3.0)
+    assert room.state is State.STREAMING
+
+
+# --- registering verifiers -------------------------------------------------------------------------------------
+
+
+def test_a_verifier_before_keying_or_twice_is_unexpected() -> None:
+    rooms, room = new_room(1)
+    k = join(rooms, room)
+    effects = room.handle(text(k, {"type": "resume_id", "verifier": "0" * 64}), 0.0)
+    assert ended(effects) == "unexpected_message"
+    _, room = resume_room(1)
+    effects = room.handle(text(1, {"type": "resume_id", "verifier": "0" * 64}), 0.0)
+    assert ended(effects) == "unexpected_message"
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "resume_id", "verifier": "A" * 64},
+    {"type": "resume_id", "verifier": "0" * 63},
+    {"type": "resume", "peer": 1, "token": "0" * 64},
+    {"type": "resume", "peer": 0, "tokens": {}},
+    {"type": "resume", "peer": 0, "tokens": {"01": {"token": "0" * 64, "next_verifier": "0" * 64}}},
+    {"type": "resume", "peer": 0, "tokens": {"\u0661": {"token": "0" * 64, "next_verifier": "0" * 64}}},
+    {"type": "resume", "peer": 0, "tokens": [1]},
+    {"type": "resume", "peer": -1, "token": "0" * 64, "next_verifier": "0" * 64},
+])
+def test_resume_fields_are_bounded(message: dict[str, Any]) -> None:
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(message), p.PROTOCOL_V2)
+
+
+def test_resume_messages_round_trip() -> None:
+    for resume in (receiver_resume(4), sender_resume(3)):
+        assert p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
+
+
+# --- the next epoch ----------------------------------------------------------------------------------------------
+
+
+def back(rooms: Rooms, room: Room, k: int = 1) -> None:
+    room.handle(Gone(k), 0.0)
+    rooms.resume(room.code, "receive", receiver_resume(k))
+    room.handle(Rejoined(k), 0.0)
+
+
+def test_after_a_resume_the_sender_opens_a_higher_epoch_and_old_frames_are_dropped() -> None:
+    rooms, room = resume_room(1)
+    header = p.SealedChunk(0, 40, p.chunk_digest(b"a" * 40))
+    room.handle(text(0, header.to_dict()), 0.0)  # header in, payload not yet: then the receiver drops
+    back(rooms, room)
+    assert room.handle(BinaryFrame(0, b"a" * 40), 0.0) == []  # the abandoned epoch's payload: dropped
+    assert ended(room.handle(text(0, {**stream(1), "epoch": 0}), 0.0)) == "unexpected_message"
+
+
+def test_the_new_epoch_is_checked_and_forwarded_like_the_first() -> None:
+    rooms, room = resume_room(1)
+    back(rooms, room)
+    effects = room.handle(text(0, {**stream(1, chunks=1, size=66), "epoch": 1}), 0.0)
+    assert messages(effects, 1) == ["stream"]
+    data = b"d" * 66
+    room.handle(text(0, {"type": "chunk", "epoch": 1, "size": 66, "xxh3_64": p.chunk_digest(data)}), 0.0)
+    assert messages(room.handle(BinaryFrame(0, data), 0.0), 1) == ["chunk", "bytes"]
+    assert messages(room.handle(text(0, {"type": "end", "epoch": 1}), 0.0), 1) == ["end"]
+    assert room.state is State.DONE
+
+
+def test_a_drop_in_done_comes_back_to_done_and_may_open_a_catch_up_epoch() -> None:
+    rooms, room = resume_room(1)
+    for data in (b"a" * 66, b"b" * 66):
+        chunk(room, data)
+    room.handle(text(0, {"type": "end", "epoch": 0}), 0.0)
+    assert room.state is State.DONE
+    back(rooms, room)
+    assert room.state is State.DONE
+    room.handle(text(0, {**stream(1, chunks=1, size=66), "epoch": 1}), 0.0)
+    assert room.state is State.STREAMING
+
+
+def test_every_receiver_verified_while_the_sender_is_away_completes_the_room() -> None:
+    _, room = resume_room(1)
+    for data in (b"a" * 66, b"b" * 66):
+        chunk(room, data)
+    room.handle(text(0, {"type": "end", "epoch": 0}), 0.0)
+    room.handle(Gone(0), 0.0)
+    assert room.handle(text(1, {"type": "verified"}), 0.0) == [Feed(AllVerified())]
+    effects = room.handle(AllVerified(), 0.0)
+    assert ended(effects) == "complete"
+    assert messages(effects, 1) == ["complete"]
+
+
+def test_resumes_are_bounded_per_transfer() -> None:
+    rooms, room = resume_room(1)
+    for n in range(p.MAX_RESUMES):
+        room.handle(Gone(1), 0.0)
+        rooms.resume(room.code, "receive", receiver_resume(1, n))
+        room.handle(Rejoined(1), 0.0)
+    assert ended(room.handle(Gone(1), 0.0)) == "resume_refused"
+
+
+def test_resync_halves_are_forwarded_between_the_pair() -> None:
+    rooms, room = resume_room(2)
+    back(rooms, room, 2)
+    half = "A" * 22 + "=="  # 16 bytes
+    effects = room.handle(text(2, {"type": "resync", "half": half}), 0.0)
+    assert sent(effects, 0) == [{"type": "resync", "half": half, "peer": 2}] and sent(effects, 1) == []
+    effects = room.handle(text(0, {"type": "resync", "to": 2, "half": half}), 0.0)
+    assert sent(effects, 2) == [{"type": "resync", "half": half}] and sent(effects, 1) == []
+    assert ended(room.handle(text(0, {"type": "resync", "to": 2, "half": "AAAA"}), 0.0)) == "malformed_message"
