@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transfer failed: {row.error}", file=sys.stderr)
         return 1
     header = (f"relay, one room, {args.size // MIB} MiB at {args.chunk // 1024} KiB chunks, under py-spy "
-              f"(two samplers at {args.rate} Hz{', native' if args.native else ''}): {row.mib_s:.0f} MiB/s, {row.cpu_s_per_gib:.2f} CPU-s/GiB\n")
+              f"(two samplers at {args.rate} Hz{', native' if args.native else ''}): "
+              f"{row.mib_s:.0f} MiB/s, {row.cpu_s_per_gib:.2f} CPU-s/GiB\n")
     text = header + "\n" + (summarize(raw) if raw.exists() else "py-spy wrote no samples")
     (args.output / f"{name}.txt").write_text(text + "\n")
     print(text)

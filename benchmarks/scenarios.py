@@ -244,7 +244,8 @@ def _cli_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, sou
                      timing="receiver process start -> both processes exited")
     received = output / source.name
     if codes != [0, 0]:
-        row.error = f"exit codes receive={codes[0]} send={codes[1]}: {receiver.stderr_tail.decode(errors='replace')[-200:]}"
+        tail = receiver.stderr_tail.decode(errors="replace")[-200:]
+        row.error = f"exit codes receive={codes[0]} send={codes[1]}: {tail}"
         return
     if not received.exists() or file_digest(received) != expected:
         row.error = "the received file is missing or differs from the source"
