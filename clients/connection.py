@@ -248,7 +248,7 @@ def error_from_message(message: p.Message) -> TransferError | None:
 
 class ConnectionLost(TransferRefused):
     """The socket to the relay broke without a close from the relay (a network drop, a relay that died): the
-    transfer may resume (docs/protocol.md section 8.5). Without resume it ends like ``peer_left``."""
+    transfer may resume (docs/protocol.md section 10). Without resume it ends like ``peer_left``."""
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.PEER_LEFT, message)

@@ -50,7 +50,7 @@ _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 
 
 def local_name(segment: str, platform: str = sys.platform) -> str:
-    """The name one path segment is stored under on ``platform`` (docs/protocol.md section 3, "Receivers").
+    """The name one path segment is stored under on ``platform`` (docs/protocol.md section 5.2, "Receivers").
 
     On Windows (``platform == "win32"``) each of ``<>:"|?*`` becomes ``_``; a reserved device name (``CON``,
     ``aux.c``, ``COM1 .txt``, any case) gets ``_`` after its stem (``CON_``, ``aux_.c``); a name ending in a dot

@@ -7,7 +7,7 @@ Every wait is bounded (``Deadlines``): a relay or a peer that goes silent ends t
 ``DeadlineExceeded`` naming what was awaited, never a hang. The sender reports success only after a ``verified``
 from every receiver, counted by peer; a ``complete`` without them is a protocol error from the relay.
 
-Encryption is always on (docs/protocol.md section 8, ``clients.crypto``): the words of the code never leave this
+Encryption is always on (docs/protocol.md, ``clients.crypto``): the words of the code never leave this
 machine; the sender and each receiver run a PAKE through the relay and confirm it before anything else; the
 offer and every party-to-party message are sealed on the pair's control channel; every chunk is sealed with the
 STREAM construction under one content key, so one ciphertext stream fans out to every receiver. A receiver
@@ -233,7 +233,7 @@ async def _open(options: SendOptions | ReceiveOptions, role: str, nameplate: str
         raise RelayUnavailable(ErrorCode.BAD_REQUEST, f"the relay at {options.url} did not answer: {exc}") from None
 
 
-# --- resume (docs/protocol.md section 8.5, design/protocol-v2.md section 7) ----------------------------------
+# --- resume (docs/protocol.md section 10, design/protocol-v2.md section 7) ----------------------------------
 
 RESUME_NEXT_INFO = c.LABEL + b" resume next"
 MAX_RECONNECT_ATTEMPTS = 30
