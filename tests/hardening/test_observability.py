@@ -85,7 +85,10 @@ async def test_metrics_logs_and_health_after_a_mix_of_transfers(relay_process) -
     good_tag = re.search(r"event=room_ended room=([0-9a-f]{8}) outcome=completed", log).group(1)
     bad_tag = re.search(r"event=room_ended room=([0-9a-f]{8}) outcome=checksum_failed code=checksum_mismatch",
                         log).group(1)
-    assert good_tag != bad_tag and code_tag(good) != good_tag  # not the same key as this test process
+    # A tag is stable per nameplate for the life of the process, and nameplates are reused after a room ends, so
+    # the second room may have got the first one's nameplate (and tag) back.
+    assert (good_tag == bad_tag) == (good == bad)
+    assert code_tag(good) != good_tag  # not the same key as this test process
     assert f"event=room_opened room={good_tag} receivers=1" in log
     assert f"event=peer_joined room={good_tag} peer=1" in log
     assert "event=join_refused code=room_not_found" in log
