@@ -11,12 +11,12 @@ import contextlib
 import math
 import socket
 from collections.abc import AsyncIterator
-from typing import Annotated
 
 import uvicorn
-from fastapi import Depends, FastAPI, WebSocket
+from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import WebSocketRoute
 
 from relay import __version__, logs, web
 from relay.access import Client, bearer_token, client_key
@@ -27,13 +27,6 @@ from relay.service import Relay
 from relay.sockets import peer_socket
 from relay.tuning import tune_allocator
 from relay.transport import LINGER, RelayWebSocketProtocol, http_protocol_class
-
-
-def get_ws_relay(websocket: WebSocket) -> Relay:
-    return websocket.app.state.relay
-
-
-WsRelayDep = Annotated[Relay, Depends(get_ws_relay)]
 
 
 # Keep-alive pings find dead peers while no data flows. A pong waits behind whatever is already queued to the
@@ -86,20 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.websocket("/ws/{code}")
-    async def room_socket(websocket: WebSocket, code: str, relay: WsRelayDep) -> None:
+    async def room_socket(websocket: WebSocket) -> None:
+        """``/ws/{nameplate}`` (a receiver, or a party resuming) and ``/ws`` (a sender: the relay allocates a
+        nameplate and says it in ``hello``)."""
         await websocket.accept()
         query = websocket.query_params
-        request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"), query.get("resume"))
+        code = websocket.path_params.get("code", "")
+        resume = query.get("resume") if code else None  # a seat is taken back in a named room only
+        request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"), resume)
         await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
 
-    @app.websocket("/ws")
-    async def new_room_socket(websocket: WebSocket, relay: WsRelayDep) -> None:
-        """Protocol 2: a sender names no room; the relay allocates a nameplate and says it in ``hello``."""
-        await websocket.accept()
-        query = websocket.query_params
-        request = JoinRequest("", query.get("role"), query.get("receivers"), query.get("v"))
-        await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
+    # Plain Starlette routes, not FastAPI's ``@app.websocket``: no dependency-injection stack is kept per socket,
+    # which is most of what a room waiting for its receivers costs above the transport (about 9 KiB each).
+    app.router.routes.append(WebSocketRoute("/ws/{code}", room_socket))
+    app.router.routes.append(WebSocketRoute("/ws", room_socket))
 
     app.include_router(web.router())
     return app
