@@ -101,8 +101,10 @@ async def test_past_the_grace_period_the_remaining_peers_get_going_away(relay_pr
     receiver = None
     try:
         code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
+        # The stopped receiver never reads the relay's going_away (its socket is dropped), so once continued it
+        # sees a lost connection and tries to resume; a short window lets it give up within the test's wait.
         receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
-                         cwd=tmp_path)
+                         "--resume-window", "1", cwd=tmp_path)
         await wait_streaming(relay)
         receiver.send_signal(signal.SIGSTOP)  # the transfer cannot finish in time
         relay.process.send_signal(signal.SIGTERM)
