@@ -94,4 +94,4 @@ async def test_metrics_logs_and_health_after_a_mix_of_transfers(relay_process) -
     assert "event=join_refused code=room_not_found" in log
     assert f'"WebSocket /ws/{good_tag}"' in log  # uvicorn's own line, redacted
     lifecycle = [line for line in log.splitlines() if f"room={good_tag}" in line]
-    assert len(lifecycle) == 3  # one line per event: opened, joined, ended
+    assert len(lifecycle) == (6 if good == bad else 3)  # one line per event: opened, joined, ended (per room)
