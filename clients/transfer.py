@@ -706,10 +706,8 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         )
         if not isinstance(sealed_offer, p.SealedOffer):
             raise _unexpected(sealed_offer, "waiting for the offer")
-        opened = _open_json(pair.channel, sealed_offer.data)
-        if not isinstance(opened, dict):
-            raise p.MalformedMessage("the sealed offer is not an object")
-        offer = p.Offer.from_dict(opened)
+        # the rules of a frame (JSON, no lone surrogate), as the page applies them: malformed_message
+        offer = p.parse_offer(pair.channel.open(_unb64(sealed_offer.data)))
         if offer.total_size != sealed_offer.total_size or len(offer.files) != sealed_offer.files:
             raise c.Tampered("the offer's clear totals differ from the sealed offer")
         reporter.offered(offer)

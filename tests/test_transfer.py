@@ -359,6 +359,29 @@ async def test_a_hostile_path_from_a_hostile_relay_is_refused_by_the_receiver(co
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("path", ["a\ud800b.txt", "dir/\udfff"])
+async def test_a_lone_surrogate_in_an_opened_offer_is_malformed_as_on_the_page(code, tmp_path, path) -> None:
+    """The sealed offer is parsed by ``p.parse_offer``, the rules of a frame: a lone surrogate (valid JSON
+    escape, not Unicode) is ``malformed_message``, as the page reports it, and nothing is written."""
+    reported: list[dict[str, object]] = []
+
+    async def hostile_relay(ws: websockets.ServerConnection) -> None:
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": path, "size": 1}], "chunk_size": 1})
+        reported.append(json.loads(await ws.recv()))
+        if reported[-1]["type"] == "resume_id":  # a real relay keeps the verifier and forwards nothing
+            reported[-1] = json.loads(await ws.recv())
+
+    async with websockets.serve(hostile_relay, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        options = ReceiveOptions(fake_code(code), tmp_path, f"ws://127.0.0.1:{port}")
+        with pytest.raises(TransferError) as caught:
+            await asyncio.wait_for(receive(options, yes), WAIT)
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+    assert reported[0]["code"] == "malformed_message"
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_the_reason_sent_just_before_a_close_is_reported_even_when_a_send_fails(code, tmp_path) -> None:
     """The receiver's accept goes out after the relay closed; the queued ``peer_left`` still names who left."""
     closed = asyncio.Event()
