@@ -333,6 +333,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
         size = self._end - self._start
         self._buffer[:size] = self._view[self._start:self._end]
         self._scan = max(self._scan - self._start, 0)
+        self._need = max(self._need - self._start, 0)  # a waiting reader's target moves with the bytes
         self._start, self._end = 0, size
 
     def _pause_reading(self) -> None:

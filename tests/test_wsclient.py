@@ -328,3 +328,39 @@ def test_it_runs_on_uvloop_as_the_cli_does() -> None:
             await client.close()
 
     uvloop.run(main())
+
+
+async def test_a_frame_completed_by_a_read_that_compacts_the_buffer_still_wakes_the_reader() -> None:
+    """Regression: the read that completes a frame may also move the unparsed bytes to the front of the buffer
+    (the free tail got short); the waiting reader's target must move with them, or it waits forever (seen as a
+    1-in-5 hang of a 64 MiB transfer)."""
+    a, b, c = os.urandom(65000), os.urandom(65500), os.urandom(10000)
+
+    def frame(payload: bytes) -> bytes:
+        return b"\x82\x7e" + len(payload).to_bytes(2, "big") + payload
+
+    rest = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(upgrade(head) + frame(a) + frame(b)[:1000])
+        await rest.wait()
+        writer.write(frame(b)[1000:] + frame(c))  # past the point where the free tail is shorter than MIN_READ
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/", max_size=1 << 16)
+        assert await asyncio.wait_for(client.recv(), BOUND) == a
+        second = asyncio.ensure_future(client.recv())
+        for _ in range(1000):  # until the reader waits for the rest of b
+            if client._waiter is not None:
+                break
+            await asyncio.sleep(0)
+        assert client._waiter is not None
+        rest.set()
+        assert await asyncio.wait_for(second, BOUND) == b
+        assert await asyncio.wait_for(client.recv(), BOUND) == c
+        client.abort()
