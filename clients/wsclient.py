@@ -77,8 +77,8 @@ class WebSocketClient(asyncio.BufferedProtocol):
     """One client WebSocket: :meth:`connect`, then :meth:`recv`/:meth:`send_binary`/:meth:`send_text`/:meth:`close`.
 
     One task may call :meth:`recv` at a time; sends may come from any task (each frame is written whole).
-    Pings are answered inside :meth:`recv`, so a data path that stops reading stops answering pings too,
-    which is what backpressure should look like to the server.
+    Pings are answered as soon as they are read, even while nobody is in :meth:`recv` (a person deciding on an
+    offer); a data path that stops reading fills the buffer, reading pauses, and pings wait behind the data.
     """
 
     def __init__(self, request: bytes, key: bytes, max_size: int) -> None:
@@ -185,10 +185,11 @@ class WebSocketClient(asyncio.BufferedProtocol):
             self._waiter.set_result(None)
 
     def _scan_for_close(self) -> None:
-        """Walk the headers of the frames read but not yet received, and answer a close frame at once.
+        """Walk the headers of the frames read but not yet received; answer a ping and a close frame at once.
 
-        As websockets does: the server's close handshake completes even while the caller is busy elsewhere (for
-        instance waiting for a person to accept), and a send after it fails at once with the close code. The
+        As websockets does: the server's keep-alive pings are answered and its close handshake completes even
+        while the caller is busy elsewhere (for instance waiting for a person to accept; the relay drops a peer
+        whose pong does not come within 60 s), and a send after a close fails at once with the close code. The
         frames before the close stay queued, so the message that says why (``peer_left``, ``error``) is still
         received in order. A header that does not parse is left for :meth:`recv` to report.
         """
@@ -200,7 +201,9 @@ class WebSocketClient(asyncio.BufferedProtocol):
                 break
             if header is None or header.end > self._end:
                 break
-            if header.opcode is Opcode.CLOSE:
+            if header.opcode is Opcode.PING:
+                self._send_pong(bytes(self._view[header.payload_start:header.end]))
+            elif header.opcode is Opcode.CLOSE:
                 try:
                     code, reason = wf.parse_close(bytes(self._view[header.payload_start:header.end]))
                 except FrameError:
@@ -209,6 +212,11 @@ class WebSocketClient(asyncio.BufferedProtocol):
                 self._send_close_reply(code or 1000)
             position = header.end
         self._scan = position
+
+    def _send_pong(self, payload: bytes) -> None:
+        if not self._close_sent and self._transport is not None and not self._transport.is_closing():
+            key = wf.new_mask_key()
+            self._transport.write(wf.client_header(Opcode.PONG, len(payload), key) + wf.apply_mask(payload, key))
 
     def _send_close_reply(self, code: int) -> None:
         if not self._close_sent and self._transport is not None and not self._transport.is_closing():
@@ -286,11 +294,8 @@ class WebSocketClient(asyncio.BufferedProtocol):
 
     async def _handle(self, header: wf.FrameHeader, payload: memoryview) -> str | memoryview | None:
         opcode = header.opcode
-        if opcode is Opcode.PING:
-            await self._send_frame(Opcode.PONG, bytes(payload))
-            return None
-        if opcode is Opcode.PONG:
-            return None
+        if opcode is Opcode.PING or opcode is Opcode.PONG:
+            return None  # a ping was answered when it arrived (_scan_for_close)
         if opcode is Opcode.CLOSE:
             try:
                 code, reason = wf.parse_close(bytes(payload))

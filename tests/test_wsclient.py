@@ -364,3 +364,21 @@ async def test_a_frame_completed_by_a_read_that_compacts_the_buffer_still_wakes_
         assert await asyncio.wait_for(second, BOUND) == b
         assert await asyncio.wait_for(client.recv(), BOUND) == c
         client.abort()
+
+
+async def test_a_server_ping_is_answered_while_nobody_reads() -> None:
+    """The relay pings every 20 s and drops a peer that misses 60 s of pongs; a receiver waiting for a person to
+    accept an offer reads nothing meanwhile, and must stay connected (as with websockets' background reader)."""
+    answered = asyncio.Event()
+
+    async def pinger(ws: ServerConnection) -> None:
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, BOUND)
+        answered.set()
+        await ws.send("after the pong")
+
+    async with ws_server(pinger) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}")
+        await asyncio.wait_for(answered.wait(), BOUND)  # no recv() until the server saw the pong
+        assert await asyncio.wait_for(client.recv(), BOUND) == "after the pong"
+        await client.close()
