@@ -19,7 +19,8 @@ Exceptions::
 
     DiskError (OSError subclass: callers that catch OSError keep working)
     ├── WriteFailed   a write (or the final fsync-free flush) failed: path, errno, strerror
-    └── ReadFailed    a read failed, or the file was shorter than the size it was offered with
+    └── ReadFailed    a read failed
+        └── Shrank    the file was shorter than the size it was offered with
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class ReadFailed(DiskError):
     """Reading a file to send failed, or the file is shorter than when it was offered."""
 
 
+class Shrank(ReadFailed):
+    """The file ended before the size it was offered with (it shrank since)."""
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less; Windows has no ``pwrite``)."""
     done = 0
@@ -68,6 +73,7 @@ class _WriteJob:
     path: str
     offset: int
     buffer: bytearray
+    first: int
     length: int
 
 
@@ -104,15 +110,18 @@ class FileWriter:
             self._changed.clear()
             await self._changed.wait()
 
-    def submit(self, fd: int, path: str, offset: int, buffer: bytearray, length: int) -> None:
-        """Queue ``buffer[:length]`` for writing at ``offset`` of ``fd``; the buffer belongs to the writer now."""
+    def submit(self, fd: int, path: str, offset: int, buffer: bytearray, length: int, first: int = 0) -> None:
+        """Queue ``buffer[first:length]`` for writing at ``offset`` of ``fd``; the buffer belongs to the writer now.
+
+        ``first`` lets a receiver skip the start of a chunk it already holds (a resumed stream may start earlier).
+        """
         self._raise_failure()
         if self._closed:
             raise RuntimeError("the writer is closed")
-        if not 0 <= length <= len(buffer) or offset < 0:
-            raise ValueError("length or offset out of range")
+        if not 0 <= first <= length <= len(buffer) or offset < 0:
+            raise ValueError("length, first or offset out of range")
         self._in_flight += 1
-        self._jobs.put(_WriteJob(fd, path, offset, buffer, length))
+        self._jobs.put(_WriteJob(fd, path, offset, buffer, first, length))
 
     def give_back(self, buffer: bytearray) -> None:
         """Return an acquired buffer that will not be submitted (its chunk failed or was empty)."""
@@ -148,7 +157,7 @@ class FileWriter:
             error: WriteFailed | None = None
             if not failed:  # after a failure, later jobs are dropped: the transfer is over
                 try:
-                    _pwrite_all(job.fd, memoryview(job.buffer)[:job.length], job.offset)
+                    _pwrite_all(job.fd, memoryview(job.buffer)[job.first:job.length], job.offset)
                 except OSError as exc:
                     failed = True
                     error = WriteFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), job.path)
@@ -244,7 +253,7 @@ class FileReader:
                 while got < length:
                     n = self._file.readinto(view[got:])
                     if not n:
-                        raise ReadFailed(errno_module.EIO, f"the file ended at {self.start + offset + got} bytes, "
+                        raise Shrank(errno_module.EIO, f"the file ended at {self.start + offset + got} bytes, "
                                          f"before the {self.start + self.size} it was offered with", self.path)
                     got += n
                 self._post((buffer, length))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.diskio import DiskError, FileReader, FileWriter, ReadFailed, WriteFailed
+from clients.diskio import DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed
 
 BOUND = 20.0
 
@@ -140,7 +140,7 @@ async def test_a_file_that_shrank_since_the_offer_is_a_read_failure(tmp_path: Pa
     path.write_bytes(b"x" * 25)
     reader = FileReader(path, 40, 10, depth=2)
     try:
-        with pytest.raises(ReadFailed, match="ended at 25 bytes"):
+        with pytest.raises(Shrank, match="ended at 25 bytes"):
             await read_all(reader)
     finally:
         reader.close()
@@ -161,3 +161,32 @@ async def test_closing_a_reader_early_stops_its_thread(tmp_path: Path) -> None:
     assert not reader._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):  # rather than waiting forever for a chunk
         await reader.next()
+
+
+async def test_a_reader_starts_mid_file_as_a_resumed_stream_does(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    path = tmp_path / "source"
+    path.write_bytes(data)
+    reader = FileReader(path, 10_000 - 3_000, 4096, depth=2, start=3_000)
+    try:
+        assert b"".join(await read_all(reader)) == data[3_000:]
+    finally:
+        reader.close()
+
+
+async def test_a_writer_skips_the_start_of_a_chunk_the_receiver_already_holds(tmp_path: Path) -> None:
+    path = tmp_path / "part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    writer = FileWriter(100, depth=2)
+    try:
+        os.pwrite(fd, b"h" * 30, 0)  # held from before the resume
+        buffer = await writer.acquire()
+        buffer[:50] = b"x" * 30 + b"y" * 20  # a chunk from offset 0 whose first 30 bytes are held
+        writer.submit(fd, str(path), 30, buffer, 50, first=30)
+        await writer.flush()
+        with pytest.raises(ValueError):
+            writer.submit(fd, str(path), 0, await writer.acquire(), 10, first=11)
+    finally:
+        writer.close()
+        os.close(fd)
+    assert path.read_bytes() == b"h" * 30 + b"y" * 20
