@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,13 +153,13 @@ async def test_a_missing_file_is_a_read_failure(tmp_path: Path) -> None:
     assert caught.value.errno == errno.ENOENT
 
 
-async def test_closing_a_reader_early_stops_its_thread(tmp_path: Path) -> None:
+async def test_closing_a_reader_early_closes_its_file(tmp_path: Path) -> None:
     path = tmp_path / "source"
     path.write_bytes(os.urandom(100000))
     reader = FileReader(path, 100000, 100, depth=2)
     assert await reader.next() is not None
     reader.close()
-    assert not reader._thread.is_alive()
+    assert reader._file.closed
     with pytest.raises(RuntimeError, match="closed"):  # rather than waiting forever for a chunk
         await reader.next()
 
@@ -190,3 +191,35 @@ async def test_a_writer_skips_the_start_of_a_chunk_the_receiver_already_holds(tm
         writer.close()
         os.close(fd)
     assert path.read_bytes() == b"h" * 30 + b"y" * 20
+
+
+async def test_a_hundred_readers_and_writers_share_one_thread_each(tmp_path: Path) -> None:
+    """A process running hundreds of transfers (tests/hardening/test_load.py) must not run hundreds of threads
+    competing with its event loop for the GIL."""
+    before = threading.active_count()
+    data = os.urandom(50_000)
+    sources = []
+    for index in range(100):
+        sources.append(tmp_path / f"s{index}")
+        sources[-1].write_bytes(data)
+    readers = [FileReader(path, len(data), 4096, depth=2) for path in sources]
+    writers = [FileWriter(4096, depth=2) for _ in range(100)]
+    fds = [os.open(tmp_path / f"d{index}", os.O_WRONLY | os.O_CREAT, 0o600) for index in range(100)]
+    try:
+        async def copy(reader: FileReader, writer: FileWriter, fd: int) -> None:
+            offset = 0
+            while (chunk := await reader.next()) is not None:
+                buffer = await writer.acquire()
+                buffer[:len(chunk)] = chunk
+                writer.submit(fd, "d", offset, buffer, len(chunk))
+                offset += len(chunk)
+            await writer.flush()
+
+        await asyncio.wait_for(asyncio.gather(*map(copy, readers, writers, fds)), BOUND)
+        assert threading.active_count() <= before + 2
+    finally:
+        for reader, writer, fd in zip(readers, writers, fds, strict=True):
+            reader.close()
+            writer.close()
+            os.close(fd)
+    assert all((tmp_path / f"d{index}").read_bytes() == data for index in range(100))

@@ -62,7 +62,7 @@ async def test_a_long_stream_arrives_intact_through_one_fixed_buffer() -> None:
 
     async with ws_server(blast) as port:
         client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}", max_size=1 << 20)
-        buffer_size = len(client._buffer)
+        assert len(client._buffer) == 64 * 1024  # grows with the first large frame, once
         for expected in frames:
             got = await asyncio.wait_for(client.recv(), BOUND)
             assert got == expected
@@ -74,7 +74,8 @@ async def test_a_long_stream_arrives_intact_through_one_fixed_buffer() -> None:
                 await asyncio.sleep(0.001)
             assert got == expected
         assert await asyncio.wait_for(client.recv(), BOUND) == "end"
-        assert len(client._buffer) == buffer_size
+        assert 2 * (1 << 20) + 256 * 1024 < len(client._buffer) <= 2 * ((1 << 20) + 14) + 256 * 1024  # two frames
+        # and a read behind them: the most a 1 MiB max_size allows
         await client.close()
 
 
@@ -381,4 +382,15 @@ async def test_a_server_ping_is_answered_while_nobody_reads() -> None:
         client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}")
         await asyncio.wait_for(answered.wait(), BOUND)  # no recv() until the server saw the pong
         assert await asyncio.wait_for(client.recv(), BOUND) == "after the pong"
+        await client.close()
+
+
+async def test_a_connection_that_carries_only_control_messages_keeps_a_small_buffer() -> None:
+    """Hundreds of rooms in one process (tests/hardening/test_load.py) must not cost 2 x max_size each."""
+    async with ws_server(echo) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}", max_size=4 << 20)
+        for n in range(50):
+            await client.send_text(json.dumps({"type": "ack", "chunks": n}))
+            assert json.loads(await asyncio.wait_for(client.recv(), BOUND))["chunks"] == n
+        assert len(client._buffer) == 64 * 1024
         await client.close()
