@@ -3,6 +3,7 @@
     python -m benchmarks                 # full run, about 6-9 minutes on 2 cores; results in benchmarks/results/
     python -m benchmarks --quick         # tiny sizes, under a minute; results in benchmarks/results/quick/
     python -m benchmarks --only 1,6      # some scenarios only
+    python -m benchmarks --only 8 --cli-8gib   # the CLI against piping-server + curl, 1 GiB and 8 GiB
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,6")
     parser.add_argument("--output", type=Path, default=None, help="folder for results.md/json and chart.png")
     parser.add_argument("--no-install", action="store_true", help="never npm-install piping-server")
+    parser.add_argument("--cli-8gib", action="store_true",
+                        help="scenario 8 also moves an 8 GiB file (client memory flat in the file size; ~2 minutes)")
     args = parser.parse_args(argv)
     plan = Plan.tiny() if args.quick else Plan.full()
     if args.no_install:
         plan = replace(plan, install_baselines=False)
+    if args.cli_8gib:
+        plan = replace(plan, cli_sizes=(*plan.cli_sizes, 8 * 1024 * MIB))
     out_dir = args.output or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     only = {part.strip() for part in args.only.split(",") if part.strip()} or None
     # On SIGTERM unwind normally, so every server and client this run started is stopped.

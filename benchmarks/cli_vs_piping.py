@@ -75,6 +75,7 @@ class Run:
     receiver_user_s_per_gib: list[float] = field(default_factory=list)
     sender_peak_rss_mib: float = 0.0
     receiver_peak_rss_mib: list[float] = field(default_factory=list)
+    load_average: list[float] = field(default_factory=list)  # 1, 5 and 15 minutes, when the run ended
 
 
 class Child:
@@ -157,6 +158,7 @@ def _finish(run: Run, size: int, started: float, sender: Proc, receivers: list[P
     run.receiver_peak_rss_mib = [round(r.peak_rss_mib, 1) for r in receivers]
     run.receiver_mib_s = [round(size / MIB / max(r.ended - started, 1e-9), 1) for r in receivers]
     run.mib_s = round(size / MIB / max(max(p.ended for p in [sender, *receivers]) - started, 1e-9), 1)
+    run.load_average = [round(load, 2) for load in os.getloadavg()]
     codes = [sender.returncode, *(r.returncode for r in receivers)]
     if any(codes):
         run.error = f"exit codes {codes}: {' | '.join(e for e in errors if e)[-300:]}"

@@ -26,6 +26,8 @@ class Plan:
     pairing_rooms: int  # 6: rooms whose receiver's connect -> first byte is timed
     idle_rooms: int  # 7: rooms held open waiting for a receiver
     chunk: int = MIB  # chunk size of scenarios 2-7
+    cli_sizes: tuple[int, ...] = ()  # 8: files `relay send` -> `relay receive` and curl -> piping-server -> curl move
+    cli_receivers: int = 3  # 8: receivers of the fan-out case (at the first size)
     cost_repeat: int = 1  # attempts per relay-cost measurement; the least CPU per GiB is kept
     install_baselines: bool = True
 
@@ -35,6 +37,7 @@ class Plan:
             quick=False, cost_size=GIB, cost_chunks=(64 * KIB, 256 * KIB, MIB, 4 * MIB), e2e_size=GIB,
             fanout_size=256 * MIB, fanout_receivers=3, many_rooms=100, many_size=20 * MIB,
             slow_size=200 * MIB, slow_rate=50 * MIB, pairing_rooms=1000, idle_rooms=5000, cost_repeat=2,
+            cli_sizes=(GIB,),
         )
 
     @classmethod
@@ -44,6 +47,7 @@ class Plan:
             quick=True, cost_size=16 * MIB, cost_chunks=(64 * KIB, MIB), e2e_size=8 * MIB,
             fanout_size=4 * MIB, fanout_receivers=3, many_rooms=4, many_size=2 * MIB,
             slow_size=8 * MIB, slow_rate=50 * MIB, pairing_rooms=20, idle_rooms=50, install_baselines=False,
+            cli_sizes=(4 * MIB,),
         )
 
 

@@ -174,12 +174,54 @@ def markdown(rows: list[Measurement], machine: dict, quick: bool) -> str:
                        f"{_mib(row.rss_idle)} -> {_mib(row.rss_peak)} | {row.client_cpu_s:.2f} | "
                        f"{row.other_cpu_s:.2f} | {_notes(row)} |")
         out.append("")
-    out += ["## Targets (issue 4)", "", "| target | measured | met | margin |", "|---|---|---|---|"]
-    for target in check_targets(rows):
-        met = {True: "yes", False: "**no**", None: "n/a"}[target.met]
-        out.append(f"| {target.name} | {target.measured} | {met} | {target.margin} |")
-    out.append("")
+    for title, targets in (("issue 4", check_targets(rows)), ("issue 12, scenario 8", check_cli_targets(rows))):
+        if not targets:
+            continue
+        out += [f"## Targets ({title})", "", "| target | measured | met | margin |", "|---|---|---|---|"]
+        for target in targets:
+            met = {True: "yes", False: "**no**", None: "n/a"}[target.met]
+            out.append(f"| {target.name} | {target.measured} | {met} | {target.margin} |")
+        out.append("")
     return "\n".join(out)
+
+
+def check_cli_targets(rows: list[Measurement]) -> list[Target]:
+    """Issue 12's targets from scenario 8's rows (the first size 1:1, and the fan-out); empty if it did not run."""
+    cli = [r for r in rows if r.scenario.startswith("8 ") and r.ok]
+    if not cli:
+        return []
+    single = [r for r in cli if r.extra["receivers"] == 1]
+    size = single[0].extra["size_mib"] if single else None
+    relay = next((r for r in single if r.system == "relay CLI" and r.extra["size_mib"] == size), None)
+    piping = next((r for r in single if r.system == "piping+curl" and r.extra["size_mib"] == size), None)
+    fan = next((r for r in cli if r.system == "relay CLI" and r.extra["receivers"] > 1), None)
+    targets: list[Target] = []
+
+    def target(name: str, value: float | None, limit: float, unit: str, at_most: bool) -> None:
+        if value is None:
+            targets.append(Target(name, "not measured", None, ""))
+            return
+        met = value <= limit if at_most else value >= limit
+        targets.append(Target(name, f"{value:.2f}{unit}", met, f"{(value / limit - 1) * 100:+.0f}% of the limit"))
+
+    target("CLI -> CLI >= 1.2x piping-server + curl", relay.mib_s / piping.mib_s if relay and piping else None,
+           1.2, "x", False)
+    target("CLI -> CLI >= 600 MiB/s", relay.mib_s if relay else None, 600, " MiB/s", False)
+    target("receiver <= 1.0 CPU-s/GiB", relay.extra["receiver_cpu_s_per_gib"][0] if relay else None, 1.0, " s", True)
+    target("sender <= 0.8 CPU-s/GiB", relay.extra["sender_cpu_s_per_gib"] if relay else None, 0.8, " s", True)
+    if fan and relay:
+        single_rate = relay.extra["receiver_mib_s"][0]
+        target(f"each of {fan.extra['receivers']} receivers >= 0.8x the single rate",
+               min(fan.extra["receiver_mib_s"]) / single_rate if single_rate else None, 0.8, "x", False)
+    sizes = sorted({r.extra["size_mib"] for r in single if r.system == "relay CLI"})
+    if len(sizes) > 1:
+        small, large = (next(r for r in single if r.system == "relay CLI" and r.extra["size_mib"] == s)
+                        for s in (sizes[0], sizes[-1]))
+        peak_small = max(small.extra["receiver_peak_rss_mib"][0], small.extra["sender_peak_rss_mib"])
+        peak_large = max(large.extra["receiver_peak_rss_mib"][0], large.extra["sender_peak_rss_mib"])
+        target(f"client peak RSS flat: {sizes[-1]} MiB over {sizes[0]} MiB <= 1.1x", peak_large / peak_small,
+               1.1, "x", True)
+    return targets
 
 
 def _ratio(value: float, base: float) -> str:
@@ -190,6 +232,12 @@ def _notes(row: Measurement) -> str:
     if not row.ok:
         return f"failed: {row.error}"
     extra = row.extra
+    if "cli_vs_piping" in extra:
+        receivers = " / ".join(f"{cpu:.2f}" for cpu in extra["receiver_cpu_s_per_gib"])
+        rss = " / ".join(f"{mib:.0f}" for mib in extra["receiver_peak_rss_mib"])
+        return (f"verified; CPU-s/GiB receiver {receivers}, sender {extra['sender_cpu_s_per_gib']:.2f}; peak RSS "
+                f"receiver {rss}, sender {extra['sender_peak_rss_mib']:.0f} MiB; dd write floor "
+                f"{extra['dd_write_cpu_s_per_gib']} CPU-s/GiB; load {extra['load_average'][0]}")
     if "p99_ms" in extra:
         return f"p50 {extra['p50_ms']:.2f} ms, p99 {extra['p99_ms']:.2f} ms, max {extra['max_ms']:.1f} ms"
     if "kib_per_room" in extra:
@@ -252,6 +300,6 @@ def write_all(rows: list[Measurement], out_dir: Path, quick: bool) -> str:
         text += "\n![throughput and relay CPU per GiB by chunk size](chart.png)\n"
     (out_dir / "results.md").write_text(text)
     raw = {"machine": machine, "quick": quick, "rows": [row.to_dict() for row in rows],
-           "targets": [vars(t) for t in check_targets(rows)]}
+           "targets": [vars(t) for t in check_targets(rows) + check_cli_targets(rows)]}
     (out_dir / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
     return text

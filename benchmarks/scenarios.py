@@ -386,6 +386,40 @@ def idle_capacity_tcp(plan: Plan, log_dir: Path) -> Measurement:
     return on_server(lambda: TcpRelayServer(log_dir, plan.chunk), row, body)
 
 
+def cli_vs_piping(plan: Plan, log_dir: Path) -> list[Measurement]:
+    """Scenario 8 (issue 12): ``relay send`` -> ``relay receive`` (encrypted, verified, to disk) against curl ->
+    piping-server -> curl in the same run, per size, then the fan-out to ``cli_receivers`` receivers. The numbers
+    that matter are per client process (CPU-s per GiB, peak RSS), in ``extra``; relay CPU is not measured here."""
+    from benchmarks import cli_vs_piping as cvp  # it imports make_file/file_digest from this module
+
+    report = cvp.run_all([size // MIB for size in plan.cli_sizes], plan.cli_receivers, 1, plan.install_baselines,
+                         log_dir / "cli-vs-piping")
+    rows = []
+    for run in report["runs"]:
+        fan = f", {run['receivers']} receivers" if run["receivers"] > 1 else ""
+        row = Measurement(f"8 CLI to disk, {_size_text(run['size_mib'] * MIB)}{fan}",
+                          "relay CLI" if run["tool"] == "relay CLI" else "piping+curl", plan.chunk, run["ok"],
+                          run["error"])
+        gib = run["size_mib"] * MIB / GIB
+        if run["ok"] and run["mib_s"] > 0:
+            row.bytes = run["size_mib"] * MIB * run["receivers"]
+            row.seconds = run["size_mib"] / run["mib_s"]
+            row.client_cpu_s = round((run["sender_cpu_s_per_gib"] + sum(run["receiver_cpu_s_per_gib"])) * gib, 2)
+        row.extra = {"cli_vs_piping": True, **{key: run[key] for key in (
+            "size_mib", "receivers", "receiver_mib_s", "sender_cpu_s_per_gib", "receiver_cpu_s_per_gib",
+            "sender_user_s_per_gib", "receiver_user_s_per_gib", "sender_peak_rss_mib", "receiver_peak_rss_mib",
+            "load_average")}}
+        rows.append(row)
+    floors = {floor["size_mib"]: floor["dd_write"].get("cpu_s_per_gib") for floor in report["floors"]}
+    for row in rows:
+        row.extra["dd_write_cpu_s_per_gib"] = floors.get(row.extra["size_mib"])
+    return rows
+
+
+def _size_text(n: int) -> str:
+    return f"{n // GIB} GiB" if n >= GIB and n % GIB == 0 else f"{n // MIB} MiB"
+
+
 def best_of(attempts: int, measure: Callable[[], Measurement]) -> Measurement:
     """Run ``measure`` ``attempts`` times; keep the attempt with the least relay CPU per GiB.
 
@@ -403,7 +437,7 @@ def best_of(attempts: int, measure: Callable[[], Measurement]) -> Measurement:
 def all_scenarios(plan: Plan, log_dir: Path, only: set[str] | None = None,
                   progress: Callable[[Measurement], None] = lambda row: None) -> list[Measurement]:
     """Run every scenario (or those whose number is in ``only``), reporting each row as it is measured."""
-    steps: list[tuple[str, Callable[[], Measurement]]] = []
+    steps: list[tuple[str, Callable[[], Measurement | list[Measurement]]]] = []
     for chunk in plan.cost_chunks:
         steps.append(("1", lambda chunk=chunk: best_of(plan.cost_repeat, lambda: relay_cost(plan, log_dir, chunk))))
         for system in BASELINES:
@@ -417,14 +451,16 @@ def all_scenarios(plan: Plan, log_dir: Path, only: set[str] | None = None,
         ("6", lambda: pairing_latency(plan, log_dir)),
         ("7", lambda: idle_capacity(plan, log_dir)),
         ("7", lambda: idle_capacity_tcp(plan, log_dir)),
+        ("8", lambda: cli_vs_piping(plan, log_dir)),
     ]
     rows = []
     for number, step in steps:
         if only and number not in only:
             continue
-        row = step()
-        progress(row)
-        rows.append(row)
+        result = step()
+        for row in result if isinstance(result, list) else [result]:
+            progress(row)
+            rows.append(row)
     return rows
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import os
 import re
@@ -10,11 +12,11 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
 import websockets
-from websockets.asyncio.client import ClientConnection
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
 from clients.errors import RelayUnavailable, TransferError, TransferRefused
+from clients.wsclient import ConnectionClosed, HandshakeFailed, RecvInProgress, WebSocketClient
 
 DEFAULT_RELAY = "ws://127.0.0.1:8000"
 OPEN_TIMEOUT = 15.0
@@ -23,6 +25,9 @@ MAX_INCOMING = p.DEFAULT_MAX_MESSAGE + 64 * 1024
 # After a close, how many still-queued frames to look through for the message saying why.
 UNREAD_AFTER_CLOSE = 64
 MAX_RESUME_NOISE = 64  # other parties' `resumed`/`reconnecting` read before our own `resumed`
+DROPPED = 1006  # RFC 6455: the connection ended without a close frame (a drop: worth resuming)
+NO_STATUS = 1005  # a close frame without a code
+LINGER = 5.0  # after an ending message, how long to wait for the relay to end the room before closing
 
 
 def default_relay_url() -> str:
@@ -255,9 +260,13 @@ class ConnectionLost(TransferRefused):
 
 
 class RelayConnection:
-    """Control messages and payload frames over one WebSocket; ending messages surface as exceptions."""
+    """Control messages and payload frames over one WebSocket; ending messages surface as exceptions.
 
-    def __init__(self, websocket: ClientConnection, hello: p.Hello) -> None:
+    The socket is ``clients.wsclient.WebSocketClient`` (docs/design/speed.md section 3): a payload comes back
+    from :meth:`receive` as a ``memoryview`` of its receive buffer, valid only until the next ``receive``.
+    """
+
+    def __init__(self, websocket: WebSocketClient, hello: p.Hello) -> None:
         self.websocket = websocket
         self.hello = hello
 
@@ -270,22 +279,19 @@ class RelayConnection:
 
     @classmethod
     async def _connect(cls, relay_url: str, nameplate: str | None, role: str, receivers: int | None,
-                       resume: bool = False) -> ClientConnection:
+                       resume: bool = False) -> WebSocketClient:
         relay = parse_relay_url(relay_url)  # BadRelayUrl before any socket
         url = room_url(relay_url, nameplate, role, receivers, resume)
         proxy = proxy_for(relay)
         via = f" through the proxy {_without_password(proxy)}" if proxy else ""
         try:
-            return await websockets.connect(
-                url, compression=None, max_size=MAX_INCOMING, open_timeout=OPEN_TIMEOUT,
-                ping_interval=20, ping_timeout=60, write_limit=2**20, proxy=proxy,
-                additional_headers=token_headers(),
-            )
+            return await WebSocketClient.connect(url, headers=token_headers(), proxy=proxy, max_size=MAX_INCOMING,
+                                                 open_timeout=OPEN_TIMEOUT)
         except ImportError as exc:  # a socks:// proxy without the optional python-socks package
             raise BadRelayUrl(proxy or "", f"this proxy needs a package that is not installed: {exc}") from exc
         except websockets.InvalidProxy as exc:
             raise BadRelayUrl(proxy or "", f"the proxy setting is not usable: {exc}") from exc
-        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+        except (OSError, TimeoutError, HandshakeFailed, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST,
                                    f"cannot reach the relay at {relay.websocket_base}{via}: {exc}") from exc
 
@@ -306,7 +312,7 @@ class RelayConnection:
         raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay did not confirm the resume")
 
     @classmethod
-    async def _greeted(cls, websocket: ClientConnection, role: str) -> RelayConnection:
+    async def _greeted(cls, websocket: WebSocketClient, role: str) -> RelayConnection:
         connection = cls(websocket, p.Hello(p.PROTOCOL_V2, role, 0, 1, p.DEFAULT_MAX_MESSAGE))
         first = await connection.receive()
         if not isinstance(first, p.Hello):
@@ -316,18 +322,19 @@ class RelayConnection:
         return connection
 
     async def send(self, message: p.Message) -> None:
-        await self._send(message.to_json())
-
-    async def send_payload(self, data: bytes | bytearray | memoryview) -> None:
-        await self._send(data)
-
-    async def _send(self, frame: str | bytes | bytearray | memoryview) -> None:
         try:
-            await self.websocket.send(frame)
-        except websockets.ConnectionClosed as exc:
+            await self.websocket.send_text(message.to_json())
+        except ConnectionClosed as exc:
             raise await self._reason_for_close(exc) from exc
 
-    async def _reason_for_close(self, exc: websockets.ConnectionClosed) -> TransferError:
+    async def send_payload(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one binary frame; ``data`` may be reused once this returns (it is masked into a new buffer)."""
+        try:
+            await self.websocket.send_binary(data)
+        except ConnectionClosed as exc:
+            raise await self._reason_for_close(exc) from exc
+
+    async def _reason_for_close(self, exc: ConnectionClosed) -> TransferError:
         """Why the relay closed: the ending message it sent just before, if still unread, else the close code.
 
         A send fails as soon as the relay's close arrives, while its ``peer_left``/``error``/``cancel`` may still
@@ -336,7 +343,7 @@ class RelayConnection:
         for _ in range(UNREAD_AFTER_CLOSE):
             try:
                 frame = await self.websocket.recv()
-            except (websockets.ConnectionClosed, websockets.ConcurrencyError):
+            except (ConnectionClosed, RecvInProgress):
                 break
             if isinstance(frame, str):
                 try:
@@ -347,13 +354,15 @@ class RelayConnection:
                     return error
         return self._closed_error(exc)
 
-    async def receive(self) -> p.Message | bytes:
-        """The next message or payload; ``error``/``cancel``/``peer_left`` and closes raise ``TransferError``."""
+    async def receive(self) -> p.Message | memoryview:
+        """The next message or payload; ``error``/``cancel``/``peer_left`` and closes raise ``TransferError``.
+
+        A payload is a view of the socket's receive buffer, valid until the next call (copy it to keep it)."""
         try:
             frame = await self.websocket.recv()
-        except websockets.ConnectionClosed as exc:
+        except ConnectionClosed as exc:
             raise self._closed_error(exc) from exc
-        if isinstance(frame, bytes):
+        if isinstance(frame, memoryview):
             return frame
         try:
             message = p.parse_message(frame, p.PROTOCOL_V2)
@@ -367,29 +376,44 @@ class RelayConnection:
 
     async def abort(self, code: ErrorCode, message: str) -> None:
         """Tell the room why this party gives up (best effort), then close."""
-        try:
-            await self.websocket.send(p.Error(code.value, message[: p.MAX_TEXT]).to_json())
-        except websockets.ConnectionClosed:
-            pass
-        await self.close()
+        await self._last_word(p.Error(code.value, message[: p.MAX_TEXT]).to_json())
 
     async def cancel(self) -> None:
         """Tell the room this party gives up (Ctrl-C): the others read "cancelled", not "disconnected"."""
+        await self._last_word(p.SealedCancel().to_json())
+
+    async def _last_word(self, text: str) -> None:
+        """Send an ending message, let the relay end the room and close (reading what still comes meanwhile),
+        then close. Closing at once could reach the relay first: a receiver's close while the relay is still
+        forwarding to it looks like a dropped connection, whose seat waits for a resume instead of ending the
+        room. At most ``LINGER`` seconds, then closed anyway."""
         try:
-            await self.websocket.send(p.SealedCancel().to_json())
-        except websockets.ConnectionClosed:
+            await self.websocket.send_text(text)
+        except ConnectionClosed:
             pass
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINGER):
+                    while True:
+                        try:
+                            await self.websocket.recv()
+                        except (ConnectionClosed, RecvInProgress):
+                            break
         await self.close()
 
     async def close(self) -> None:
         await self.websocket.close()
 
+    def drop(self) -> None:
+        """Drop the socket without a close handshake (a relay that stopped reading never takes one)."""
+        self.websocket.abort()
+
     @staticmethod
-    def _closed_error(exc: websockets.ConnectionClosed) -> TransferError:
-        if exc.rcvd is None:
+    def _closed_error(exc: ConnectionClosed) -> TransferError:
+        if exc.code == DROPPED:
             return ConnectionLost("the connection to the relay was lost")
-        close = exc.rcvd.code if exc.rcvd else None
+        close = exc.code if exc.code != NO_STATUS else None
         code = ErrorCode.from_close_code(close) or ErrorCode.PEER_LEFT
-        reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else ""
+        reason = exc.reason
         detail = f"{close or 'no close code'}{': ' + reason if reason else ''}"
         return TransferRefused(code, f"the relay closed the connection ({detail})")

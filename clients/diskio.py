@@ -2,14 +2,17 @@
 
 Why not ``aiofiles``: it hands every ``write``/``read`` to a thread-pool executor, so each 1 MiB chunk costs a
 future, a queue put that wakes a pool thread, and a ``bytes`` object. Measured on today's receiver (``perf``), the
-hand-offs and the GIL ping-pong around them are a visible share of its 4.4 CPU-s per GiB. Here:
+hand-offs and the GIL ping-pong around them are a visible share of its 4.4 CPU-s per GiB. Here the process has
+one writer thread and one reader thread, started on first use and shared by every writer and reader (a process
+running hundreds of transfers, as tests/hardening/test_load.py does, must not run hundreds of threads competing
+for the GIL with its event loop):
 
 - :class:`FileWriter`: the event loop ``acquire``s a buffer from the pool (waiting while all are in flight: that
   is the memory bound, ``depth * buffer_size``), fills it (e.g. ``AESGCM.decrypt_into``), and ``submit``s it with
-  a file descriptor and an offset. One thread ``os.pwrite``s jobs in order and gives each buffer back. A failed
+  a file descriptor and an offset. The writer thread ``os.pwrite``s jobs in order and gives each buffer back. A failed
   write is kept and raised, as :class:`WriteFailed` with the path and ``errno``, by the next ``acquire``,
   ``submit`` or ``flush`` on the loop: the caller learns it at the next chunk, never later than ``flush``.
-- :class:`FileReader`: a thread ``readinto``s the first ``size`` bytes of a file into pool buffers, at most
+- :class:`FileReader`: the reader thread ``readinto``s the first ``size`` bytes of a file into pool buffers, at most
   ``depth`` chunks ahead of the loop; :meth:`FileReader.next` returns the next chunk as a ``memoryview`` that stays
   valid until the following call. A file that shrinks while read raises :class:`ReadFailed`.
 
@@ -19,7 +22,8 @@ Exceptions::
 
     DiskError (OSError subclass: callers that catch OSError keep working)
     ├── WriteFailed   a write (or the final fsync-free flush) failed: path, errno, strerror
-    └── ReadFailed    a read failed, or the file was shorter than the size it was offered with
+    └── ReadFailed    a read failed
+        └── Shrank    the file was shorter than the size it was offered with
 """
 
 from __future__ import annotations
@@ -30,10 +34,9 @@ import os
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 
 DEFAULT_DEPTH = 8
-_STOP = None
 
 
 class DiskError(OSError):
@@ -46,6 +49,10 @@ class WriteFailed(DiskError):
 
 class ReadFailed(DiskError):
     """Reading a file to send failed, or the file is shorter than when it was offered."""
+
+
+class Shrank(ReadFailed):
+    """The file ended before the size it was offered with (it shrank since)."""
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -62,22 +69,45 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         done += written
 
 
-@dataclass(slots=True)
-class _WriteJob:
-    fd: int
-    path: str
-    offset: int
-    buffer: bytearray
-    length: int
+class _Worker:
+    """One daemon thread running jobs (callables) in order, shared by every writer (or reader) of the process."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            self._jobs.get()()  # each job catches its own errors and reports them to its loop
+
+
+_WRITER = _Worker("relay-writer")
+_READER = _Worker("relay-reader")
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
 
 
 class FileWriter:
-    """Writes chunks at offsets of open files from one thread; ``depth`` buffers of ``buffer_size`` bytes.
+    """Writes chunks at offsets of open files on the writer thread; ``depth`` buffers of ``buffer_size`` bytes.
 
     Use from one event loop: ``buffer = await writer.acquire()``, fill ``buffer[:n]``, then
     ``writer.submit(fd, path, offset, buffer, n)``; ``await writer.flush()`` before closing or renaming the file;
-    ``writer.close()`` at the end (also after a failure). The writer never opens or closes files itself: the
-    store owns the part files and their names.
+    ``writer.close()`` at the end (also after a failure: queued writes not yet started are dropped, and none runs
+    after it returns). The writer never opens or closes files itself: the store owns the part files and names.
     """
 
     def __init__(self, buffer_size: int, depth: int = DEFAULT_DEPTH) -> None:
@@ -87,13 +117,13 @@ class FileWriter:
         self.depth = depth
         self._loop = asyncio.get_running_loop()
         self._free: deque[bytearray] = deque(bytearray(buffer_size) for _ in range(depth))
-        self._jobs: queue.SimpleQueue[_WriteJob | None] = queue.SimpleQueue()
         self._in_flight = 0
         self._changed = asyncio.Event()  # set whenever a job finished (a buffer came back or a failure)
         self._failure: WriteFailed | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="relay-writer", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # held by the writer thread around each write; close() takes it too
+        self._stopped = False  # under _lock: the thread skips this writer's jobs
+        self._failed = False  # thread side: after a failure, later jobs are dropped (the transfer is over)
 
     async def acquire(self) -> bytearray:
         """A free buffer (waits while all ``depth`` are being written); raises an earlier write's failure."""
@@ -104,15 +134,18 @@ class FileWriter:
             self._changed.clear()
             await self._changed.wait()
 
-    def submit(self, fd: int, path: str, offset: int, buffer: bytearray, length: int) -> None:
-        """Queue ``buffer[:length]`` for writing at ``offset`` of ``fd``; the buffer belongs to the writer now."""
+    def submit(self, fd: int, path: str, offset: int, buffer: bytearray, length: int, first: int = 0) -> None:
+        """Queue ``buffer[first:length]`` for writing at ``offset`` of ``fd``; the buffer belongs to the writer now.
+
+        ``first`` lets a receiver skip the start of a chunk it already holds (a resumed stream may start earlier).
+        """
         self._raise_failure()
         if self._closed:
             raise RuntimeError("the writer is closed")
-        if not 0 <= length <= len(buffer) or offset < 0:
-            raise ValueError("length or offset out of range")
+        if not 0 <= first <= length <= len(buffer) or offset < 0:
+            raise ValueError("length, first or offset out of range")
         self._in_flight += 1
-        self._jobs.put(_WriteJob(fd, path, offset, buffer, length))
+        _WRITER.put(lambda: self._write(fd, path, offset, buffer, first, length))
 
     def give_back(self, buffer: bytearray) -> None:
         """Return an acquired buffer that will not be submitted (its chunk failed or was empty)."""
@@ -132,33 +165,33 @@ class FileWriter:
         return {"in_flight": self._in_flight, "free": len(self._free), "depth": self.depth}
 
     def close(self) -> None:
-        """Stop the thread after the queued jobs (bounded: at most ``depth`` of them); idempotent."""
+        """No write of this writer runs after this returns (waits for the one under way, at most one chunk);
+        writes still queued are dropped. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._jobs.put(_STOP)
-            self._thread.join()
+            with self._lock:
+                self._stopped = True
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
-    def _run(self) -> None:
-        failed = False
-        while (job := self._jobs.get()) is not _STOP:
-            error: WriteFailed | None = None
-            if not failed:  # after a failure, later jobs are dropped: the transfer is over
-                try:
-                    _pwrite_all(job.fd, memoryview(job.buffer)[:job.length], job.offset)
-                except OSError as exc:
-                    failed = True
-                    error = WriteFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), job.path)
-                except Exception as exc:  # never let the thread die silently: the loop would wait forever
-                    failed = True
-                    error = WriteFailed(errno_module.EIO, f"unexpected: {exc!r}", job.path)
-            try:
-                self._loop.call_soon_threadsafe(self._done, job.buffer, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
+    def _write(self, fd: int, path: str, offset: int, buffer: bytearray, first: int, length: int) -> None:
+        """On the writer thread."""
+        error: WriteFailed | None = None
+        with self._lock:
+            if self._stopped:
                 return
+            if not self._failed:
+                try:
+                    _pwrite_all(fd, memoryview(buffer)[first:length], offset)
+                except OSError as exc:
+                    self._failed = True
+                    error = WriteFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), path)
+                except Exception as exc:  # never lose a job silently: the loop would wait forever
+                    self._failed = True
+                    error = WriteFailed(errno_module.EIO, f"unexpected: {exc!r}", path)
+        _post(self._loop, self._done, buffer, error)
 
     def _done(self, buffer: bytearray, error: WriteFailed | None) -> None:
         self._in_flight -= 1
@@ -173,7 +206,7 @@ class FileReader:
 
     ``await reader.next()`` returns the next chunk (the last may be short; an empty file gives one empty chunk,
     as the stream plan wants) and ``None`` after the last; each view is valid until the following ``next``.
-    Call :meth:`close` when done or on failure (it stops the thread and closes the file).
+    Call :meth:`close` when done or on failure (it closes the file once no read of it is under way).
     """
 
     def __init__(self, path: str | os.PathLike[str], size: int, chunk_size: int, depth: int = DEFAULT_DEPTH,
@@ -190,25 +223,25 @@ class FileReader:
             self._file.seek(start)
         except OSError as exc:
             raise ReadFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), self.path) from exc
-        self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
-        for _ in range(depth):
-            self._free.put(bytearray(chunk_size))
         self._ready: deque[tuple[bytearray, int] | ReadFailed | None] = deque()
         self._arrived = asyncio.Event()
         self._held: bytearray | None = None
         self._finished = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="relay-reader", daemon=True)
-        self._thread.start()
+        self._closed = False
+        self._lock = threading.Lock()  # held by the reader thread around each read; close() takes it too
+        self._offset = 0  # reader thread side: bytes read so far
+        self._ended = False  # reader thread side: the last chunk (or a failure) was posted
+        for _ in range(depth):
+            self._request(bytearray(chunk_size))
 
     async def next(self) -> memoryview | None:
         """The next chunk, or ``None`` once ``size`` bytes were returned; raises :class:`ReadFailed`."""
         if self._finished:
             return None
-        if self._stop.is_set():
+        if self._closed:
             raise RuntimeError("the reader is closed")
         if self._held is not None:
-            self._free.put(self._held)
+            self._request(self._held)
             self._held = None
         while not self._ready:
             self._arrived.clear()
@@ -225,45 +258,45 @@ class FileReader:
         return memoryview(buffer)[:length]
 
     def close(self) -> None:
-        """Stop reading and close the file; idempotent."""
-        self._stop.set()
-        self._free.put(None)  # wakes the thread if it waits for a buffer
-        self._thread.join()
-        self._file.close()
+        """Stop reading and close the file (after the read under way, if any); idempotent."""
+        if not self._closed:
+            self._closed = True
+            with self._lock:
+                self._ended = True
+                self._file.close()
 
-    def _run(self) -> None:
-        offset = 0
-        try:
-            while True:
-                buffer = self._free.get()
-                if buffer is None or self._stop.is_set():
-                    return
-                length = min(self.chunk_size, self.size - offset)
-                view = memoryview(buffer)[:length]
-                got = 0
+    def _request(self, buffer: bytearray) -> None:
+        _READER.put(lambda: self._read_into(buffer))
+
+    def _read_into(self, buffer: bytearray) -> None:
+        """On the reader thread: fill ``buffer`` with the next chunk and hand it to the loop."""
+        item: tuple[bytearray, int] | ReadFailed
+        with self._lock:
+            if self._ended:
+                return
+            length = min(self.chunk_size, self.size - self._offset)
+            view = memoryview(buffer)[:length]
+            got = 0
+            try:
                 while got < length:
                     n = self._file.readinto(view[got:])
                     if not n:
-                        raise ReadFailed(errno_module.EIO, f"the file ended at {self.start + offset + got} bytes, "
-                                         f"before the {self.start + self.size} it was offered with", self.path)
+                        raise Shrank(errno_module.EIO, f"the file ended at {self.start + self._offset + got} bytes, "
+                                     f"before the {self.start + self.size} it was offered with", self.path)
                     got += n
-                self._post((buffer, length))
-                offset += length
-                if offset >= self.size:
-                    self._post(None)
-                    return
-        except ReadFailed as exc:
-            self._post(exc)
-        except OSError as exc:
-            self._post(ReadFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), self.path))
-        except Exception as exc:  # never let the thread die silently: next() would wait forever
-            self._post(ReadFailed(errno_module.EIO, f"unexpected: {exc!r}", self.path))
-
-    def _post(self, item: tuple[bytearray, int] | ReadFailed | None) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, item)
-        except RuntimeError:  # the loop is closed
-            self._stop.set()
+                item = (buffer, length)
+                self._offset += length
+                last = self._offset >= self.size
+            except ReadFailed as exc:
+                item, last = exc, True
+            except OSError as exc:
+                item, last = ReadFailed(exc.errno or errno_module.EIO, exc.strerror or str(exc), self.path), True
+            except Exception as exc:  # never lose a read silently: next() would wait forever
+                item, last = ReadFailed(errno_module.EIO, f"unexpected: {exc!r}", self.path), True
+            self._ended = last
+        _post(self._loop, self._deliver, item)
+        if last and not isinstance(item, ReadFailed):
+            _post(self._loop, self._deliver, None)
 
     def _deliver(self, item: tuple[bytearray, int] | ReadFailed | None) -> None:
         self._ready.append(item)

@@ -20,7 +20,6 @@ spaces), and the mappings are reported to the user.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import secrets
@@ -97,7 +96,6 @@ class Part:
     written: bool = False  # the temporary file exists
     committed: bool = False  # renamed to ``name``
     backup: str | None = None  # under overwrite: the replaced file, kept under a temporary name until the end
-    writing: asyncio.Future[int] | None = None  # the one write still in flight, if any
 
 
 @dataclass(slots=True)
@@ -198,30 +196,14 @@ class Destination:
         part.written = True
         return part
 
-    async def write(self, part: Part, data: bytes) -> None:
-        """Start writing ``data`` after the previous write of this part; the caller may receive meanwhile."""
-        assert part.handle is not None
-        await self._settle(part)
-        part.writing = asyncio.ensure_future(part.handle.write(data))
-
-    async def _settle(self, part: Part) -> None:
-        """Wait for the write in flight, raising its error."""
-        if part.writing is not None:
-            writing, part.writing = part.writing, None
-            try:
-                await writing
-            except OSError as exc:
-                raise _write_error(part.entry.path, exc) from exc
-
     def part_fd(self, part: Part) -> tuple[int, str]:
-        """The open part's descriptor, for writes at offsets from the data path's writer thread, and the offered
-        path to name in messages."""
+        """The open part's descriptor, for writes at offsets from the data path's writer thread
+        (``clients.diskio.FileWriter``, flushed before :meth:`finish`), and the offered path to name in messages."""
         assert part.handle is not None
         return part.handle.fileno(), part.entry.path
 
     async def finish(self, part: Part) -> None:
         """Flush a verified part, give it the offered mode and mtime, and close it; it keeps its temporary name."""
-        await self._settle(part)
         if part.handle is not None:
             try:
                 await part.handle.flush()
@@ -285,10 +267,6 @@ class Destination:
     async def discard(self) -> None:
         """Delete every part not yet committed and every folder made for it: a failed transfer leaves nothing."""
         for part in self.parts:
-            try:
-                await self._settle(part)
-            except LocalFailure:
-                pass
             if part.handle is not None:
                 try:
                     await part.handle.close()

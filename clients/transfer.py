@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import aiofiles
-
 from relay import protocol as p
 from relay.codes import wordlist
 from relay.protocol import ErrorCode
 from clients import crypto as c
+from clients.chunkcrypt import ChunkOpenerInto, ChunkSealerInto
+from clients.diskio import FileReader, FileWriter, ReadFailed, Shrank, WriteFailed
 from clients.connection import ConnectionLost, PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
-from clients.store import Destination
+from clients.store import Destination, write_error
 
 
 class Reporter:
@@ -181,7 +181,7 @@ async def _leave(connection: RelayConnection, ending: Awaitable[None], seconds: 
         async with asyncio.timeout(seconds):
             await ending
     except TimeoutError:
-        connection.websocket.transport.abort()
+        connection.drop()
 
 
 WRONG_CODE_MESSAGE = "the code was wrong; nothing was sent; start again with a new code"
@@ -462,6 +462,26 @@ class _Parking:
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
     high: int = 0  # bytes of the offer (in file order) the stream has got through
     resent: int = 0
+    epoch: int = 0  # the epoch being streamed: acks of earlier ones no longer count
+    acked: dict[int, int] = field(default_factory=dict)  # receiver -> chunks of this epoch it acknowledged
+    acks: asyncio.Event = field(default_factory=asyncio.Event)  # set at each ack of this epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.acked.clear()
+        self.parked.clear()
+
+    def acknowledged(self, peer: int, epoch: int, chunks: int) -> None:
+        if epoch == self.epoch and peer in self.channels:
+            self.acked[peer] = max(self.acked.get(peer, 0), chunks)
+            self.acks.set()
+
+    def ahead(self, sent: int) -> int:
+        """Chunks of this epoch sent beyond the slowest receiver's ack; 0 until every receiver has acked (acks
+        are optional in the protocol: one that never acks is not waited for, as on the page)."""
+        if len(self.acked) < len(self.channels):
+            return 0
+        return sent - min(self.acked.values())
 
     def park(self, peer: int) -> None:
         self.away.add(peer)
@@ -517,7 +537,10 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
                 raise p.UnexpectedMessage("a sealed message the sender does not expect")
             room.positions[message.peer] = (note["file"], note["have"])
             room.check_ready()
-        elif not isinstance(message, p.ChunkAck):
+        elif isinstance(message, p.ChunkAck):
+            if room is not None and message.peer is not None:
+                room.acknowledged(message.peer, message.epoch, message.chunks)
+        else:
             raise _unexpected(message, "streaming")
 
 
@@ -542,10 +565,10 @@ async def _stream_epochs(
         plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
                      "segments": [[s.file, s.start, s.end] for s in plan.segments]}
         peers = tuple(sorted(room.channels))
-        room.parked.clear()
+        room.start_epoch(epoch)
         await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
                                        tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
-        sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
+        sealer = ChunkSealerInto(c.data_key(content_key, salt), plan)
         digests = room.channels if len(room.channels) > 1 else None
         try:
             await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
@@ -575,83 +598,116 @@ async def _stream_epochs(
 
 
 async def _stream(
-    connection: RelayConnection, outgoing: Outgoing, sealer: c.StreamSealer, chunk_size: int,
+    connection: RelayConnection, outgoing: Outgoing, sealer: ChunkSealerInto, chunk_size: int,
     digests: dict[int, c.ControlChannel] | None, reporter: Reporter, watcher: asyncio.Task[None], seconds: float,
-    room: _Parking | None = None, base: int = 0, segments: tuple[c.Segment, ...] | None = None, epoch: int = 0,
+    room: _Parking, base: int, segments: tuple[c.Segment, ...], epoch: int,
 ) -> None:
     """Seal and send every chunk in plan order. With several receivers, each file's SHA-256 goes sealed to every
     receiver just before the file's last chunk (a receiver holds the content key and could forge chunks for
-    the others; it cannot forge the pair channel)."""
+    the others; it cannot forge the pair channel).
+
+    The data path (docs/design/speed.md): a reader thread ``readinto``s the file ahead into a fixed pool, each
+    chunk is sealed into one reusable buffer and sent as header + binary frame without joining them; nothing
+    waits for a round trip per chunk, only for the socket's buffer and the acknowledgement window
+    (``ACK_WINDOW``, docs/protocol.md section 8).
+    """
     sent = base
-    if segments is None:
-        segments = tuple(c.Segment(i, 0, local.entry.size) for i, local in enumerate(outgoing.files))
+    out = bytearray(chunk_size + c.TAG_SIZE)
+    window = max(1, ACK_WINDOW // chunk_size)
+    chunks = 0
     for segment in segments:
         index, local = segment.file, outgoing.files[segment.file]
         sha256 = hashlib.sha256() if digests is not None else None
         if sha256 is not None and segment.start:
-            async for data in _read_chunks(local.source, segment.start, chunk_size):
-                sha256.update(data)  # the file's digest covers the bytes the receivers already hold
-        async for data in _read_chunks(local.source, local.entry.size, chunk_size, segment.start):
-            if room is not None and room.parked.is_set():
-                raise _Parked()
-            if watcher.done():
-                watcher.result()  # re-raise what ended the room
-                raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
-            position = sealer.position
-            assert position is not None and position.file == index
-            if sha256 is not None and digests is not None:
-                sha256.update(data)
-                if position.last:
-                    for peer, channel in sorted(digests.items()):
-                        note = _seal_json(channel, {"file": index, "sha256": sha256.hexdigest()})
-                        await _send_or_explain(connection, p.Sealed(note, to=peer), watcher, seconds)
-            sealed = sealer.seal_next(data)
-            header = p.SealedChunk(epoch, len(sealed), p.chunk_digest(sealed))
-            await _send_or_explain(connection, header, watcher, seconds)
-            await _send_or_explain(connection, sealed, watcher, seconds)
-            sent += len(data)
-            if room is not None:
+            async with _reading(local.source, 0, segment.start, chunk_size) as reader:
+                while (data := await _read(reader)) is not None:
+                    sha256.update(data)  # the file's digest covers the bytes the receivers already hold
+        async with _reading(local.source, segment.start, local.entry.size, chunk_size) as reader:
+            while (data := await _read(reader)) is not None:
+                _check_room(room, watcher)
+                if room.ahead(chunks) >= window:
+                    await _wait_for_acks(room, chunks, window, watcher, seconds)
+                    _check_room(room, watcher)
+                position = sealer.position
+                assert position is not None and position.file == index
+                if sha256 is not None and digests is not None:
+                    sha256.update(data)
+                    if position.last:
+                        for peer, channel in sorted(digests.items()):
+                            note = _seal_json(channel, {"file": index, "sha256": sha256.hexdigest()})
+                            await _send_or_explain(connection, p.Sealed(note, to=peer), watcher, seconds)
+                sealed = sealer.seal_next_into(data, out)
+                header = p.SealedChunk(epoch, len(sealed), p.chunk_digest(sealed))
+                await _send_or_explain(connection, header, watcher, seconds)
+                await _send_or_explain(connection, sealed, watcher, seconds)
+                chunks += 1
+                sent += len(data)
                 room.high = max(room.high, sent)
-            reporter.advanced(min(sent, outgoing.total_size))
+                reporter.advanced(min(sent, outgoing.total_size))
 
 
-async def _read_chunks(source: Path, size: int, chunk_size: int, start: int = 0) -> AsyncIterator[bytes]:
-    """The first ``size`` bytes of ``source`` in the plan's chunks (one empty chunk for an empty file), reading
-    one chunk ahead of the caller so that the disk and the network work at the same time.
+def _check_room(room: _Parking, watcher: asyncio.Task[None]) -> None:
+    """Stop streaming if the room parked (``_Parked``) or ended (the watcher's reason)."""
+    if room.parked.is_set():
+        raise _Parked()
+    if watcher.done():
+        watcher.result()  # re-raise what ended the room
+        raise TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, "the relay ended the transfer early")
 
-    A file that shrank since it was offered is an error; bytes it grew by are not sent (the offer said ``size``).
-    """
-    if size == start:
-        yield b""
-        return
+
+ACK_WINDOW = 64 * 1024 * 1024  # plaintext bytes beyond the slowest receiver's ack (as the page: ACK_WINDOW)
+
+
+async def _wait_for_acks(room: _Parking, chunks: int, window: int, watcher: asyncio.Task[None],
+                         seconds: float) -> None:
+    """Wait until the slowest receiver's ack is within ``window`` chunks of ``chunks``, the room parked, or the
+    watcher ended (the caller looks at both); at most ``seconds``."""
+    waits = [asyncio.ensure_future(room.acks.wait()), asyncio.ensure_future(room.parked.wait())]
     try:
-        async with aiofiles.open(source, "rb") as handle:
-            offset = start
-            if start:
-                await handle.seek(start)
-            reading = asyncio.ensure_future(handle.read(min(chunk_size, size)))
-            try:
-                while offset < size:
-                    data = await reading
-                    if len(data) < min(chunk_size, size - offset):
-                        raise LocalFailure(ErrorCode.SIZE_MISMATCH, f"{source} shrank while it was being sent")
-                    offset += len(data)
-                    if offset < size:
-                        reading = asyncio.ensure_future(handle.read(min(chunk_size, size - offset)))
-                    yield data
-            finally:
-                with contextlib.suppress(OSError, ValueError, LocalFailure):
-                    await reading  # let the read ahead finish before its file is closed
-    except OSError as exc:
+        while room.ahead(chunks) >= window and not room.parked.is_set() and not watcher.done():
+            room.acks.clear()
+            waits[0] = asyncio.ensure_future(room.acks.wait())
+            await _within(seconds, "the receivers to acknowledge the data sent",
+                          asyncio.wait({watcher, *waits}, return_when=asyncio.FIRST_COMPLETED))
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _reading(source: Path, start: int, end: int, chunk_size: int) -> AsyncIterator[FileReader]:
+    """Read ``source`` from ``start`` to ``end`` ahead of the caller in the plan's chunks (one empty chunk for an
+    empty range); the reader thread stops when the block ends."""
+    try:
+        reader = FileReader(source, end - start, chunk_size, READ_AHEAD, start=start)
+    except ReadFailed as exc:
         raise LocalFailure(ErrorCode.WRITE_FAILED, f"cannot read {source}: {exc.strerror or exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+READ_AHEAD = 4  # chunks the reader thread reads ahead of the sealer
+
+
+async def _read(reader: FileReader) -> memoryview | None:
+    """The next chunk (valid until the next call), or ``None``. A file that shrank since it was offered is
+    ``size_mismatch``; bytes it grew by are not sent (the offer said its size)."""
+    try:
+        return await reader.next()
+    except Shrank as exc:
+        raise LocalFailure(ErrorCode.SIZE_MISMATCH, f"{exc.filename} shrank while it was being sent") from exc
+    except ReadFailed as exc:
+        raise LocalFailure(ErrorCode.WRITE_FAILED, f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
 
 
 async def _send_or_explain(
-    connection: RelayConnection, frame: p.Message | bytes, watcher: asyncio.Task[None], seconds: float
+    connection: RelayConnection, frame: p.Message | memoryview, watcher: asyncio.Task[None], seconds: float
 ) -> None:
     """Send a frame within ``seconds``; if the room ended meanwhile, raise the reason the relay gave (not a close)."""
     try:
-        sending = connection.send_payload(frame) if isinstance(frame, bytes) else connection.send(frame)
+        sending = connection.send_payload(frame) if isinstance(frame, memoryview) else connection.send(frame)
         await _within(seconds, "the relay to take the next chunk", sending)
     except DeadlineExceeded:
         raise
@@ -706,10 +762,8 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         )
         if not isinstance(sealed_offer, p.SealedOffer):
             raise _unexpected(sealed_offer, "waiting for the offer")
-        opened = _open_json(pair.channel, sealed_offer.data)
-        if not isinstance(opened, dict):
-            raise p.MalformedMessage("the sealed offer is not an object")
-        offer = p.Offer.from_dict(opened)
+        # the rules of a frame (JSON, no lone surrogate), as the page applies them: malformed_message
+        offer = p.parse_offer(pair.channel.open(_unb64(sealed_offer.data)))
         if offer.total_size != sealed_offer.total_size or len(offer.files) != sealed_offer.files:
             raise c.Tampered("the offer's clear totals differ from the sealed offer")
         reporter.offered(offer)
@@ -792,8 +846,9 @@ async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
 
 def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
              held: tuple[int, int] = (0, 0)) -> tuple[bytes, c.StreamPlan]:
-    """The sealed plan of the stream, checked against the offer: every file in order from a start no later than
-    ``held`` (file index, bytes of it this receiver holds; the first epoch starts at (0, 0)) to the end."""
+    """The sealed plan of the stream, checked against the offer: the offer's chunk size (so every epoch fits the
+    receiver's buffers), every file in order from a start no later than ``held`` (file index, bytes of it this
+    receiver holds; the first epoch starts at (0, 0)) to the end."""
     if not isinstance(opened, dict):
         raise p.MalformedMessage("the sealed plan is not an object")
     salt, chunk_size, segments = opened.get("salt"), opened.get("chunk_size"), opened.get("segments")
@@ -806,7 +861,7 @@ def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
     else:
         expected = []
     if (not isinstance(salt, str) or type(chunk_size) is not int or not 1 <= chunk_size <= max_message
-            or segments != expected):
+            or chunk_size != offer.chunk_size or segments != expected):
         raise c.Tampered("the sealed plan does not match the offer")
     salt_bytes = _unb64(salt)
     if len(salt_bytes) != c.EPOCH_SALT_SIZE:
@@ -853,6 +908,12 @@ async def _receive_stream(
     link: _Link, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter,
     deadlines: Deadlines, resume: _Resume | None = None,
 ) -> None:
+    """Receive every epoch's chunks until ``end``, store them, and commit the files.
+
+    The data path (docs/design/speed.md): each frame is a view of the socket's receive buffer; it is
+    authenticated and decrypted straight into a buffer of the writer's fixed pool, which one thread writes at its
+    offset with ``pwrite`` (at most ``WRITE_DEPTH`` chunks queued: the receiver's backpressure).
+    """
     connection = link.connection
     # every receiver must accept before the stream starts: as long as the relay's offer timeout
     what = "the transfer to start (every receiver must accept)"
@@ -860,13 +921,38 @@ async def _receive_stream(
     if not isinstance(stream, p.Stream) or not isinstance(stream.data, str):
         raise _unexpected(stream, "waiting for the stream")
     salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message)
-    opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
+    opener = ChunkOpenerInto(c.data_key(pair.content_key, salt), plan)
+    await _receive_chunks(link, offer, pair, destination, reporter, deadlines, resume, stream, opener)
+
+
+WRITE_DEPTH = 8  # the receiver's writer pool: chunks decrypted and waiting for the disk
+
+
+async def _receive_chunks(
+    link: _Link, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter, deadlines: Deadlines,
+    resume: _Resume | None, stream: p.Stream, opener: ChunkOpenerInto,
+) -> None:
+    writer = FileWriter(offer.chunk_size, WRITE_DEPTH)  # every plan has the offer's chunk size (_plan_of)
+    try:
+        await _chunk_loop(link, offer, pair, destination, reporter, deadlines, resume, stream, opener, writer)
+    except WriteFailed as exc:
+        raise write_error(exc.filename or "", exc) from exc
+    finally:
+        writer.close()  # before the caller closes or removes a part: no write may land after that
+
+
+async def _chunk_loop(
+    link: _Link, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter, deadlines: Deadlines,
+    resume: _Resume | None, stream: p.Stream, opener: ChunkOpenerInto, writer: FileWriter,
+) -> None:
+    connection = link.connection
     several = connection.hello.receivers > 1
     digests: dict[int, str] = {}
     sha256 = hashlib.sha256()
     header: p.SealedChunk | None = None
     part = None
-    written = chunks = 0
+    fd, shown = -1, ""
+    written = chunks = streamed = 0
     next_ack = p.ACK_INTERVAL
     current, have = 0, 0  # the file in progress (files before it are finished) and the bytes of it written
     while True:
@@ -878,39 +964,53 @@ async def _receive_stream(
             await resume.again(link, pair, deadlines.resume_window, (current, have))
             connection, header = link.connection, None
             continue
-        if isinstance(frame, bytes):
+        if isinstance(frame, memoryview):
             if header is None:
                 raise p.UnexpectedMessage("binary frame without a chunk header")
             if len(frame) != header.size or p.chunk_digest(frame) != header.xxh3_64:
                 raise p.ChecksumMismatch(f"chunk {chunks} failed its xxh3_64 check")
             header = None
-            chunk = opener.open_next(frame)
+            buffer = await writer.acquire()
+            try:
+                placed = opener.open_next_into(frame, buffer)
+            except BaseException:
+                writer.give_back(buffer)
+                raise
             chunks += 1
+            streamed += placed.length
+            end = placed.offset + placed.length
             # After a resume the epoch may start before what this receiver holds (another receiver was behind):
             # authenticated bytes it already has are skipped, never written twice.
-            if chunk.file < current or chunk.offset + len(chunk.plaintext) <= have and not chunk.last:
-                continue
-            if chunk.file != current or chunk.offset > have:
-                raise c.Tampered(f"file {chunk.file}: a chunk at {chunk.offset} after only {have} bytes")
-            fresh = chunk.plaintext[have - chunk.offset:]
-            if part is None:
-                part = await destination.open_part(offer.files[chunk.file])
-            if fresh:
-                await destination.write(part, fresh)
-            if several:
-                sha256.update(fresh)
-            have += len(fresh)
-            written += len(fresh)
-            reporter.advanced(written)
-            if chunk.last:
-                if several and digests.pop(chunk.file, None) != sha256.hexdigest():
-                    raise c.Tampered(f"file {chunk.file} does not match the sender's sealed SHA-256")
-                sha256 = hashlib.sha256()
-                await destination.finish(part)
-                part = None
-                current, have = current + 1, 0
-            if written >= next_ack or chunk.last:
-                next_ack = written + p.ACK_INTERVAL
+            if placed.file < current or end <= have and not placed.last:
+                writer.give_back(buffer)
+            else:
+                if placed.file != current or placed.offset > have:
+                    writer.give_back(buffer)
+                    raise c.Tampered(f"file {placed.file}: a chunk at {placed.offset} after only {have} bytes")
+                if part is None:
+                    part = await destination.open_part(offer.files[placed.file])
+                    fd, shown = destination.part_fd(part)
+                first = have - placed.offset
+                fresh = end - have
+                if several:
+                    sha256.update(memoryview(buffer)[first:placed.length])
+                if fresh:
+                    writer.submit(fd, shown, have, buffer, placed.length, first)
+                else:
+                    writer.give_back(buffer)
+                have += fresh
+                written += fresh
+                reporter.advanced(written)
+                if placed.last:
+                    if several and digests.pop(placed.file, None) != sha256.hexdigest():
+                        raise c.Tampered(f"file {placed.file} does not match the sender's sealed SHA-256")
+                    sha256 = hashlib.sha256()
+                    await writer.flush()
+                    await destination.finish(part)
+                    part = None
+                    current, have = current + 1, 0
+            if streamed >= next_ack or placed.last:
+                next_ack = streamed + p.ACK_INTERVAL
                 await connection.send(p.ChunkAck(stream.epoch, chunks))
             continue
         match frame:
@@ -928,8 +1028,9 @@ async def _receive_stream(
                 stream = frame  # the sender's next epoch after a resume, from what every receiver holds
                 salt, plan = _plan_of(_open_json(pair.channel, frame.data), offer, frame,
                                       connection.hello.max_message, (current, have))
-                opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
-                chunks = 0
+                opener = ChunkOpenerInto(c.data_key(pair.content_key, salt), plan)
+                chunks = streamed = 0
+                next_ack = p.ACK_INTERVAL
             case p.Reconnecting():
                 reporter.reconnecting(0)  # another party's connection dropped; the stream waits for it
             case p.Resumed():
@@ -937,6 +1038,7 @@ async def _receive_stream(
                     await connection.send(p.Sealed(_seal_json(pair.channel, {"file": current, "have": have})))
             case p.End() if header is None and frame.epoch == stream.epoch:
                 opener.finish()  # Truncated if the last file's last chunk never came
+                await writer.flush()
                 destination.commit()
                 await connection.send(p.Verified())
                 await _wait_complete(connection, deadlines)
@@ -954,6 +1056,6 @@ async def _wait_complete(connection: RelayConnection, deadlines: Deadlines) -> N
     await _leave(connection, connection.close(), deadlines.leave)
 
 
-def _unexpected(message: p.Message | bytes, when: str) -> TransferRefused:
-    kind = "a binary frame" if isinstance(message, bytes) else repr(message.TYPE)
+def _unexpected(message: p.Message | memoryview, when: str) -> TransferRefused:
+    kind = "a binary frame" if isinstance(message, memoryview) else repr(message.TYPE)
     return TransferRefused(ErrorCode.UNEXPECTED_MESSAGE, f"the relay sent {kind} while {when}")

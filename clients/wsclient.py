@@ -20,7 +20,8 @@ Buffer life cycle (why the view from :meth:`WebSocketClient.recv` is valid until
 
 The event loop reads into the free tail. When it gets short, the unparsed bytes move to the front, but only
 while no frame is held (else reading pauses until the next ``recv``), so a view handed out is never overwritten.
-Memory is one buffer of about twice the largest frame, whatever the file size.
+Memory is one buffer of about twice the largest frame, whatever the file size: it starts at 64 KiB (a control
+connection stays there) and grows to twice the largest frame seen plus a read's worth, at most ``max_size``.
 
 Exceptions: :class:`HandshakeFailed` (the server did not upgrade: status and a short reason),
 :class:`ConnectionClosed` (close code and reason as received, 1006 when the connection dropped without one),
@@ -46,6 +47,7 @@ from clients.wsframes import FrameError, Opcode
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD = 16 * 1024  # the 101 response's status line and headers
 MIN_READ = 256 * 1024  # keep at least this much free tail, so that one read can take a socket buffer's worth
+INITIAL_CAPACITY = 64 * 1024  # a connection that only ever carries control messages stays this small
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
 SMALL_FRAME = 16 * 1024  # below this, header and payload go out as one write (one segment)
@@ -77,18 +79,20 @@ class WebSocketClient(asyncio.BufferedProtocol):
     """One client WebSocket: :meth:`connect`, then :meth:`recv`/:meth:`send_binary`/:meth:`send_text`/:meth:`close`.
 
     One task may call :meth:`recv` at a time; sends may come from any task (each frame is written whole).
-    Pings are answered inside :meth:`recv`, so a data path that stops reading stops answering pings too,
-    which is what backpressure should look like to the server.
+    Pings are answered as soon as they are read, even while nobody is in :meth:`recv` (a person deciding on an
+    offer); a data path that stops reading fills the buffer, reading pauses, and pings wait behind the data.
     """
 
     def __init__(self, request: bytes, key: bytes, max_size: int) -> None:
         self.max_size = max_size
         self._request = request
         self._accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        capacity = 2 * (max_size + wf.MAX_HEADER_SIZE) + MIN_READ
+        self._max_capacity = 2 * (max_size + wf.MAX_HEADER_SIZE) + MIN_READ
+        capacity = min(INITIAL_CAPACITY, self._max_capacity)
         self._buffer = bytearray(capacity)
         self._view = memoryview(self._buffer)
         self._capacity = capacity
+        self._min_read = min(MIN_READ, capacity // 4)
         self._start = self._end = 0
         self._holding = False
         self._need = 0  # wake the reader once _end reaches this
@@ -176,19 +180,20 @@ class WebSocketClient(asyncio.BufferedProtocol):
                     self._fail_handshake(HandshakeFailed(None, "the response head is too long"))
                 return
         self._scan_for_close()
-        if self._capacity - self._end < MIN_READ:
+        if self._capacity - self._end < self._min_read:
             if not self._holding:
                 self._compact()
-            if self._capacity - self._end < MIN_READ:
+            if self._capacity - self._end < self._min_read:
                 self._pause_reading()
         if self._waiter is not None and self._end >= self._need and not self._waiter.done():
             self._waiter.set_result(None)
 
     def _scan_for_close(self) -> None:
-        """Walk the headers of the frames read but not yet received, and answer a close frame at once.
+        """Walk the headers of the frames read but not yet received; answer a ping and a close frame at once.
 
-        As websockets does: the server's close handshake completes even while the caller is busy elsewhere (for
-        instance waiting for a person to accept), and a send after it fails at once with the close code. The
+        As websockets does: the server's keep-alive pings are answered and its close handshake completes even
+        while the caller is busy elsewhere (for instance waiting for a person to accept; the relay drops a peer
+        whose pong does not come within 60 s), and a send after a close fails at once with the close code. The
         frames before the close stay queued, so the message that says why (``peer_left``, ``error``) is still
         received in order. A header that does not parse is left for :meth:`recv` to report.
         """
@@ -200,7 +205,9 @@ class WebSocketClient(asyncio.BufferedProtocol):
                 break
             if header is None or header.end > self._end:
                 break
-            if header.opcode is Opcode.CLOSE:
+            if header.opcode is Opcode.PING:
+                self._send_pong(bytes(self._view[header.payload_start:header.end]))
+            elif header.opcode is Opcode.CLOSE:
                 try:
                     code, reason = wf.parse_close(bytes(self._view[header.payload_start:header.end]))
                 except FrameError:
@@ -209,6 +216,11 @@ class WebSocketClient(asyncio.BufferedProtocol):
                 self._send_close_reply(code or 1000)
             position = header.end
         self._scan = position
+
+    def _send_pong(self, payload: bytes) -> None:
+        if not self._close_sent and self._transport is not None and not self._transport.is_closing():
+            key = wf.new_mask_key()
+            self._transport.write(wf.client_header(Opcode.PONG, len(payload), key) + wf.apply_mask(payload, key))
 
     def _send_close_reply(self, code: int) -> None:
         if not self._close_sent and self._transport is not None and not self._transport.is_closing():
@@ -265,8 +277,10 @@ class WebSocketClient(asyncio.BufferedProtocol):
                     raise self._closed
                 # a header still incomplete: wake on any new byte; a payload: wake when the whole frame is there
                 wanted = self._end - self._start + 1 if header is None else header.end - self._start
-                if self._start + wanted > self._capacity or self._capacity - self._end < MIN_READ:
+                if self._start + wanted > self._capacity or self._capacity - self._end < self._min_read:
                     self._compact()
+                    if wanted + self._min_read > self._capacity:
+                        self._grow(wanted)
                 self._need = self._start + wanted
                 self._resume_reading()
                 self._waiter = asyncio.get_running_loop().create_future()
@@ -280,17 +294,14 @@ class WebSocketClient(asyncio.BufferedProtocol):
             message = await self._handle(header, payload)
             if message is not None:
                 self._holding = isinstance(message, memoryview)
-                if self._reading_paused and self._capacity - self._end >= MIN_READ:
+                if self._reading_paused and self._capacity - self._end >= self._min_read:
                     self._resume_reading()
                 return message
 
     async def _handle(self, header: wf.FrameHeader, payload: memoryview) -> str | memoryview | None:
         opcode = header.opcode
-        if opcode is Opcode.PING:
-            await self._send_frame(Opcode.PONG, bytes(payload))
-            return None
-        if opcode is Opcode.PONG:
-            return None
+        if opcode is Opcode.PING or opcode is Opcode.PONG:
+            return None  # a ping was answered when it arrived (_scan_for_close)
         if opcode is Opcode.CLOSE:
             try:
                 code, reason = wf.parse_close(bytes(payload))
@@ -333,6 +344,23 @@ class WebSocketClient(asyncio.BufferedProtocol):
         size = self._end - self._start
         self._buffer[:size] = self._view[self._start:self._end]
         self._scan = max(self._scan - self._start, 0)
+        self._need = max(self._need - self._start, 0)  # a waiting reader's target moves with the bytes
+        self._start, self._end = 0, size
+
+    def _grow(self, wanted: int) -> None:
+        """Move to a buffer that holds two frames of ``wanted`` bytes and a read's worth behind them (at most
+        ``max_size`` frames: the limit was checked with the header). Called with the unparsed bytes at the front
+        and no frame held, so nothing handed out points into the old buffer."""
+        capacity = min(self._max_capacity, max(2 * self._capacity, 2 * wanted + MIN_READ))
+        if capacity <= self._capacity:
+            return
+        size = self._end - self._start
+        buffer = bytearray(capacity)
+        buffer[:size] = self._view[self._start:self._end]
+        self._scan = max(self._scan - self._start, 0)
+        self._need = max(self._need - self._start, 0)
+        self._buffer, self._view, self._capacity = buffer, memoryview(buffer), capacity
+        self._min_read = min(MIN_READ, capacity // 4)
         self._start, self._end = 0, size
 
     def _pause_reading(self) -> None:

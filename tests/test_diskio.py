@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from clients.diskio import DiskError, FileReader, FileWriter, ReadFailed, WriteFailed
+from clients.diskio import DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed
 
 BOUND = 20.0
 
@@ -140,7 +141,7 @@ async def test_a_file_that_shrank_since_the_offer_is_a_read_failure(tmp_path: Pa
     path.write_bytes(b"x" * 25)
     reader = FileReader(path, 40, 10, depth=2)
     try:
-        with pytest.raises(ReadFailed, match="ended at 25 bytes"):
+        with pytest.raises(Shrank, match="ended at 25 bytes"):
             await read_all(reader)
     finally:
         reader.close()
@@ -152,12 +153,73 @@ async def test_a_missing_file_is_a_read_failure(tmp_path: Path) -> None:
     assert caught.value.errno == errno.ENOENT
 
 
-async def test_closing_a_reader_early_stops_its_thread(tmp_path: Path) -> None:
+async def test_closing_a_reader_early_closes_its_file(tmp_path: Path) -> None:
     path = tmp_path / "source"
     path.write_bytes(os.urandom(100000))
     reader = FileReader(path, 100000, 100, depth=2)
     assert await reader.next() is not None
     reader.close()
-    assert not reader._thread.is_alive()
+    assert reader._file.closed
     with pytest.raises(RuntimeError, match="closed"):  # rather than waiting forever for a chunk
         await reader.next()
+
+
+async def test_a_reader_starts_mid_file_as_a_resumed_stream_does(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    path = tmp_path / "source"
+    path.write_bytes(data)
+    reader = FileReader(path, 10_000 - 3_000, 4096, depth=2, start=3_000)
+    try:
+        assert b"".join(await read_all(reader)) == data[3_000:]
+    finally:
+        reader.close()
+
+
+async def test_a_writer_skips_the_start_of_a_chunk_the_receiver_already_holds(tmp_path: Path) -> None:
+    path = tmp_path / "part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    writer = FileWriter(100, depth=2)
+    try:
+        os.pwrite(fd, b"h" * 30, 0)  # held from before the resume
+        buffer = await writer.acquire()
+        buffer[:50] = b"x" * 30 + b"y" * 20  # a chunk from offset 0 whose first 30 bytes are held
+        writer.submit(fd, str(path), 30, buffer, 50, first=30)
+        await writer.flush()
+        with pytest.raises(ValueError):
+            writer.submit(fd, str(path), 0, await writer.acquire(), 10, first=11)
+    finally:
+        writer.close()
+        os.close(fd)
+    assert path.read_bytes() == b"h" * 30 + b"y" * 20
+
+
+async def test_a_hundred_readers_and_writers_share_one_thread_each(tmp_path: Path) -> None:
+    """A process running hundreds of transfers (tests/hardening/test_load.py) must not run hundreds of threads
+    competing with its event loop for the GIL."""
+    before = threading.active_count()
+    data = os.urandom(50_000)
+    sources = []
+    for index in range(100):
+        sources.append(tmp_path / f"s{index}")
+        sources[-1].write_bytes(data)
+    readers = [FileReader(path, len(data), 4096, depth=2) for path in sources]
+    writers = [FileWriter(4096, depth=2) for _ in range(100)]
+    fds = [os.open(tmp_path / f"d{index}", os.O_WRONLY | os.O_CREAT, 0o600) for index in range(100)]
+    try:
+        async def copy(reader: FileReader, writer: FileWriter, fd: int) -> None:
+            offset = 0
+            while (chunk := await reader.next()) is not None:
+                buffer = await writer.acquire()
+                buffer[:len(chunk)] = chunk
+                writer.submit(fd, "d", offset, buffer, len(chunk))
+                offset += len(chunk)
+            await writer.flush()
+
+        await asyncio.wait_for(asyncio.gather(*map(copy, readers, writers, fds)), BOUND)
+        assert threading.active_count() <= before + 2
+    finally:
+        for reader, writer, fd in zip(readers, writers, fds, strict=True):
+            reader.close()
+            writer.close()
+            os.close(fd)
+    assert all((tmp_path / f"d{index}").read_bytes() == data for index in range(100))

@@ -26,13 +26,6 @@ def run(*args: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{") and line.endswith("}")]
 
 
-def test_fast_path_receives_verified_and_sends_everything() -> None:
-    rows = run("benchmarks.fast_path", "--mib", "8", "--chunk-kib", "256")
-    assert [row["role"] for row in rows] == ["receive", "send"]
-    assert rows[0]["verified"] is True
-    assert all(row["cpu_s_per_gib"] > 0 and row["peak_rss_mib"] > 0 for row in rows)
-
-
 def test_ws_client_choice_measures_both_directions() -> None:
     rows = run("benchmarks.ws_client_choice", "--mib", "8", "--clients", "websockets,wsclient")
     assert [(row["client"], row["direction"]) for row in rows] == [
@@ -47,3 +40,19 @@ def test_cli_vs_piping_moves_a_verified_file_through_both_tools(tmp_path: Path) 
     assert [(row["tool"], row["receivers"]) for row in rows] == [
         ("relay CLI", 1), ("piping-server + curl", 1), ("relay CLI", 2), ("piping-server + curl", 2)]
     assert all(row["ok"] for row in rows), [row["error"] for row in rows]
+
+
+def test_python_m_benchmarks_runs_scenario_8_with_its_issue_12_targets(tmp_path: Path) -> None:
+    assert ensure_piping_server(install=True) == PIPING_BIN
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "8", "--no-install",
+                           "--output", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(row["scenario"], row["system"]) for row in results["rows"]] == [
+        ("8 CLI to disk, 4 MiB", "relay CLI"), ("8 CLI to disk, 4 MiB", "piping+curl"),
+        ("8 CLI to disk, 4 MiB, 3 receivers", "relay CLI"), ("8 CLI to disk, 4 MiB, 3 receivers", "piping+curl")]
+    assert all(row["ok"] and row["extra"]["load_average"] for row in results["rows"])
+    names = [target["name"] for target in results["targets"]]
+    assert "CLI -> CLI >= 1.2x piping-server + curl" in names and "sender <= 0.8 CPU-s/GiB" in names

@@ -25,11 +25,12 @@ from relay import protocol as p
 from relay.protocol import ErrorCode
 from relay.config import Settings
 from clients import crypto as c
+import clients.transfer as transfer_module
 from clients.connection import PeerRefused
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Unreadable
 from clients.transfer import Deadlines, ReceiveOptions, Reporter, SendOptions, receive, send
-from tests.peers import WAIT, b64, key_as_receiver, key_as_sender, raw_sides, seal_json, send_sealed
+from tests.peers import WAIT, RawPeer, b64, key_as_receiver, key_as_sender, raw_sides, seal_json, send_sealed
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRANSFER_WAIT = 120.0
@@ -356,6 +357,29 @@ async def test_a_hostile_path_from_a_hostile_relay_is_refused_by_the_receiver(co
     assert caught.value.code is ErrorCode.UNSAFE_PATH
     assert "\x1b" not in str(caught.value)
     assert reported[0]["code"] == "unsafe_path"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["a\ud800b.txt", "dir/\udfff"])
+async def test_a_lone_surrogate_in_an_opened_offer_is_malformed_as_on_the_page(code, tmp_path, path) -> None:
+    """The sealed offer is parsed by ``p.parse_offer``, the rules of a frame: a lone surrogate (valid JSON
+    escape, not Unicode) is ``malformed_message``, as the page reports it, and nothing is written."""
+    reported: list[dict[str, object]] = []
+
+    async def hostile_relay(ws: websockets.ServerConnection) -> None:
+        channel, _ = await as_sender(ws, fake_code(code))
+        await send_offer(ws, channel, {"files": [{"path": path, "size": 1}], "chunk_size": 1})
+        reported.append(json.loads(await ws.recv()))
+        if reported[-1]["type"] == "resume_id":  # a real relay keeps the verifier and forwards nothing
+            reported[-1] = json.loads(await ws.recv())
+
+    async with websockets.serve(hostile_relay, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        options = ReceiveOptions(fake_code(code), tmp_path, f"ws://127.0.0.1:{port}")
+        with pytest.raises(TransferError) as caught:
+            await asyncio.wait_for(receive(options, yes), WAIT)
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+    assert reported[0]["code"] == "malformed_message"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -703,6 +727,58 @@ async def test_an_interrupted_receiver_is_reported_to_the_sender_as_cancelled(re
         await asyncio.wait_for(sending, WAIT)
     assert caught.value.code is ErrorCode.CANCELLED
     assert str(caught.value) == "receiver 1 cancelled the transfer"
+    assert list(out.iterdir()) == []
+
+
+async def test_the_sender_stays_within_the_ack_window_of_the_slowest_receiver(
+        relay_server, code, tmp_path, monkeypatch) -> None:
+    """Pipelining without running away: the sender never waits for a chunk's round trip, but once every receiver
+    has acked it sends at most ``ACK_WINDOW`` beyond the slowest receiver's ack (docs/protocol.md section 8). A
+    receiver that reads everything, acks each chunk up to chunk 40 and then stops gets exactly 40 + the window
+    (more than the sender's and the relay's buffers hold before the first ack), then the sender gives up."""
+    chunk, window, last_ack = 256 * 1024, 16, 40
+    monkeypatch.setattr(transfer_module, "ACK_WINDOW", window * chunk)
+    source = make_file(tmp_path / "big.bin", 80 * chunk)
+    options = SendOptions(code, relay_server.ws_url, 1, chunk, deadlines=Deadlines(frame=2.0))
+    sending, full_code = await start_send([source], options)
+    receiver = await RawPeer.connect_v2(relay_server.ws_url, full_code.split("-")[0], "receive")
+    await receiver.expect("hello")
+    channel, _ = await key_as_receiver(*raw_sides(receiver), full_code)
+    await receiver.expect("offer")
+    await receiver.send({"type": "accept", "data": seal_json(channel, {})})
+    await receiver.expect("stream")
+    chunks = 0
+    for _ in range(200):
+        message = await receiver.recv()
+        if isinstance(message, bytes):
+            chunks += 1
+            if chunks <= last_ack:
+                await receiver.send({"type": "ack", "epoch": 0, "chunks": chunks})
+        elif message["type"] != "chunk":
+            break
+    with pytest.raises(DeadlineExceeded, match="acknowledge"):
+        await asyncio.wait_for(sending, WAIT)
+    assert chunks == last_ack + window
+    await receiver.close()
+
+
+async def test_a_file_that_shrinks_before_it_is_sent_is_a_size_mismatch_and_nothing_is_kept(
+        relay_server, code, tmp_path) -> None:
+    source = make_file(tmp_path / "in" / "f.bin", 3 * 1024 * 1024)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    class Shrinks(ShowsCode):
+        def started(self, total: int) -> None:
+            os.truncate(source, 1024 * 1024 + 5)  # after the offer, before the data is read
+
+    sending, full_code = await start_send([source], SendOptions(code, relay_server.ws_url), Shrinks())
+    receiving = asyncio.create_task(receive(ReceiveOptions(full_code, out, relay_server.ws_url), yes))
+    with pytest.raises(LocalFailure) as caught:
+        await asyncio.wait_for(sending, WAIT)
+    assert caught.value.code is ErrorCode.SIZE_MISMATCH and "shrank" in str(caught.value)
+    with pytest.raises(TransferRefused):
+        await asyncio.wait_for(receiving, WAIT)
     assert list(out.iterdir()) == []
 
 
