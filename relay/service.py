@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from relay import protocol as p
 from relay.access import Client, origin_ok, parse_origins, token_ok
@@ -42,6 +43,13 @@ GUESS_CODES = frozenset({ErrorCode.ROOM_NOT_FOUND, ErrorCode.UNAUTHORIZED, Error
 RESUME_READ_TIMEOUT = 10.0
 # Refusals logged at debug only: under a flood they would be one log line per attempt.
 QUIET_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
+
+
+@runtime_checkable
+class Buffered(Protocol):
+    """A ``PeerSocket`` that can hand over, without waiting, what its peer sent that was not read yet."""
+
+    def received(self) -> list[str | bytes]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -229,8 +237,9 @@ class Relay:
             await self._crash(room, exc)
 
     async def _apply(self, room: Room, effects: list[Effect]) -> None:
-        """Carry out effects in order. A send that fails is fed back as ``Gone`` and the room's answer to it
-        runs next; farewells run concurrently and are awaited at the end, each bounded by its timeout."""
+        """Carry out effects in order. A send that fails is fed back as ``Gone`` (after what that peer had already
+        sent, ``_gone``) and the room's answer to it runs next; farewells run concurrently and are awaited at the
+        end, each bounded by its timeout."""
         seats = self.seats.get(room) or {}
         farewells: list[asyncio.Future[None]] = []
         index = 0
@@ -249,7 +258,7 @@ class Relay:
                     else:
                         await seat.socket.send_bytes(effect.data)
                 except PeerGone:
-                    effects[index:index] = room.handle(Gone(effect.peer), _now())
+                    effects[index:index] = self._gone(room, effect.peer, seat.socket)
             elif isinstance(effect, Close):
                 seat = seats.get(effect.peer)
                 if seat is not None and seat.farewell is None:
@@ -265,6 +274,20 @@ class Relay:
                 self.finish(room)
         if farewells:
             await asyncio.gather(*farewells)
+
+    def _gone(self, room: Room, peer: int, socket: PeerSocket) -> list[Effect]:
+        """A send to ``peer`` failed: its socket is gone. What it sent before it went and the relay has not read
+        yet (e.g. a page's ``error`` just before it closed) is read first, so that the room ends for the reason
+        the peer gave and not with ``peer_left``; then the room hears ``Gone``. The peer's own reading loop then
+        finds nothing left and feeds ``Gone`` again, which the room ignores."""
+        effects: list[Effect] = []
+        if isinstance(socket, Buffered):
+            for frame in socket.received():
+                if room.state is State.ENDED:
+                    break
+                effects += room.handle(TextFrame(peer, frame) if isinstance(frame, str) else BinaryFrame(peer, frame),
+                                       _now())
+        return effects + room.handle(Gone(peer), _now())
 
     async def _crash(self, room: Room, exc: BaseException) -> None:
         """A bug while serving this room: end it with ``internal_error``; if even that fails, close every socket."""

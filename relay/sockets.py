@@ -36,6 +36,16 @@ class DirectPeerSocket:
             stats.payload_frames += 1
         return message
 
+    def received(self) -> list[str | bytes]:
+        """What the peer sent that is here but not yet read (``service.Buffered``), without waiting."""
+        messages = self._connection.received()
+        stats = self._stats
+        for message in messages:
+            if type(message) is bytes:
+                stats.payload_bytes_in += len(message)
+                stats.payload_frames += 1
+        return messages
+
     async def send_text(self, text: str) -> None:
         await self._connection.write_frames(text_frame(text.encode()))
 

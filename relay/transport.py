@@ -116,6 +116,11 @@ class Flag:
     def is_set(self) -> bool:
         return self._value
 
+    @property
+    def waiting(self) -> int:
+        """How many ``wait`` calls are blocked: sends held back by the peer's flow control."""
+        return len(self._waiters or ())
+
     def set(self) -> None:
         self._value = True
         waiters, self._waiters = self._waiters, None
@@ -330,20 +335,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     async def next_message(self) -> str | bytes:
         """The next whole message from the peer; raises ``PeerGone`` once it is gone and all were read."""
         while True:
-            if self.inbox:
-                message = self.inbox.pop(0)
-                self.inbox_bytes -= len(message) + MESSAGE_COST
-                if self.inbox_bytes < INBOX_HIGH:
-                    if self.fast:
-                        self._parse()
-                    else:
-                        self._pace()
+            message = self._take()
+            if message is not None:
                 return message
-            if self.frames_in.held is not None:
-                data = self.frames_in.take_binary()
-                if self.fast:
-                    self._parse()
-                return data
             if self.gone:
                 raise PeerGone()
             self.frames_in.release()  # nothing buffered while the app waits: an idle room keeps no chunk buffer
@@ -352,6 +346,32 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def received(self) -> list[str | bytes]:
+        """Every whole message the peer sent that is already here and not yet read, without waiting (what a
+        peer sent just before it went: the service reads it before deciding the peer is gone)."""
+        messages: list[str | bytes] = []
+        while (message := self._take()) is not None:
+            messages.append(message)
+        return messages
+
+    def _take(self) -> str | bytes | None:
+        """The next whole message already received, or None."""
+        if self.inbox:
+            message = self.inbox.pop(0)
+            self.inbox_bytes -= len(message) + MESSAGE_COST
+            if self.inbox_bytes < INBOX_HIGH:
+                if self.fast:
+                    self._parse()
+                else:
+                    self._pace()
+            return message
+        if self.frames_in.held is not None:
+            data = self.frames_in.take_binary()
+            if self.fast:
+                self._parse()
+            return data
+        return None
 
     def _wake(self) -> None:
         waiter = self._waiter
