@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from relay import protocol as p
@@ -52,6 +52,13 @@ class Buffered(Protocol):
     def received(self) -> list[str | bytes]: ...
 
 
+@runtime_checkable
+class SendsChunks(Protocol):
+    """A ``PeerSocket`` that writes a chunk's header and payload together (one system call, not two)."""
+
+    async def send_chunk(self, text: str, data: bytes) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Seat:
     """The shell's side of one party: its socket, the task reading it, and its farewell once the room ends."""
@@ -60,6 +67,10 @@ class Seat:
     task: asyncio.Task[None] | None = None
     client_key: str = ""  # the address key its failed joins are counted under
     farewell: asyncio.Future[None] | None = None
+    send_chunk: Callable[[str, bytes], Awaitable[None]] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.send_chunk = self.socket.send_chunk if isinstance(self.socket, SendsChunks) else None
 
 
 class Relay:
@@ -228,7 +239,8 @@ class Relay:
         except Exception as exc:  # noqa: BLE001
             await self._crash(room, exc)
             return
-        await self._run(room, effects)
+        if effects:  # most frames (a chunk's header) need nothing done
+            await self._run(room, effects)
 
     async def _run(self, room: Room, effects: list[Effect]) -> None:
         try:
@@ -253,10 +265,14 @@ class Relay:
                 if seat is None or seat.farewell is not None or not room.reachable(effect.peer):
                     continue  # gone, or already saying goodbye: what an earlier decision queued is moot
                 try:
-                    if isinstance(effect, SendText):
-                        await seat.socket.send_text(effect.text)
-                    else:
+                    if isinstance(effect, SendBytes):
                         await seat.socket.send_bytes(effect.data)
+                    elif (seat.send_chunk is not None and index < len(effects)
+                          and type(payload := effects[index]) is SendBytes and payload.peer == effect.peer):
+                        index += 1  # a chunk's header and its payload to the same party: written together
+                        await seat.send_chunk(effect.text, payload.data)
+                    else:
+                        await seat.socket.send_text(effect.text)
                 except PeerGone:
                     effects[index:index] = self._gone(room, effect.peer, seat.socket)
             elif isinstance(effect, Close):

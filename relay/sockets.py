@@ -53,6 +53,11 @@ class DirectPeerSocket:
         await self._connection.write_frames(binary_frame_header(len(data)), data)
         self._stats.payload_bytes_out += len(data)
 
+    async def send_chunk(self, text: str, data: bytes) -> None:
+        """A chunk's header (text) and payload (binary) frames in one write (``service.SendsChunks``)."""
+        await self._connection.write_frames(text_frame(text.encode()), binary_frame_header(len(data)), data)
+        self._stats.payload_bytes_out += len(data)
+
     async def close(self, code: int, reason: str = "") -> None:
         await self._connection.close_with(code, reason)
 
