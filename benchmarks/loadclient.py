@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import xxhash
@@ -293,10 +294,21 @@ def parse_args(argv: list[str] | None = None) -> Args:
                 ns.concurrency, ns.rate, ns.recv_size, ns.hold, ns.timeout)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (the relay's own loop): the clients should cost as little CPU as the relay's
+    peers would, since they share the machine's cores with the relay under test."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        results = asyncio.run(asyncio.wait_for(run(args), args.timeout))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            results = runner.run(asyncio.wait_for(run(args), args.timeout))
     except TimeoutError:
         emit("result", role=args.role, rooms=[], error=f"timed out after {args.timeout} s")
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -409,7 +410,9 @@ class Relay:
 
 
 def _now() -> float:
-    return asyncio.get_running_loop().time()
+    """The room clock: ``time.monotonic``, the clock asyncio's loops use. Not ``get_running_loop().time()``: on
+    Python 3.11 finding the running loop costs a ``getpid`` system call (fork detection), twice per chunk."""
+    return time.monotonic()
 
 
 async def _farewell(seat: Seat, text: str | None, close_code: int) -> None:
