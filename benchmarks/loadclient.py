@@ -38,6 +38,9 @@ SENDER_RECV_SIZE = 64 * 1024
 TAG = 16  # every sealed value and ciphertext chunk carries a 16-byte AES-GCM tag
 PAKE_SIZE, CONFIRM_SIZE, SEALED_KEY_SIZE = 33, 32, 48  # relay.protocol's lengths for the keying messages
 SEALED_OFFER_SIZE, SEALED_PLAN_SIZE = 96, 96  # a one-file offer and its plan, as a real sender seals them
+# The relay's default max_message: a ciphertext chunk (plaintext + tag) must fit in it, so a "4 MiB chunk" is
+# 4 MiB - 16 bytes of plaintext, 4 MiB on the wire (as a real sender cuts it for this relay).
+MAX_MESSAGE = 4 * 1024 * 1024
 
 
 def opaque(size: int) -> str:
@@ -248,7 +251,7 @@ async def wait_for_stdin_eof() -> None:
 
 async def run(args: Args) -> list[RoomResult]:
     if args.role == "send":
-        frames = ChunkFrames(args.size, args.chunk)
+        frames = ChunkFrames(args.size, min(args.chunk, MAX_MESSAGE - TAG))
         ready = asyncio.Event()
         opened = [""] * args.rooms
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)
