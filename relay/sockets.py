@@ -2,9 +2,10 @@
 
 ``DirectPeerSocket`` talks to the connection's ``RelayWebSocketProtocol`` (``relay.transport``) with no ASGI
 message in between: a chunk is unmasked once into the ``bytes`` it returns, and ``send_bytes`` hands that same
-object to the transport (every receiver's transport references it; nothing copies it again). A send returns at
-once while the receiver's transport is below its high-water mark and waits only above it, so the service's
-loop (send to every receiver, then read the sender's next frame) is the flow control.
+object to the transport (every receiver's transport references it; nothing copies it again). A send returns
+once the receiver's transport has handed it to the kernel (at once while the receiver keeps up), so the
+service's loop (send to every receiver, then read the sender's next frame) is the flow control, and a chunk is
+freed before the next one is unmasked.
 
 ``AsgiPeerSocket`` is the fallback for any other ASGI server (no ``relay.websocket`` extension in the scope).
 ``peer_socket`` picks one. Every method raises ``rooms.PeerGone`` once the socket is gone.

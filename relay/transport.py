@@ -3,9 +3,12 @@
 1. **Forwarding at socket speed.** ``RelayWebSocketProtocol`` reads a room's frames straight into one buffer per
    connection (``relay.framebuffer``), unmasks each chunk once into the ``bytes`` that is forwarded, and gives
    the service a direct ``PeerSocket`` (``relay.sockets``) with no ASGI message per frame. Flow control is the
-   transports' own: a send returns at once below a receiver's high-water mark and waits above it; the service
-   reads the sender's next frame only after every send returned; the sender's socket is read until its buffer
-   holds the waiting chunk and 16 KiB more, then paused.
+   transports' own: a send returns once the receiver's transport has handed the whole frame to the kernel (its
+   write buffer is empty: its high-water mark is 0), which is at once while the receiver keeps up; the service
+   reads the sender's next frame only after every send returned, so the previous chunk is freed before the next
+   one is unmasked (a transport that still held a tail of it would keep the whole ``bytes`` alive: 3 chunks per
+   room, not 2); the sender's socket is read until its buffer holds the waiting chunk and 16 KiB more, then
+   paused.
 
 2. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
    TCP connection that sends nothing, or drips its request headers a byte at a time (slowloris), is held
@@ -181,8 +184,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     it into the one new ``bytes`` the relay forwards; every other frame (text, control, fragments, anything
     malformed) is handed whole to ``websockets``, which keeps its rules and close codes. Reading pauses only
     while a held frame leaves the buffer full, so the transports' own flow control paces a sender: the room
-    takes the next frame only after every receiver's ``write_frame`` returned, and ``write_frame`` waits only
-    while that receiver's transport is above its high-water mark.
+    takes the next frame only after every receiver's ``write_frames`` returned, and ``write_frames`` returns
+    once that receiver's transport has handed the frame to the kernel.
 
     The app reaches this object through ``scope["extensions"][EXTENSION]`` (``relay.sockets.peer_socket``),
     which bypasses the ASGI message dicts; the ASGI ``receive``/``send`` keep working on the same inbox.
@@ -216,6 +219,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][EXTENSION] = self
+        # Pause (clear ``writable``) whenever anything waits in the write buffer: see ``write_frames``.
+        self.transport.set_write_buffer_limits(high=0)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -397,12 +402,16 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     # --- sending --------------------------------------------------------------------------------------
 
     async def write_frames(self, *parts: bytes) -> None:
-        """Write one frame (header and payload as given) at once, waiting only while above high-water."""
+        """Write frames (header and payload as given) in one call; return once the transport has handed them
+        to the kernel, which is at once while the peer keeps up (the write buffer's high-water mark is 0, so
+        ``writable`` is cleared while anything waits in it). Raises ``PeerGone`` if the connection is gone."""
         if not self.writable.is_set():
             await self.writable.wait()
         if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
             raise PeerGone()
         self.transport.writelines(parts)
+        if self.transport.get_write_buffer_size() and not self.writable.is_set():
+            await self.writable.wait()  # set again once drained, or when the connection is lost
 
     async def close_with(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""
