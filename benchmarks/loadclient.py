@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import xxhash
@@ -37,6 +38,9 @@ SENDER_RECV_SIZE = 64 * 1024
 TAG = 16  # every sealed value and ciphertext chunk carries a 16-byte AES-GCM tag
 PAKE_SIZE, CONFIRM_SIZE, SEALED_KEY_SIZE = 33, 32, 48  # relay.protocol's lengths for the keying messages
 SEALED_OFFER_SIZE, SEALED_PLAN_SIZE = 96, 96  # a one-file offer and its plan, as a real sender seals them
+# The relay's default max_message: a ciphertext chunk (plaintext + tag) must fit in it, so a "4 MiB chunk" is
+# 4 MiB - 16 bytes of plaintext, 4 MiB on the wire (as a real sender cuts it for this relay).
+MAX_MESSAGE = 4 * 1024 * 1024
 
 
 def opaque(size: int) -> str:
@@ -247,7 +251,7 @@ async def wait_for_stdin_eof() -> None:
 
 async def run(args: Args) -> list[RoomResult]:
     if args.role == "send":
-        frames = ChunkFrames(args.size, args.chunk)
+        frames = ChunkFrames(args.size, min(args.chunk, MAX_MESSAGE - TAG))
         ready = asyncio.Event()
         opened = [""] * args.rooms
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)
@@ -293,10 +297,21 @@ def parse_args(argv: list[str] | None = None) -> Args:
                 ns.concurrency, ns.rate, ns.recv_size, ns.hold, ns.timeout)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (the relay's own loop): the clients should cost as little CPU as the relay's
+    peers would, since they share the machine's cores with the relay under test."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        results = asyncio.run(asyncio.wait_for(run(args), args.timeout))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            results = runner.run(asyncio.wait_for(run(args), args.timeout))
     except TimeoutError:
         emit("result", role=args.role, rooms=[], error=f"timed out after {args.timeout} s")
         return 2

@@ -259,6 +259,7 @@ def _cli_transfer(server: Server, monitor: ProcessMonitor, row: Measurement, sou
 
 def fan_out(plan: Plan, log_dir: Path) -> Measurement:
     row = Measurement(f"3 fan-out 1->{plan.fanout_receivers}", "relay", plan.chunk)
+    row.extra["receivers"] = plan.fanout_receivers
     return on_server(lambda: RelayServer(log_dir), row, warmed(lambda server, monitor: ws_transfer(
         server, monitor, row, rooms=1, size=plan.fanout_size, chunk=plan.chunk, receivers=plan.fanout_receivers)))
 

@@ -36,9 +36,10 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FrameHeader:
-    """The header of the complete frame at the front of the buffer."""
+    """The header of the complete frame at the front of the buffer (not frozen: two are made per chunk, and a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``)."""
 
     fin: bool
     opcode: int

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from relay import protocol as p
 from relay.access import Client, origin_ok, parse_origins, token_ok
@@ -44,6 +46,20 @@ RESUME_READ_TIMEOUT = 10.0
 QUIET_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
 
 
+@runtime_checkable
+class Buffered(Protocol):
+    """A ``PeerSocket`` that can hand over, without waiting, what its peer sent that was not read yet."""
+
+    def received(self) -> list[str | bytes]: ...
+
+
+@runtime_checkable
+class SendsChunks(Protocol):
+    """A ``PeerSocket`` that writes a chunk's header and payload together (one system call, not two)."""
+
+    async def send_chunk(self, text: str, data: bytes) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Seat:
     """The shell's side of one party: its socket, the task reading it, and its farewell once the room ends."""
@@ -52,6 +68,10 @@ class Seat:
     task: asyncio.Task[None] | None = None
     client_key: str = ""  # the address key its failed joins are counted under
     farewell: asyncio.Future[None] | None = None
+    send_chunk: Callable[[str, bytes], Awaitable[None]] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.send_chunk = self.socket.send_chunk if isinstance(self.socket, SendsChunks) else None
 
 
 class Relay:
@@ -220,7 +240,8 @@ class Relay:
         except Exception as exc:  # noqa: BLE001
             await self._crash(room, exc)
             return
-        await self._run(room, effects)
+        if effects:  # most frames (a chunk's header) need nothing done
+            await self._run(room, effects)
 
     async def _run(self, room: Room, effects: list[Effect]) -> None:
         try:
@@ -229,8 +250,9 @@ class Relay:
             await self._crash(room, exc)
 
     async def _apply(self, room: Room, effects: list[Effect]) -> None:
-        """Carry out effects in order. A send that fails is fed back as ``Gone`` and the room's answer to it
-        runs next; farewells run concurrently and are awaited at the end, each bounded by its timeout."""
+        """Carry out effects in order. A send that fails is fed back as ``Gone`` (after what that peer had already
+        sent, ``_gone``) and the room's answer to it runs next; farewells run concurrently and are awaited at the
+        end, each bounded by its timeout."""
         seats = self.seats.get(room) or {}
         farewells: list[asyncio.Future[None]] = []
         index = 0
@@ -244,12 +266,16 @@ class Relay:
                 if seat is None or seat.farewell is not None or not room.reachable(effect.peer):
                     continue  # gone, or already saying goodbye: what an earlier decision queued is moot
                 try:
-                    if isinstance(effect, SendText):
-                        await seat.socket.send_text(effect.text)
-                    else:
+                    if isinstance(effect, SendBytes):
                         await seat.socket.send_bytes(effect.data)
+                    elif (seat.send_chunk is not None and index < len(effects)
+                          and type(payload := effects[index]) is SendBytes and payload.peer == effect.peer):
+                        index += 1  # a chunk's header and its payload to the same party: written together
+                        await seat.send_chunk(effect.text, payload.data)
+                    else:
+                        await seat.socket.send_text(effect.text)
                 except PeerGone:
-                    effects[index:index] = room.handle(Gone(effect.peer), _now())
+                    effects[index:index] = self._gone(room, effect.peer, seat.socket)
             elif isinstance(effect, Close):
                 seat = seats.get(effect.peer)
                 if seat is not None and seat.farewell is None:
@@ -265,6 +291,20 @@ class Relay:
                 self.finish(room)
         if farewells:
             await asyncio.gather(*farewells)
+
+    def _gone(self, room: Room, peer: int, socket: PeerSocket) -> list[Effect]:
+        """A send to ``peer`` failed: its socket is gone. What it sent before it went and the relay has not read
+        yet (e.g. a page's ``error`` just before it closed) is read first, so that the room ends for the reason
+        the peer gave and not with ``peer_left``; then the room hears ``Gone``. The peer's own reading loop then
+        finds nothing left and feeds ``Gone`` again, which the room ignores."""
+        effects: list[Effect] = []
+        if isinstance(socket, Buffered):
+            for frame in socket.received():
+                if room.state is State.ENDED:
+                    break
+                effects += room.handle(TextFrame(peer, frame) if isinstance(frame, str) else BinaryFrame(peer, frame),
+                                       _now())
+        return effects + room.handle(Gone(peer), _now())
 
     async def _crash(self, room: Room, exc: BaseException) -> None:
         """A bug while serving this room: end it with ``internal_error``; if even that fails, close every socket."""
@@ -370,7 +410,9 @@ class Relay:
 
 
 def _now() -> float:
-    return asyncio.get_running_loop().time()
+    """The room clock: ``time.monotonic``, the clock asyncio's loops use. Not ``get_running_loop().time()``: on
+    Python 3.11 finding the running loop costs a ``getpid`` system call (fork detection), twice per chunk."""
+    return time.monotonic()
 
 
 async def _farewell(seat: Seat, text: str | None, close_code: int) -> None:

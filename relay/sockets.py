@@ -2,9 +2,10 @@
 
 ``DirectPeerSocket`` talks to the connection's ``RelayWebSocketProtocol`` (``relay.transport``) with no ASGI
 message in between: a chunk is unmasked once into the ``bytes`` it returns, and ``send_bytes`` hands that same
-object to the transport (every receiver's transport references it; nothing copies it again). A send returns at
-once while the receiver's transport is below its high-water mark and waits only above it, so the service's
-loop (send to every receiver, then read the sender's next frame) is the flow control.
+object to the transport (every receiver's transport references it; nothing copies it again). A send returns
+once the receiver's transport has handed it to the kernel (at once while the receiver keeps up), so the
+service's loop (send to every receiver, then read the sender's next frame) is the flow control, and a chunk is
+freed before the next one is unmasked.
 
 ``AsgiPeerSocket`` is the fallback for any other ASGI server (no ``relay.websocket`` extension in the scope).
 ``peer_socket`` picks one. Every method raises ``rooms.PeerGone`` once the socket is gone.
@@ -36,11 +37,26 @@ class DirectPeerSocket:
             stats.payload_frames += 1
         return message
 
+    def received(self) -> list[str | bytes]:
+        """What the peer sent that is here but not yet read (``service.Buffered``), without waiting."""
+        messages = self._connection.received()
+        stats = self._stats
+        for message in messages:
+            if type(message) is bytes:
+                stats.payload_bytes_in += len(message)
+                stats.payload_frames += 1
+        return messages
+
     async def send_text(self, text: str) -> None:
         await self._connection.write_frames(text_frame(text.encode()))
 
     async def send_bytes(self, data: bytes) -> None:
         await self._connection.write_frames(binary_frame_header(len(data)), data)
+        self._stats.payload_bytes_out += len(data)
+
+    async def send_chunk(self, text: str, data: bytes) -> None:
+        """A chunk's header (text) and payload (binary) frames in one write (``service.SendsChunks``)."""
+        await self._connection.write_frames(text_frame(text.encode()), binary_frame_header(len(data)), data)
         self._stats.payload_bytes_out += len(data)
 
     async def close(self, code: int, reason: str = "") -> None:

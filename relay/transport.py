@@ -3,9 +3,12 @@
 1. **Forwarding at socket speed.** ``RelayWebSocketProtocol`` reads a room's frames straight into one buffer per
    connection (``relay.framebuffer``), unmasks each chunk once into the ``bytes`` that is forwarded, and gives
    the service a direct ``PeerSocket`` (``relay.sockets``) with no ASGI message per frame. Flow control is the
-   transports' own: a send returns at once below a receiver's high-water mark and waits above it; the service
-   reads the sender's next frame only after every send returned; the sender's socket is read until its buffer
-   holds the waiting chunk and 16 KiB more, then paused.
+   transports' own: a send returns once the receiver's transport has handed the whole frame to the kernel (its
+   write buffer is empty: its high-water mark is 0), which is at once while the receiver keeps up; the service
+   reads the sender's next frame only after every send returned, so the previous chunk is freed before the next
+   one is unmasked (a transport that still held a tail of it would keep the whole ``bytes`` alive: 3 chunks per
+   room, not 2); the sender's socket is read until its buffer holds the waiting chunk and 16 KiB more, then
+   paused.
 
 2. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
    TCP connection that sends nothing, or drips its request headers a byte at a time (slowloris), is held
@@ -116,6 +119,11 @@ class Flag:
     def is_set(self) -> bool:
         return self._value
 
+    @property
+    def waiting(self) -> int:
+        """How many ``wait`` calls are blocked: sends held back by the peer's flow control."""
+        return len(self._waiters or ())
+
     def set(self) -> None:
         self._value = True
         waiters, self._waiters = self._waiters, None
@@ -176,8 +184,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     it into the one new ``bytes`` the relay forwards; every other frame (text, control, fragments, anything
     malformed) is handed whole to ``websockets``, which keeps its rules and close codes. Reading pauses only
     while a held frame leaves the buffer full, so the transports' own flow control paces a sender: the room
-    takes the next frame only after every receiver's ``write_frame`` returned, and ``write_frame`` waits only
-    while that receiver's transport is above its high-water mark.
+    takes the next frame only after every receiver's ``write_frames`` returned, and ``write_frames`` returns
+    once that receiver's transport has handed the frame to the kernel.
 
     The app reaches this object through ``scope["extensions"][EXTENSION]`` (``relay.sockets.peer_socket``),
     which bypasses the ASGI message dicts; the ASGI ``receive``/``send`` keep working on the same inbox.
@@ -211,6 +219,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][EXTENSION] = self
+        # Pause (clear ``writable``) whenever anything waits in the write buffer: see ``write_frames``.
+        self.transport.set_write_buffer_limits(high=0)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -330,20 +340,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     async def next_message(self) -> str | bytes:
         """The next whole message from the peer; raises ``PeerGone`` once it is gone and all were read."""
         while True:
-            if self.inbox:
-                message = self.inbox.pop(0)
-                self.inbox_bytes -= len(message) + MESSAGE_COST
-                if self.inbox_bytes < INBOX_HIGH:
-                    if self.fast:
-                        self._parse()
-                    else:
-                        self._pace()
+            message = self._take()
+            if message is not None:
                 return message
-            if self.frames_in.held is not None:
-                data = self.frames_in.take_binary()
-                if self.fast:
-                    self._parse()
-                return data
             if self.gone:
                 raise PeerGone()
             self.frames_in.release()  # nothing buffered while the app waits: an idle room keeps no chunk buffer
@@ -352,6 +351,32 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def received(self) -> list[str | bytes]:
+        """Every whole message the peer sent that is already here and not yet read, without waiting (what a
+        peer sent just before it went: the service reads it before deciding the peer is gone)."""
+        messages: list[str | bytes] = []
+        while (message := self._take()) is not None:
+            messages.append(message)
+        return messages
+
+    def _take(self) -> str | bytes | None:
+        """The next whole message already received, or None."""
+        if self.inbox:
+            message = self.inbox.pop(0)
+            self.inbox_bytes -= len(message) + MESSAGE_COST
+            if self.inbox_bytes < INBOX_HIGH:
+                if self.fast:
+                    self._parse()
+                else:
+                    self._pace()
+            return message
+        if self.frames_in.held is not None:
+            data = self.frames_in.take_binary()
+            if self.fast:
+                self._parse()
+            return data
+        return None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -377,12 +402,16 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     # --- sending --------------------------------------------------------------------------------------
 
     async def write_frames(self, *parts: bytes) -> None:
-        """Write one frame (header and payload as given) at once, waiting only while above high-water."""
+        """Write frames (header and payload as given) in one call; return once the transport has handed them
+        to the kernel, which is at once while the peer keeps up (the write buffer's high-water mark is 0, so
+        ``writable`` is cleared while anything waits in it). Raises ``PeerGone`` if the connection is gone."""
         if not self.writable.is_set():
             await self.writable.wait()
         if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
             raise PeerGone()
         self.transport.writelines(parts)
+        if self.transport.get_write_buffer_size() and not self.writable.is_set():
+            await self.writable.wait()  # set again once drained, or when the connection is lost
 
     async def close_with(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""

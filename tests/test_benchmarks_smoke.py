@@ -24,7 +24,7 @@ def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:
     assert "| scenario |" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     table = (tmp_path / "results.md").read_text()
     assert "## 1. Relay cost" in table
-    assert "## Targets (issue 4)" in table
+    assert "## Targets (issue 8)" in table
     raw = json.loads((tmp_path / "results.json").read_text())
     relay_rows = [row for row in raw["rows"] if row["system"] == "relay"]
     scenarios = {row["scenario"].split()[0] for row in relay_rows}

@@ -385,6 +385,28 @@ async def test_a_peer_the_app_does_not_read_is_paused_with_bounded_memory(echo_s
     writer.close()
 
 
+async def test_a_send_returns_only_once_the_kernel_took_the_whole_frame(echo_server) -> None:
+    """A send that leaves part of a chunk in the transport has not returned, so the room does not unmask the next
+    chunk while a receiver's transport still holds the previous one (3 chunks alive, not 2: docs/protocol.md
+    section 8). Here the echo of a large frame to a peer that does not read stays in the transport."""
+    size = 1 << 20
+    reader, writer = await raw_socket(echo_server, "/echo")
+    await until(lambda: bool(echo_server.connections))
+    connection = echo_server.connections[0]
+    # A small kernel send buffer and a peer that does not read yet: most of the echo waits in the transport.
+    connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer.write(frame(0x2, os.urandom(size)))
+    await until(lambda: connection.transport.get_write_buffer_size() > 0)
+    stats = echo_server.sockets[0]._stats
+    assert stats.payload_bytes_out == 0, "the send returned while the transport still held the frame"
+    connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    header = await asyncio.wait_for(reader.readexactly(10), WAIT)  # the peer reads: the transport drains
+    assert header[0] == 0x82 and struct.unpack("!Q", header[2:])[0] == size
+    assert len(await asyncio.wait_for(reader.readexactly(size), WAIT)) == size
+    await until(lambda: stats.payload_bytes_out == size)
+    writer.close()
+
+
 async def test_a_flood_of_empty_frames_the_app_does_not_read_is_paused_too(echo_server) -> None:
     reader, writer = await raw_socket(echo_server, "/hold")
     flood = frame(0x1, b"") * 10_000
