@@ -240,7 +240,9 @@ MAX_RECONNECT_ATTEMPTS = 30
 RECONNECT_BACKOFF = 0.2  # seconds before the first attempt, doubled each time up to MAX_BACKOFF
 MAX_BACKOFF = 10.0
 # Refusals worth another attempt: the relay may not have noticed the drop yet (the seat is not parked yet).
-RETRY_CODES = frozenset({ErrorCode.RESUME_REFUSED, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
+# ``room_not_found``: a relay restarting may answer before it has the room again.
+RETRY_CODES = frozenset({ErrorCode.RESUME_REFUSED, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS,
+                         ErrorCode.ROOM_NOT_FOUND})
 
 
 def verifier(token: bytes) -> str:
@@ -253,13 +255,15 @@ class SeatTokens:
     """This party's current resume token per pair (a receiver has one, for peer 0... keyed by its own number).
 
     Each token is good once: a resume shows it with the verifier of the next, ``HKDF(T, "", "relay-v2 resume
-    next")``, and the next one replaces it once the relay accepted the resume."""
+    next")``, and the next one replaces it once the relay accepted the resume. ``shape`` is the room's shape,
+    sent with every resume so that a relay restarted meanwhile can recreate the room (protocol section 10.2)."""
 
     tokens: dict[int, bytes]
+    shape: p.RoomShape | None = None
 
     def message(self, peer: int) -> p.Resume:
         return p.Resume(peer, tuple((k, p.SeatToken(t.hex(), verifier(self.following(t))))
-                                    for k, t in sorted(self.tokens.items())))
+                                    for k, t in sorted(self.tokens.items())), self.shape)
 
     @staticmethod
     def following(token: bytes) -> bytes:
@@ -333,23 +337,26 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
         reporter.waiting(code, options.receivers)
         content_key = c.new_content_key()
         keys: dict[int, c.PairKeys] = {}
-        # The sender registers no verifiers of its own: it cannot take its seat back yet, so its drop ends the
-        # room at once (peer_left) instead of leaving the receivers waiting for the resume window.
         channels = await _key_receivers(connection, code, options.receivers, content_key, reporter, deadlines.receivers,
                                         keys)
+        seat = None
+        if deadlines.resume_window > 0:
+            seat = SeatTokens({k: pair.resume_token(c.Role.SENDER) for k, pair in sorted(keys.items())},
+                              p.RoomShape(options.receivers, offer.total_size, len(offer.files)))
+            for k, token in sorted(seat.tokens.items()):
+                await connection.send(p.ResumeId(verifier(token), to=k))
         for peer, channel in sorted(channels.items()):
             sealed = _b64(channel.seal(offer_text))
             await connection.send(p.SealedOffer(offer.total_size, len(offer.files), sealed, to=peer))
         await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection, channels))
         room = _Parking(channels, keys, reporter)
         reporter.started(outgoing.total_size)
-        watcher = asyncio.create_task(_watch_receivers(connection, options.receivers, room))
+        link = _SenderLink(connection, room, options.receivers, options.url, nameplate, seat, deadlines.resume_window)
         try:
-            await _stream_epochs(connection, outgoing, content_key, chunk_size, room, reporter, watcher, deadlines)
+            await _stream_epochs(link, outgoing, content_key, chunk_size, room, reporter, deadlines)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TransferError):
-                await watcher
+            connection = link.connection
+            await link.stop_watching()
         reporter.resent(room.resent)
         reporter.finished()
     except c.WrongCode:
@@ -474,6 +481,49 @@ class _Parking:
         if self.parked.is_set() and not self.away and set(self.positions) == set(self.channels):
             self.ready.set()
 
+    def lost(self, away: set[int]) -> None:
+        """This sender's own connection dropped and came back: every receiver resyncs and says its position;
+        ``away`` are the seats the relay still waits for."""
+        self.parked.set()
+        self.ready.clear()
+        self.positions.clear()
+        self.away = set(away)
+
+
+@dataclass(slots=True)
+class _SenderLink:
+    """The sender's current connection and the task reading it (``_watch_receivers``); both are replaced when a
+    lost connection is resumed (``rejoin``)."""
+
+    connection: RelayConnection
+    room: _Parking
+    receivers: int
+    url: str
+    nameplate: str
+    seat: SeatTokens | None
+    window: float
+    watcher: asyncio.Task[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watcher = asyncio.create_task(_watch_receivers(self.connection, self.receivers, self.room))
+
+    async def stop_watching(self) -> None:
+        self.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TransferError):
+            await self.watcher
+
+    async def rejoin(self, lost: ConnectionLost) -> None:
+        """Take the sender's seat back (one token per pair), or raise ``lost`` when resume is off."""
+        if self.seat is None:
+            raise lost
+        await self.stop_watching()
+        self.room.lost(set())
+        self.connection = await _reconnect(self.url, self.nameplate, self.connection.hello, self.seat, self.window,
+                                           self.room.reporter)
+        resumed = self.connection.resumed
+        self.room.lost(set(resumed.parked) if resumed is not None else set())
+        self.watcher = asyncio.create_task(_watch_receivers(self.connection, self.receivers, self.room))
+
 
 async def _watch_receivers(connection: RelayConnection, receivers: int, room: _Parking | None = None) -> None:
     """Read what the relay passes back while streaming, until ``complete``; ending messages raise.
@@ -522,56 +572,78 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
 
 
 async def _stream_epochs(
-    connection: RelayConnection, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
-    reporter: Reporter, watcher: asyncio.Task[None], deadlines: Deadlines,
+    link: _SenderLink, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
+    reporter: Reporter, deadlines: Deadlines,
 ) -> None:
     """Epoch 0 from the start; after each resume a new epoch (fresh salt, so a fresh data key) from the earliest
-    position any receiver holds, until every receiver verified."""
+    position any receiver holds, until every receiver verified. A drop of this sender's own connection is
+    resumed (``link.rejoin``) like a receiver's: every receiver resyncs and says what it holds."""
     sizes = [local.entry.size for local in outgoing.files]
     start, epoch = (0, 0), 0
     while True:
-        if start[0] >= len(sizes):  # every receiver holds every byte: resend the last file's last chunk
-            last = len(sizes) - 1
-            start = (last, max(0, (sizes[last] - 1) // chunk_size * chunk_size))
-        first = c.Segment(start[0], start[1], sizes[start[0]])
-        plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
-                            chunk_size)
-        base = sum(sizes[: start[0]]) + start[1]
-        room.resent += max(0, room.high - base)
-        salt = c.new_epoch_salt()
-        plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
-                     "segments": [[s.file, s.start, s.end] for s in plan.segments]}
-        peers = tuple(sorted(room.channels))
-        room.parked.clear()
-        await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
-                                       tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
-        sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
-        digests = room.channels if len(room.channels) > 1 else None
         try:
-            await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
-                          room, base, plan.segments, epoch)
-            await _send_or_explain(connection, p.End(epoch), watcher, deadlines.frame)
-            parked = asyncio.ensure_future(room.parked.wait())
-            try:
-                await _within(deadlines.verified, "every receiver to confirm its files",
-                              asyncio.wait({watcher, parked}, return_when=asyncio.FIRST_COMPLETED))
-            finally:
-                parked.cancel()
-            if watcher.done():
-                watcher.result()
+            if await _one_epoch(link, outgoing, content_key, chunk_size, room, reporter, deadlines, start, epoch):
                 return
-        except _Parked:
-            pass
-        await _within(deadlines.resume_window + deadlines.frame, "the receivers to come back",
-                      asyncio.wait({watcher, asyncio.ensure_future(room.ready.wait())},
-                                   return_when=asyncio.FIRST_COMPLETED))
-        if watcher.done():
-            watcher.result()
-            return
+        except ConnectionLost as lost:
+            await link.rejoin(lost)
+        while True:  # until every seat is back and every receiver said where it is (or all verified meanwhile)
+            try:
+                await _within(deadlines.resume_window + deadlines.frame, "the receivers to come back",
+                              asyncio.wait({link.watcher, asyncio.ensure_future(room.ready.wait())},
+                                           return_when=asyncio.FIRST_COMPLETED))
+                if link.watcher.done():
+                    link.watcher.result()
+                    return
+                break
+            except ConnectionLost as lost:
+                await link.rejoin(lost)
         for peer, (index, have) in room.positions.items():
             if not (0 <= index < len(sizes) and 0 <= have <= sizes[index] or index == len(sizes) and have == 0):
                 raise p.UnexpectedMessage(f"receiver {peer} reported a position outside the offer")
         start, epoch = min(room.positions.values()), epoch + 1
+
+
+async def _one_epoch(
+    link: _SenderLink, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
+    reporter: Reporter, deadlines: Deadlines, start: tuple[int, int], epoch: int,
+) -> bool:
+    """Open epoch ``epoch`` from ``start`` (file, offset) and stream it; True once every receiver verified,
+    False when the room parked on the way (the epoch is abandoned)."""
+    sizes = [local.entry.size for local in outgoing.files]
+    if start[0] >= len(sizes):  # every receiver holds every byte: resend the last file's last chunk
+        last = len(sizes) - 1
+        start = (last, max(0, (sizes[last] - 1) // chunk_size * chunk_size))
+    first = c.Segment(start[0], start[1], sizes[start[0]])
+    plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
+                        chunk_size)
+    base = sum(sizes[: start[0]]) + start[1]
+    room.resent += max(0, room.high - base)
+    salt = c.new_epoch_salt()
+    plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
+                 "segments": [[s.file, s.start, s.end] for s in plan.segments]}
+    peers = tuple(sorted(room.channels))
+    room.parked.clear()
+    connection, watcher = link.connection, link.watcher
+    await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
+                                   tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
+    sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
+    digests = room.channels if len(room.channels) > 1 else None
+    try:
+        await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
+                      room, base, plan.segments, epoch)
+        await _send_or_explain(connection, p.End(epoch), watcher, deadlines.frame)
+        parked = asyncio.ensure_future(room.parked.wait())
+        try:
+            await _within(deadlines.verified, "every receiver to confirm its files",
+                          asyncio.wait({watcher, parked}, return_when=asyncio.FIRST_COMPLETED))
+        finally:
+            parked.cancel()
+        if watcher.done():
+            watcher.result()
+            return True
+    except _Parked:
+        pass
+    return False
 
 
 async def _stream(
@@ -712,6 +784,7 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         offer = p.Offer.from_dict(opened)
         if offer.total_size != sealed_offer.total_size or len(offer.files) != sealed_offer.files:
             raise c.Tampered("the offer's clear totals differ from the sealed offer")
+        seat.shape = p.RoomShape(connection.hello.receivers, offer.total_size, len(offer.files))
         reporter.offered(offer)
         if options.output_for is not None:
             destination.root = options.output_for(offer)
@@ -819,34 +892,41 @@ def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
 
 @dataclass(slots=True)
 class _Resume:
-    """What a receiver needs to take its seat back after a lost connection."""
+    """What a receiver needs to take its seat back after a lost connection, and its side of each resync."""
 
     url: str
     nameplate: str
     seat: SeatTokens
     reporter: Reporter
+    half: bytes | None = None  # this receiver's resync half, sent and not yet answered by the sender
 
-    async def again(self, link: _Link, pair: _Pair, window: float, held: tuple[int, int]) -> None:
-        """Reconnect, resync the control channel with fresh keys, and tell the sender (sealed) what we hold."""
+    async def again(self, link: _Link, window: float) -> None:
+        """Reconnect; resync at once if the sender is there (else when it comes back: ``resumed`` with 0)."""
         link.connection = await _reconnect(self.url, self.nameplate, link.connection.hello, self.seat, window,
                                            self.reporter)
-        half = c.new_resync_half()
-        await link.connection.send(p.Resync(_b64(half)))
-        for _ in range(64):
-            message = await link.connection.receive()
-            if isinstance(message, p.Resync):
-                break
-            if not isinstance(message, p.Resumed | p.Reconnecting):
-                raise _unexpected(message, "resuming")
-        else:
-            raise p.UnexpectedMessage("the sender did not resync")
+        self.half = None  # an answer to an earlier half, if any, was lost with the old connection
+        resumed = link.connection.resumed
+        if resumed is None or 0 not in resumed.parked:
+            await self.resync(link.connection)
+
+    async def resync(self, connection: RelayConnection) -> None:
+        """Send a fresh half of the pair's next control keys (protocol section 10.1); the sender answers."""
+        self.half = c.new_resync_half()
+        await connection.send(p.Resync(_b64(self.half)))
+
+    async def answered(self, connection: RelayConnection, pair: _Pair, message: p.Resync,
+                       held: tuple[int, int]) -> None:
+        """The sender's half: switch to the new control channel and prove it with what we hold."""
+        if self.half is None:
+            raise p.UnexpectedMessage("a resync half this receiver did not ask for")
         sender_half = _unb64(message.half)
         if len(sender_half) != c.RESYNC_HALF_SIZE:
             raise c.Tampered("the sender's resync half has the wrong length")
         old = pair.channel
-        pair.channel = pair.keys.control_channel(c.Role.RECEIVER, sender_half + half)
-        await link.connection.send(p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
-                                                                      "have": held[1]})))
+        pair.channel = pair.keys.control_channel(c.Role.RECEIVER, sender_half + self.half)
+        self.half = None
+        await connection.send(p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
+                                                                 "have": held[1]})))
 
 
 async def _receive_stream(
@@ -875,7 +955,7 @@ async def _receive_stream(
         except ConnectionLost:
             if resume is None:
                 raise
-            await resume.again(link, pair, deadlines.resume_window, (current, have))
+            await resume.again(link, deadlines.resume_window)
             connection, header = link.connection, None
             continue
         if isinstance(frame, bytes):
@@ -932,8 +1012,14 @@ async def _receive_stream(
                 chunks = 0
             case p.Reconnecting():
                 reporter.reconnecting(0)  # another party's connection dropped; the stream waits for it
+            case p.Resumed() if resume is not None and frame.peer == 0:
+                await resume.resync(connection)  # the sender came back: this pair resyncs (section 10.1)
+            case p.Resync() if resume is not None:
+                await resume.answered(connection, pair, frame, (current, have))
             case p.Resumed():
-                if not frame.parked:  # everyone is back: the sender's next epoch starts from what we all hold
+                # everyone is back: the sender's next epoch starts from what we all hold (a pair that is
+                # resyncing says it once the sender answered, on the new channel)
+                if not frame.parked and (resume is None or resume.half is None):
                     await connection.send(p.Sealed(_seal_json(pair.channel, {"file": current, "have": have})))
             case p.End() if header is None and frame.epoch == stream.epoch:
                 opener.finish()  # Truncated if the last file's last chunk never came

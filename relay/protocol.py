@@ -1099,13 +1099,18 @@ class StreamCheck:
         self.chunks_done = self.bytes_done = 0
         self.pending, self.finished, self.reopened = None, False, False
 
-    def abandon(self) -> None:
+    def abandon(self, sender_gone: bool = False) -> None:
         """A party's socket dropped and the room parked: the open epoch (if any) is abandoned, and once everyone
         is back the sender opens the next one from what each receiver holds (frames of the old epoch still on
-        their way are dropped). Bounded, so that a room cannot be kept streaming forever by reconnecting."""
+        their way are dropped). Bounded, so that a room cannot be kept streaming forever by reconnecting.
+
+        When the sender is the one that dropped, a header whose payload was on its way is forgotten: that
+        payload died with the sender's socket, and its next socket starts with the next epoch."""
         if self.resumes >= MAX_RESUMES:
             raise ProtocolError(f"more than {MAX_RESUMES} resumes in one transfer", ErrorCode.RESUME_REFUSED)
         self.resumes += 1
+        if sender_gone:
+            self.pending, self.discarding = None, False
         if self.epoch is not None:
             self.reopened = True
             self.discarding = self.pending is not None

@@ -641,11 +641,13 @@ class Room:
             self._gone(party, None, now)
             return
         party.closed = party.gone = party.parked = True
+        assert isinstance(self.check, p.StreamCheck)
         if self.state is not State.PARKED:
-            assert isinstance(self.check, p.StreamCheck)
             self.parked_from, self.parked_at = self.state, now
             self.state = State.PARKED
-            self.check.abandon()
+            self.check.abandon(party.role is Role.SEND)
+        elif party.role is Role.SEND:
+            self.check.pending, self.check.discarding = None, False  # its payload died with its socket
         text = p.Reconnecting(party.peer).to_json()
         self._out.extend(SendText(other.peer, text) for other in self.parties if not other.closed)
 

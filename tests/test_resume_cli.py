@@ -26,10 +26,12 @@ SIZE = 300_000  # two files of 300 chunks each
 
 @dataclass
 class Cutter:
-    """Pipes a client to the relay; the first connection it carries is cut after ``after`` binary frames."""
+    """Pipes a client to the relay; the first connection it carries is cut after ``after`` binary frames (those
+    the relay sends it, or with ``upward`` those it sends the relay: a sender's chunks)."""
 
     upstream: str
     after: int
+    upward: bool = False
     cuts: int = 0
     paths: list[str] = field(default_factory=list)
 
@@ -39,8 +41,9 @@ class Cutter:
         self.paths.append(path)
         cut_this = len(self.paths) == 1
         async with websockets.connect(self.upstream + path, compression=None, max_size=2**23, proxy=None) as relay:
-            up = asyncio.ensure_future(self._pipe(client, relay, None))
-            down = asyncio.ensure_future(self._pipe(relay, client, self.after if cut_this else None))
+            cut = self.after if cut_this else None
+            up = asyncio.ensure_future(self._pipe(client, relay, cut if self.upward else None))
+            down = asyncio.ensure_future(self._pipe(relay, client, None if self.upward else cut))
             await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
             for task in (up, down):
                 task.cancel()
@@ -66,8 +69,8 @@ class Cutter:
 
 
 @contextlib.asynccontextmanager
-async def cutter_in_front(relay, after: int) -> AsyncIterator[tuple[str, Cutter]]:
-    cutter = Cutter(relay.ws_url, after)
+async def cutter_in_front(relay, after: int, upward: bool = False) -> AsyncIterator[tuple[str, Cutter]]:
+    cutter = Cutter(relay.ws_url, after, upward)
     async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", cutter
 
@@ -112,6 +115,35 @@ async def test_a_receiver_whose_connection_drops_reconnects_and_the_transfer_com
     # What is sent again is what was in flight (in the proxy's and the kernels' buffers: with these 1,000-byte
     # chunks, a few hundred of them) when the socket died: the new epoch starts where the receiver stopped.
     assert resent and int(resent[0].split("(")[1].split()[0]) < 2 * SIZE - 100 * CHUNK
+
+
+async def test_a_sender_whose_connection_drops_reconnects_and_the_transfer_completes(
+        relay_server, two_big_files, tmp_path) -> None:
+    async with cutter_in_front(relay_server, after=100, upward=True) as (url, cutter):
+        sender, code = await start_sender(url, str(two_big_files))
+        run = await receive(relay_server.ws_url, code, tmp_path / "out")
+        sent = await finish(sender)
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert cutter.cuts == 1 and "resume=1" in cutter.paths[-1] and "role=send" in cutter.paths[-1]
+    assert "connection lost, reconnecting (attempt 1)" in sent.stdout
+    same_files(two_big_files, tmp_path / "out")
+    resent = [line for line in sent.stdout.splitlines() if "sent again after reconnecting" in line]
+    assert resent and int(resent[0].split("(")[1].split()[0]) < 2 * SIZE - 100 * CHUNK
+
+
+async def test_a_sender_with_three_receivers_drops_and_every_receiver_completes(
+        relay_server, two_big_files, tmp_path) -> None:
+    async with cutter_in_front(relay_server, after=150, upward=True) as (url, cutter):
+        sender, code = await start_sender(url, "--receivers", "3", str(two_big_files))
+        outputs = [tmp_path / f"out{k}" for k in range(3)]
+        runs = await asyncio.gather(*(receive(relay_server.ws_url, code, output) for output in outputs))
+        sent = await finish(sender)
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert cutter.cuts == 1
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, run.stderr + run.stdout
+        same_files(two_big_files, output)
 
 
 async def test_one_receiver_of_three_drops_and_comes_back(relay_server, two_big_files, tmp_path) -> None:

@@ -424,3 +424,21 @@ def test_the_room_shape_round_trips() -> None:
     resume = with_shape(sender_resume(2))
     assert p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
     assert json.loads(resume.to_json())["room"] == SHAPE
+
+
+def test_a_sender_that_drops_between_a_header_and_its_payload_can_open_the_next_epoch() -> None:
+    rooms, room = resume_room(1)
+    payload = b"p" * 66
+    room.handle(text(0, {"type": "chunk", "epoch": 0, "size": len(payload), "xxh3_64": p.chunk_digest(payload)}), 0.0)
+    room.handle(Gone(0), 1.0)  # the payload died with the sender's socket
+    rooms.resume(room.code, "send", sender_resume(1))
+    room.handle(Rejoined(0), 2.0)
+    effects = room.handle(text(0, {**stream(1), "epoch": 1}), 3.0)
+    assert ended(effects) is None and messages(effects, 1) == ["stream"]
+    effects = chunk_of_epoch(room, 1, payload)
+    assert ended(effects) is None and messages(effects, 1) == ["chunk", "bytes"]
+
+
+def chunk_of_epoch(room: Room, epoch: int, data: bytes) -> list[Any]:
+    room.handle(text(0, {"type": "chunk", "epoch": epoch, "size": len(data), "xxh3_64": p.chunk_digest(data)}), 0.0)
+    return room.handle(BinaryFrame(0, data), 0.0)
