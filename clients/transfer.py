@@ -38,7 +38,7 @@ from clients import crypto as c
 from clients.connection import ConnectionLost, PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
-from clients.store import Destination
+from clients.store import STATE_NAME, BadState, Claim, Destination
 
 
 class Reporter:
@@ -79,6 +79,17 @@ class Reporter:
     def resent(self, count: int) -> None:
         """Sender, at the end: ``count`` bytes were sent again after reconnections (0: none)."""
 
+    def kept(self, count: int) -> None:
+        """Resume by hand, once the first epoch is planned: ``count`` bytes the receiver held from an earlier
+        attempt (checked by digest) are not sent again (0: none)."""
+
+    def changed(self, path: str) -> None:
+        """Resume by hand: the receiver held part of ``path`` from an earlier attempt, but the file changed since
+        (size, mtime or the digest of those bytes): it is sent again from the start."""
+
+    def warning(self, text: str) -> None:
+        """Something worth saying that does not stop the transfer (e.g. an untrustworthy state file, ignored)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
@@ -99,6 +110,8 @@ class Deadlines:
 
 
 DEFAULT_RESUME_WINDOW = 300.0  # the relay's default --resume-window
+STATE_INTERVAL = 1024 * 1024  # a receiver records its progress in the state file every this many bytes,
+STATE_SHARE = 16  # or every 16 times the state file's size (many files): at most 1/16 more written
 WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
 
 
@@ -348,12 +361,14 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
         for peer, channel in sorted(channels.items()):
             sealed = _b64(channel.seal(offer_text))
             await connection.send(p.SealedOffer(offer.total_size, len(offer.files), sealed, to=peer))
-        await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection, channels))
+        accepts = await _within(deadlines.answer, "every receiver to accept the offer",
+                                _wait_until_started(connection, channels))
+        starts = await _agreed_starts(outgoing, accepts, reporter) if options.receivers == 1 else {}
         room = _Parking(channels, keys, reporter)
         reporter.started(outgoing.total_size)
         link = _SenderLink(connection, room, options.receivers, options.url, nameplate, seat, deadlines.resume_window)
         try:
-            await _stream_epochs(link, outgoing, content_key, chunk_size, room, reporter, deadlines)
+            await _stream_epochs(link, outgoing, content_key, chunk_size, room, reporter, deadlines, starts)
         finally:
             connection = link.connection
             await link.stop_watching()
@@ -432,11 +447,14 @@ async def _key_receivers(
         ) from None
 
 
-async def _wait_until_started(connection: RelayConnection, channels: dict[int, c.ControlChannel]) -> None:
+async def _wait_until_started(connection: RelayConnection, channels: dict[int, c.ControlChannel]
+                              ) -> dict[int, object]:
+    """Wait for ``start``; returns each receiver's opened sealed accept (what it holds from an earlier attempt)."""
+    accepts: dict[int, object] = {}
     while True:
         message = await connection.receive()
         if isinstance(message, p.Start):
-            return
+            return accepts
         if isinstance(message, p.SealedDecline):
             reason = ""
             if message.data is not None and message.peer in channels:
@@ -448,7 +466,54 @@ async def _wait_until_started(connection: RelayConnection, channels: dict[int, c
         if not isinstance(message, p.SealedAccept) or message.peer not in channels:
             raise _unexpected(message, "waiting for the receivers to accept")
         if message.data is not None:
-            _open_json(channels[message.peer], message.data)  # nothing in it yet (resume will say what it holds)
+            accepts[message.peer] = _open_json(channels[message.peer], message.data)
+
+
+
+async def _agreed_starts(outgoing: Outgoing, accepts: dict[int, object], reporter: Reporter) -> dict[int, int]:
+    """Resume by hand (protocol section 10.3): of what the one receiver says it holds, the byte counts this
+    sender agrees to, per file: its file has the size and mtime it offers, and the SHA-256 of its own first n
+    bytes equals the receiver's. Anything else starts again from 0 and the user is told. The claims are
+    hostile input: checked for shape and bounds before any file is read."""
+    claims = [value.get("have") for value in accepts.values() if isinstance(value, dict)]
+    if len(claims) != 1 or not isinstance(claims[0], list):
+        return {}
+    if len(claims[0]) > len(outgoing.files):
+        raise p.MalformedMessage("the receiver claims more files than were offered")
+    starts: dict[int, int] = {}
+    for claim in claims[0]:
+        index = claim.get("file") if isinstance(claim, dict) else None
+        have = claim.get("have") if isinstance(claim, dict) else None
+        digest = claim.get("sha256") if isinstance(claim, dict) else None
+        if (type(index) is not int or not 0 <= index < len(outgoing.files) or index in starts or type(have) is not int
+                or not 0 < have <= outgoing.files[index].entry.size or not isinstance(digest, str)):
+            raise p.MalformedMessage("the receiver's claim of what it holds is out of range")
+        local = outgoing.files[index]
+        if await asyncio.to_thread(_same_start, local.source, local.entry, have, digest):
+            starts[index] = have
+        else:
+            reporter.changed(local.entry.path)
+    reporter.kept(sum(starts.values()))
+    return starts
+
+
+def _same_start(source: Path, entry: p.FileEntry, have: int, digest: str) -> bool:
+    """Whether ``source`` still has the offered size and mtime and its first ``have`` bytes hash to ``digest``."""
+    try:
+        with open(source, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if status.st_size != entry.size or (entry.mtime is not None and int(status.st_mtime) != entry.mtime):
+                return False
+            sha256, left = hashlib.sha256(), have
+            while left:
+                block = handle.read(min(1024 * 1024, left))
+                if not block:
+                    return False
+                sha256.update(block)
+                left -= len(block)
+    except OSError:
+        return False
+    return sha256.hexdigest() == digest
 
 
 class _Parked(Exception):
@@ -573,7 +638,7 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
 
 async def _stream_epochs(
     link: _SenderLink, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
-    reporter: Reporter, deadlines: Deadlines,
+    reporter: Reporter, deadlines: Deadlines, starts: dict[int, int] | None = None,
 ) -> None:
     """Epoch 0 from the start; after each resume a new epoch (fresh salt, so a fresh data key) from the earliest
     position any receiver holds, until every receiver verified. A drop of this sender's own connection is
@@ -582,7 +647,8 @@ async def _stream_epochs(
     start, epoch = (0, 0), 0
     while True:
         try:
-            if await _one_epoch(link, outgoing, content_key, chunk_size, room, reporter, deadlines, start, epoch):
+            if await _one_epoch(link, outgoing, content_key, chunk_size, room, reporter, deadlines, start, epoch,
+                                starts if epoch == 0 else None):
                 return
         except ConnectionLost as lost:
             await link.rejoin(lost)
@@ -606,16 +672,21 @@ async def _stream_epochs(
 async def _one_epoch(
     link: _SenderLink, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
     reporter: Reporter, deadlines: Deadlines, start: tuple[int, int], epoch: int,
+    starts: dict[int, int] | None = None,
 ) -> bool:
     """Open epoch ``epoch`` from ``start`` (file, offset) and stream it; True once every receiver verified,
-    False when the room parked on the way (the epoch is abandoned)."""
+    False when the room parked on the way (the epoch is abandoned). With ``starts`` (the first epoch of a resume
+    by hand), every file instead, each from the bytes agreed the receiver holds."""
     sizes = [local.entry.size for local in outgoing.files]
     if start[0] >= len(sizes):  # every receiver holds every byte: resend the last file's last chunk
         last = len(sizes) - 1
         start = (last, max(0, (sizes[last] - 1) // chunk_size * chunk_size))
     first = c.Segment(start[0], start[1], sizes[start[0]])
-    plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
-                        chunk_size)
+    if starts:
+        plan = c.StreamPlan(tuple(c.Segment(i, starts.get(i, 0), size) for i, size in enumerate(sizes)), chunk_size)
+    else:
+        plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
+                            chunk_size)
     base = sum(sizes[: start[0]]) + start[1]
     room.resent += max(0, room.high - base)
     salt = c.new_epoch_salt()
@@ -797,10 +868,12 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
             await _leave(connection, connection.close(), deadlines.leave)
             raise TransferRefused(ErrorCode.DECLINED, "you declined the offer")
         destination.make_dirs(offer.dirs)
-        await connection.send(p.SealedAccept(_seal_json(pair.channel, {})))
+        claims = await _earlier_attempt(destination, offer, connection.hello.receivers, reporter)
+        accept = {"have": [{"file": x.file, "have": x.have, "sha256": x.sha256} for x in claims]} if claims else {}
+        await connection.send(p.SealedAccept(_seal_json(pair.channel, accept)))
         reporter.started(offer.total_size)
         resume = _Resume(options.url, nameplate, seat, reporter) if deadlines.resume_window > 0 else None
-        await _receive_stream(link, offer, pair, destination, reporter, deadlines, resume)
+        await _receive_stream(link, offer, pair, destination, reporter, deadlines, resume, claims)
     except c.WrongCode:
         await destination.discard()
         await _leave(link.connection, link.connection.close(), deadlines.leave)
@@ -836,6 +909,28 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     return offer
 
 
+async def _earlier_attempt(destination: Destination, offer: p.Offer, receivers: int, reporter: Reporter
+                           ) -> list[Claim]:
+    """What this receiver holds of ``offer`` from an earlier attempt into the same folder (its state file and
+    parts; protocol section 10.3). Only with one receiver: several share one ciphertext stream, which starts every
+    file at 0. A state file that cannot be trusted is ignored with a warning."""
+    if receivers != 1:
+        return []
+    try:
+        held = destination.load_state()
+    except BadState as exc:
+        reporter.warning(f"ignoring {STATE_NAME} in the output folder: {exc}")
+        return []
+    except LocalFailure:
+        return []
+    if not held:
+        return []
+    claims, changed = await asyncio.to_thread(destination.claims, offer, held)
+    for path in changed:
+        reporter.changed(path)
+    return claims
+
+
 async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
     """Run the PAKE with the sender, check its confirmation before sending ours, and open the content key."""
     pake = c.Pake(c.Role.RECEIVER, code)
@@ -864,20 +959,27 @@ async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
 
 
 def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
-             held: tuple[int, int] = (0, 0)) -> tuple[bytes, c.StreamPlan]:
+             held: tuple[int, int] = (0, 0), claimed: dict[int, int] | None = None) -> tuple[bytes, c.StreamPlan]:
     """The sealed plan of the stream, checked against the offer: every file in order from a start no later than
-    ``held`` (file index, bytes of it this receiver holds; the first epoch starts at (0, 0)) to the end."""
+    ``held`` (file index, bytes of it this receiver holds; the first epoch starts at (0, 0)) to the end. With
+    ``claimed`` (the first epoch after this receiver said what it holds from an earlier attempt), every file
+    instead, each from 0 or from the bytes claimed of it (section 10.3)."""
     if not isinstance(opened, dict):
         raise p.MalformedMessage("the sealed plan is not an object")
     salt, chunk_size, segments = opened.get("salt"), opened.get("chunk_size"), opened.get("segments")
     first = segments[0] if isinstance(segments, list) and segments else None
-    if (isinstance(first, list) and len(first) == 3 and all(type(v) is int for v in first)
+    expected: list[list[int]] = []
+    if claimed is not None:
+        if isinstance(segments, list) and len(segments) == len(offer.files):
+            for index, (entry, segment) in enumerate(zip(offer.files, segments, strict=True)):
+                start = segment[1] if isinstance(segment, list) and len(segment) == 3 else None
+                agreed = start if type(start) is int and start in (0, claimed.get(index, 0)) else 0
+                expected.append([index, agreed, entry.size])
+    elif (isinstance(first, list) and len(first) == 3 and all(type(v) is int for v in first)
             and 0 <= first[0] < len(offer.files) and 0 <= first[1] <= offer.files[first[0]].size
             and (first[0], first[1]) <= held):
         expected = [[first[0], first[1], offer.files[first[0]].size]]
         expected += [[index, 0, offer.files[index].size] for index in range(first[0] + 1, len(offer.files))]
-    else:
-        expected = []
     if (not isinstance(salt, str) or type(chunk_size) is not int or not 1 <= chunk_size <= max_message
             or segments != expected):
         raise c.Tampered("the sealed plan does not match the offer")
@@ -931,7 +1033,7 @@ class _Resume:
 
 async def _receive_stream(
     link: _Link, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter,
-    deadlines: Deadlines, resume: _Resume | None = None,
+    deadlines: Deadlines, resume: _Resume | None = None, claims: list[Claim] | None = None,
 ) -> None:
     connection = link.connection
     # every receiver must accept before the stream starts: as long as the relay's offer timeout
@@ -939,16 +1041,28 @@ async def _receive_stream(
     stream = await _within(deadlines.answer, what, connection.receive())
     if not isinstance(stream, p.Stream) or not isinstance(stream.data, str):
         raise _unexpected(stream, "waiting for the stream")
-    salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message)
+    claimed = {x.file: x.have for x in claims or ()}
+    salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message,
+                          claimed=claimed if claims else None)
+    # resume by hand: where each file starts (what the sender agreed this receiver holds), and its part
+    starts = {s.file: s.start for s in plan.segments if s.start} if claims else {}
+    earlier = {x.file: x.part for x in claims or () if x.file in starts}
+    for claim in claims or ():
+        if claim.file not in starts:  # the sender's file differs from what we hold: from 0, in a new part
+            destination.refused(offer.files[claim.file].path, claim.part)
+            reporter.changed(offer.files[claim.file].path)
+    if starts:
+        reporter.kept(sum(starts.values()))
     opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
     several = connection.hello.receivers > 1
     digests: dict[int, str] = {}
     sha256 = hashlib.sha256()
     header: p.SealedChunk | None = None
     part = None
-    written = chunks = 0
+    written, chunks = sum(starts.values()), 0
     next_ack = p.ACK_INTERVAL
-    current, have = 0, 0  # the file in progress (files before it are finished) and the bytes of it written
+    next_state = written + STATE_INTERVAL
+    current, have = 0, starts.get(0, 0)  # the file in progress (files before it are finished), its bytes written
     while True:
         try:
             frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
@@ -973,8 +1087,12 @@ async def _receive_stream(
             if chunk.file != current or chunk.offset > have:
                 raise c.Tampered(f"file {chunk.file}: a chunk at {chunk.offset} after only {have} bytes")
             fresh = chunk.plaintext[have - chunk.offset:]
-            if part is None:
+            if part is None and chunk.file in earlier:
+                part = await destination.reopen_part(offer.files[chunk.file], earlier[chunk.file], have)
+            elif part is None:
                 part = await destination.open_part(offer.files[chunk.file])
+                if part.entry.size >= STATE_INTERVAL:
+                    destination.save_state()  # a big file's part is known to the next attempt from its start
             if fresh:
                 await destination.write(part, fresh)
             if several:
@@ -988,7 +1106,13 @@ async def _receive_stream(
                 sha256 = hashlib.sha256()
                 await destination.finish(part)
                 part = None
-                current, have = current + 1, 0
+                current, have = current + 1, starts.get(current + 1, 0)
+            if written >= next_state:  # the state file, for resume by hand after this process is gone
+                if part is not None:
+                    size = await destination.checkpoint(part, have)
+                else:
+                    size = destination.save_state()
+                next_state = written + max(STATE_INTERVAL, STATE_SHARE * size)
             if written >= next_ack or chunk.last:
                 next_ack = written + p.ACK_INTERVAL
                 await connection.send(p.ChunkAck(stream.epoch, chunks))
