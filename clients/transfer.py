@@ -481,13 +481,15 @@ async def _agreed_starts(outgoing: Outgoing, accepts: dict[int, object], reporte
     if len(claims[0]) > len(outgoing.files):
         raise p.MalformedMessage("the receiver claims more files than were offered")
     starts: dict[int, int] = {}
+    seen: set[int] = set()
     for claim in claims[0]:
         index = claim.get("file") if isinstance(claim, dict) else None
         have = claim.get("have") if isinstance(claim, dict) else None
         digest = claim.get("sha256") if isinstance(claim, dict) else None
-        if (type(index) is not int or not 0 <= index < len(outgoing.files) or index in starts or type(have) is not int
+        if (type(index) is not int or not 0 <= index < len(outgoing.files) or index in seen or type(have) is not int
                 or not 0 < have <= outgoing.files[index].entry.size or not isinstance(digest, str)):
             raise p.MalformedMessage("the receiver's claim of what it holds is out of range")
+        seen.add(index)
         local = outgoing.files[index]
         if await asyncio.to_thread(_same_start, local.source, local.entry, have, digest):
             starts[index] = have

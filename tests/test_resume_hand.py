@@ -9,6 +9,7 @@ The kill happens at a condition (a gate in front of the receiver holds a set num
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 import websockets
 
+from relay import protocol as p
+from clients.offer import collect
 from clients.store import STATE_NAME
+from clients.transfer import Reporter, _agreed_starts
 from tests.test_e2e import Run, everything_under, finish, sha
 from tests.test_resume_restart import WAIT, Gate, cli
 
@@ -139,3 +143,57 @@ async def test_a_state_file_that_cannot_be_trusted_is_ignored_with_a_warning(rel
     assert outside.read_text() == "not yours"
     for name in ("one.bin", "two.bin"):
         assert sha(output / "src" / name) == sha(source / name)
+
+
+# --- the sender's side of a claim, without sockets ---------------------------------------------------------
+
+
+class Told(Reporter):
+    def __init__(self) -> None:
+        self.changed_paths: list[str] = []
+        self.kept_bytes = -1
+
+    def changed(self, path: str) -> None:
+        self.changed_paths.append(path)
+
+    def kept(self, count: int) -> None:
+        self.kept_bytes = count
+
+
+def claim_of(file: int, have: int, data: bytes) -> dict[str, object]:
+    return {"have": [{"file": file, "have": have, "sha256": hashlib.sha256(data[:have]).hexdigest()}]}
+
+
+async def test_the_sender_agrees_only_to_what_its_own_file_proves(tmp_path) -> None:
+    source = make_files(tmp_path / "src")
+    outgoing = collect([source])
+    data = (source / "one.bin").read_bytes()
+    told = Told()
+    assert await _agreed_starts(outgoing, {1: claim_of(0, 1000, data)}, told) == {0: 1000}
+    assert told.kept_bytes == 1000 and told.changed_paths == []
+    told = Told()
+    assert await _agreed_starts(outgoing, {1: claim_of(0, 1000, b"x" + data[1:])}, told) == {}
+    assert told.changed_paths == ["src/one.bin"] and told.kept_bytes == 0
+
+
+@pytest.mark.parametrize("claims", [
+    {"have": [{"file": 2, "have": 1, "sha256": "00"}]},
+    {"have": [{"file": -1, "have": 1, "sha256": "00"}]},
+    {"have": [{"file": 0, "have": 0, "sha256": "00"}]},
+    {"have": [{"file": 0, "have": SIZE + 1, "sha256": "00"}]},
+    {"have": [{"file": 0, "have": True, "sha256": "00"}]},
+    {"have": [{"file": 0, "have": 1, "sha256": 5}]},
+    {"have": [{"file": 0, "have": 1, "sha256": "00"}, {"file": 0, "have": 2, "sha256": "00"}]},
+    {"have": [{"file": 0, "have": 1, "sha256": "00"}] * 3},
+    {"have": ["x"]},
+])
+async def test_a_claim_out_of_shape_or_range_is_a_protocol_error(tmp_path, claims) -> None:
+    outgoing = collect([make_files(tmp_path / "src")])
+    with pytest.raises(p.ProtocolError):
+        await _agreed_starts(outgoing, {1: claims}, Told())
+
+
+async def test_no_claim_is_nothing_agreed(tmp_path) -> None:
+    outgoing = collect([make_files(tmp_path / "src")])
+    assert await _agreed_starts(outgoing, {1: {}}, Told()) == {}
+    assert await _agreed_starts(outgoing, {1: {"have": "all of it"}}, Told()) == {}
