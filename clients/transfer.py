@@ -1016,7 +1016,14 @@ class _Resume:
     async def resync(self, connection: RelayConnection) -> None:
         """Send a fresh half of the pair's next control keys (protocol section 10.1); the sender answers."""
         self.half = c.new_resync_half()
-        await connection.send(p.Resync(_b64(self.half)))
+        await self.send(connection, p.Resync(_b64(self.half)))
+
+    @staticmethod
+    async def send(connection: RelayConnection, message: p.Message) -> None:
+        """Send on a connection that may drop: a lost connection is noticed (and resumed) by the next receive,
+        so a message lost with it is sent again after the resync (acks, positions, halves are all redone)."""
+        with contextlib.suppress(ConnectionLost):
+            await connection.send(message)
 
     async def answered(self, connection: RelayConnection, pair: _Pair, message: p.Resync,
                        held: tuple[int, int]) -> None:
@@ -1029,8 +1036,8 @@ class _Resume:
         old = pair.channel
         pair.channel = pair.keys.control_channel(c.Role.RECEIVER, sender_half + self.half)
         self.half = None
-        await connection.send(p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
-                                                                 "have": held[1]})))
+        await self.send(connection, p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
+                                                                       "have": held[1]})))
 
 
 async def _receive_stream(
@@ -1117,7 +1124,8 @@ async def _receive_stream(
                 next_state = written + max(STATE_INTERVAL, STATE_SHARE * size)
             if written >= next_ack or chunk.last:
                 next_ack = written + p.ACK_INTERVAL
-                await connection.send(p.ChunkAck(stream.epoch, chunks))
+                ack = p.ChunkAck(stream.epoch, chunks)
+                await (connection.send(ack) if resume is None else resume.send(connection, ack))
             continue
         match frame:
             case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
@@ -1146,7 +1154,8 @@ async def _receive_stream(
                 # everyone is back: the sender's next epoch starts from what we all hold (a pair that is
                 # resyncing says it once the sender answered, on the new channel)
                 if not frame.parked and (resume is None or resume.half is None):
-                    await connection.send(p.Sealed(_seal_json(pair.channel, {"file": current, "have": have})))
+                    position = p.Sealed(_seal_json(pair.channel, {"file": current, "have": have}))
+                    await (connection.send(position) if resume is None else resume.send(connection, position))
             case p.End() if header is None and frame.epoch == stream.epoch:
                 opener.finish()  # Truncated if the last file's last chunk never came
                 destination.commit()

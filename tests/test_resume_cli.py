@@ -173,3 +173,54 @@ async def test_with_no_resume_window_a_drop_ends_the_transfer_and_nothing_gets_a
         sent = await finish(sender)
     assert run.returncode != 0 and sent.returncode != 0
     assert not (tmp_path / "out" / "src" / "one.bin").exists()
+
+
+class Dropper(Cutter):
+    """Like ``Cutter``, but the cut is a plain TCP close after the frames already forwarded were flushed (no
+    close frame): the receiver still has chunks to work through when it finds its connection gone, so its next
+    acknowledgement is a send on a dead socket, as when a relay dies under a busy receiver."""
+
+    async def handle(self, client: websockets.ServerConnection) -> None:
+        assert client.request is not None
+        self.paths.append(client.request.path)
+        cut_this = len(self.paths) == 1
+        async with websockets.connect(self.upstream + client.request.path, compression=None, max_size=2**23,
+                                      proxy=None) as relay:
+            up = asyncio.ensure_future(self._pipe(client, relay, None))
+            down = asyncio.ensure_future(self._pipe(relay, client, self.after if cut_this else None))
+            await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+            for task in (up, down):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                    await task
+            if cut_this:
+                self.cuts += 1
+                client.transport.close()  # FIN after what was written: the frames arrive, then the end
+                relay.transport.abort()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await relay.close()
+                await client.close()
+
+
+@pytest.fixture
+def many_small_files(tmp_path: Path) -> Path:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(60):
+        (folder / f"f{k:02}.bin").write_bytes(bytes((i + k) % 251 for i in range(2 * CHUNK)))
+    return folder
+
+
+async def test_a_receiver_whose_acknowledgement_meets_a_dead_socket_resumes(
+        relay_server, many_small_files, tmp_path) -> None:
+    dropper = Dropper(relay_server.ws_url, 40)  # 40 chunks: 20 files, each ending with an acknowledgement
+    async with websockets.serve(dropper.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        sender, code = await start_sender(relay_server.ws_url, str(many_small_files))
+        run = await receive(url, code, tmp_path / "out")
+        sent = await finish(sender)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert dropper.cuts == 1 and "connection lost, reconnecting (attempt 1)" in run.stdout
+    for path in many_small_files.iterdir():
+        assert sha(tmp_path / "out" / "many" / path.name) == sha(path)
