@@ -512,7 +512,7 @@ class Destination:
                     pass
                 part.handle = None
         self._remove_leftovers()
-        self._unlink((), STATE_NAME)
+        self.remove_state()
 
     def _remove_leftovers(self) -> None:
         for part in self.parts:
