@@ -75,7 +75,6 @@ class Gate:
     upstream: str
     after: int
     holding: asyncio.Event = field(default_factory=asyncio.Event)
-    release: asyncio.Event = field(default_factory=asyncio.Event)  # set: the held connection carries on
     paths: list[str] = field(default_factory=list)
 
     async def handle(self, client: websockets.ServerConnection) -> None:
@@ -105,11 +104,8 @@ class Gate:
                 binaries += 1
                 if after is not None and binaries == after:
                     self.holding.set()
-                    released = asyncio.ensure_future(self.release.wait())
-                    closed = asyncio.ensure_future(source.wait_closed())  # read nothing more until then
-                    await asyncio.wait([released, closed], return_when=asyncio.FIRST_COMPLETED)
-                    released.cancel()
-                    closed.cancel()
+                    await source.wait_closed()  # read nothing more; returns when the relay dies
+                    return
 
 
 @contextlib.asynccontextmanager
