@@ -266,6 +266,8 @@ class RelayConnection:
     from :meth:`receive` as a ``memoryview`` of its receive buffer, valid only until the next ``receive``.
     """
 
+    resumed: p.Resumed | None = None  # on a resumed connection: the relay's ``resumed`` for this party
+
     def __init__(self, websocket: WebSocketClient, hello: p.Hello) -> None:
         self.websocket = websocket
         self.hello = hello
@@ -305,6 +307,7 @@ class RelayConnection:
         for _ in range(MAX_RESUME_NOISE):
             first = await connection.receive()
             if isinstance(first, p.Resumed) and first.peer == hello.peer:
+                connection.resumed = first
                 return connection
             if not isinstance(first, p.Resumed | p.Reconnecting):
                 break
