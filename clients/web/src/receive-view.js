@@ -92,7 +92,9 @@ export function setUpReceiveView() {
     } else if (saveMode() === "folder") {
       note = offer.files.length === 1 && offer.dirs.length === 0 && canPickFile()
         ? "You will choose where to save the file. It is written to disk as it arrives."
-        : "You will choose a folder. Files are written to disk as they arrive, folders are created as offered, and nothing is overwritten.";
+        : "You will choose a folder. Files are written to disk as they arrive, under temporary names, and get their "
+          + "names only once every file arrived and authenticated (if the transfer fails, nothing is kept). Folders are "
+          + "created as offered, and nothing is overwritten.";
     } else if (registration) {
       note = needsZip(offer)
         ? `Everything is saved as one zip file, ${zipName(offer)}, streamed to your downloads folder as it arrives. `

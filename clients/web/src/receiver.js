@@ -44,6 +44,7 @@ export class ReceiveSession {
     this.offer = null;
     this.sink = null;
     this.accepted = false;
+    this.stopping = false;
     this.fileOpen = false;
     this.verifiedFiles = 0;
     this.maxMessage = undefined;
@@ -113,7 +114,7 @@ export class ReceiveSession {
   cancel() {
     if (FINAL_STATES.has(this.state)) return;
     this.connection?.sendMessage({ type: "cancel" });
-    this.#discardOpenFile();
+    this.#discard();
     this.#end("cancelled", { code: "cancelled", by: "you" });
   }
 
@@ -174,10 +175,11 @@ export class ReceiveSession {
         if (this.opener === null || this.header !== null || message.epoch !== EPOCH) throw unexpected("'end' out of order");
         await this.storing;
         this.steps = [];
-        if (FINAL_STATES.has(this.state)) return; // a chunk failed while it was stored
+        if (FINAL_STATES.has(this.state) || this.stopping) return; // a chunk failed while it was stored
         this.opener.finish(); // Truncated if the stream stopped before its last chunk
         if (this.verifiedFiles !== this.offer.files.length) throw new Tampered("the stream ended before every file was complete");
-        await this.sink.finish?.(); // a zip writes its table of contents here
+        // Every file authenticated: a chosen folder gives the files their names now, a zip writes its table of contents.
+        await this.sink.finish?.();
         this.connection.sendMessage({ type: "verified" });
         this.#setState("verifying", "every file authenticated; waiting for the relay to confirm");
         return;
@@ -186,17 +188,17 @@ export class ReceiveSession {
         this.#end("verified", { code: "done", by: "relay" });
         return;
       case "cancel":
-        this.#discardOpenFile();
+        await this.#discard();
         this.#end("cancelled", { code: "cancelled", by: "peer", peer: message.peer ?? 0 });
         return;
       case "error":
-        this.#discardOpenFile();
+        await this.#discard();
         this.#end("failed", {
           code: message.code, reason: message.message, by: message.peer === null ? "relay" : "peer", peer: message.peer,
         });
         return;
       case "peer_left":
-        this.#discardOpenFile();
+        await this.#discard();
         this.#end("failed", { code: "peer_left", by: "relay", peer: message.role === "send" ? 0 : message.peer });
         return;
       default:
@@ -273,7 +275,7 @@ export class ReceiveSession {
     // Stored as soon as it opened and the chunk before it was stored; a failure ends the session from here (the
     // loop may be waiting for a frame that the sender will never send).
     this.storing = this.storing
-      .then(() => (FINAL_STATES.has(this.state) ? undefined : this.#storeOldest()))
+      .then(() => (FINAL_STATES.has(this.state) || this.stopping ? undefined : this.#storeOldest()))
       .catch((error) => this.#fail(error));
     this.steps.push(this.storing);
     if (this.steps.length >= OPEN_AHEAD) await this.steps.shift();
@@ -316,13 +318,20 @@ export class ReceiveSession {
     this.#end("failed", { code: "wrong_code", by: "local" });
   }
 
-  #discardOpenFile() {
-    if (this.fileOpen && this.sink) {
-      this.fileOpen = false;
-      this.sink.abortFile();
+  // Throw away the file being written; a sink that keeps nothing unless everything arrived (a zip, a chosen
+  // folder) also throws away the files written whole. Resolves once that is done.
+  async #discard() {
+    this.stopping = true; // the chain that stores chunks stores no more
+    const sink = this.sink;
+    if (sink === null) return;
+    const open = this.fileOpen;
+    this.fileOpen = false;
+    try {
+      if (sink.abortAll) await sink.abortAll();
+      else if (open) await sink.abortFile();
+    } catch {
+      // nothing more to do: the failure that brought us here is what the person needs to read
     }
-    // A sink that keeps nothing unless everything arrived (a zip) stops its download as a whole.
-    this.sink?.abortAll?.();
   }
 
   #progress(file, fileDone) {
@@ -337,7 +346,8 @@ export class ReceiveSession {
 
   async #fail(error) {
     if (FINAL_STATES.has(this.state)) return;
-    this.#discardOpenFile();
+    await this.#discard();
+    if (FINAL_STATES.has(this.state)) return;
     if (error instanceof ConnectionClosed) {
       const code = error.errorCode ?? "connection_lost";
       this.#end(code === "cancelled" ? "cancelled" : "failed", { code, reason: error.reason, by: "relay" });

@@ -89,7 +89,11 @@ const BOILERPLATE = new Set(["cancelled by the sender", "cancelled by the receiv
 function savedWords(side, saved, other) {
   const { files = 0, total = 0, keepsPartial = true } = saved || {};
   if (side === "receive") {
-    if (files === 0 || !keepsPartial) return "Nothing was saved.";
+    if (files === 0) return "Nothing was saved.";
+    if (!keepsPartial) {
+      return `Nothing was saved. The ${files === 1 ? "file" : `${files} files`} that had arrived ${files === 1 ? "was" : "were"} `
+        + "removed again: the files are kept only when every one of them arrived and authenticated.";
+    }
     return `${plural(files, "file")} of ${total.toLocaleString("en")} ${files === 1 ? "was" : "were"} saved and verified; the rest ${total - files === 1 ? "was" : "were"} not.`;
   }
   if (files === 0) return `Nothing was delivered.`;

@@ -1,0 +1,178 @@
+"""Receiving into a chosen folder (File System Access), in a real Chromium against the real relay: all or nothing
+(issue 10, as the terminal client: part files, final names only once every file authenticated) and resume after
+a lost connection (issue 11: the page takes its seat back and the sender continues from what the page holds).
+
+The folder a person would pick is a folder of the origin private file system (automation cannot click the
+browser's dialog); it is a real directory handle with the same API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page
+
+from relay import protocol as p
+from tests.peers import WAIT, send_sealed
+from tests.web.driver import wait_state
+from tests.web.raw import RawSender
+
+CHUNK = 64 * 1024
+
+# An empty folder "inbox" of the private file system stands in for the folder picked in the dialog; with
+# `saveAs`, the save-as dialog (a single file) returns the file handle "inbox/<saveAs>".
+PICK_INBOX = """async ({ saveAs }) => {
+    const root = await navigator.storage.getDirectory();
+    const inbox = await root.getDirectoryHandle("inbox", { create: true });
+    window.showDirectoryPicker = async () => inbox;
+    if (saveAs) window.showSaveFilePicker = async () => inbox.getFileHandle(saveAs, { create: true });
+    else delete window.showSaveFilePicker;
+}"""
+
+# Every entry under "inbox", as "path" (files, with their size) and "path/" (folders).
+LIST_INBOX = """async () => {
+    const inbox = await (await navigator.storage.getDirectory()).getDirectoryHandle("inbox");
+    const out = {};
+    const walk = async (folder, prefix) => {
+        for await (const [name, handle] of folder.entries()) {
+            if (handle.kind === "directory") {
+                out[prefix + name + "/"] = -1;
+                await walk(handle, prefix + name + "/");
+            } else {
+                out[prefix + name] = (await handle.getFile()).size;
+            }
+        }
+    };
+    await walk(inbox, "");
+    return out;
+}"""
+
+READ_INBOX_FILE = """async (path) => {
+    let folder = await (await navigator.storage.getDirectory()).getDirectoryHandle("inbox");
+    const parts = path.split("/");
+    for (const part of parts.slice(0, -1)) folder = await folder.getDirectoryHandle(part);
+    const file = await (await folder.getFileHandle(parts.at(-1))).getFile();
+    return Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", await file.arrayBuffer())),
+                      (b) => b.toString(16).padStart(2, "0")).join("");
+}"""
+
+
+def inbox(page: Page) -> dict[str, int]:
+    return page.evaluate(LIST_INBOX)
+
+
+def accept_into_inbox(page: Page, code: str, base_url: str) -> None:
+    page.goto(f"{base_url}/#receive")
+    page.evaluate(PICK_INBOX, {"saveAs": None})
+    page.fill("#receive-code", code)
+    page.click("#receive-connect")
+    page.wait_for_selector("#receive-offer:not([hidden])")
+    page.check("#save-folder")
+    page.click("#receive-accept")
+
+
+# --- all or nothing ---------------------------------------------------------------------------------------------
+
+
+async def _two_files_then(ws_url: str, first: bytes, second: bytes, ending: str, box: list[str],
+                          ready: threading.Event) -> tuple[int | None, list[Any]]:
+    """Offer "tree/one.bin" and "tree/two.bin", send the first whole, then end as `ending` says: "tampered" (the
+    second file's last chunk altered on the way, its XXH3-64 fixed) or "left" (the sender's socket closes)."""
+    sender = await RawSender.open(ws_url)
+    box.append(sender.code)
+    ready.set()
+    await sender.key()
+    await sender.offer(p.Offer((p.FileEntry("tree/one.bin", len(first)), p.FileEntry("tree/two.bin", len(second))),
+                               chunk_size=CHUNK))
+    await sender.peer.expect("accept")
+    await sender.peer.expect("start")
+    sealer = await sender.stream([len(first), len(second)], CHUNK)
+    for data in (first, second):
+        for at in range(0, max(len(data), 1), CHUNK):
+            sealed = sealer.seal_next(data[at:at + CHUNK])
+            if ending == "tampered" and data is second and sealer.done:
+                sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+            if ending == "left" and data is second:
+                # The page has stored and authenticated the whole first file (its ack says so), then we leave.
+                for _ in range(100):
+                    message = await sender.peer.recv()
+                    if isinstance(message, dict) and message.get("type") == "ack":
+                        break
+                await sender.peer.close()
+                return None, []
+            await send_sealed(sender.peer, sealed)
+    await sender.peer.send({"type": "end", "epoch": 0})
+    return await sender.peer.closed()
+
+
+@pytest.mark.parametrize("ending", ["tampered", "left"])
+def test_a_failed_transfer_into_a_chosen_folder_leaves_nothing_under_a_final_name(context: BrowserContext,
+                                                                                  relay_server, in_thread, ending):
+    first, second = os.urandom(3 * CHUNK + 5), os.urandom(2 * CHUNK + 7)
+    box: list[str] = []
+    ready = threading.Event()
+    result = in_thread(_two_files_then(relay_server.ws_url, first, second, ending, box, ready))
+    assert ready.wait(WAIT)
+    page = context.new_page()
+    accept_into_inbox(page, box[0], relay_server.http_url)
+    text = wait_state(page, "#receive-status", "failed")
+    result.result(WAIT * 3)
+    # The first file authenticated whole, yet it is not kept: no final name, no part file, no folder it made.
+    assert inbox(page) == {}
+    expected = ("Some data did not authenticate" if ending == "tampered"
+                else "The sender left before the transfer finished.")
+    assert text.startswith(expected), text
+    assert ("Nothing was saved. The file that had arrived was removed again: the files are kept only when every "
+            "one of them arrived and authenticated.") in text, text
+    assert page.locator('#receive-files li[data-state="verified"]').count() == 0
+
+
+def test_files_into_a_chosen_folder_get_their_names_only_at_the_end(context: BrowserContext, relay_server,
+                                                                    in_thread):
+    first, second = os.urandom(3 * CHUNK + 5), os.urandom(CHUNK)
+    box: list[str] = []
+    ready = threading.Event()
+    release = threading.Event()
+    seen: list[dict[str, int]] = []
+
+    async def sender_that_pauses() -> None:
+        sender = await RawSender.open(relay_server.ws_url)
+        box.append(sender.code)
+        ready.set()
+        await sender.key()
+        await sender.offer(p.Offer((p.FileEntry("one.bin", len(first)), p.FileEntry("two.bin", len(second))),
+                                   chunk_size=CHUNK))
+        await sender.peer.expect("accept")
+        await sender.peer.expect("start")
+        sealer = await sender.stream([len(first), len(second)], CHUNK)
+        for at in range(0, len(first), CHUNK):
+            await send_sealed(sender.peer, sealer.seal_next(first[at:at + CHUNK]))
+        for _ in range(100):  # the page's ack after the first file's last chunk
+            message = await sender.peer.recv()
+            if isinstance(message, dict) and message.get("type") == "ack":
+                break
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, WAIT * 2)
+        await send_sealed(sender.peer, sealer.seal_next(second))
+        await sender.peer.send({"type": "end", "epoch": 0})
+        await sender.peer.closed()
+
+    result = in_thread(sender_that_pauses())
+    assert ready.wait(WAIT)
+    page = context.new_page()
+    accept_into_inbox(page, box[0], relay_server.http_url)
+    for _ in range(100):  # the first file is closed under its part name once the page acked it
+        seen = [inbox(page)]
+        if any(size == len(first) for size in seen[0].values()):
+            break
+        page.wait_for_timeout(50)
+    release.set()
+    assert list(seen[0].values()) == [len(first)] and all(
+        name.startswith(".relay-") and name.endswith(".part") for name in seen[0]), seen
+    text = wait_state(page, "#receive-status", "verified")
+    result.result(WAIT * 2)
+    assert text.startswith('Done: 2 files (') and 'saved to the folder "inbox"' in text, text
+    assert inbox(page) == {"one.bin": len(first), "two.bin": len(second)}
