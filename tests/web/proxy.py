@@ -9,13 +9,17 @@ its slash is redirected to it, as the nginx snippet in docs/operations.md does.
 
 It also records what the relay receives: every WebSocket message a page sends through it (``received``, each
 as ``(target, text or bytes)``, unmasked and reassembled), so a test can look for what must never reach the relay.
+
+With ``cut_after=n`` it drops one WebSocket connection, once: the first whose relay-to-page bytes pass ``n`` is
+aborted both ways (no close frame, as a Wi-Fi change or a proxy's idle timeout would), so a test can watch a page
+resume; ``cuts`` counts the connections it dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 HEAD_LIMIT = 64 * 1024
@@ -24,10 +28,12 @@ START_TIMEOUT_S = 10
 
 
 class PrefixProxy:
-    def __init__(self, upstream_port: int, prefix: str = "/relay/") -> None:
+    def __init__(self, upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None) -> None:
         assert prefix.startswith("/") and prefix.endswith("/")
         self.upstream_port = upstream_port
         self.prefix = prefix
+        self.cut_after = cut_after
+        self.cuts = 0
         self.port = 0
         self.requests: list[str] = []  # request targets as the browser sent them, for the test to look at
         self.received: list[tuple[str, str | bytes]] = []  # WebSocket messages from the pages, as the relay gets them
@@ -76,15 +82,28 @@ class PrefixProxy:
             return
         up_writer.write(rewritten.encode("latin-1"))
         frames = _FrameReader(target, self.received) if upgrade else None
-        await asyncio.gather(self._pipe(reader, up_writer, frames), self._pipe(up_reader, writer))
+        cut = (lambda: self._cut(writer, up_writer)) if upgrade and self.cut_after is not None else None
+        await asyncio.gather(self._pipe(reader, up_writer, frames), self._pipe(up_reader, writer, cut=cut))
 
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
-                    frames: _FrameReader | None = None) -> None:
+    def _cut(self, writer: asyncio.StreamWriter, up_writer: asyncio.StreamWriter) -> bool:
+        """Drop this connection both ways if it is the first to pass ``cut_after``; whether it was dropped."""
+        if self.cuts:
+            return False
+        self.cuts += 1
+        writer.transport.abort()
+        up_writer.transport.abort()
+        return True
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    frames: _FrameReader | None = None, cut: Callable[[], bool] | None = None) -> None:
+        carried = 0
         try:
             while block := await source.read(PIPE_BLOCK):
                 if frames is not None:
                     frames.feed(block)
+                carried += len(block)
+                if cut is not None and self.cut_after is not None and carried > self.cut_after and cut():
+                    return
                 sink.write(block)
                 await sink.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -157,9 +176,9 @@ def _unmask(payload: bytes, key: bytes) -> bytes:
 
 
 @contextmanager
-def prefix_proxy(upstream_port: int, prefix: str = "/relay/") -> Iterator[PrefixProxy]:
+def prefix_proxy(upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None) -> Iterator[PrefixProxy]:
     """Run a PrefixProxy in a thread of its own for the duration of the block."""
-    proxy = PrefixProxy(upstream_port, prefix)
+    proxy = PrefixProxy(upstream_port, prefix, cut_after)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()

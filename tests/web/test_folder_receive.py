@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +23,8 @@ from playwright.sync_api import BrowserContext, Page
 
 from relay import protocol as p
 from tests.peers import WAIT, send_sealed
-from tests.web.driver import wait_state
+from tests.web.driver import open_offer, sha256, wait_state
+from tests.web.proxy import prefix_proxy
 from tests.web.raw import RawSender
 
 CHUNK = 64 * 1024
@@ -176,3 +182,87 @@ def test_files_into_a_chosen_folder_get_their_names_only_at_the_end(context: Bro
     result.result(WAIT * 2)
     assert text.startswith('Done: 2 files (') and 'saved to the folder "inbox"' in text, text
     assert inbox(page) == {"one.bin": len(first), "two.bin": len(second)}
+
+
+# --- resume -----------------------------------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "clients.cli"]
+PROCESS_TIMEOUT = 90
+
+# Every text the receive status line shows, in order (the reconnecting line lasts a moment only).
+RECORD_STATUS = """() => {
+    const status = document.querySelector("#receive-status");
+    window.statusLines = [];
+    new MutationObserver(() => {
+        const line = status.dataset.state + ": " + status.textContent;
+        if (window.statusLines.at(-1) !== line) window.statusLines.push(line);
+    }).observe(status, { childList: true, characterData: true, subtree: true, attributes: true });
+}"""
+
+
+def _code_of(process: subprocess.Popen) -> str:
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(PROCESS_TIMEOUT)
+    assert box and box[0].startswith("Code: "), box
+    return box[0].split()[1]
+
+
+@contextmanager
+def cli_sender(paths: list[Path], relay_url: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    command = [*CLI, "send", *map(str, paths), "--relay", relay_url]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process, _code_of(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(PROCESS_TIMEOUT)
+
+
+@pytest.mark.parametrize("how", ["folder", "save-as"])
+def test_a_page_receiving_into_a_folder_resumes_after_its_connection_drops(context: BrowserContext, relay_server,
+                                                                           files, how):
+    paths = [files["big"], files["note"], files["empty"]] if how == "folder" else [files["big"]]
+    with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024) as proxy, \
+            cli_sender(paths, relay_server.http_url) as (process, code):
+        page = context.new_page()
+        page.goto(proxy.url + "#receive")
+        page.evaluate(PICK_INBOX, {"saveAs": "big.bin" if how == "save-as" else None})
+        page.evaluate(RECORD_STATUS)
+        page.fill("#receive-code", code)
+        page.click("#receive-connect")
+        page.wait_for_selector("#receive-offer:not([hidden])")
+        page.check("#save-folder")
+        page.click("#receive-accept")
+        text = wait_state(page, "#receive-status", "verified")
+        assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
+        assert proxy.cuts == 1
+    lines = page.evaluate("window.statusLines")
+    assert "reconnecting: Connection lost, reconnecting (attempt 1)" in lines, lines
+    assert any(line.startswith("transferring: Connection restored. Receiving into") for line in lines), lines
+    assert text.startswith("Done: "), text
+    assert inbox(page) == {path.name: path.stat().st_size for path in paths}
+    for path in paths:
+        assert page.evaluate(READ_INBOX_FILE, path.name) == sha256(path), path.name
+
+
+def test_a_download_cannot_resume_and_says_so(context: BrowserContext, relay_server, files):
+    with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024) as proxy, \
+            cli_sender([files["big"]], relay_server.http_url) as (process, code):
+        page = context.new_page()
+        downloads: list = []
+        page.on("download", lambda download: downloads.append(download))
+        open_offer(page, proxy.url.rstrip("/"), code)
+        page.check("#save-downloads")
+        page.click("#receive-accept")
+        text = wait_state(page, "#receive-status", "failed")
+        # The page registered no seat: the relay ends the room at once, and the sender says the receiver left.
+        assert process.wait(PROCESS_TIMEOUT) == 1
+        assert proxy.cuts == 1
+    assert text.startswith("The connection to the relay was lost, and a download to your downloads folder cannot "
+                           "continue where it stopped, so this transfer cannot be resumed."), text
+    assert "save into a folder: a transfer into a folder resumes by itself" in text, text
+    for download in downloads:
+        assert download.failure() is not None  # the started download never completes

@@ -228,7 +228,9 @@ export function setUpReceiveView() {
           if (offer.kind === "text") return `The sender sent a text (${formatBytes(offer.files[0].size)}). Show it, or decline.`;
           return `The sender offers ${describeCounts(offer.files.length, offer.dirs.length)}. Choose where to save them, then accept or decline.`;
         case "transferring":
-          return `Receiving into ${current.sink ? current.sink.label : "your downloads folder"}...`;
+          return `${current.resumes ? "Connection restored. " : ""}Receiving into ${current.sink ? current.sink.label : "your downloads folder"}...`;
+        case "reconnecting":
+          return current.detail;
         case "verifying":
           return "Every file authenticated; waiting for the relay to confirm.";
         default:

@@ -1,8 +1,16 @@
 // The receiving side of one transfer (protocol version 2, end-to-end encrypted), without any DOM: join the room
 // of the code's nameplate as role=receive, run the PAKE with the sender (its confirmation is checked before ours
 // is sent), open the sealed content key and the sealed offer, and once the person accepts, open every chunk at
-// the position the sealed plan says comes next before anything is written to the sink. A file is committed only
+// the position the sealed plan says comes next before anything is written to the sink. A file is complete only
 // at its authenticated last chunk (and, with several receivers, once its sealed SHA-256 matched).
+//
+// Resume (docs/protocol.md section 10): with a sink that can carry on (a chosen folder or file, whose open file
+// survives a lost connection), the page registers its seat's verifier when it accepts. If the socket then breaks
+// without a close code, it takes its seat back (`resume=1`, the seat token, the next one's verifier), draws fresh
+// control keys with the sender (`resync` halves), tells it sealed which file it is in and how many bytes of it
+// it holds, and opens the sender's next epoch, skipping authenticated bytes it already has. A download to the
+// downloads folder cannot continue where it stopped: it registers no verifier, and a lost connection ends it,
+// saying so.
 
 import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
 import {
@@ -11,6 +19,10 @@ import {
   Pake,
   RECEIVER,
   SENDER,
+  concatBytes,
+  newResyncHalf,
+  nextResumeToken,
+  resumeVerifier,
   StreamOpener,
   StreamPlan,
   Tampered,
@@ -19,14 +31,40 @@ import {
   splitCode,
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
-import { ACK_INTERVAL, ProtocolError, checkOffer, escapeText, fromBase64, parseMessage, toBase64, unexpected } from "./protocol.js";
+import {
+  ACK_INTERVAL, CLOSE_CODES, ProtocolError, checkOffer, escapeText, fromBase64, parseMessage, toBase64, unexpected,
+} from "./protocol.js";
 import { openJson, sealJson } from "./sealing.js";
-import { EPOCH, FINAL_STATES } from "./sender.js";
+import { FINAL_STATES } from "./sender.js";
 import { SinkError } from "./sinks.js";
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
 /** Chunks opening at once before the oldest is stored. */
 const OPEN_AHEAD = 4;
+
+// Taking a seat back, as the terminal client (clients/transfer.py): at most 30 attempts within the relay's
+// default resume window, waiting 0.2 s before the first and doubling up to 10 s; each attempt waits at most
+// 30 s for the relay's answer. Refusals worth another attempt: the relay may not have noticed the drop yet.
+export const RESUME_WINDOW_MS = 300_000;
+export const MAX_RECONNECT_ATTEMPTS = 30;
+const RECONNECT_BACKOFF_MS = 200;
+const MAX_BACKOFF_MS = 10_000;
+const RESUME_ANSWER_MS = 30_000;
+const RETRY_CODES = new Set(["resume_refused", "rate_limited", "too_many_connections"]);
+/** Messages read while waiting for one answer (others' `resumed`/`reconnecting`) before giving up. */
+const MAX_RESUME_NOISE = 64;
+
+const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The connection was lost and the seat could not be taken back (or the sink cannot resume). */
+class ConnectionLost extends Error {
+  constructor(message, code = "connection_lost") {
+    super(message);
+    this.name = "ConnectionLost";
+    this.code = code;
+  }
+}
 
 /**
  * One receive with `code` (already normalised: "<nameplate>-<words>"). Listener methods (all optional):
@@ -60,7 +98,12 @@ export class ReceiveSession {
     this.steps = []; // the chain's step for each chunk not yet known to be stored, oldest first
     this.digests = new Map(); // file index -> sealed SHA-256 (several receivers)
     this.fileDigest = null;
-    this.chunks = 0;
+    this.epoch = null; // the epoch whose stream is open (or was, before a resume abandoned it)
+    this.peer = null; // this receiver's number in the room (its hello)
+    this.seatToken = null; // the resume token of this seat, once its verifier is registered
+    this.resumes = 0; // seats taken back
+    this.resynced = false; // the control keys were drawn anew: the sender's sealed {"received"} may come
+    this.chunks = 0; // chunks of the current epoch handled
     this.bytesDone = 0;
     this.fileDone = 0;
     this.lastAck = 0;
@@ -76,7 +119,15 @@ export class ReceiveSession {
     try {
       this.connection = await Connection.open(roomUrl(this.nameplate, { role: "receive" }, this.location));
       while (!FINAL_STATES.has(this.state)) {
-        const frame = await this.connection.next();
+        let frame;
+        try {
+          frame = await this.connection.next();
+        } catch (error) {
+          if (!(error instanceof ConnectionClosed) || error.errorCode !== null || FINAL_STATES.has(this.state)) throw error;
+          if (this.state !== "transferring" && this.state !== "reconnecting") throw error;
+          await this.#resume(); // throws if the seat cannot be taken back
+          continue;
+        }
         if (FINAL_STATES.has(this.state)) break;
         if (typeof frame === "string") await this.#on(parseMessage(frame));
         else await this.#payload(new Uint8Array(frame));
@@ -99,6 +150,11 @@ export class ReceiveSession {
     if (this.state !== "offered") return;
     this.sink = sink;
     this.accepted = true;
+    if (sink.resumable) {
+      // Registered before the stream starts, so a drop during it parks this seat instead of ending the room.
+      this.seatToken = this.keys.resumeToken(RECEIVER);
+      this.connection.sendMessage({ type: "resume_id", verifier: resumeVerifier(this.seatToken) });
+    }
     this.connection.sendMessage({ type: "accept", data: await sealJson(this.channel, {}) });
     this.startedAt = Date.now();
     this.#setState("transferring", `saving to ${sink.label}`);
@@ -126,6 +182,8 @@ export class ReceiveSession {
   async #on(message) {
     switch (message.type) {
       case "hello":
+        if (this.pake !== null) throw unexpected("a second hello");
+        this.peer = message.peer;
         this.maxMessage = message.max_message;
         this.several = message.receivers > 1;
         this.pake = new Pake(RECEIVER, this.code);
@@ -167,12 +225,12 @@ export class ReceiveSession {
         await this.#sealed(message);
         return;
       case "chunk":
-        if (this.opener === null || this.header !== null || message.epoch !== EPOCH) throw unexpected("a chunk header out of order");
+        if (this.opener === null || this.header !== null || message.epoch !== this.epoch) throw unexpected("a chunk header out of order");
         if (message.size > this.maxMessage) throw new ProtocolError(`a chunk of ${message.size} bytes is over max_message`, "size_mismatch");
         this.header = message;
         return;
       case "end":
-        if (this.opener === null || this.header !== null || message.epoch !== EPOCH) throw unexpected("'end' out of order");
+        if (this.opener === null || this.header !== null || message.epoch !== this.epoch) throw unexpected("'end' out of order");
         await this.storing;
         this.steps = [];
         if (FINAL_STATES.has(this.state) || this.stopping) return; // a chunk failed while it was stored
@@ -201,6 +259,24 @@ export class ReceiveSession {
         await this.#discard();
         this.#end("failed", { code: "peer_left", by: "relay", peer: message.role === "send" ? 0 : message.peer });
         return;
+      case "reconnecting":
+        // Another party's connection dropped: the relay parks its seat and the epoch under way is abandoned.
+        if (!this.accepted || message.peer === this.peer) throw unexpected("'reconnecting' out of order");
+        await this.#abandonEpoch();
+        this.#setState("reconnecting", message.peer === 0
+          ? "The sender's connection was lost; waiting for it to come back."
+          : "Another receiver's connection was lost; waiting for it to come back.");
+        return;
+      case "resumed":
+        if (!this.accepted) throw unexpected("'resumed' out of order");
+        // Everyone is back: the sender opens its next epoch from what every receiver holds (sealed, unchanged keys).
+        if (message.parked.length === 0 && message.peer !== this.peer) {
+          await this.#abandonEpoch();
+          const [file, have] = this.#held();
+          this.connection.sendMessage({ type: "sealed", data: await sealJson(this.channel, { file, have }) });
+          if (this.state === "reconnecting") this.#setState("transferring", `saving to ${this.sink.label}`);
+        }
+        return;
       default:
         throw unexpected(`unexpected '${message.type}' message`);
     }
@@ -221,13 +297,27 @@ export class ReceiveSession {
     this.listener.onOffer?.(offer);
   }
 
-  // The sealed plan of the epoch: every file whole and in order (this version has no resume), a salt of 32
+  // The sealed plan of an epoch: epoch 0 holds every file whole and in order; an epoch after a resume starts no
+  // later than what this page holds ([file, start, size of file], then the files after it whole). A salt of 32
   // bytes, a chunk size the relay's frames can carry, and clear totals that the plan implies.
   async #stream(message) {
-    if (!this.accepted || this.opener !== null || message.epoch !== EPOCH) throw unexpected("a stream out of order");
+    const first = this.epoch === null;
+    if (!this.accepted || this.opener !== null || (first ? message.epoch !== 0 : message.epoch <= this.epoch)) {
+      throw unexpected("a stream out of order");
+    }
     const plan = await openJson(this.channel, message.data);
-    const expected = this.offer.files.map((entry, file) => [file, 0, entry.size]);
-    const valid = plan !== null && typeof plan === "object" && typeof plan.salt === "string"
+    const files = this.offer.files;
+    const [heldFile, heldBytes] = this.#held();
+    const start = plan !== null && typeof plan === "object" && Array.isArray(plan.segments) ? plan.segments[0] : null;
+    let expected = null;
+    if (Array.isArray(start) && start.length === 3 && start.every(Number.isSafeInteger)) {
+      const [file, from] = start;
+      const notAfter = file < heldFile || (file === heldFile && from <= heldBytes);
+      if (file >= 0 && file < files.length && from >= 0 && from <= files[file].size && notAfter) {
+        expected = [[file, from, files[file].size], ...files.slice(file + 1).map((entry, i) => [file + 1 + i, 0, entry.size])];
+      }
+    }
+    const valid = expected !== null && typeof plan.salt === "string"
       && Number.isSafeInteger(plan.chunk_size) && plan.chunk_size >= 1 && plan.chunk_size <= this.maxMessage
       && JSON.stringify(plan.segments) === JSON.stringify(expected);
     if (!valid) throw new Tampered("the sealed plan does not match the offer");
@@ -238,20 +328,29 @@ export class ReceiveSession {
       throw new Tampered("the sealed plan's salt is not base64");
     }
     if (salt.length !== EPOCH_SALT_SIZE) throw new Tampered("the sealed plan's salt has the wrong length");
-    const streamPlan = new StreamPlan(expected.map(([file, start, end]) => ({ file, start, end })), plan.chunk_size);
+    const streamPlan = new StreamPlan(expected.map(([file, from, end]) => ({ file, start: from, end })), plan.chunk_size);
     if (streamPlan.chunkCount() !== message.chunks || streamPlan.ciphertextSize() !== message.bytes) {
       throw new Tampered("the stream's clear totals differ from its sealed plan");
     }
     this.opener = await StreamOpener.create(await dataKey(this.contentKey, salt), streamPlan);
+    this.epoch = message.epoch;
+    this.chunks = 0;
+    if (this.state === "reconnecting") this.#setState("transferring", `saving to ${this.sink.label}`);
   }
 
   // With several receivers, the sender seals each file's SHA-256 to each of them before the file's last chunk.
   async #sealed(message) {
     if (this.channel === null) throw unexpected("a sealed message before keying");
     const note = await openJson(this.channel, message.data);
+    if (this.resynced && note !== null && typeof note === "object" && Number.isSafeInteger(note.received)) {
+      this.resynced = false; // the sender's proof that it holds the pair key, after a resync
+      return;
+    }
+    // After a resume the sender seals the digest of the file it starts in again.
     const valid = this.several && this.offer !== null && note !== null && typeof note === "object"
       && Number.isInteger(note.file) && note.file >= 0 && note.file < this.offer.files.length
-      && typeof note.sha256 === "string" && SHA256_RE.test(note.sha256) && !this.digests.has(note.file);
+      && typeof note.sha256 === "string" && SHA256_RE.test(note.sha256)
+      && (!this.digests.has(note.file) || this.epoch > 0);
     if (!valid) throw unexpected("a sealed message this receiver does not expect");
     this.digests.set(note.file, note.sha256);
   }
@@ -284,17 +383,25 @@ export class ReceiveSession {
   // Store the oldest chunk once it authenticated: open its file at its first chunk, commit it at its last.
   async #storeOldest() {
     const chunk = await this.openings.shift();
+    this.chunks += 1;
+    // After a resume the epoch may start before what this page holds (another receiver was behind, or the
+    // sender resends a last chunk): authenticated bytes it already has are skipped, never written twice.
+    const [current, have] = this.#held();
+    if (chunk.file < current || (chunk.offset + chunk.plaintext.length <= have && !chunk.last)) return;
+    if (chunk.file !== current || chunk.offset > have) {
+      throw new Tampered(`file ${chunk.file}: a chunk at ${chunk.offset} after only ${have} bytes`);
+    }
+    const plaintext = chunk.offset === have ? chunk.plaintext : chunk.plaintext.slice(have - chunk.offset);
     if (!this.fileOpen) {
       await this.sink.openFile(chunk.file, this.offer.files[chunk.file]);
       this.fileOpen = true;
       this.fileDone = 0;
       if (this.several) this.fileDigest = this.hashing.newFileDigest();
     }
-    const length = chunk.plaintext.length;
+    const length = plaintext.length;
     // Hashed before it is written: a download sink hands the buffer over to the service worker (it is detached).
-    this.fileDigest?.update(chunk.plaintext);
-    if (length > 0) await this.sink.write(chunk.plaintext);
-    this.chunks += 1;
+    this.fileDigest?.update(plaintext);
+    if (length > 0) await this.sink.write(plaintext);
     this.bytesDone += length;
     this.fileDone += length;
     if (chunk.last) {
@@ -307,9 +414,110 @@ export class ReceiveSession {
     }
     if (chunk.last || this.bytesDone - this.lastAck >= ACK_INTERVAL) {
       this.lastAck = this.bytesDone;
-      this.connection.sendMessage({ type: "ack", epoch: EPOCH, chunks: this.chunks });
+      this.connection.sendMessage({ type: "ack", epoch: this.epoch, chunks: this.chunks });
     }
     this.#progress(chunk.file, chunk.last ? this.offer.files[chunk.file].size : this.fileDone);
+  }
+
+  // [file in progress, bytes of it written]: files are stored in order, so every file before it is complete.
+  #held() {
+    return [this.verifiedFiles, this.fileOpen ? this.fileDone : 0];
+  }
+
+  // The epoch under way will not finish (a party's connection dropped): store every chunk that arrived whole, and
+  // wait for the sender's next epoch.
+  async #abandonEpoch() {
+    this.header = null;
+    this.opener = null;
+    await this.storing;
+    this.openings = [];
+    this.steps = [];
+  }
+
+  // This page's socket broke without a close code. Take the seat back (bounded attempts with backoff within the
+  // resume window), draw fresh control keys with the sender and tell it what we hold; or end plainly.
+  async #resume() {
+    await this.#abandonEpoch();
+    if (FINAL_STATES.has(this.state) || this.stopping) return;
+    if (this.seatToken === null) {
+      throw new ConnectionLost("a download to the downloads folder cannot continue where it stopped", "not_resumable");
+    }
+    const deadline = Date.now() + RESUME_WINDOW_MS;
+    let attempt = 0;
+    while (attempt < MAX_RECONNECT_ATTEMPTS && Date.now() < deadline) {
+      attempt += 1;
+      this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`);
+      await sleep(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempt - 1), MAX_BACKOFF_MS, Math.max(0, deadline - Date.now())));
+      if (FINAL_STATES.has(this.state)) return; // the person cancelled meanwhile
+      const next = await nextResumeToken(this.seatToken);
+      const connection = await this.#takeSeat(next);
+      if (connection === null) continue;
+      if (FINAL_STATES.has(this.state)) {
+        connection.close(1000);
+        return;
+      }
+      this.seatToken = next; // each token is good once: the relay now holds the next one's verifier
+      this.connection = connection;
+      this.resumes += 1;
+      await this.#resync();
+      this.#setState("transferring", `saving to ${this.sink.label} (connection restored)`);
+      return;
+    }
+    throw new ConnectionLost(`the connection to the relay was lost and could not be restored (${attempt} attempts)`);
+  }
+
+  // One attempt: a resume=1 socket, our proof, and the relay's `resumed` for this seat. Null when it is worth
+  // trying again; a refusal that is not (the room has ended) throws.
+  async #takeSeat(next) {
+    let connection;
+    try {
+      connection = await Connection.open(roomUrl(this.nameplate, { role: "receive", resume: "1" }, this.location));
+    } catch (error) {
+      if (error instanceof ConnectionClosed) return null;
+      throw error;
+    }
+    connection.sendMessage({ type: "resume", peer: this.peer, token: hex(this.seatToken), next_verifier: resumeVerifier(next) });
+    const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
+    try {
+      for (let read = 0; read < MAX_RESUME_NOISE; read++) {
+        const message = parseMessage(await connection.next());
+        if (message.type === "resumed" && message.peer === this.peer) return connection;
+        if (message.type === "error") {
+          if (RETRY_CODES.has(message.code)) break;
+          throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
+        }
+        if (message.type !== "resumed" && message.type !== "reconnecting") throw unexpected("the relay did not confirm the resume");
+      }
+    } catch (error) {
+      if (!(error instanceof ConnectionClosed) || (error.errorCode !== null && !RETRY_CODES.has(error.errorCode))) {
+        connection.close(1000);
+        throw error;
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    connection.close(1000);
+    return null;
+  }
+
+  // Fresh control keys for this pair: our half, the sender's, then our position sealed under the new keys.
+  async #resync() {
+    const half = newResyncHalf();
+    this.connection.sendMessage({ type: "resync", half: toBase64(half) });
+    let message = null;
+    for (let read = 0; read < MAX_RESUME_NOISE && message === null; read++) {
+      const frame = await this.connection.next();
+      if (typeof frame !== "string") throw unexpected("a binary frame before the sender's resync");
+      const next = parseMessage(frame);
+      if (next.type === "resync") message = next;
+      else if (next.type !== "resumed" && next.type !== "reconnecting") throw unexpected(`'${next.type}' before the sender's resync`);
+    }
+    if (message === null) throw unexpected("the sender did not resync");
+    const received = this.channel.received;
+    this.channel = await this.keys.controlChannel(RECEIVER, concatBytes(fromBase64(message.half), half));
+    this.resynced = true;
+    const [file, have] = this.#held();
+    this.connection.sendMessage({ type: "sealed", data: await sealJson(this.channel, { received, file, have }) });
   }
 
   // The code was not the sender's: tell the relay, which ends the room for everyone (the code is spent).
@@ -348,6 +556,10 @@ export class ReceiveSession {
     if (FINAL_STATES.has(this.state)) return;
     await this.#discard();
     if (FINAL_STATES.has(this.state)) return;
+    if (error instanceof ConnectionLost) {
+      this.#end("failed", { code: error.code, by: "local" });
+      return;
+    }
     if (error instanceof ConnectionClosed) {
       const code = error.errorCode ?? "connection_lost";
       this.#end(code === "cancelled" ? "cancelled" : "failed", { code, reason: error.reason, by: "relay" });

@@ -275,6 +275,7 @@ export class SaveFileSink {
     this.handle = handle;
     this.label = `the file "${handle.name}"`;
     this.keepsPartial = true;
+    this.resumable = true; // the file stays open across a lost connection; it is written only on close
     this.writable = null;
   }
 
