@@ -210,8 +210,8 @@ def _code_of(process: subprocess.Popen) -> str:
 
 
 @contextmanager
-def cli_sender(paths: list[Path], relay_url: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    command = [*CLI, "send", *map(str, paths), "--relay", relay_url]
+def cli_sender(paths: list[Path], relay_url: str, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    command = [*CLI, "send", *map(str, paths), "--relay", relay_url, *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         yield process, _code_of(process)
@@ -266,3 +266,42 @@ def test_a_download_cannot_resume_and_says_so(context: BrowserContext, relay_ser
     assert "save into a folder: a transfer into a folder resumes by itself" in text, text
     for download in downloads:
         assert download.failure() is not None  # the started download never completes
+
+
+def test_a_page_carries_on_when_another_receiver_drops_and_comes_back(context: BrowserContext, relay_server, files,
+                                                                       tmp_path):
+    """One sender, two receivers: the page (direct) and `relay receive` through a proxy that drops its socket once.
+    The page hears `reconnecting`, then `resumed`, tells the sender what it holds and takes the next epoch."""
+    paths = [files["big"], files["note"]]
+    out = tmp_path / "cli-out"
+    out.mkdir()
+    with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024) as proxy, \
+            cli_sender(paths, relay_server.http_url, "--receivers", "2") as (process, code):
+        page = context.new_page()
+        page.goto(relay_server.http_url + "/#receive")
+        page.evaluate(PICK_INBOX, {"saveAs": None})
+        page.evaluate(RECORD_STATUS)
+        page.fill("#receive-code", code)
+        page.click("#receive-connect")
+        command = [*CLI, "receive", "--relay", proxy.url, "--output", str(out), "--yes", "--quiet"]
+        receiver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, "RELAY_CODE": code})
+        try:
+            page.wait_for_selector("#receive-offer:not([hidden])")
+            page.check("#save-folder")
+            page.click("#receive-accept")
+            text = wait_state(page, "#receive-status", "verified")
+            assert receiver.wait(PROCESS_TIMEOUT) == 0, receiver.stderr.read() if receiver.stderr else ""
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+            receiver.wait(PROCESS_TIMEOUT)
+        assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
+        assert proxy.cuts == 1
+    lines = page.evaluate("window.statusLines")
+    assert "reconnecting: Another receiver's connection was lost; waiting for it to come back." in lines, lines
+    assert text.startswith("Done: 2 files"), text
+    assert inbox(page) == {path.name: path.stat().st_size for path in paths}
+    for path in paths:
+        assert page.evaluate(READ_INBOX_FILE, path.name) == sha256(path), path.name
+        assert sha256(out / path.name) == sha256(path)
