@@ -44,15 +44,18 @@ const OPEN_AHEAD = 4;
 
 // Taking a seat back, as the terminal client (clients/transfer.py): at most 30 attempts within the relay's
 // default resume window, waiting 0.2 s before the first and doubling up to 10 s; each attempt waits at most
-// 30 s for the relay's answer. Refusals worth another attempt: the relay may not have noticed the drop yet.
+// 30 s for the relay's answer. Refusals worth another attempt: the relay may not have noticed the drop yet, or
+// may be restarting.
 export const RESUME_WINDOW_MS = 300_000;
 export const MAX_RECONNECT_ATTEMPTS = 30;
 const RECONNECT_BACKOFF_MS = 200;
 const MAX_BACKOFF_MS = 10_000;
 const RESUME_ANSWER_MS = 30_000;
-const RETRY_CODES = new Set(["resume_refused", "rate_limited", "too_many_connections"]);
+const RETRY_CODES = new Set(["resume_refused", "room_not_found", "rate_limited", "too_many_connections"]);
 /** Messages read while waiting for one answer (others' `resumed`/`reconnecting`) before giving up. */
 const MAX_RESUME_NOISE = 64;
+/** Messages that end the room, whenever they come. */
+const ENDINGS = new Set(["error", "peer_left", "cancel"]);
 
 const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -185,6 +188,7 @@ export class ReceiveSession {
         if (this.pake !== null) throw unexpected("a second hello");
         this.peer = message.peer;
         this.maxMessage = message.max_message;
+        this.receivers = message.receivers;
         this.several = message.receivers > 1;
         this.pake = new Pake(RECEIVER, this.code);
         this.connection.sendMessage({ type: "pake", data: toBase64(this.pake.outbound) });
@@ -268,9 +272,14 @@ export class ReceiveSession {
           : "Another receiver's connection was lost; waiting for it to come back.");
         return;
       case "resumed":
-        if (!this.accepted) throw unexpected("'resumed' out of order");
-        // Everyone is back: the sender opens its next epoch from what every receiver holds (sealed, unchanged keys).
-        if (message.parked.length === 0 && message.peer !== this.peer) {
+        if (!this.accepted || message.peer === this.peer) throw unexpected("'resumed' out of order");
+        if (message.peer === 0) {
+          // The sender came back: this pair draws fresh control keys (the receiver starts), and says what it holds.
+          await this.#abandonEpoch();
+          await this.#resync();
+          if (this.state === "reconnecting" && message.parked.length === 0) this.#setState("transferring", `saving to ${this.sink.label}`);
+        } else if (message.parked.length === 0) {
+          // Everyone is back: the sender opens its next epoch from what every receiver holds (unchanged keys).
           await this.#abandonEpoch();
           const [file, have] = this.#held();
           this.connection.sendMessage({ type: "sealed", data: await sealJson(this.channel, { file, have }) });
@@ -450,8 +459,9 @@ export class ReceiveSession {
       await sleep(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempt - 1), MAX_BACKOFF_MS, Math.max(0, deadline - Date.now())));
       if (FINAL_STATES.has(this.state)) return; // the person cancelled meanwhile
       const next = await nextResumeToken(this.seatToken);
-      const connection = await this.#takeSeat(next);
-      if (connection === null) continue;
+      const taken = await this.#takeSeat(next);
+      if (taken === null) continue;
+      const [connection, resumed] = taken;
       if (FINAL_STATES.has(this.state)) {
         connection.close(1000);
         return;
@@ -459,6 +469,11 @@ export class ReceiveSession {
       this.seatToken = next; // each token is good once: the relay now holds the next one's verifier
       this.connection = connection;
       this.resumes += 1;
+      if (resumed.parked.includes(0)) {
+        // The sender is away too (a relay restart drops everyone): we resync when it comes back (its `resumed`).
+        this.#setState("reconnecting", "Connection restored; waiting for the sender to come back.");
+        return;
+      }
       await this.#resync();
       this.#setState("transferring", `saving to ${this.sink.label} (connection restored)`);
       return;
@@ -466,8 +481,9 @@ export class ReceiveSession {
     throw new ConnectionLost(`the connection to the relay was lost and could not be restored (${attempt} attempts)`);
   }
 
-  // One attempt: a resume=1 socket, our proof, and the relay's `resumed` for this seat. Null when it is worth
-  // trying again; a refusal that is not (the room has ended) throws.
+  // One attempt: a resume=1 socket, our proof (with the room's shape, from which a restarted relay recreates the
+  // room), and the relay's `resumed` for this seat: [connection, resumed]. Null when it is worth trying again; a
+  // refusal that is not throws.
   async #takeSeat(next) {
     let connection;
     try {
@@ -476,12 +492,15 @@ export class ReceiveSession {
       if (error instanceof ConnectionClosed) return null;
       throw error;
     }
-    connection.sendMessage({ type: "resume", peer: this.peer, token: hex(this.seatToken), next_verifier: resumeVerifier(next) });
+    connection.sendMessage({
+      type: "resume", peer: this.peer, token: hex(this.seatToken), next_verifier: resumeVerifier(next),
+      room: { receivers: this.receivers, total_size: this.total, files: this.offer.files.length },
+    });
     const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
     try {
       for (let read = 0; read < MAX_RESUME_NOISE; read++) {
         const message = parseMessage(await connection.next());
-        if (message.type === "resumed" && message.peer === this.peer) return connection;
+        if (message.type === "resumed" && message.peer === this.peer) return [connection, message];
         if (message.type === "error") {
           if (RETRY_CODES.has(message.code)) break;
           throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
@@ -510,7 +529,10 @@ export class ReceiveSession {
       if (typeof frame !== "string") throw unexpected("a binary frame before the sender's resync");
       const next = parseMessage(frame);
       if (next.type === "resync") message = next;
-      else if (next.type !== "resumed" && next.type !== "reconnecting") throw unexpected(`'${next.type}' before the sender's resync`);
+      else if (ENDINGS.has(next.type)) {
+        await this.#on(next); // the room ended meanwhile: say why
+        return;
+      } else if (next.type !== "resumed" && next.type !== "reconnecting") throw unexpected(`'${next.type}' before the sender's resync`);
     }
     if (message === null) throw unexpected("the sender did not resync");
     const received = this.channel.received;
