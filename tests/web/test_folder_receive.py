@@ -239,6 +239,7 @@ def test_a_page_receiving_into_a_folder_resumes_after_its_connection_drops(conte
         text = wait_state(page, "#receive-status", "verified")
         assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
         assert proxy.cuts == 1
+        assert "/relay/aead-worker.js" in proxy.requests  # the chunks were opened off the page's thread
     lines = page.evaluate("window.statusLines")
     assert "reconnecting: Connection lost, reconnecting (attempt 1)" in lines, lines
     assert any(line.startswith("transferring: Connection restored. Receiving into") for line in lines), lines

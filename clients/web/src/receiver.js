@@ -34,6 +34,7 @@ import { createHashing } from "./hashing.js";
 import {
   ACK_INTERVAL, CLOSE_CODES, ProtocolError, checkOffer, escapeText, fromBase64, parseMessage, toBase64, unexpected,
 } from "./protocol.js";
+import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
 import { FINAL_STATES } from "./sender.js";
 import { SinkError } from "./sinks.js";
@@ -341,7 +342,7 @@ export class ReceiveSession {
     if (streamPlan.chunkCount() !== message.chunks || streamPlan.ciphertextSize() !== message.bytes) {
       throw new Tampered("the stream's clear totals differ from its sealed plan");
     }
-    this.opener = await StreamOpener.create(await dataKey(this.contentKey, salt), streamPlan);
+    this.opener = await StreamOpener.create(await dataKey(this.contentKey, salt), streamPlan, chunkBackend());
     this.epoch = message.epoch;
     this.chunks = 0;
     if (this.state === "reconnecting") this.#setState("transferring", `saving to ${this.sink.label}`);

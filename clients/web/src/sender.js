@@ -23,6 +23,7 @@ import {
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
 import { DEFAULT_CHUNK_SIZE, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64 } from "./protocol.js";
+import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
@@ -288,7 +289,7 @@ export class SendSession {
       chunks += Math.max(1, Math.ceil(entry.size / this.chunkSize));
       this.fileEnds.push(chunks);
     }
-    const sealer = await StreamSealer.create(await dataKey(this.contentKey, salt), plan);
+    const sealer = await StreamSealer.create(await dataKey(this.contentKey, salt), plan, chunkBackend());
     this.chunksPerWindow = Math.max(1, Math.floor(ACK_WINDOW / this.chunkSize));
     // Up to SEAL_AHEAD chunks are read and being sealed (WebCrypto works off the page's thread) while the oldest
     // is sent, so neither the file nor the cipher waits for the other.
