@@ -10,9 +10,9 @@ its slash is redirected to it, as the nginx snippet in docs/operations.md does.
 It also records what the relay receives: every WebSocket message a page sends through it (``received``, each
 as ``(target, text or bytes)``, unmasked and reassembled), so a test can look for what must never reach the relay.
 
-With ``cut_after=n`` it drops one WebSocket connection, once: the first whose relay-to-page bytes pass ``n`` is
-aborted both ways (no close frame, as a Wi-Fi change or a proxy's idle timeout would), so a test can watch a page
-resume; ``cuts`` counts the connections it dropped.
+With ``cut_after=n`` it drops one WebSocket connection, once: the first whose relay-to-page bytes (with
+``cut_upstream``, page-to-relay bytes) pass ``n`` is aborted both ways (no close frame, as a Wi-Fi change or a
+proxy's idle timeout would), so a test can watch a page resume; ``cuts`` counts the connections it dropped.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ START_TIMEOUT_S = 10
 
 
 class PrefixProxy:
-    def __init__(self, upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None) -> None:
+    def __init__(self, upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None,
+                 cut_upstream: bool = False) -> None:
         assert prefix.startswith("/") and prefix.endswith("/")
         self.upstream_port = upstream_port
         self.prefix = prefix
         self.cut_after = cut_after
+        self.cut_upstream = cut_upstream
         self.cuts = 0
         self.port = 0
         self.requests: list[str] = []  # request targets as the browser sent them, for the test to look at
@@ -83,7 +85,8 @@ class PrefixProxy:
         up_writer.write(rewritten.encode("latin-1"))
         frames = _FrameReader(target, self.received) if upgrade else None
         cut = (lambda: self._cut(writer, up_writer)) if upgrade and self.cut_after is not None else None
-        await asyncio.gather(self._pipe(reader, up_writer, frames), self._pipe(up_reader, writer, cut=cut))
+        up_cut, down_cut = (cut, None) if self.cut_upstream else (None, cut)
+        await asyncio.gather(self._pipe(reader, up_writer, frames, up_cut), self._pipe(up_reader, writer, cut=down_cut))
 
     def _cut(self, writer: asyncio.StreamWriter, up_writer: asyncio.StreamWriter) -> bool:
         """Drop this connection both ways if it is the first to pass ``cut_after``; whether it was dropped."""
@@ -176,9 +179,10 @@ def _unmask(payload: bytes, key: bytes) -> bytes:
 
 
 @contextmanager
-def prefix_proxy(upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None) -> Iterator[PrefixProxy]:
+def prefix_proxy(upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None,
+                 cut_upstream: bool = False) -> Iterator[PrefixProxy]:
     """Run a PrefixProxy in a thread of its own for the duration of the block."""
-    proxy = PrefixProxy(upstream_port, prefix, cut_after)
+    proxy = PrefixProxy(upstream_port, prefix, cut_after, cut_upstream)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()

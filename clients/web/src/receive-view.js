@@ -63,6 +63,9 @@ export async function spaceWarning(total, storage = navigator.storage) {
 
 export function setUpReceiveView() {
   let session = null;
+  // Leaving the page ends the transfer for the others at once (cancel), instead of a lost connection that the
+  // relay would hold open for the resume window.
+  window.addEventListener("pagehide", () => session?.cancel());
   let registration = null;
   registerDownloadWorker().then((value) => {
     registration = value;
