@@ -87,6 +87,7 @@ export class ReceiveSession {
     this.sink = null;
     this.accepted = false;
     this.stopping = false;
+    this.verifiedSent = false;
     this.fileOpen = false;
     this.verifiedFiles = 0;
     this.maxMessage = undefined;
@@ -240,9 +241,11 @@ export class ReceiveSession {
         this.steps = [];
         if (FINAL_STATES.has(this.state) || this.stopping) return; // a chunk failed while it was stored
         this.opener.finish(); // Truncated if the stream stopped before its last chunk
+        if (this.verifiedSent) return; // a catch-up epoch for another receiver, after ours had ended
         if (this.verifiedFiles !== this.offer.files.length) throw new Tampered("the stream ended before every file was complete");
         // Every file authenticated: a chosen folder gives the files their names now, a zip writes its table of contents.
         await this.sink.finish?.();
+        this.verifiedSent = true;
         this.connection.sendMessage({ type: "verified" });
         this.#setState("verifying", "every file authenticated; waiting for the relay to confirm");
         return;
@@ -268,6 +271,7 @@ export class ReceiveSession {
         // Another party's connection dropped: the relay parks its seat and the epoch under way is abandoned.
         if (!this.accepted || message.peer === this.peer) throw unexpected("'reconnecting' out of order");
         await this.#abandonEpoch();
+        if (this.verifiedSent) return; // every file is ours already; the others' catch-up epoch is only skipped
         this.#setState("reconnecting", message.peer === 0
           ? "The sender's connection was lost; waiting for it to come back."
           : "Another receiver's connection was lost; waiting for it to come back.");

@@ -338,9 +338,11 @@ export class SendSession {
       if (ended) {
         this.#setState("verifying");
         // Keep the progress moving while the last megabytes leave the send buffer, until the end or a drop.
+        let changed = this.#changed();
         while (this.state === "verifying" && !this.parked) {
           this.#progress();
-          await Promise.race([this.#changed(), sleep(200)]);
+          const woke = await Promise.race([changed.then(() => true), sleep(200).then(() => false)]);
+          if (woke) changed = this.#changed();
         }
       }
       if (FINAL_STATES.has(this.state)) return;
