@@ -200,6 +200,15 @@ RECORD_STATUS = """() => {
 }"""
 
 
+def wait_received(page: Page, at_least: int) -> None:
+    """Wait (bounded) until the receive progress shows at least `at_least` bytes."""
+    for _ in range(int(WAIT * 20)):
+        if page.evaluate("document.querySelector('#receive-total').value") >= at_least:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the page never received {at_least} bytes")
+
+
 def _code_of(process: subprocess.Popen) -> str:
     box: list[str] = []
     reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)
@@ -306,3 +315,23 @@ def test_a_page_carries_on_when_another_receiver_drops_and_comes_back(context: B
     for path in paths:
         assert page.evaluate(READ_INBOX_FILE, path.name) == sha256(path), path.name
         assert sha256(out / path.name) == sha256(path)
+
+
+def test_closing_a_receiving_page_mid_transfer_cancels_at_once(context: BrowserContext, relay_server, tmp_path):
+    """A page that saves into a folder holds a seat the relay would park for the resume window; closing the page
+    sends `cancel` instead, so the sender learns at once."""
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(64 * 1024 * 1024))
+    with cli_sender([source], relay_server.http_url) as (process, code):
+        page = context.new_page()
+        page.goto(relay_server.http_url + "/#receive")
+        page.evaluate(PICK_INBOX, {"saveAs": "large.bin"})
+        page.fill("#receive-code", code)
+        page.click("#receive-connect")
+        page.wait_for_selector("#receive-offer:not([hidden])")
+        page.check("#save-folder")
+        page.click("#receive-accept")
+        wait_received(page, 1)
+        page.close()
+        assert process.wait(30) == 1  # well within the 300 s resume window
+        assert "cancel" in (process.stderr.read() if process.stderr else ""), "the sender was not told it was cancelled"
