@@ -36,6 +36,9 @@ class PrefixProxy:
         self.cut_after = cut_after
         self.cut_upstream = cut_upstream
         self.cuts = 0
+        self.downstream = 0  # WebSocket bytes carried from the relay to the pages, for a test to wait on
+        self.sockets: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []  # open WebSocket connections
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.requests: list[str] = []  # request targets as the browser sent them, for the test to look at
         self.received: list[tuple[str, str | bytes]] = []  # WebSocket messages from the pages, as the relay gets them
@@ -46,6 +49,7 @@ class PrefixProxy:
         return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     async def serve(self, ready: threading.Event, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
         server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=HEAD_LIMIT)
         self.port = server.sockets[0].getsockname()[1]
         ready.set()
@@ -86,7 +90,22 @@ class PrefixProxy:
         frames = _FrameReader(target, self.received) if upgrade else None
         cut = (lambda: self._cut(writer, up_writer)) if upgrade and self.cut_after is not None else None
         up_cut, down_cut = (cut, None) if self.cut_upstream else (None, cut)
-        await asyncio.gather(self._pipe(reader, up_writer, frames, up_cut), self._pipe(up_reader, writer, cut=down_cut))
+        if upgrade:
+            self.sockets.append((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer, frames, up_cut),
+                             self._pipe(up_reader, writer, cut=down_cut, upgrade=upgrade))
+
+    def cut_now(self) -> None:
+        """Drop every WebSocket connection open now, both ways and without a close frame (from any thread)."""
+        def cut() -> None:
+            for writer, up_writer in self.sockets:
+                writer.transport.abort()
+                up_writer.transport.abort()
+            self.cuts += len(self.sockets)
+            self.sockets.clear()
+
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(cut)
 
     def _cut(self, writer: asyncio.StreamWriter, up_writer: asyncio.StreamWriter) -> bool:
         """Drop this connection both ways if it is the first to pass ``cut_after``; whether it was dropped."""
@@ -98,13 +117,16 @@ class PrefixProxy:
         return True
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
-                    frames: _FrameReader | None = None, cut: Callable[[], bool] | None = None) -> None:
+                    frames: _FrameReader | None = None, cut: Callable[[], bool] | None = None,
+                    upgrade: bool = False) -> None:
         carried = 0
         try:
             while block := await source.read(PIPE_BLOCK):
                 if frames is not None:
                     frames.feed(block)
                 carried += len(block)
+                if frames is None and upgrade:
+                    self.downstream += len(block)
                 if cut is not None and self.cut_after is not None and carried > self.cut_after and cut():
                     return
                 sink.write(block)

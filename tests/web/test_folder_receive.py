@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page
 
 from relay import protocol as p
-from tests.peers import WAIT, send_sealed
+from tests.peers import WAIT, RawPeer, key_as_receiver, raw_sides, seal_json, send_sealed
 from tests.web.driver import open_offer, sha256, wait_state
 from tests.web.proxy import prefix_proxy
 from tests.web.raw import RawSender
@@ -349,3 +349,50 @@ def test_closing_a_receiving_page_mid_transfer_cancels_at_once(context: BrowserC
     seen = result.result(WAIT)  # well within the 300 s resume window
     kinds = [message.get("type") for message in seen if isinstance(message, dict)]
     assert "cancel" in kinds and "reconnecting" not in kinds, seen
+
+
+def test_a_page_that_verified_keeps_its_files_when_the_connection_then_drops(context: BrowserContext, relay_server,
+                                                                              files, in_thread):
+    """The page authenticated every file and gave each its name; another receiver has not finished, so the relay's
+    `complete` has not come when the page's connection drops: the page says Done (its files are whole), as the
+    terminal client does, rather than failed."""
+    paths = [files["big"], files["note"]]
+    stalled = threading.Event()
+    release = threading.Event()
+
+    async def raw_receiver_that_never_verifies(code: str) -> None:
+        peer = await RawPeer.connect_v2(relay_server.ws_url, code.split("-", 1)[0], "receive")
+        await peer.expect("hello")
+        send, recv = raw_sides(peer)
+        channel, _ = await key_as_receiver(send, recv, code)
+        await peer.expect("offer")
+        await peer.send({"type": "accept", "data": seal_json(channel, {})})
+        for _ in range(10_000):  # every frame of the stream, read so the relay never waits on us
+            message = await peer.recv()
+            if isinstance(message, dict) and message.get("type") == "end":
+                break
+        stalled.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, WAIT * 2)
+        await peer.close()
+
+    with prefix_proxy(relay_server.port) as proxy, \
+            cli_sender(paths, relay_server.http_url, "--receivers", "2") as (process, code):
+        page = context.new_page()
+        page.goto(proxy.url + "#receive")
+        page.evaluate(PICK_INBOX, {"saveAs": None})
+        page.fill("#receive-code", code)
+        page.click("#receive-connect")
+        other = in_thread(raw_receiver_that_never_verifies(code))
+        page.wait_for_selector("#receive-offer:not([hidden])")
+        page.check("#save-folder")
+        page.click("#receive-accept")
+        page.wait_for_selector('#receive-status[data-state="verifying"]')
+        assert stalled.wait(WAIT)
+        proxy.cut_now()
+        text = wait_state(page, "#receive-status", "verified")
+        release.set()
+        other.result(WAIT * 3)
+    assert text.startswith("Done: 2 files"), text
+    assert inbox(page) == {path.name: path.stat().st_size for path in paths}
+    for path in paths:
+        assert page.evaluate(READ_INBOX_FILE, path.name) == sha256(path), path.name

@@ -129,6 +129,12 @@ export class ReceiveSession {
           frame = await this.connection.next();
         } catch (error) {
           if (!(error instanceof ConnectionClosed) || error.errorCode !== null || FINAL_STATES.has(this.state)) throw error;
+          if (this.verifiedSent) {
+            // Every file was authenticated and is stored under its name: only the relay's `complete` was missing
+            // (as the terminal client, which keeps its files whatever happens after it verified).
+            this.#end("verified", { code: "done", by: "local" });
+            break;
+          }
           if (this.state !== "transferring" && this.state !== "reconnecting") throw error;
           await this.#resume(); // throws if the seat cannot be taken back
           continue;
