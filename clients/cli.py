@@ -126,6 +126,17 @@ class TerminalReporter(Reporter):
         if count:
             self.say(f"{human_size(count)} ({count} bytes) sent again after reconnecting")
 
+    def kept(self, count: int) -> None:
+        if count:
+            self.say(f"resuming an earlier attempt: {human_size(count)} ({count} bytes) were already there and "
+                     "are not sent again")
+
+    def changed(self, path: str) -> None:
+        self.say(f"{p.escape_text(path)} changed since the last attempt; sending it again from the start")
+
+    def warning(self, text: str) -> None:
+        self.say(f"warning: {text}")
+
     def advanced(self, done: int) -> None:
         if self.bar is not None:
             self.bar.update(done)

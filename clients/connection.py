@@ -257,6 +257,8 @@ class ConnectionLost(TransferRefused):
 class RelayConnection:
     """Control messages and payload frames over one WebSocket; ending messages surface as exceptions."""
 
+    resumed: p.Resumed | None = None  # on a resumed connection: the relay's ``resumed`` for this party
+
     def __init__(self, websocket: ClientConnection, hello: p.Hello) -> None:
         self.websocket = websocket
         self.hello = hello
@@ -299,6 +301,7 @@ class RelayConnection:
         for _ in range(MAX_RESUME_NOISE):
             first = await connection.receive()
             if isinstance(first, p.Resumed) and first.peer == hello.peer:
+                connection.resumed = first
                 return connection
             if not isinstance(first, p.Resumed | p.Reconnecting):
                 break

@@ -21,9 +21,14 @@ spaces), and the mappings are reported to the user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import hashlib
+import json
 import os
+import re
 import secrets
+import stat
 import shutil
 import sys
 import time
@@ -39,6 +44,71 @@ from clients.errors import LocalFailure
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
+# --- resume by hand: the state file beside the parts (docs/protocol.md section 10.3) ----------------------
+
+STATE_NAME = ".relay-state.json"
+STATE_VERSION = 1
+MAX_STATE_BYTES = 4 * 1024 * 1024  # a state file is read whole: bounded, whatever an earlier run or a stranger left
+PART_NAME = re.compile(r"\.relay-[0-9a-f]{12}\.part")  # what ``open_part`` makes; nothing else is ever opened
+_READ_BLOCK = 1024 * 1024
+
+
+class BadState(ValueError):
+    """A state file that cannot be trusted (too big, not JSON, a field out of range): it is ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What an earlier attempt left of one file: offered path, size and mtime, its part file and bytes written."""
+
+    path: str
+    size: int
+    mtime: int | None
+    part: str
+    have: int
+
+
+def parse_state(raw: bytes) -> list[Held]:
+    """The entries of a state file, checked like a peer's message (it is hostile input: anyone who could write
+    into the folder may have written it). Raises ``BadState``."""
+    if len(raw) > MAX_STATE_BYTES:
+        raise BadState(f"it is over {MAX_STATE_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadState("it is not JSON") from exc
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION or not isinstance(data.get("files"), list):
+        raise BadState("it is not a state file of this version")
+    files = data["files"]
+    if len(files) > p.MAX_FILES:
+        raise BadState("it lists too many files")
+    held = []
+    for item in files:
+        if not isinstance(item, dict):
+            raise BadState("an entry is not an object")
+        path, size, mtime, part, have = (item.get(k) for k in ("path", "size", "mtime", "part", "have"))
+        if not isinstance(path, str) or not isinstance(part, str) or PART_NAME.fullmatch(part) is None:
+            raise BadState("an entry has a bad path or part name")
+        try:
+            p.check_path(path)
+        except p.ProtocolError as exc:
+            raise BadState("an entry has an unsafe path") from exc
+        if (type(size) is not int or not 0 <= size <= p.MAX_SAFE_INT or type(have) is not int
+                or not 0 <= have <= size or not (mtime is None or type(mtime) is int and 0 <= mtime <= p.MAX_MTIME)):
+            raise BadState("an entry has a size, mtime or count out of range")
+        held.append(Held(path, size, mtime, part, have))
+    return held
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A file of the new offer this receiver already holds the first ``have`` bytes of (their SHA-256)."""
+
+    file: int
+    have: int
+    sha256: str
+    part: str
 
 # --- names this file system cannot store -------------------------------------------------------------------
 
@@ -98,6 +168,7 @@ class Part:
     committed: bool = False  # renamed to ``name``
     backup: str | None = None  # under overwrite: the replaced file, kept under a temporary name until the end
     writing: asyncio.Future[int] | None = None  # the one write still in flight, if any
+    have: int = 0  # bytes of it written and flushed, as the state file says (resume by hand)
 
 
 @dataclass(slots=True)
@@ -113,6 +184,7 @@ class Destination:
     parts: list[Part] = field(default_factory=list)
     mappings: list[tuple[str, str]] = field(default_factory=list)
     created: list[tuple[str, ...]] = field(default_factory=list)  # folders this transfer made, in order
+    stale: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # an earlier attempt's unused parts
     _local: dict[str, str] = field(default_factory=dict)
     _open: tuple[tuple[str, ...], int] | None = None  # the folder used last, still open
 
@@ -198,6 +270,148 @@ class Destination:
         part.written = True
         return part
 
+    # --- resume by hand (docs/protocol.md section 10.3) ------------------------------------------------------
+
+    def load_state(self) -> list[Held]:
+        """The state file an earlier attempt left in the folder ([] if none). Opened without following a link,
+        read up to its bound; raises ``BadState`` for one that cannot be trusted (the caller warns and ignores
+        it)."""
+        try:
+            fd = os.open(STATE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._folder((), "", False))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BadState(f"it cannot be opened ({exc.strerror or exc})") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadState("it is not a regular file")
+            raw = os.read(fd, MAX_STATE_BYTES + 1)
+        finally:
+            os.close(fd)
+        return parse_state(raw)
+
+    def claims(self, offer: p.Offer, held: list[Held]) -> tuple[list[Claim], list[str]]:
+        """What this receiver can prove it holds of ``offer``: per file matching an entry of ``held`` by path, size
+        and mtime, the SHA-256 of the first ``have`` bytes of its part, read again from disk now. Also the offered
+        paths an earlier attempt held under another size or mtime (changed since: received again). Every part
+        is opened relative to its folder without following links; one that is missing, short or not a regular
+        file is simply not claimed. Blocking: run it in a thread."""
+        by_path = {entry.path: entry for entry in held}
+        claims, changed = [], []
+        for index, entry in enumerate(offer.files):
+            earlier = by_path.pop(entry.path, None)
+            if earlier is None or earlier.have == 0:
+                continue
+            if (earlier.size, earlier.mtime) != (entry.size, entry.mtime):
+                changed.append(entry.path)
+                continue
+            digest = self._digest(entry.path, earlier.part, earlier.have)
+            if digest is not None:
+                claims.append(Claim(index, earlier.have, digest, earlier.part))
+        claimed = {(offer.files[c.file].path, c.part) for c in claims}
+        self.stale = [(tuple(self.local(entry.path).split("/")[:-1]), entry.part)
+                      for entry in held if (entry.path, entry.part) not in claimed]
+        return claims, changed
+
+    def refused(self, path: str, part_name: str) -> None:
+        """The sender did not agree to a claim (its file changed): that part is removed with the state file."""
+        self.stale.append((tuple(self.local(path).split("/")[:-1]), part_name))
+
+    def _digest(self, path: str, part_name: str, have: int) -> str | None:
+        *folders, _ = self.local(path).split("/")
+        try:
+            fd = os.open(part_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=self._folder(tuple(folders), path, create=False))
+        except (OSError, LocalFailure):
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size < have:
+                return None
+            digest, left = hashlib.sha256(), have
+            while left:
+                block = os.read(fd, min(_READ_BLOCK, left))
+                if not block:
+                    return None
+                digest.update(block)
+                left -= len(block)
+            return digest.hexdigest()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    async def reopen_part(self, entry: p.FileEntry, part_name: str, have: int) -> Part:
+        """Take an earlier attempt's part of ``entry`` back, cut to the ``have`` bytes the sender agreed to, and
+        write on from there. ``part_name`` comes from the state file: it matches ``PART_NAME`` and is opened
+        relative to its folder, without following links, and only if it is a regular file."""
+        if PART_NAME.fullmatch(part_name) is None:
+            raise LocalFailure(ErrorCode.WRITE_FAILED, f"{escape_text(entry.path)}: not a part file name")
+        *folders, name = self.local(entry.path).split("/")
+        dir_fd = self._folder(tuple(folders), entry.path)
+        part = Part(entry, tuple(folders), name, part_name, have=have)
+
+        def opener(n: str, flags: int) -> int:
+            fd = os.open(n, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.set_blocking(fd, True)
+            os.ftruncate(fd, have)
+            return fd
+
+        try:
+            part.handle = await aiofiles.open(part_name, "r+b", opener=opener)
+            await part.handle.seek(have)
+        except OSError as exc:
+            raise _write_error(entry.path, exc) from exc
+        part.written = True
+        self.parts.append(part)
+        self.stale = [(f, n) for f, n in self.stale if (f, n) != (part.folders, part_name)]
+        return part
+
+    async def checkpoint(self, part: Part, have: int) -> int:
+        """Flush ``part`` and record in the state file that its first ``have`` bytes are written (authenticated
+        chunks only: the caller calls this after writing them)."""
+        await self._settle(part)
+        if part.handle is not None:
+            try:
+                await part.handle.flush()
+            except OSError as exc:
+                raise _write_error(part.entry.path, exc) from exc
+        part.have = have
+        return self.save_state()
+
+    def save_state(self) -> int:
+        """Write the state file (every part not yet committed, with its bytes written) under a temporary name and
+        rename it over the last one, so that a kill at any moment leaves a whole state file or the previous one.
+        Returns its size (the caller spaces the writes so that they stay a small share of the data written)."""
+        files = [{"path": part.entry.path, "size": part.entry.size, "mtime": part.entry.mtime,
+                  "part": part.part_name, "have": part.have} for part in self.parts if part.written]
+        data = json.dumps({"version": STATE_VERSION, "files": files}, separators=(",", ":")).encode()
+        if len(data) > MAX_STATE_BYTES:
+            return len(data)  # too many files to resume by hand: the next attempt starts again
+        root_fd = self._folder((), "", create=False)
+        temporary = f".relay-state-{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=root_fd)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(temporary, STATE_NAME, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=root_fd)
+            raise _write_error(STATE_NAME, exc) from exc
+        return len(data)
+
+    def remove_state(self) -> None:
+        """Forget the earlier attempt: the state file and the parts of it this transfer did not use."""
+        for folders, name in self.stale:
+            self._unlink(folders, name)
+        self.stale.clear()
+        self._unlink((), STATE_NAME)
+
     async def write(self, part: Part, data: bytes) -> None:
         """Start writing ``data`` after the previous write of this part; the caller may receive meanwhile."""
         assert part.handle is not None
@@ -230,6 +444,7 @@ class Destination:
             except OSError as exc:
                 raise _write_error(part.entry.path, exc) from exc
             part.handle = None
+        part.have = part.entry.size
 
     def commit(self) -> None:
         """Give every verified part its final name, all or nothing.
@@ -261,6 +476,7 @@ class Destination:
         for part in self.parts:
             if part.backup is not None:
                 self._unlink(part.folders, part.backup)
+        self.remove_state()
         self.created.clear()
         self.parts.clear()
         self.close()
@@ -296,6 +512,7 @@ class Destination:
                     pass
                 part.handle = None
         self._remove_leftovers()
+        self.remove_state()
 
     def _remove_leftovers(self) -> None:
         for part in self.parts:

@@ -38,7 +38,7 @@ from clients import crypto as c
 from clients.connection import ConnectionLost, PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
-from clients.store import Destination
+from clients.store import STATE_NAME, BadState, Claim, Destination
 
 
 class Reporter:
@@ -79,6 +79,17 @@ class Reporter:
     def resent(self, count: int) -> None:
         """Sender, at the end: ``count`` bytes were sent again after reconnections (0: none)."""
 
+    def kept(self, count: int) -> None:
+        """Resume by hand, once the first epoch is planned: ``count`` bytes the receiver held from an earlier
+        attempt (checked by digest) are not sent again (0: none)."""
+
+    def changed(self, path: str) -> None:
+        """Resume by hand: the receiver held part of ``path`` from an earlier attempt, but the file changed since
+        (size, mtime or the digest of those bytes): it is sent again from the start."""
+
+    def warning(self, text: str) -> None:
+        """Something worth saying that does not stop the transfer (e.g. an untrustworthy state file, ignored)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
@@ -99,6 +110,8 @@ class Deadlines:
 
 
 DEFAULT_RESUME_WINDOW = 300.0  # the relay's default --resume-window
+STATE_INTERVAL = 1024 * 1024  # a receiver records its progress in the state file every this many bytes,
+STATE_SHARE = 16  # or every 16 times the state file's size (many files): at most 1/16 more written
 WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
 
 
@@ -240,7 +253,9 @@ MAX_RECONNECT_ATTEMPTS = 30
 RECONNECT_BACKOFF = 0.2  # seconds before the first attempt, doubled each time up to MAX_BACKOFF
 MAX_BACKOFF = 10.0
 # Refusals worth another attempt: the relay may not have noticed the drop yet (the seat is not parked yet).
-RETRY_CODES = frozenset({ErrorCode.RESUME_REFUSED, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS})
+# ``room_not_found``: a relay restarting may answer before it has the room again.
+RETRY_CODES = frozenset({ErrorCode.RESUME_REFUSED, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_CONNECTIONS,
+                         ErrorCode.ROOM_NOT_FOUND})
 
 
 def verifier(token: bytes) -> str:
@@ -253,13 +268,15 @@ class SeatTokens:
     """This party's current resume token per pair (a receiver has one, for peer 0... keyed by its own number).
 
     Each token is good once: a resume shows it with the verifier of the next, ``HKDF(T, "", "relay-v2 resume
-    next")``, and the next one replaces it once the relay accepted the resume."""
+    next")``, and the next one replaces it once the relay accepted the resume. ``shape`` is the room's shape,
+    sent with every resume so that a relay restarted meanwhile can recreate the room (protocol section 10.2)."""
 
     tokens: dict[int, bytes]
+    shape: p.RoomShape | None = None
 
     def message(self, peer: int) -> p.Resume:
         return p.Resume(peer, tuple((k, p.SeatToken(t.hex(), verifier(self.following(t))))
-                                    for k, t in sorted(self.tokens.items())))
+                                    for k, t in sorted(self.tokens.items())), self.shape)
 
     @staticmethod
     def following(token: bytes) -> bytes:
@@ -333,23 +350,28 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
         reporter.waiting(code, options.receivers)
         content_key = c.new_content_key()
         keys: dict[int, c.PairKeys] = {}
-        # The sender registers no verifiers of its own: it cannot take its seat back yet, so its drop ends the
-        # room at once (peer_left) instead of leaving the receivers waiting for the resume window.
         channels = await _key_receivers(connection, code, options.receivers, content_key, reporter, deadlines.receivers,
                                         keys)
+        seat = None
+        if deadlines.resume_window > 0:
+            seat = SeatTokens({k: pair.resume_token(c.Role.SENDER) for k, pair in sorted(keys.items())},
+                              p.RoomShape(options.receivers, offer.total_size, len(offer.files)))
+            for k, token in sorted(seat.tokens.items()):
+                await connection.send(p.ResumeId(verifier(token), to=k))
         for peer, channel in sorted(channels.items()):
             sealed = _b64(channel.seal(offer_text))
             await connection.send(p.SealedOffer(offer.total_size, len(offer.files), sealed, to=peer))
-        await _within(deadlines.answer, "every receiver to accept the offer", _wait_until_started(connection, channels))
+        accepts = await _within(deadlines.answer, "every receiver to accept the offer",
+                                _wait_until_started(connection, channels))
+        starts = await _agreed_starts(outgoing, accepts, reporter) if options.receivers == 1 else {}
         room = _Parking(channels, keys, reporter)
         reporter.started(outgoing.total_size)
-        watcher = asyncio.create_task(_watch_receivers(connection, options.receivers, room))
+        link = _SenderLink(connection, room, options.receivers, options.url, nameplate, seat, deadlines.resume_window)
         try:
-            await _stream_epochs(connection, outgoing, content_key, chunk_size, room, reporter, watcher, deadlines)
+            await _stream_epochs(link, outgoing, content_key, chunk_size, room, reporter, deadlines, starts)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TransferError):
-                await watcher
+            connection = link.connection
+            await link.stop_watching()
         reporter.resent(room.resent)
         reporter.finished()
     except c.WrongCode:
@@ -425,11 +447,14 @@ async def _key_receivers(
         ) from None
 
 
-async def _wait_until_started(connection: RelayConnection, channels: dict[int, c.ControlChannel]) -> None:
+async def _wait_until_started(connection: RelayConnection, channels: dict[int, c.ControlChannel]
+                              ) -> dict[int, object]:
+    """Wait for ``start``; returns each receiver's opened sealed accept (what it holds from an earlier attempt)."""
+    accepts: dict[int, object] = {}
     while True:
         message = await connection.receive()
         if isinstance(message, p.Start):
-            return
+            return accepts
         if isinstance(message, p.SealedDecline):
             reason = ""
             if message.data is not None and message.peer in channels:
@@ -441,7 +466,56 @@ async def _wait_until_started(connection: RelayConnection, channels: dict[int, c
         if not isinstance(message, p.SealedAccept) or message.peer not in channels:
             raise _unexpected(message, "waiting for the receivers to accept")
         if message.data is not None:
-            _open_json(channels[message.peer], message.data)  # nothing in it yet (resume will say what it holds)
+            accepts[message.peer] = _open_json(channels[message.peer], message.data)
+
+
+
+async def _agreed_starts(outgoing: Outgoing, accepts: dict[int, object], reporter: Reporter) -> dict[int, int]:
+    """Resume by hand (protocol section 10.3): of what the one receiver says it holds, the byte counts this
+    sender agrees to, per file: its file has the size and mtime it offers, and the SHA-256 of its own first n
+    bytes equals the receiver's. Anything else starts again from 0 and the user is told. The claims are
+    hostile input: checked for shape and bounds before any file is read."""
+    claims = [value.get("have") for value in accepts.values() if isinstance(value, dict)]
+    if len(claims) != 1 or not isinstance(claims[0], list):
+        return {}
+    if len(claims[0]) > len(outgoing.files):
+        raise p.MalformedMessage("the receiver claims more files than were offered")
+    starts: dict[int, int] = {}
+    seen: set[int] = set()
+    for claim in claims[0]:
+        index = claim.get("file") if isinstance(claim, dict) else None
+        have = claim.get("have") if isinstance(claim, dict) else None
+        digest = claim.get("sha256") if isinstance(claim, dict) else None
+        if (type(index) is not int or not 0 <= index < len(outgoing.files) or index in seen or type(have) is not int
+                or not 0 < have <= outgoing.files[index].entry.size or not isinstance(digest, str)):
+            raise p.MalformedMessage("the receiver's claim of what it holds is out of range")
+        seen.add(index)
+        local = outgoing.files[index]
+        if await asyncio.to_thread(_same_start, local.source, local.entry, have, digest):
+            starts[index] = have
+        else:
+            reporter.changed(local.entry.path)
+    reporter.kept(sum(starts.values()))
+    return starts
+
+
+def _same_start(source: Path, entry: p.FileEntry, have: int, digest: str) -> bool:
+    """Whether ``source`` still has the offered size and mtime and its first ``have`` bytes hash to ``digest``."""
+    try:
+        with open(source, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if status.st_size != entry.size or (entry.mtime is not None and int(status.st_mtime) != entry.mtime):
+                return False
+            sha256, left = hashlib.sha256(), have
+            while left:
+                block = handle.read(min(1024 * 1024, left))
+                if not block:
+                    return False
+                sha256.update(block)
+                left -= len(block)
+    except OSError:
+        return False
+    return sha256.hexdigest() == digest
 
 
 class _Parked(Exception):
@@ -473,6 +547,49 @@ class _Parking:
     def check_ready(self) -> None:
         if self.parked.is_set() and not self.away and set(self.positions) == set(self.channels):
             self.ready.set()
+
+    def lost(self, away: set[int]) -> None:
+        """This sender's own connection dropped and came back: every receiver resyncs and says its position;
+        ``away`` are the seats the relay still waits for."""
+        self.parked.set()
+        self.ready.clear()
+        self.positions.clear()
+        self.away = set(away)
+
+
+@dataclass(slots=True)
+class _SenderLink:
+    """The sender's current connection and the task reading it (``_watch_receivers``); both are replaced when a
+    lost connection is resumed (``rejoin``)."""
+
+    connection: RelayConnection
+    room: _Parking
+    receivers: int
+    url: str
+    nameplate: str
+    seat: SeatTokens | None
+    window: float
+    watcher: asyncio.Task[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watcher = asyncio.create_task(_watch_receivers(self.connection, self.receivers, self.room))
+
+    async def stop_watching(self) -> None:
+        self.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TransferError):
+            await self.watcher
+
+    async def rejoin(self, lost: ConnectionLost) -> None:
+        """Take the sender's seat back (one token per pair), or raise ``lost`` when resume is off."""
+        if self.seat is None:
+            raise lost
+        await self.stop_watching()
+        self.room.lost(set())
+        self.connection = await _reconnect(self.url, self.nameplate, self.connection.hello, self.seat, self.window,
+                                           self.room.reporter)
+        resumed = self.connection.resumed
+        self.room.lost(set(resumed.parked) if resumed is not None else set())
+        self.watcher = asyncio.create_task(_watch_receivers(self.connection, self.receivers, self.room))
 
 
 async def _watch_receivers(connection: RelayConnection, receivers: int, room: _Parking | None = None) -> None:
@@ -522,56 +639,84 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
 
 
 async def _stream_epochs(
-    connection: RelayConnection, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
-    reporter: Reporter, watcher: asyncio.Task[None], deadlines: Deadlines,
+    link: _SenderLink, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
+    reporter: Reporter, deadlines: Deadlines, starts: dict[int, int] | None = None,
 ) -> None:
     """Epoch 0 from the start; after each resume a new epoch (fresh salt, so a fresh data key) from the earliest
-    position any receiver holds, until every receiver verified."""
+    position any receiver holds, until every receiver verified. A drop of this sender's own connection is
+    resumed (``link.rejoin``) like a receiver's: every receiver resyncs and says what it holds."""
     sizes = [local.entry.size for local in outgoing.files]
     start, epoch = (0, 0), 0
     while True:
-        if start[0] >= len(sizes):  # every receiver holds every byte: resend the last file's last chunk
-            last = len(sizes) - 1
-            start = (last, max(0, (sizes[last] - 1) // chunk_size * chunk_size))
-        first = c.Segment(start[0], start[1], sizes[start[0]])
-        plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
-                            chunk_size)
-        base = sum(sizes[: start[0]]) + start[1]
-        room.resent += max(0, room.high - base)
-        salt = c.new_epoch_salt()
-        plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
-                     "segments": [[s.file, s.start, s.end] for s in plan.segments]}
-        peers = tuple(sorted(room.channels))
-        room.parked.clear()
-        await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
-                                       tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
-        sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
-        digests = room.channels if len(room.channels) > 1 else None
         try:
-            await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
-                          room, base, plan.segments, epoch)
-            await _send_or_explain(connection, p.End(epoch), watcher, deadlines.frame)
-            parked = asyncio.ensure_future(room.parked.wait())
-            try:
-                await _within(deadlines.verified, "every receiver to confirm its files",
-                              asyncio.wait({watcher, parked}, return_when=asyncio.FIRST_COMPLETED))
-            finally:
-                parked.cancel()
-            if watcher.done():
-                watcher.result()
+            if await _one_epoch(link, outgoing, content_key, chunk_size, room, reporter, deadlines, start, epoch,
+                                starts if epoch == 0 else None):
                 return
-        except _Parked:
-            pass
-        await _within(deadlines.resume_window + deadlines.frame, "the receivers to come back",
-                      asyncio.wait({watcher, asyncio.ensure_future(room.ready.wait())},
-                                   return_when=asyncio.FIRST_COMPLETED))
-        if watcher.done():
-            watcher.result()
-            return
+        except ConnectionLost as lost:
+            await link.rejoin(lost)
+        while True:  # until every seat is back and every receiver said where it is (or all verified meanwhile)
+            try:
+                await _within(deadlines.resume_window + deadlines.frame, "the receivers to come back",
+                              asyncio.wait({link.watcher, asyncio.ensure_future(room.ready.wait())},
+                                           return_when=asyncio.FIRST_COMPLETED))
+                if link.watcher.done():
+                    link.watcher.result()
+                    return
+                break
+            except ConnectionLost as lost:
+                await link.rejoin(lost)
         for peer, (index, have) in room.positions.items():
             if not (0 <= index < len(sizes) and 0 <= have <= sizes[index] or index == len(sizes) and have == 0):
                 raise p.UnexpectedMessage(f"receiver {peer} reported a position outside the offer")
         start, epoch = min(room.positions.values()), epoch + 1
+
+
+async def _one_epoch(
+    link: _SenderLink, outgoing: Outgoing, content_key: bytes, chunk_size: int, room: _Parking,
+    reporter: Reporter, deadlines: Deadlines, start: tuple[int, int], epoch: int,
+    starts: dict[int, int] | None = None,
+) -> bool:
+    """Open epoch ``epoch`` from ``start`` (file, offset) and stream it; True once every receiver verified,
+    False when the room parked on the way (the epoch is abandoned). With ``starts`` (the first epoch of a resume
+    by hand), every file instead, each from the bytes agreed the receiver holds."""
+    sizes = [local.entry.size for local in outgoing.files]
+    if start[0] >= len(sizes):  # every receiver holds every byte: resend the last file's last chunk
+        last = len(sizes) - 1
+        start = (last, max(0, (sizes[last] - 1) // chunk_size * chunk_size))
+    first = c.Segment(start[0], start[1], sizes[start[0]])
+    if starts:
+        plan = c.StreamPlan(tuple(c.Segment(i, starts.get(i, 0), size) for i, size in enumerate(sizes)), chunk_size)
+    else:
+        plan = c.StreamPlan((first, *(c.Segment(i, 0, sizes[i]) for i in range(start[0] + 1, len(sizes)))),
+                            chunk_size)
+    base = sum(sizes[: start[0]]) + start[1]
+    room.resent += max(0, room.high - base)
+    salt = c.new_epoch_salt()
+    plan_json = {"salt": _b64(salt), "chunk_size": chunk_size,
+                 "segments": [[s.file, s.start, s.end] for s in plan.segments]}
+    peers = tuple(sorted(room.channels))
+    room.parked.clear()
+    connection, watcher = link.connection, link.watcher
+    await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
+                                   tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
+    sealer = c.StreamSealer(c.data_key(content_key, salt), plan)
+    digests = room.channels if len(room.channels) > 1 else None
+    try:
+        await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
+                      room, base, plan.segments, epoch)
+        await _send_or_explain(connection, p.End(epoch), watcher, deadlines.frame)
+        parked = asyncio.ensure_future(room.parked.wait())
+        try:
+            await _within(deadlines.verified, "every receiver to confirm its files",
+                          asyncio.wait({watcher, parked}, return_when=asyncio.FIRST_COMPLETED))
+        finally:
+            parked.cancel()
+        if watcher.done():
+            watcher.result()
+            return True
+    except _Parked:
+        pass
+    return False
 
 
 async def _stream(
@@ -712,6 +857,7 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         offer = p.Offer.from_dict(opened)
         if offer.total_size != sealed_offer.total_size or len(offer.files) != sealed_offer.files:
             raise c.Tampered("the offer's clear totals differ from the sealed offer")
+        seat.shape = p.RoomShape(connection.hello.receivers, offer.total_size, len(offer.files))
         reporter.offered(offer)
         if options.output_for is not None:
             destination.root = options.output_for(offer)
@@ -724,10 +870,12 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
             await _leave(connection, connection.close(), deadlines.leave)
             raise TransferRefused(ErrorCode.DECLINED, "you declined the offer")
         destination.make_dirs(offer.dirs)
-        await connection.send(p.SealedAccept(_seal_json(pair.channel, {})))
+        claims = await _earlier_attempt(destination, offer, connection.hello.receivers, reporter)
+        accept = {"have": [{"file": x.file, "have": x.have, "sha256": x.sha256} for x in claims]} if claims else {}
+        await connection.send(p.SealedAccept(_seal_json(pair.channel, accept)))
         reporter.started(offer.total_size)
         resume = _Resume(options.url, nameplate, seat, reporter) if deadlines.resume_window > 0 else None
-        await _receive_stream(link, offer, pair, destination, reporter, deadlines, resume)
+        await _receive_stream(link, offer, pair, destination, reporter, deadlines, resume, claims)
     except c.WrongCode:
         await destination.discard()
         await _leave(link.connection, link.connection.close(), deadlines.leave)
@@ -763,6 +911,28 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
     return offer
 
 
+async def _earlier_attempt(destination: Destination, offer: p.Offer, receivers: int, reporter: Reporter
+                           ) -> list[Claim]:
+    """What this receiver holds of ``offer`` from an earlier attempt into the same folder (its state file and
+    parts; protocol section 10.3). Only with one receiver: several share one ciphertext stream, which starts every
+    file at 0. A state file that cannot be trusted is ignored with a warning."""
+    if receivers != 1:
+        return []
+    try:
+        held = destination.load_state()
+    except BadState as exc:
+        reporter.warning(f"ignoring {STATE_NAME} in the output folder: {exc}")
+        return []
+    except LocalFailure:
+        return []
+    if not held:
+        return []
+    claims, changed = await asyncio.to_thread(destination.claims, offer, held)
+    for path in changed:
+        reporter.changed(path)
+    return claims
+
+
 async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
     """Run the PAKE with the sender, check its confirmation before sending ours, and open the content key."""
     pake = c.Pake(c.Role.RECEIVER, code)
@@ -791,20 +961,27 @@ async def _key_with_sender(connection: RelayConnection, code: str) -> _Pair:
 
 
 def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
-             held: tuple[int, int] = (0, 0)) -> tuple[bytes, c.StreamPlan]:
+             held: tuple[int, int] = (0, 0), claimed: dict[int, int] | None = None) -> tuple[bytes, c.StreamPlan]:
     """The sealed plan of the stream, checked against the offer: every file in order from a start no later than
-    ``held`` (file index, bytes of it this receiver holds; the first epoch starts at (0, 0)) to the end."""
+    ``held`` (file index, bytes of it this receiver holds; the first epoch starts at (0, 0)) to the end. With
+    ``claimed`` (the first epoch after this receiver said what it holds from an earlier attempt), every file
+    instead, each from 0 or from the bytes claimed of it (section 10.3)."""
     if not isinstance(opened, dict):
         raise p.MalformedMessage("the sealed plan is not an object")
     salt, chunk_size, segments = opened.get("salt"), opened.get("chunk_size"), opened.get("segments")
     first = segments[0] if isinstance(segments, list) and segments else None
-    if (isinstance(first, list) and len(first) == 3 and all(type(v) is int for v in first)
+    expected: list[list[int]] = []
+    if claimed is not None:
+        if isinstance(segments, list) and len(segments) == len(offer.files):
+            for index, (entry, segment) in enumerate(zip(offer.files, segments, strict=True)):
+                start = segment[1] if isinstance(segment, list) and len(segment) == 3 else None
+                agreed = start if type(start) is int and start in (0, claimed.get(index, 0)) else 0
+                expected.append([index, agreed, entry.size])
+    elif (isinstance(first, list) and len(first) == 3 and all(type(v) is int for v in first)
             and 0 <= first[0] < len(offer.files) and 0 <= first[1] <= offer.files[first[0]].size
             and (first[0], first[1]) <= held):
         expected = [[first[0], first[1], offer.files[first[0]].size]]
         expected += [[index, 0, offer.files[index].size] for index in range(first[0] + 1, len(offer.files))]
-    else:
-        expected = []
     if (not isinstance(salt, str) or type(chunk_size) is not int or not 1 <= chunk_size <= max_message
             or segments != expected):
         raise c.Tampered("the sealed plan does not match the offer")
@@ -819,39 +996,53 @@ def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
 
 @dataclass(slots=True)
 class _Resume:
-    """What a receiver needs to take its seat back after a lost connection."""
+    """What a receiver needs to take its seat back after a lost connection, and its side of each resync."""
 
     url: str
     nameplate: str
     seat: SeatTokens
     reporter: Reporter
+    half: bytes | None = None  # this receiver's resync half, sent and not yet answered by the sender
 
-    async def again(self, link: _Link, pair: _Pair, window: float, held: tuple[int, int]) -> None:
-        """Reconnect, resync the control channel with fresh keys, and tell the sender (sealed) what we hold."""
+    async def again(self, link: _Link, window: float) -> None:
+        """Reconnect; resync at once if the sender is there (else when it comes back: ``resumed`` with 0)."""
         link.connection = await _reconnect(self.url, self.nameplate, link.connection.hello, self.seat, window,
                                            self.reporter)
-        half = c.new_resync_half()
-        await link.connection.send(p.Resync(_b64(half)))
-        for _ in range(64):
-            message = await link.connection.receive()
-            if isinstance(message, p.Resync):
-                break
-            if not isinstance(message, p.Resumed | p.Reconnecting):
-                raise _unexpected(message, "resuming")
-        else:
-            raise p.UnexpectedMessage("the sender did not resync")
+        self.half = None  # an answer to an earlier half, if any, was lost with the old connection
+        resumed = link.connection.resumed
+        if resumed is None or 0 not in resumed.parked:
+            await self.resync(link.connection)
+
+    async def resync(self, connection: RelayConnection) -> None:
+        """Send a fresh half of the pair's next control keys (protocol section 10.1); the sender answers."""
+        self.half = c.new_resync_half()
+        await self.send(connection, p.Resync(_b64(self.half)))
+
+    @staticmethod
+    async def send(connection: RelayConnection, message: p.Message) -> None:
+        """Send on a connection that may drop: a lost connection is noticed (and resumed) by the next receive,
+        so a message lost with it is sent again after the resync (acks, positions, halves are all redone)."""
+        with contextlib.suppress(ConnectionLost):
+            await connection.send(message)
+
+    async def answered(self, connection: RelayConnection, pair: _Pair, message: p.Resync,
+                       held: tuple[int, int]) -> None:
+        """The sender's half: switch to the new control channel and prove it with what we hold."""
+        if self.half is None:
+            raise p.UnexpectedMessage("a resync half this receiver did not ask for")
         sender_half = _unb64(message.half)
         if len(sender_half) != c.RESYNC_HALF_SIZE:
             raise c.Tampered("the sender's resync half has the wrong length")
         old = pair.channel
-        pair.channel = pair.keys.control_channel(c.Role.RECEIVER, sender_half + half)
-        await link.connection.send(p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
-                                                                      "have": held[1]})))
+        pair.channel = pair.keys.control_channel(c.Role.RECEIVER, sender_half + self.half)
+        self.half = None
+        await self.send(connection, p.Sealed(_seal_json(pair.channel, {"received": old.received, "file": held[0],
+                                                                       "have": held[1]})))
 
 
 async def _receive_stream(
     link: _Link, offer: p.Offer, pair: _Pair, destination: Destination, reporter: Reporter,
-    deadlines: Deadlines, resume: _Resume | None = None,
+    deadlines: Deadlines, resume: _Resume | None = None, claims: list[Claim] | None = None,
 ) -> None:
     connection = link.connection
     # every receiver must accept before the stream starts: as long as the relay's offer timeout
@@ -859,23 +1050,35 @@ async def _receive_stream(
     stream = await _within(deadlines.answer, what, connection.receive())
     if not isinstance(stream, p.Stream) or not isinstance(stream.data, str):
         raise _unexpected(stream, "waiting for the stream")
-    salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message)
+    claimed = {x.file: x.have for x in claims or ()}
+    salt, plan = _plan_of(_open_json(pair.channel, stream.data), offer, stream, connection.hello.max_message,
+                          claimed=claimed if claims else None)
+    # resume by hand: where each file starts (what the sender agreed this receiver holds), and its part
+    starts = {s.file: s.start for s in plan.segments if s.start} if claims else {}
+    earlier = {x.file: x.part for x in claims or () if x.file in starts}
+    for claim in claims or ():
+        if claim.file not in starts:  # the sender's file differs from what we hold: from 0, in a new part
+            destination.refused(offer.files[claim.file].path, claim.part)
+            reporter.changed(offer.files[claim.file].path)
+    if starts:
+        reporter.kept(sum(starts.values()))
     opener = c.StreamOpener(c.data_key(pair.content_key, salt), plan)
     several = connection.hello.receivers > 1
     digests: dict[int, str] = {}
     sha256 = hashlib.sha256()
     header: p.SealedChunk | None = None
     part = None
-    written = chunks = 0
+    written, chunks = sum(starts.values()), 0
     next_ack = p.ACK_INTERVAL
-    current, have = 0, 0  # the file in progress (files before it are finished) and the bytes of it written
+    next_state = written + STATE_INTERVAL
+    current, have = 0, starts.get(0, 0)  # the file in progress (files before it are finished), its bytes written
     while True:
         try:
             frame = await _within(deadlines.frame, "the next chunk from the sender", connection.receive())
         except ConnectionLost:
             if resume is None:
                 raise
-            await resume.again(link, pair, deadlines.resume_window, (current, have))
+            await resume.again(link, deadlines.resume_window)
             connection, header = link.connection, None
             continue
         if isinstance(frame, bytes):
@@ -893,8 +1096,12 @@ async def _receive_stream(
             if chunk.file != current or chunk.offset > have:
                 raise c.Tampered(f"file {chunk.file}: a chunk at {chunk.offset} after only {have} bytes")
             fresh = chunk.plaintext[have - chunk.offset:]
-            if part is None:
+            if part is None and chunk.file in earlier:
+                part = await destination.reopen_part(offer.files[chunk.file], earlier[chunk.file], have)
+            elif part is None:
                 part = await destination.open_part(offer.files[chunk.file])
+                if part.entry.size >= STATE_INTERVAL:
+                    destination.save_state()  # a big file's part is known to the next attempt from its start
             if fresh:
                 await destination.write(part, fresh)
             if several:
@@ -908,10 +1115,17 @@ async def _receive_stream(
                 sha256 = hashlib.sha256()
                 await destination.finish(part)
                 part = None
-                current, have = current + 1, 0
+                current, have = current + 1, starts.get(current + 1, 0)
+            if written >= next_state:  # the state file, for resume by hand after this process is gone
+                if part is not None:
+                    size = await destination.checkpoint(part, have)
+                else:
+                    size = destination.save_state()
+                next_state = written + max(STATE_INTERVAL, STATE_SHARE * size)
             if written >= next_ack or chunk.last:
                 next_ack = written + p.ACK_INTERVAL
-                await connection.send(p.ChunkAck(stream.epoch, chunks))
+                ack = p.ChunkAck(stream.epoch, chunks)
+                await (connection.send(ack) if resume is None else resume.send(connection, ack))
             continue
         match frame:
             case p.SealedChunk() if header is None and frame.epoch == stream.epoch:
@@ -932,9 +1146,16 @@ async def _receive_stream(
                 chunks = 0
             case p.Reconnecting():
                 reporter.reconnecting(0)  # another party's connection dropped; the stream waits for it
+            case p.Resumed() if resume is not None and frame.peer == 0:
+                await resume.resync(connection)  # the sender came back: this pair resyncs (section 10.1)
+            case p.Resync() if resume is not None:
+                await resume.answered(connection, pair, frame, (current, have))
             case p.Resumed():
-                if not frame.parked:  # everyone is back: the sender's next epoch starts from what we all hold
-                    await connection.send(p.Sealed(_seal_json(pair.channel, {"file": current, "have": have})))
+                # everyone is back: the sender's next epoch starts from what we all hold (a pair that is
+                # resyncing says it once the sender answered, on the new channel)
+                if not frame.parked and (resume is None or resume.half is None):
+                    position = p.Sealed(_seal_json(pair.channel, {"file": current, "have": have}))
+                    await (connection.send(position) if resume is None else resume.send(connection, position))
             case p.End() if header is None and frame.epoch == stream.epoch:
                 opener.finish()  # Truncated if the last file's last chunk never came
                 destination.commit()

@@ -857,29 +857,59 @@ class SeatToken:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomShape:
+    """What a relay that lost its rooms (a restart) needs to recreate one from a ``resume``: the number of
+    receivers and the offer's clear totals (the only things it checks the stream against). Every party knows
+    them: the sender chose them, a receiver got them in ``hello`` and in the sealed offer's clear fields."""
+
+    receivers: int
+    total_size: int
+    files: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"receivers": self.receivers, "total_size": self.total_size, "files": self.files}
+
+    @classmethod
+    def parse(cls, value: object) -> RoomShape:
+        if not isinstance(value, dict):
+            raise MalformedMessage("field 'room' must be an object with 'receivers', 'total_size' and 'files'")
+        return cls(_int_field(value.get("receivers"), "room.receivers", 1, MAX_RECEIVERS_FIELD),
+                   _int_field(value.get("total_size"), "room.total_size"),
+                   _int_field(value.get("files"), "room.files", 1, MAX_FILES))
+
+
+@dataclass(frozen=True, slots=True)
 class Resume(Message):
     """The first message on a ``resume=1`` socket: party ``peer`` takes its seat back.
 
     A receiver sends ``{"peer":k,"token":...,"next_verifier":...}``; the sender (``peer`` 0) one token per pair,
     ``{"peer":0,"tokens":{"k":{"token":...,"next_verifier":...}}}``. ``tokens`` holds (receiver, SeatToken) pairs.
+    ``room`` (optional) is the room's shape, from which a relay that has no room for the nameplate (it was
+    restarted) recreates it (docs/protocol.md section 10.2).
     """
 
     TYPE: ClassVar[str] = "resume"
     peer: int
     tokens: tuple[tuple[int, SeatToken], ...]
+    room: RoomShape | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        shape = {} if self.room is None else {"room": self.room.to_dict()}
         if self.peer != 0:
             (_, seat), = self.tokens
-            return {"type": self.TYPE, "peer": self.peer, "token": seat.token, "next_verifier": seat.next_verifier}
+            return {"type": self.TYPE, "peer": self.peer, "token": seat.token, "next_verifier": seat.next_verifier,
+                    **shape}
         return {"type": self.TYPE, "peer": 0, "tokens": {
-            str(k): {"token": seat.token, "next_verifier": seat.next_verifier} for k, seat in self.tokens}}
+            str(k): {"token": seat.token, "next_verifier": seat.next_verifier} for k, seat in self.tokens}, **shape}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Resume:
         peer = _int_field(data.get("peer"), "peer", 0, MAX_RECEIVERS_FIELD)
+        room = None if data.get("room") is None else RoomShape.parse(data.get("room"))
         if peer != 0:
-            return cls(peer, ((peer, SeatToken.parse(data, "resume")),))
+            if room is not None and peer > room.receivers:
+                raise MalformedMessage(f"receiver {peer} of a room of {room.receivers}")
+            return cls(peer, ((peer, SeatToken.parse(data, "resume")),), room)
         tokens = data.get("tokens")
         if not isinstance(tokens, dict) or not 1 <= len(tokens) <= MAX_RECEIVERS_FIELD:
             raise MalformedMessage(f"field 'tokens' must map 1 to {MAX_RECEIVERS_FIELD} receivers to their tokens")
@@ -889,7 +919,9 @@ class Resume(Message):
             if k is None or k > MAX_RECEIVERS_FIELD:
                 raise MalformedMessage("the keys of 'tokens' must be receiver numbers in ASCII digits")
             pairs.append((k, SeatToken.parse(value, f"tokens.{k}")))
-        return cls(0, tuple(sorted(pairs)))
+        if room is not None and sorted(k for k, _ in pairs) != list(range(1, room.receivers + 1)):
+            raise MalformedMessage(f"the sender's 'tokens' must name receivers 1 to {room.receivers}")
+        return cls(0, tuple(sorted(pairs)), room)
 
 
 RESYNC_HALF_SIZE = 16  # clients.crypto.RESYNC_HALF_SIZE
@@ -1067,13 +1099,18 @@ class StreamCheck:
         self.chunks_done = self.bytes_done = 0
         self.pending, self.finished, self.reopened = None, False, False
 
-    def abandon(self) -> None:
+    def abandon(self, sender_gone: bool = False) -> None:
         """A party's socket dropped and the room parked: the open epoch (if any) is abandoned, and once everyone
         is back the sender opens the next one from what each receiver holds (frames of the old epoch still on
-        their way are dropped). Bounded, so that a room cannot be kept streaming forever by reconnecting."""
+        their way are dropped). Bounded, so that a room cannot be kept streaming forever by reconnecting.
+
+        When the sender is the one that dropped, a header whose payload was on its way is forgotten: that
+        payload died with the sender's socket, and its next socket starts with the next epoch."""
         if self.resumes >= MAX_RESUMES:
             raise ProtocolError(f"more than {MAX_RESUMES} resumes in one transfer", ErrorCode.RESUME_REFUSED)
         self.resumes += 1
+        if sender_gone:
+            self.pending, self.discarding = None, False
         if self.epoch is not None:
             self.reopened = True
             self.discarding = self.pending is not None

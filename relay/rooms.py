@@ -254,7 +254,7 @@ class Room:
     __slots__ = (
         "code", "expected", "settings", "sender", "receivers", "state", "check", "offer_totals",
         "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer", "parked_at",
-        "parked_from",
+        "parked_from", "recreated",
     )
 
     def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
@@ -276,6 +276,7 @@ class Room:
         self._by_peer: dict[int, Party] = {}
         self.parked_at = now  # v2 resume: when the room parked (its resume window counts from there)
         self.parked_from = State.STREAMING  # the state it goes back to once every parked seat is back
+        self.recreated: p.RoomShape | None = None  # set when a resume recreated it after a relay restart
 
     @property
     def tag(self) -> str:
@@ -640,11 +641,13 @@ class Room:
             self._gone(party, None, now)
             return
         party.closed = party.gone = party.parked = True
+        assert isinstance(self.check, p.StreamCheck)
         if self.state is not State.PARKED:
-            assert isinstance(self.check, p.StreamCheck)
             self.parked_from, self.parked_at = self.state, now
             self.state = State.PARKED
-            self.check.abandon()
+            self.check.abandon(party.role is Role.SEND)
+        elif party.role is Role.SEND:
+            self.check.pending, self.check.discarding = None, False  # its payload died with its socket
         text = p.Reconnecting(party.peer).to_json()
         self._out.extend(SendText(other.peer, text) for other in self.parties if not other.closed)
 
@@ -865,20 +868,30 @@ class Rooms:
         room.seat(party)
         return room, party
 
-    def resume(self, code: str, role: str | None, message: p.Resume) -> tuple[Room, Party]:
+    def resume(self, code: str, role: str | None, message: p.Resume, now: float = 0.0) -> tuple[Room, Party]:
         """Decide whether a ``resume=1`` socket may take back parked seat ``message.peer`` of room ``code``.
 
         The token's SHA-256 must equal the seat's verifier (compared in constant time; the sender proves every
         pair); the next verifier then replaces it, so each token is good once. Raises ``JoinRefused``:
-        ``room_not_found`` (no such room), ``resume_refused`` (no such parked seat, or a wrong token). The
-        caller then feeds ``Rejoined(party.peer)``. A relay restarted since keeps no rooms: ``room_not_found``.
+        ``room_not_found`` (no such room, and the message gives no shape to recreate it from),
+        ``resume_refused`` (no such parked seat, a wrong token, a shape that differs from the recreated room's),
+        ``too_many_rooms``. The caller then feeds ``Rejoined(party.peer)``.
+
+        A relay restarted since keeps no rooms: a ``resume`` that carries the room's shape recreates the room,
+        parked, with every other seat away and its verifier unknown (docs/protocol.md section 10.2).
         """
         room = self.by_code.get(code)
-        if room is None or room.state is State.ENDED:
-            raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no transfer is waiting to be resumed with this code")
-        party = room.party(message.peer)
         wanted = Role.SEND if message.peer == 0 else Role.RECEIVE
-        if party is None or role != wanted or room.state is not State.PARKED or not party.parked:
+        if role != wanted:
+            raise JoinRefused(ErrorCode.RESUME_REFUSED, "that seat is not waiting to be resumed")
+        if room is None or room.state is State.ENDED:
+            if message.room is None:
+                raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no transfer is waiting to be resumed with this code")
+            room = self._recreate(code, message.room, now)
+        elif room.recreated is not None and message.room != room.recreated:
+            raise JoinRefused(ErrorCode.RESUME_REFUSED, "this room was recreated with another shape")
+        party = room.party(message.peer)
+        if party is None or room.state is not State.PARKED or not party.parked:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "that seat is not waiting to be resumed")
         if party.role is Role.RECEIVE:
             pairs = [(party, party.verifier, message.tokens[0][1])]
@@ -887,8 +900,10 @@ class Rooms:
             if sorted(given) != [r.peer for r in room.receivers]:
                 raise JoinRefused(ErrorCode.RESUME_REFUSED, "the sender must prove its seat with every receiver")
             pairs = [(r, r.sender_verifier, given[r.peer]) for r in room.receivers]
-        proved = [verifier is not None and hmac.compare_digest(
-            hashlib.sha256(bytes.fromhex(seat.token)).hexdigest(), verifier) for _, verifier, seat in pairs]
+        # In a recreated room a seat's first claim records it (the verifier was lost with the old process); the
+        # end-to-end resync then refuses anyone who does not hold the pair key.
+        proved = [(verifier is None and room.recreated is not None) or (verifier is not None and hmac.compare_digest(
+            hashlib.sha256(bytes.fromhex(seat.token)).hexdigest(), verifier)) for _, verifier, seat in pairs]
         if not all(proved):
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "the resume token does not match this seat")
         for receiver, _, seat in pairs:
@@ -898,6 +913,31 @@ class Rooms:
                 receiver.sender_verifier = seat.next_verifier
         party.parked = party.gone = party.closed = False
         return room, party
+
+    def _recreate(self, code: str, shape: p.RoomShape, now: float) -> Room:
+        """A room this process never had (the relay restarted): every seat parked, verifiers unknown, the stream
+        check from the offer's clear totals, the resume window counted from now."""
+        if shape.receivers > self.settings.max_receivers:
+            raise JoinRefused(ErrorCode.RESUME_REFUSED, f"this relay allows at most {self.settings.max_receivers} "
+                              "receivers per room")
+        if shape.total_size > self.settings.max_transfer_bytes:
+            raise JoinRefused(ErrorCode.TRANSFER_TOO_LARGE, f"the transfer is {shape.total_size} bytes; this relay "
+                              f"allows {self.settings.max_transfer_bytes}")
+        if len(self.by_code) >= self.settings.max_rooms:
+            raise JoinRefused(ErrorCode.TOO_MANY_ROOMS, "the relay has too many open rooms; try again later")
+        room = Room(code, shape.receivers, self.settings, now)
+        room.recreated = shape
+        room.offer_totals = (shape.total_size, shape.files)
+        room.check = p.StreamCheck(shape.total_size, shape.files, self.settings.max_message)
+        for peer in range(shape.receivers + 1):
+            party = Party(peer, Role.SEND if peer == 0 else Role.RECEIVE, accepted=peer > 0, keyed=peer > 0,
+                          offered=peer > 0, closed=True, gone=True, parked=True)
+            room.seat(party)
+        room._next_peer = shape.receivers + 1
+        room.state, room.parked_from, room.parked_at = State.PARKED, State.STREAMING, now
+        room.check.resumes = 1
+        self.by_code[code] = room
+        return room
 
     def remove(self, room: Room) -> None:
         if self.by_code.get(room.code) is room:

@@ -128,7 +128,9 @@ class Relay:
         seat = Seat(socket, asyncio.current_task(), client.key)
         self.seats.setdefault(room, {})[party.peer] = seat  # a resumed seat replaces its dropped socket's
         self.stats.joins[party.role.value] += 1
-        if resuming:
+        if resuming and room.recreated is not None and len([q for q in room.parties if q.parked]) == room.expected:
+            event("room_recreated", room=room.tag, peer=party.peer, receivers=room.expected)
+        elif resuming:
             event("peer_resumed", room=room.tag, peer=party.peer)
         elif party.role is Role.SEND:
             event("room_opened", room=room.tag, receivers=room.expected)
@@ -173,7 +175,7 @@ class Relay:
             raise JoinRefused(exc.code, exc.message) from None
         if not isinstance(message, p.Resume):
             raise JoinRefused(ErrorCode.UNEXPECTED_MESSAGE, "the first message on a resume=1 socket is 'resume'")
-        return self.rooms.resume(request.code, request.role, message)
+        return self.rooms.resume(request.code, request.role, message, _now())
 
     def _left_unexpectedly(self, room: Room, party: Party) -> None:
         """This party's route is ending while its room still counts on it (the route was cancelled from

@@ -26,10 +26,12 @@ SIZE = 300_000  # two files of 300 chunks each
 
 @dataclass
 class Cutter:
-    """Pipes a client to the relay; the first connection it carries is cut after ``after`` binary frames."""
+    """Pipes a client to the relay; the first connection it carries is cut after ``after`` binary frames (those
+    the relay sends it, or with ``upward`` those it sends the relay: a sender's chunks)."""
 
     upstream: str
     after: int
+    upward: bool = False
     cuts: int = 0
     paths: list[str] = field(default_factory=list)
 
@@ -39,8 +41,9 @@ class Cutter:
         self.paths.append(path)
         cut_this = len(self.paths) == 1
         async with websockets.connect(self.upstream + path, compression=None, max_size=2**23, proxy=None) as relay:
-            up = asyncio.ensure_future(self._pipe(client, relay, None))
-            down = asyncio.ensure_future(self._pipe(relay, client, self.after if cut_this else None))
+            cut = self.after if cut_this else None
+            up = asyncio.ensure_future(self._pipe(client, relay, cut if self.upward else None))
+            down = asyncio.ensure_future(self._pipe(relay, client, None if self.upward else cut))
             await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
             for task in (up, down):
                 task.cancel()
@@ -66,8 +69,8 @@ class Cutter:
 
 
 @contextlib.asynccontextmanager
-async def cutter_in_front(relay, after: int) -> AsyncIterator[tuple[str, Cutter]]:
-    cutter = Cutter(relay.ws_url, after)
+async def cutter_in_front(relay, after: int, upward: bool = False) -> AsyncIterator[tuple[str, Cutter]]:
+    cutter = Cutter(relay.ws_url, after, upward)
     async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", cutter
 
@@ -114,6 +117,35 @@ async def test_a_receiver_whose_connection_drops_reconnects_and_the_transfer_com
     assert resent and int(resent[0].split("(")[1].split()[0]) < 2 * SIZE - 100 * CHUNK
 
 
+async def test_a_sender_whose_connection_drops_reconnects_and_the_transfer_completes(
+        relay_server, two_big_files, tmp_path) -> None:
+    async with cutter_in_front(relay_server, after=100, upward=True) as (url, cutter):
+        sender, code = await start_sender(url, str(two_big_files))
+        run = await receive(relay_server.ws_url, code, tmp_path / "out")
+        sent = await finish(sender)
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert cutter.cuts == 1 and "resume=1" in cutter.paths[-1] and "role=send" in cutter.paths[-1]
+    assert "connection lost, reconnecting (attempt 1)" in sent.stdout
+    same_files(two_big_files, tmp_path / "out")
+    resent = [line for line in sent.stdout.splitlines() if "sent again after reconnecting" in line]
+    assert resent and int(resent[0].split("(")[1].split()[0]) < 2 * SIZE - 100 * CHUNK
+
+
+async def test_a_sender_with_three_receivers_drops_and_every_receiver_completes(
+        relay_server, two_big_files, tmp_path) -> None:
+    async with cutter_in_front(relay_server, after=150, upward=True) as (url, cutter):
+        sender, code = await start_sender(url, "--receivers", "3", str(two_big_files))
+        outputs = [tmp_path / f"out{k}" for k in range(3)]
+        runs = await asyncio.gather(*(receive(relay_server.ws_url, code, output) for output in outputs))
+        sent = await finish(sender)
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert cutter.cuts == 1
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, run.stderr + run.stdout
+        same_files(two_big_files, output)
+
+
 async def test_one_receiver_of_three_drops_and_comes_back(relay_server, two_big_files, tmp_path) -> None:
     async with cutter_in_front(relay_server, after=150) as (url, cutter):
         sender, code = await start_sender(relay_server.ws_url, "--receivers", "3", str(two_big_files))
@@ -141,3 +173,54 @@ async def test_with_no_resume_window_a_drop_ends_the_transfer_and_nothing_gets_a
         sent = await finish(sender)
     assert run.returncode != 0 and sent.returncode != 0
     assert not (tmp_path / "out" / "src" / "one.bin").exists()
+
+
+class Dropper(Cutter):
+    """Like ``Cutter``, but the cut is a plain TCP close after the frames already forwarded were flushed (no
+    close frame): the receiver still has chunks to work through when it finds its connection gone, so its next
+    acknowledgement is a send on a dead socket, as when a relay dies under a busy receiver."""
+
+    async def handle(self, client: websockets.ServerConnection) -> None:
+        assert client.request is not None
+        self.paths.append(client.request.path)
+        cut_this = len(self.paths) == 1
+        async with websockets.connect(self.upstream + client.request.path, compression=None, max_size=2**23,
+                                      proxy=None) as relay:
+            up = asyncio.ensure_future(self._pipe(client, relay, None))
+            down = asyncio.ensure_future(self._pipe(relay, client, self.after if cut_this else None))
+            await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+            for task in (up, down):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                    await task
+            if cut_this:
+                self.cuts += 1
+                client.transport.close()  # FIN after what was written: the frames arrive, then the end
+                relay.transport.abort()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await relay.close()
+                await client.close()
+
+
+@pytest.fixture
+def many_small_files(tmp_path: Path) -> Path:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(60):
+        (folder / f"f{k:02}.bin").write_bytes(bytes((i + k) % 251 for i in range(2 * CHUNK)))
+    return folder
+
+
+async def test_a_receiver_whose_acknowledgement_meets_a_dead_socket_resumes(
+        relay_server, many_small_files, tmp_path) -> None:
+    dropper = Dropper(relay_server.ws_url, 40)  # 40 chunks: 20 files, each ending with an acknowledgement
+    async with websockets.serve(dropper.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        sender, code = await start_sender(relay_server.ws_url, str(many_small_files))
+        run = await receive(url, code, tmp_path / "out")
+        sent = await finish(sender)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert dropper.cuts == 1 and "connection lost, reconnecting (attempt 1)" in run.stdout
+    for path in many_small_files.iterdir():
+        assert sha(tmp_path / "out" / "many" / path.name) == sha(path)

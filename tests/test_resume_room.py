@@ -298,3 +298,147 @@ def test_resync_halves_are_forwarded_between_the_pair() -> None:
     effects = room.handle(text(0, {"type": "resync", "to": 2, "half": half}), 0.0)
     assert sent(effects, 2) == [{"type": "resync", "half": half}] and sent(effects, 1) == []
     assert ended(room.handle(text(0, {"type": "resync", "to": 2, "half": "AAAA"}), 0.0)) == "malformed_message"
+
+
+# --- a relay restart: the room recreated from the first resume (docs/protocol.md section 10.2) -----------------
+
+SHAPE = {"receivers": 2, "total_size": 10, "files": 1}
+
+
+def with_shape(resume: p.Resume, shape: dict[str, int] | None = None) -> p.Resume:
+    data = json.loads(resume.to_json())
+    data["room"] = shape or SHAPE
+    parsed = p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+    assert isinstance(parsed, p.Resume)
+    return parsed
+
+
+def test_a_resume_with_the_room_shape_recreates_a_room_the_relay_does_not_have() -> None:
+    rooms = Rooms(SETTINGS)
+    room, party = rooms.resume("42", "receive", with_shape(receiver_resume(2)), 7.0)
+    assert rooms.by_code["42"] is room and party.peer == 2 and room.recreated is not None
+    assert room.state is State.PARKED and room.expected == 2 and room.parked_at == 7.0
+    assert [q.peer for q in room.parties if q.parked] == [0, 1]
+    effects = room.handle(Rejoined(2), 7.0)
+    assert sent(effects, 2) == [{"type": "resumed", "peer": 2, "parked": [0, 1]}]
+
+
+def test_a_recreated_room_records_each_seats_first_claim_and_checks_the_next() -> None:
+    rooms = Rooms(SETTINGS)
+    room, _ = rooms.resume("42", "send", with_shape(sender_resume(2)), 0.0)
+    room.handle(Rejoined(0), 0.0)
+    rooms.resume("42", "receive", with_shape(receiver_resume(1)), 1.0)
+    room.handle(Rejoined(1), 1.0)
+    rooms.resume("42", "receive", with_shape(receiver_resume(2)), 1.0)
+    effects = room.handle(Rejoined(2), 1.0)
+    assert room.state is State.STREAMING and sent(effects, 0) == [{"type": "resumed", "peer": 2, "parked": []}]
+    # the recorded verifiers now guard the seats: a drop parks again, and only the next token takes it back
+    room.handle(Gone(1), 2.0)
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("42", "receive", with_shape(receiver_resume(1, seat="stranger")), 3.0)
+    assert refused.value.code is p.ErrorCode.RESUME_REFUSED
+    rooms.resume("42", "receive", with_shape(receiver_resume(1, 1)), 3.0)
+
+
+def test_the_next_epoch_of_a_recreated_room_is_checked_against_the_shape() -> None:
+    rooms = Rooms(SETTINGS)
+    room, _ = rooms.resume("42", "send", with_shape(sender_resume(2)), 0.0)
+    room.handle(Rejoined(0), 0.0)
+    for k in (1, 2):
+        rooms.resume("42", "receive", with_shape(receiver_resume(k)), 0.0)
+        room.handle(Rejoined(k), 0.0)
+    too_big = {"type": "stream", "epoch": 5, "chunks": 1, "bytes": 11 + 16, "to": [1, 2], "data": [SEALED, SEALED]}
+    assert ended(room.handle(text(0, too_big), 1.0)) == "size_mismatch"
+    rooms2 = Rooms(SETTINGS)
+    room2, _ = rooms2.resume("42", "send", with_shape(sender_resume(2)), 0.0)
+    room2.handle(Rejoined(0), 0.0)
+    for k in (1, 2):
+        rooms2.resume("42", "receive", with_shape(receiver_resume(k)), 0.0)
+        room2.handle(Rejoined(k), 0.0)
+    fits = {"type": "stream", "epoch": 5, "chunks": 1, "bytes": 4 + 16, "to": [1, 2], "data": [SEALED, SEALED]}
+    effects = room2.handle(text(0, fits), 1.0)
+    assert ended(effects) is None and messages(effects, 1) == ["stream"] and room2.state is State.STREAMING
+
+
+def test_a_resume_whose_shape_differs_from_the_recreated_room_is_refused() -> None:
+    rooms = Rooms(SETTINGS)
+    rooms.resume("42", "receive", with_shape(receiver_resume(1)), 0.0)
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("42", "send", with_shape(sender_resume(3), {**SHAPE, "receivers": 3}), 0.0)
+    assert refused.value.code is p.ErrorCode.RESUME_REFUSED
+
+
+def test_a_resume_with_a_shape_for_a_live_room_that_is_not_parked_is_refused() -> None:
+    rooms, room = resume_room(1)  # a new transfer holds the nameplate now
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume(room.code, "receive", with_shape(receiver_resume(1), {**SHAPE, "receivers": 1}), 0.0)
+    assert refused.value.code is p.ErrorCode.RESUME_REFUSED
+
+
+def test_a_recreated_room_nobody_else_comes_back_to_ends_after_the_window() -> None:
+    rooms = Rooms(SETTINGS)
+    room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(1)), 0.0)
+    room.handle(Rejoined(1), 0.0)
+    assert ended(room.handle(TimerFired(), SETTINGS.resume_window - 1)) is None
+    effects = room.handle(TimerFired(), SETTINGS.resume_window)
+    assert ended(effects) == "peer_left"
+    assert "the sender, receiver 2 disconnected and did not come back" in sent(effects, 1)[0]["message"]
+
+
+def test_a_recreated_room_is_bounded_like_a_new_one() -> None:
+    rooms = Rooms(SETTINGS)
+    too_many = {**SHAPE, "receivers": SETTINGS.max_receivers + 1}
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("42", "receive", with_shape(receiver_resume(1), too_many), 0.0)
+    assert refused.value.code is p.ErrorCode.RESUME_REFUSED and not rooms.by_code
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("42", "receive", with_shape(receiver_resume(1), {**SHAPE, "total_size": 10_001}), 0.0)
+    assert refused.value.code is p.ErrorCode.TRANSFER_TOO_LARGE and not rooms.by_code
+
+
+@pytest.mark.parametrize("shape", [
+    {"receivers": 0, "total_size": 1, "files": 1},
+    {"receivers": 1, "total_size": -1, "files": 1},
+    {"receivers": 1, "total_size": 1, "files": 0},
+    {"receivers": 1, "total_size": 1},
+    [1, 1, 1],
+    {"receivers": 1, "total_size": 1, "files": 1.5},
+])
+def test_a_bad_room_shape_is_malformed(shape: object) -> None:
+    data = json.loads(receiver_resume(1).to_json())
+    data["room"] = shape
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+
+
+def test_a_shape_that_disagrees_with_the_seat_or_the_tokens_is_malformed() -> None:
+    data = json.loads(receiver_resume(3).to_json()) | {"room": SHAPE}  # receiver 3 of a room of 2
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+    data = json.loads(sender_resume(3).to_json()) | {"room": SHAPE}  # tokens for 3 receivers, shape says 2
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+
+
+def test_the_room_shape_round_trips() -> None:
+    resume = with_shape(sender_resume(2))
+    assert p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
+    assert json.loads(resume.to_json())["room"] == SHAPE
+
+
+def test_a_sender_that_drops_between_a_header_and_its_payload_can_open_the_next_epoch() -> None:
+    rooms, room = resume_room(1)
+    payload = b"p" * 66
+    room.handle(text(0, {"type": "chunk", "epoch": 0, "size": len(payload), "xxh3_64": p.chunk_digest(payload)}), 0.0)
+    room.handle(Gone(0), 1.0)  # the payload died with the sender's socket
+    rooms.resume(room.code, "send", sender_resume(1))
+    room.handle(Rejoined(0), 2.0)
+    effects = room.handle(text(0, {**stream(1), "epoch": 1}), 3.0)
+    assert ended(effects) is None and messages(effects, 1) == ["stream"]
+    effects = chunk_of_epoch(room, 1, payload)
+    assert ended(effects) is None and messages(effects, 1) == ["chunk", "bytes"]
+
+
+def chunk_of_epoch(room: Room, epoch: int, data: bytes) -> list[Any]:
+    room.handle(text(0, {"type": "chunk", "epoch": epoch, "size": len(data), "xxh3_64": p.chunk_digest(data)}), 0.0)
+    return room.handle(BinaryFrame(0, data), 0.0)

@@ -1,6 +1,12 @@
 """Measure a short drop healing: a transfer of SIZE_MIB MiB whose receiver's connection is cut at about half.
 
-usage: python -m tests.scripts.measure_resume SIZE_MIB WORK_FOLDER
+usage: python -m tests.scripts.measure_resume SIZE_MIB WORK_FOLDER [--restart]
+
+With ``--restart`` the relay process itself is killed (SIGKILL) once about half of the chunks reached the
+receiver, and started again on the same port: the clients reconnect and the new process recreates the room
+(docs/protocol.md section 10.2). Printed: the bytes sent again, the time from the kill to the first chunk of the
+new epoch at the receiver, and the new relay process's RSS right after it started and at its peak while the
+room waited for its parties.
 Starts ``relay serve`` on a free loopback port (a process of its own, so its RSS can be read), a proxy in front of
 it for the receiver that cuts the receiver's first connection (no close frame) after half of the chunks, then
 ``relay send`` and ``relay receive`` (1 MiB chunks). Prints the bytes sent again, the time from the cut to the
@@ -136,6 +142,125 @@ async def main(size_mib: int, source: Path, out: Path) -> int:
         await relay.wait()
 
 
+class Counter(Cutter):
+    """A pipe in front of the receiver that cuts nothing: it counts the chunks of its first connection (``seen``
+    is set at ``after``) and notes when the first chunk of a later connection passed."""
+
+    resumed_at: float = 0.0
+
+    def __init__(self, upstream: str, after: int) -> None:
+        super().__init__(upstream, after)
+        self.seen = asyncio.Event()
+
+    async def handle(self, client):  # type: ignore[no-untyped-def]
+        assert client.request is not None
+        self.paths.append(client.request.path)
+        first = len(self.paths) == 1
+        try:
+            async with websockets.connect(self.upstream + client.request.path, compression=None, max_size=2**23,
+                                          proxy=None) as relay:
+                up = asyncio.ensure_future(self._pass(client, relay, False))
+                down = asyncio.ensure_future(self._pass(relay, client, first))
+                await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+                for task in (up, down):
+                    task.cancel()
+        except (OSError, websockets.WebSocketException):
+            pass
+        client.transport.abort()
+
+    async def _pass(self, source, sink, counting: bool) -> None:  # type: ignore[no-untyped-def]
+        binaries = 0
+        try:
+            async for frame in source:
+                await sink.send(frame)
+                if isinstance(frame, bytes):
+                    binaries += 1
+                    if counting and binaries == self.after:
+                        self.seen.set()
+                    if not counting and source is not None and len(self.paths) > 1 and not self.resumed_at \
+                            and self.seen.is_set() and sink is not None and self._is_down(sink):
+                        self.resumed_at = time.monotonic()
+        except websockets.ConnectionClosed:
+            pass
+
+    def _is_down(self, sink) -> bool:  # type: ignore[no-untyped-def]
+        return isinstance(sink, websockets.ServerConnection)
+
+
+async def start_relay(port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
+    relay = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())",
+        "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(400):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return relay
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the relay did not start")
+
+
+async def restart(size_mib: int, source: Path, out: Path) -> int:
+    """Kill the relay at about half of the transfer and start it again on the same port."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    relay = await start_relay(port, env)
+    url = f"ws://127.0.0.1:{port}"
+    counter = Counter(url, size_mib // 2)
+    try:
+        async with websockets.serve(counter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+            proxy = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            sender = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "clients.cli", "send", "--relay", url, str(source), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert sender.stdout is not None
+            code = (await asyncio.wait_for(sender.stdout.readline(), 60)).decode().split()[1]
+            receiver = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "clients.cli", "receive", "--relay", proxy, "--yes", "--output", str(out),
+                env={**env, "RELAY_CODE": code}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            await asyncio.wait_for(counter.seen.wait(), 600)
+            relay.kill()
+            killed_at = time.monotonic()
+            await relay.wait()
+            relay = await start_relay(port, env)
+            started_at = time.monotonic()
+            fresh = peak = rss_kib(relay.pid)
+            while receiver.returncode is None and time.monotonic() - killed_at < 600:
+                if not counter.resumed_at:
+                    peak = max(peak, rss_kib(relay.pid))
+                try:
+                    await asyncio.wait_for(receiver.wait(), 0.02)
+                except TimeoutError:
+                    pass
+            received_out, received_err = await receiver.communicate()
+            try:
+                sent_out, sent_err = await asyncio.wait_for(sender.communicate(), 60)
+            except TimeoutError:
+                sender.kill()
+                sent_out, sent_err = await sender.communicate()
+        sent_text = sent_out.decode()
+        resent = re.search(r"\((\d+) bytes\) sent again", sent_text)
+        received = out / source.name
+        same = received.exists() and _sha256(source) == _sha256(received)
+        print(f"size: {size_mib} MiB in 1 MiB chunks; relay killed (SIGKILL) once {size_mib // 2} chunks reached "
+              "the receiver, started again on the same port")
+        print(f"exit codes: sender {sender.returncode}, receiver {receiver.returncode}; byte for byte: {same}")
+        print(f"bytes sent again: {resent.group(1) if resent else 0}")
+        print(f"time from the kill to the first chunk of the new epoch: {counter.resumed_at - killed_at:.3f} s "
+              f"(of which the new relay process took {started_at - killed_at:.3f} s to listen)")
+        print(f"new relay RSS: right after it started {fresh} KiB, peak while the room waited {peak} KiB")
+        print(f"receiver said: {received_out.decode().strip()!r} {received_err.decode().strip()!r}")
+        print(f"sender said: {sent_text.strip()!r} {sent_err.decode().strip()!r}")
+        return 0 if same and sender.returncode == 0 and receiver.returncode == 0 else 1
+    finally:
+        if relay.returncode is None:
+            relay.terminate()
+        await relay.wait()
+
+
 if __name__ == "__main__":
     size = int(sys.argv[1])
-    sys.exit(asyncio.run(main(size, *prepare(size, Path(sys.argv[2])))))
+    run = restart if "--restart" in sys.argv[3:] else main
+    sys.exit(asyncio.run(run(size, *prepare(size, Path(sys.argv[2])))))
