@@ -170,9 +170,9 @@ def test_files_into_a_chosen_folder_get_their_names_only_at_the_end(context: Bro
     assert ready.wait(WAIT)
     page = context.new_page()
     accept_into_inbox(page, box[0], relay_server.http_url)
-    for _ in range(100):  # the first file is closed under its part name once the page acked it
+    for _ in range(100):  # the first file is closed under its part name (its swap file gone) once the page acked it
         seen = [inbox(page)]
-        if any(size == len(first) for size in seen[0].values()):
+        if list(seen[0].values()) == [len(first)]:
             break
         page.wait_for_timeout(50)
     release.set()
