@@ -32,6 +32,7 @@ await mkdir(outdir, { recursive: true });
 await build({ ...common, entryPoints: [join(here, "src/main.js")], outfile: join(outdir, "app.js"), format: "esm" });
 await build({ ...common, entryPoints: [join(here, "src/sw.js")], outfile: join(outdir, "sw.js"), format: "iife" });
 await build({ ...common, entryPoints: [join(here, "src/tick.js")], outfile: join(outdir, "tick.js"), format: "iife" });
+await build({ ...common, entryPoints: [join(here, "src/aead-worker.js")], outfile: join(outdir, "aead-worker.js"), format: "iife" });
 await build({ ...common, entryPoints: [join(here, "src/style.css")], outfile: join(outdir, "style.css") });
 await copyFile(join(here, "src", "favicon.svg"), join(outdir, "favicon.svg"));
 

@@ -9,13 +9,17 @@ its slash is redirected to it, as the nginx snippet in docs/operations.md does.
 
 It also records what the relay receives: every WebSocket message a page sends through it (``received``, each
 as ``(target, text or bytes)``, unmasked and reassembled), so a test can look for what must never reach the relay.
+
+With ``cut_after=n`` it drops one WebSocket connection, once: the first whose relay-to-page bytes (with
+``cut_upstream``, page-to-relay bytes) pass ``n`` is aborted both ways (no close frame, as a Wi-Fi change or a
+proxy's idle timeout would), so a test can watch a page resume; ``cuts`` counts the connections it dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 HEAD_LIMIT = 64 * 1024
@@ -24,10 +28,17 @@ START_TIMEOUT_S = 10
 
 
 class PrefixProxy:
-    def __init__(self, upstream_port: int, prefix: str = "/relay/") -> None:
+    def __init__(self, upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None,
+                 cut_upstream: bool = False) -> None:
         assert prefix.startswith("/") and prefix.endswith("/")
         self.upstream_port = upstream_port
         self.prefix = prefix
+        self.cut_after = cut_after
+        self.cut_upstream = cut_upstream
+        self.cuts = 0
+        self.downstream = 0  # WebSocket bytes carried from the relay to the pages, for a test to wait on
+        self.sockets: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []  # open WebSocket connections
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.requests: list[str] = []  # request targets as the browser sent them, for the test to look at
         self.received: list[tuple[str, str | bytes]] = []  # WebSocket messages from the pages, as the relay gets them
@@ -38,6 +49,7 @@ class PrefixProxy:
         return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     async def serve(self, ready: threading.Event, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
         server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=HEAD_LIMIT)
         self.port = server.sockets[0].getsockname()[1]
         ready.set()
@@ -76,15 +88,47 @@ class PrefixProxy:
             return
         up_writer.write(rewritten.encode("latin-1"))
         frames = _FrameReader(target, self.received) if upgrade else None
-        await asyncio.gather(self._pipe(reader, up_writer, frames), self._pipe(up_reader, writer))
+        cut = (lambda: self._cut(writer, up_writer)) if upgrade and self.cut_after is not None else None
+        up_cut, down_cut = (cut, None) if self.cut_upstream else (None, cut)
+        if upgrade:
+            self.sockets.append((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer, frames, up_cut),
+                             self._pipe(up_reader, writer, cut=down_cut, upgrade=upgrade))
 
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
-                    frames: _FrameReader | None = None) -> None:
+    def cut_now(self) -> None:
+        """Drop every WebSocket connection open now, both ways and without a close frame (from any thread)."""
+        def cut() -> None:
+            for writer, up_writer in self.sockets:
+                writer.transport.abort()
+                up_writer.transport.abort()
+            self.cuts += len(self.sockets)
+            self.sockets.clear()
+
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(cut)
+
+    def _cut(self, writer: asyncio.StreamWriter, up_writer: asyncio.StreamWriter) -> bool:
+        """Drop this connection both ways if it is the first to pass ``cut_after``; whether it was dropped."""
+        if self.cuts:
+            return False
+        self.cuts += 1
+        writer.transport.abort()
+        up_writer.transport.abort()
+        return True
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    frames: _FrameReader | None = None, cut: Callable[[], bool] | None = None,
+                    upgrade: bool = False) -> None:
+        carried = 0
         try:
             while block := await source.read(PIPE_BLOCK):
                 if frames is not None:
                     frames.feed(block)
+                carried += len(block)
+                if frames is None and upgrade:
+                    self.downstream += len(block)
+                if cut is not None and self.cut_after is not None and carried > self.cut_after and cut():
+                    return
                 sink.write(block)
                 await sink.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -157,9 +201,10 @@ def _unmask(payload: bytes, key: bytes) -> bytes:
 
 
 @contextmanager
-def prefix_proxy(upstream_port: int, prefix: str = "/relay/") -> Iterator[PrefixProxy]:
+def prefix_proxy(upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None,
+                 cut_upstream: bool = False) -> Iterator[PrefixProxy]:
     """Run a PrefixProxy in a thread of its own for the duration of the block."""
-    proxy = PrefixProxy(upstream_port, prefix)
+    proxy = PrefixProxy(upstream_port, prefix, cut_after, cut_upstream)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()

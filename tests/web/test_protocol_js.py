@@ -108,6 +108,15 @@ MESSAGES = [
     '{"type":"error","code":"wrong_code","message":"the code was wrong"}',
     '{"type":"error","code":"tampered","message":"bad","peer":1}', '{"type":"error","code":"made_up","message":"bad"}',
     '{"type":"peer_left","peer":1,"role":"receive"}',
+    # resume (section 10): what a page receives
+    '{"type":"reconnecting","peer":0}', '{"type":"reconnecting","peer":1001}', '{"type":"reconnecting"}',
+    '{"type":"resumed","peer":1,"parked":[]}', '{"type":"resumed","peer":0,"parked":[2,3]}',
+    '{"type":"resumed","peer":2}',
+    '{"type":"resumed","peer":1,"parked":"2"}', '{"type":"resumed","peer":1,"parked":[-1]}',
+    f'{{"type":"resumed","peer":1,"parked":{list(range(1002))}}}',
+    f'{{"type":"resync","half":"{_b64(16)}"}}', f'{{"type":"resync","half":"{_b64(16)}","peer":2}}',
+    f'{{"type":"resync","half":"{_b64(15)}"}}', f'{{"type":"resync","half":"{_b64(17)}"}}', '{"type":"resync"}',
+    '{"type":"error","code":"resume_refused","message":"that seat is not waiting to be resumed"}',
     '{"type":"frobnicate"}', '{"kind":"hello"}', "[1,2]", "not json", '{"type":7}',
     # lone surrogates anywhere: malformed_message
     '{"type":"cancel","x":"\\ud800"}', '{"type":"error","code":"write_failed","message":"\\uDFFF"}',

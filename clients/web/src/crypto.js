@@ -426,6 +426,20 @@ export class PairKeys {
   }
 }
 
+// --- resume: seat tokens (docs/protocol.md section 10) ---------------------------------------------------------
+
+const RESUME_NEXT_INFO = utf8(`${LABEL} resume next`);
+
+/** What the relay keeps of a resume token: hex(SHA-256(token)), so the relay cannot take the seat itself. */
+export function resumeVerifier(token) {
+  return Array.from(sha256(token), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The token after `token` (each is good once): HKDF-SHA-256(token, salt "", info "relay-v2 resume next"). */
+export async function nextResumeToken(token, backend = defaultBackend()) {
+  return backend.hkdf(token, EMPTY, RESUME_NEXT_INFO);
+}
+
 /** This party's fresh random half of a reconnection's resync salt. */
 export function newResyncHalf() {
   return randomBytes(RESYNC_HALF_SIZE);
@@ -571,20 +585,39 @@ export class StreamPlan {
   }
 }
 
-/** Encrypts one epoch's chunks in plan order. */
-export class StreamSealer {
-  static async create(key, plan, backend = defaultBackend()) {
-    return new StreamSealer(await ChunkCipher.create(key, backend), plan);
-  }
-
+/**
+ * One epoch's chunks in plan order: the position (file, chunk index, offset, last) each next chunk must have.
+ * The nonce and associated data come from the position alone, so the sealer and the opener share this walk.
+ */
+class StreamCursor {
   constructor(cipher, plan) {
     this.cipher = cipher;
     this.iterator = plan.positions();
-    this.position = this.#next();
+    this.position = this.#step();
   }
 
   get done() {
     return this.position === null;
+  }
+
+  // The position the next chunk must have, and move on; claimed before any await, so that several chunks may be
+  // in work at once (each at its own position) while their results are used in order.
+  claim() {
+    const position = this.position;
+    if (position !== null) this.position = this.#step();
+    return position;
+  }
+
+  #step() {
+    const step = this.iterator.next();
+    return step.done ? null : step.value;
+  }
+}
+
+/** Encrypts one epoch's chunks in plan order. */
+export class StreamSealer extends StreamCursor {
+  static async create(key, plan, backend = defaultBackend()) {
+    return new StreamSealer(await ChunkCipher.create(key, backend), plan);
   }
 
   async sealNext(plaintext) {
@@ -593,30 +626,15 @@ export class StreamSealer {
     if (plaintext.length !== position.length) {
       throw new RangeError(`chunk ${position.chunk} of file ${position.file} is ${position.length} bytes`);
     }
-    this.position = this.#next();
+    this.claim();
     return this.cipher.seal(position.file, position.chunk, position.offset, position.last, plaintext);
-  }
-
-  #next() {
-    const step = this.iterator.next();
-    return step.done ? null : step.value;
   }
 }
 
 /** Decrypts one epoch's chunks at their expected positions; as clients/crypto.py `StreamOpener`. */
-export class StreamOpener {
+export class StreamOpener extends StreamCursor {
   static async create(key, plan, backend = defaultBackend()) {
     return new StreamOpener(await ChunkCipher.create(key, backend), plan);
-  }
-
-  constructor(cipher, plan) {
-    this.cipher = cipher;
-    this.iterator = plan.positions();
-    this.position = this.#next();
-  }
-
-  get done() {
-    return this.position === null;
   }
 
   /** {file, offset, plaintext, last}; Tampered if the chunk is not the expected one. */
@@ -626,9 +644,7 @@ export class StreamOpener {
     if (sealed.length !== position.length + TAG_SIZE) {
       throw new Tampered(`chunk ${position.chunk} of file ${position.file} has the wrong length`);
     }
-    // Claimed before the await, so that several chunks may be opening at once (each at its own position); the
-    // caller uses their results in order.
-    this.position = this.#next();
+    this.claim();
     const plaintext = await this.cipher.open(position.file, position.chunk, position.offset, position.last, sealed);
     return { file: position.file, offset: position.offset, plaintext, last: position.last };
   }
@@ -638,10 +654,5 @@ export class StreamOpener {
     if (this.position !== null) {
       throw new Truncated(`file ${this.position.file} ended before its last chunk (offset ${this.position.offset})`);
     }
-  }
-
-  #next() {
-    const step = this.iterator.next();
-    return step.done ? null : step.value;
   }
 }

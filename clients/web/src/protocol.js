@@ -49,6 +49,7 @@ export const CLOSE_CODES = Object.freeze({
   transfer_too_large: 4413,
   wrong_code: 4033,
   tampered: 4025,
+  resume_refused: 4034,
 });
 
 const BY_CLOSE_CODE = new Map(Object.entries(CLOSE_CODES).map(([code, close]) => [close, code]));
@@ -276,6 +277,8 @@ export const PAKE_SIZE = 33;
 export const CONFIRM_SIZE = 32;
 export const SEALED_KEY_SIZE = 48;
 export const MAX_EPOCH = 2 ** 32 - 1;
+export const RESYNC_HALF_SIZE = 16;
+export const MAX_RECEIVERS_FIELD = 1000;
 
 function b64Field(value, name, low = TAG_SIZE, high = DEFAULT_MAX_MESSAGE) {
   if (typeof value !== "string" || value.length % 4 !== 0 || value.length > 4 * Math.ceil(high / 3) || !B64_RE.test(value)) {
@@ -384,6 +387,18 @@ const PARSERS = {
     type: "error", code: errorCodeField(d.code, "code"), message: strField(d.message ?? "", "message"), peer: optionalPeer(d),
   }),
   peer_left: (d) => ({ type: "peer_left", peer: intField(d.peer, "peer"), role: roleField(d.role) }),
+  // Resume (docs/protocol.md section 10): a party's seat parked, a party back, a pair's fresh resync halves.
+  reconnecting: (d) => ({ type: "reconnecting", peer: intField(d.peer, "peer", 0, MAX_RECEIVERS_FIELD) }),
+  resumed: (d) => {
+    const parked = d.parked === undefined ? [] : d.parked;
+    if (!Array.isArray(parked) || parked.length > MAX_RECEIVERS_FIELD + 1) throw malformed("field 'parked' must be a list of peers");
+    return {
+      type: "resumed",
+      peer: intField(d.peer, "peer", 0, MAX_RECEIVERS_FIELD),
+      parked: parked.map((peer) => intField(peer, "parked", 0, MAX_RECEIVERS_FIELD)),
+    };
+  },
+  resync: (d) => ({ type: "resync", half: b64Field(d.half, "half", RESYNC_HALF_SIZE, RESYNC_HALF_SIZE), peer: optionalPeer(d) }),
 };
 
 // A lone surrogate reaches a parsed string only through a \uD800-\uDFFF escape (or as itself); frames without

@@ -63,6 +63,9 @@ export async function spaceWarning(total, storage = navigator.storage) {
 
 export function setUpReceiveView() {
   let session = null;
+  // Leaving the page ends the transfer for the others at once (cancel), instead of a lost connection that the
+  // relay would hold open for the resume window.
+  window.addEventListener("pagehide", () => session?.cancel());
   let registration = null;
   registerDownloadWorker().then((value) => {
     registration = value;
@@ -92,7 +95,9 @@ export function setUpReceiveView() {
     } else if (saveMode() === "folder") {
       note = offer.files.length === 1 && offer.dirs.length === 0 && canPickFile()
         ? "You will choose where to save the file. It is written to disk as it arrives."
-        : "You will choose a folder. Files are written to disk as they arrive, folders are created as offered, and nothing is overwritten.";
+        : "You will choose a folder. Files are written to disk as they arrive, under temporary names, and get their "
+          + "names only once every file arrived and authenticated (if the transfer fails, nothing is kept). Folders are "
+          + "created as offered, and nothing is overwritten.";
     } else if (registration) {
       note = needsZip(offer)
         ? `Everything is saved as one zip file, ${zipName(offer)}, streamed to your downloads folder as it arrives. `
@@ -226,7 +231,9 @@ export function setUpReceiveView() {
           if (offer.kind === "text") return `The sender sent a text (${formatBytes(offer.files[0].size)}). Show it, or decline.`;
           return `The sender offers ${describeCounts(offer.files.length, offer.dirs.length)}. Choose where to save them, then accept or decline.`;
         case "transferring":
-          return `Receiving into ${current.sink ? current.sink.label : "your downloads folder"}...`;
+          return `${current.resumes ? "Connection restored. " : ""}Receiving into ${current.sink ? current.sink.label : "your downloads folder"}...`;
+        case "reconnecting":
+          return current.detail;
         case "verifying":
           return "Every file authenticated; waiting for the relay to confirm.";
         default:

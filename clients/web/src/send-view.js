@@ -52,9 +52,11 @@ function liveText(session, state) {
     case "offered":
       return one ? "The receiver is looking at the files; waiting for them to accept." : "Waiting for every receiver to accept.";
     case "transferring":
-      return "Sending...";
+      return session.resumes > 0 || session.epoch > 0 ? "Connection restored. Sending..." : "Sending...";
     case "verifying":
       return one ? "Sent; waiting for the receiver to authenticate every file." : "Sent; waiting for every receiver to authenticate every file.";
+    case "reconnecting":
+      return session.detail;
     default:
       return "";
   }
@@ -63,6 +65,9 @@ function liveText(session, state) {
 export function setUpSendView({ showSend }) {
   let picked = EMPTY_SELECTION;
   let session = null;
+  // Leaving the page ends the transfer for the others at once (cancel), instead of a lost connection that the
+  // relay would hold open for the resume window.
+  window.addEventListener("pagehide", () => session?.cancel());
   let lastRun = null; // {selection, receivers, kind}: what "Try again" sends
 
   const showPicked = () => {

@@ -4,6 +4,12 @@
 // chunks (one File.stream() per file, pausing while the socket's send buffer is full), following the receivers'
 // acknowledgements until `complete`. The page listens through `listener`.
 //
+// Resume (docs/protocol.md section 10): when a receiver's connection drops the relay parks its seat and says
+// `reconnecting`; the epoch under way is abandoned. Once every seat is back the page answers each returning
+// receiver's `resync` (fresh control keys), collects every receiver's sealed position, and opens the next epoch
+// (a fresh salt, so a fresh data key) from the earliest of them. When the page's own socket breaks it takes
+// its seat back the same way (one token per receiver; each receiver resyncs on `resumed` with peer 0).
+//
 // The relay sees the nameplate, sizes and timing; never a name, a byte of a file or a word of the code.
 
 import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
@@ -13,6 +19,10 @@ import {
   Pake,
   RECEIVER,
   SENDER,
+  concatBytes,
+  newResyncHalf,
+  nextResumeToken,
+  resumeVerifier,
   StreamPlan,
   StreamSealer,
   TAG_SIZE,
@@ -22,7 +32,10 @@ import {
   newEpochSalt,
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
-import { DEFAULT_CHUNK_SIZE, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64 } from "./protocol.js";
+import {
+  CLOSE_CODES, DEFAULT_CHUNK_SIZE, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
+} from "./protocol.js";
+import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
 
 /** Pause reading the next slice while more than this many bytes wait in the WebSocket's send buffer. */
@@ -36,8 +49,17 @@ export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
 export const ACK_WINDOW = 64 * 1024 * 1024;
 /** Chunks read and being sealed ahead of the one being sent. */
 const SEAL_AHEAD = 4;
-/** The one stream epoch of a transfer in this version (docs/protocol.md section 8.2). */
-export const EPOCH = 0;
+// Taking the seat back, as the receiving page and the terminal client (clients/transfer.py).
+const RESUME_WINDOW_MS = 300_000;
+const MAX_RECONNECT_ATTEMPTS = 30;
+const RECONNECT_BACKOFF_MS = 200;
+const MAX_BACKOFF_MS = 10_000;
+const RESUME_ANSWER_MS = 30_000;
+const RETRY_CODES = new Set(["resume_refused", "room_not_found", "rate_limited", "too_many_connections"]);
+const MAX_RESUME_NOISE = 64;
+
+const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Terminal states of a session. */
 export const FINAL_STATES = new Set(["verified", "failed", "cancelled"]);
@@ -69,6 +91,13 @@ export class SendSession {
     this.pairs = new Map(); // receiver peer -> its pair keys, once both PAKE messages passed
     this.channels = new Map(); // receiver peer -> its control channel, once confirmed both ways
     this.contentKey = newContentKey();
+    this.tokens = new Map(); // receiver peer -> this seat's current resume token for that pair
+    this.epoch = 0; // the epoch being sent (or the last one opened)
+    this.parked = false; // a seat is away: the epoch under way is abandoned
+    this.away = new Set(); // the seats the relay says are away
+    this.positions = new Map(); // receiver peer -> [file, bytes held], reported after a resume
+    this.resumes = 0;
+    this.waiters = [];
     this.sentChunks = 0;
     this.outcome = null; // how it ended: {code, reason, by, peer} (see words.js)
     this.startedAt = null; // Date.now() when the bytes started to flow, for the elapsed time and average rate
@@ -88,7 +117,18 @@ export class SendSession {
     try {
       const first = await this.#connect();
       await this.#on(first);
-      while (!FINAL_STATES.has(this.state)) await this.#handle(await this.connection.next());
+      while (!FINAL_STATES.has(this.state)) {
+        let frame;
+        try {
+          frame = await this.connection.next();
+        } catch (error) {
+          const streaming = ["transferring", "verifying", "reconnecting"].includes(this.state);
+          if (!(error instanceof ConnectionClosed) || error.errorCode !== null || !streaming || this.tokens.size === 0) throw error;
+          await this.#resume();
+          continue;
+        }
+        await this.#handle(frame);
+      }
     } catch (error) {
       this.#fail(error);
     }
@@ -170,7 +210,7 @@ export class SendSession {
         if (message.data !== null) await openJson(this.#channel(message.peer), message.data);
         break;
       case "ack":
-        if (message.epoch === EPOCH && message.peer !== null) {
+        if (message.epoch === this.epoch && message.peer !== null && !this.parked) {
           this.acked.set(message.peer, Math.max(this.acked.get(message.peer) ?? 0, message.chunks));
           this.#countDelivered();
         }
@@ -201,6 +241,22 @@ export class SendSession {
         break;
       case "peer_left":
         this.#end("failed", { code: "peer_left", by: "relay", peer: message.peer });
+        break;
+      case "reconnecting":
+        if (!this.#streaming() || message.peer === 0) throw new ProtocolError("'reconnecting' out of order", "unexpected_message");
+        this.away.add(message.peer);
+        this.#park(`Receiver ${message.peer}'s connection was lost; waiting for it to come back.`);
+        break;
+      case "resumed":
+        if (!this.#streaming()) throw new ProtocolError("'resumed' out of order", "unexpected_message");
+        this.away = new Set(message.parked);
+        this.#notify();
+        break;
+      case "resync":
+        await this.#resync(message);
+        break;
+      case "sealed":
+        await this.#position(message);
         break;
       default:
         throw new ProtocolError(`unexpected '${message.type}' message`, "unexpected_message");
@@ -235,6 +291,9 @@ export class SendSession {
     }
     this.connection.sendMessage({ type: "key", to: message.peer, data: toBase64(await keys.sealContentKey(this.contentKey)) });
     this.channels.set(message.peer, await keys.controlChannel(SENDER));
+    // This seat's verifier for the pair: with one per receiver, a drop of ours parks the seat (section 10).
+    this.tokens.set(message.peer, keys.resumeToken(SENDER));
+    this.connection.sendMessage({ type: "resume_id", to: message.peer, verifier: resumeVerifier(keys.resumeToken(SENDER)) });
   }
 
   // The receiver typed another code: the relay ends the room for everyone with wrong_code (the code is spent).
@@ -270,60 +329,224 @@ export class SendSession {
     this.#progress();
   }
 
-  // Open the one epoch (a sealed plan to each receiver), then seal and send every chunk in plan order. With
-  // several receivers, each file's SHA-256 goes sealed to every receiver just before the file's last chunk: they
-  // all hold the content key, so only the pair channel proves that the bytes are the sender's.
+  // Epoch 0 from the start; after each resume a new epoch from the earliest position any receiver holds, until
+  // every receiver verified (a seat that drops after `end` reopens one too).
   async #stream() {
+    let start = [0, 0];
+    for (;;) {
+      const ended = await this.#streamEpoch(start);
+      if (ended) {
+        this.#setState("verifying");
+        // Keep the progress moving while the last megabytes leave the send buffer, until the end or a drop.
+        let changed = this.#changed();
+        while (this.state === "verifying" && !this.parked) {
+          this.#progress();
+          const woke = await Promise.race([changed.then(() => true), sleep(200).then(() => false)]);
+          if (woke) changed = this.#changed();
+        }
+      }
+      if (FINAL_STATES.has(this.state)) return;
+      start = await this.#nextStart();
+      if (start === null) return;
+      this.epoch += 1;
+      this.#setState("transferring", "connection restored");
+    }
+  }
+
+  // Wait until every seat is back and every receiver said what it holds; the earliest [file, have] of all.
+  async #nextStart() {
+    while (!FINAL_STATES.has(this.state) && (this.away.size > 0 || this.positions.size < this.channels.size)) await this.#changed();
+    if (FINAL_STATES.has(this.state)) return null;
+    const sizes = this.offer.files.map((entry) => entry.size);
+    let start = null;
+    for (const [peer, [file, have]] of this.positions) {
+      const valid = Number.isSafeInteger(file) && Number.isSafeInteger(have)
+        && ((file >= 0 && file < sizes.length && have >= 0 && have <= sizes[file]) || (file === sizes.length && have === 0));
+      if (!valid) throw new ProtocolError(`receiver ${peer} reported a position outside the offer`, "unexpected_message");
+      if (start === null || file < start[0] || (file === start[0] && have < start[1])) start = [file, have];
+    }
+    this.positions.clear();
+    this.parked = false;
+    if (start[0] >= sizes.length) {
+      // Every receiver holds every byte: the last file's last chunk again (an epoch carries at least one chunk).
+      const last = sizes.length - 1;
+      start = [last, Math.max(0, Math.floor((sizes[last] - 1) / this.chunkSize) * this.chunkSize)];
+    }
+    return start;
+  }
+
+  // One epoch from `start` ([file, offset]): a sealed plan to each receiver, then every chunk in plan order.
+  // With several receivers, each file's SHA-256 goes sealed to every receiver just before the file's last
+  // chunk: they all hold the content key, so only the pair channel proves that the bytes are the sender's.
+  // True once `end` went out; false if a seat dropped first (the epoch is abandoned).
+  async #streamEpoch([startFile, startOffset]) {
     const { hashing, connection } = this;
+    const epoch = this.epoch;
     const salt = newEpochSalt();
-    const plan = new StreamPlan(this.offer.files.map((entry, file) => ({ file, start: 0, end: entry.size })), this.chunkSize);
+    const files = this.offer.files;
+    const segments = files.slice(startFile).map((entry, i) => ({ file: startFile + i, start: i === 0 ? startOffset : 0, end: entry.size }));
+    const plan = new StreamPlan(segments, this.chunkSize);
     const peers = [...this.channels.keys()].sort((a, b) => a - b);
     const sealedPlan = { salt: toBase64(salt), chunk_size: this.chunkSize, segments: plan.segments.map((s) => [s.file, s.start, s.end]) };
     const plans = [];
     for (const peer of peers) plans.push(await sealJson(this.channels.get(peer), sealedPlan));
-    connection.sendMessage({ type: "stream", epoch: EPOCH, to: peers, chunks: plan.chunkCount(), bytes: plan.ciphertextSize(), data: plans });
-    this.fileEnds = [];
+    connection.sendMessage({ type: "stream", epoch, to: peers, chunks: plan.chunkCount(), bytes: plan.ciphertextSize(), data: plans });
+    // Delivery counting (acks count this epoch's chunks): files before the start are held by every receiver.
+    this.fileEnds = new Array(files.length).fill(0);
     let chunks = 0;
-    for (const entry of this.offer.files) {
-      chunks += Math.max(1, Math.ceil(entry.size / this.chunkSize));
-      this.fileEnds.push(chunks);
+    for (const { file, start, end } of plan.segments) {
+      chunks += Math.max(1, Math.ceil((end - start) / this.chunkSize));
+      this.fileEnds[file] = chunks;
     }
-    const sealer = await StreamSealer.create(await dataKey(this.contentKey, salt), plan);
+    for (let file = 0; file < startFile; file++) this.fileOk.set(file, this.receivers);
+    this.acked.clear();
+    this.sentChunks = 0;
+    this.sent = this.fileStarts[startFile] + startOffset;
+    const sealer = await StreamSealer.create(await dataKey(this.contentKey, salt), plan, chunkBackend());
     this.chunksPerWindow = Math.max(1, Math.floor(ACK_WINDOW / this.chunkSize));
-    // Up to SEAL_AHEAD chunks are read and being sealed (WebCrypto works off the page's thread) while the oldest
-    // is sent, so neither the file nor the cipher waits for the other.
+    // Up to SEAL_AHEAD chunks are read and being sealed (on the encryption worker) while the oldest is sent, so
+    // neither the file nor the cipher waits for the other.
     const inFlight = [];
     const sendOldest = async () => {
       const { index, length, sha256, sealing } = inFlight.shift();
       const sealed = await sealing;
+      if (this.parked || FINAL_STATES.has(this.state)) return false;
       if (sha256 !== null) {
         for (const peer of peers) {
           connection.sendMessage({ type: "sealed", to: peer, data: await sealJson(this.channels.get(peer), { file: index, sha256 }) });
         }
       }
       await connection.drain(SEND_BUFFER_LIMIT, () => this.#aheadOfReceivers() > this.chunksPerWindow);
-      if (FINAL_STATES.has(this.state)) return false;
-      connection.sendMessage({ type: "chunk", epoch: EPOCH, size: sealed.length, xxh3_64: hashing.chunkDigest(sealed) });
+      if (this.parked || FINAL_STATES.has(this.state)) return false;
+      connection.sendMessage({ type: "chunk", epoch, size: sealed.length, xxh3_64: hashing.chunkDigest(sealed) });
       connection.sendBinary(sealed);
       this.sentChunks += 1;
       this.sent += length;
       this.#progress();
       return true;
     };
-    for await (const item of this.#sealedChunks(sealer, this.receivers > 1)) {
-      if (FINAL_STATES.has(this.state)) return; // leaving the loop stops reading the file
+    for await (const item of this.#sealedChunks(sealer, plan.segments, this.receivers > 1)) {
+      if (this.parked || FINAL_STATES.has(this.state)) return false; // leaving the loop stops reading the file
       inFlight.push(item);
-      if (inFlight.length >= SEAL_AHEAD && !(await sendOldest())) return;
+      if (inFlight.length >= SEAL_AHEAD && !(await sendOldest())) return false;
     }
-    while (inFlight.length > 0) if (!(await sendOldest())) return;
-    connection.sendMessage({ type: "end", epoch: EPOCH });
-    this.#setState("verifying");
-    // Keep the progress moving while the last megabytes leave the send buffer.
-    while (this.state === "verifying" && connection.bufferedAmount > 0) {
-      this.#progress();
-      await new Promise((resolve) => setTimeout(resolve, 200));
+    while (inFlight.length > 0) if (!(await sendOldest())) return false;
+    connection.sendMessage({ type: "end", epoch });
+    return true;
+  }
+
+  // A seat dropped: the epoch under way is abandoned (nothing more of it is sent); positions come after resume.
+  #park(detail) {
+    this.parked = true;
+    this.positions.clear();
+    this.#setState("reconnecting", detail);
+    this.#notify();
+  }
+
+  #streaming() {
+    return ["transferring", "verifying", "reconnecting"].includes(this.state);
+  }
+
+  // A returning receiver's half of its pair's new control keys: answer with ours and prove the new channel.
+  async #resync(message) {
+    const keys = this.pairs.get(message.peer);
+    if (!this.#streaming() || keys === undefined || !this.channels.has(message.peer)) {
+      throw new ProtocolError("a resync out of order", "unexpected_message");
     }
-    this.#progress();
+    const half = newResyncHalf();
+    const old = this.channels.get(message.peer);
+    const channel = await keys.controlChannel(SENDER, concatBytes(half, fromBase64(message.half)));
+    this.channels.set(message.peer, channel);
+    this.positions.delete(message.peer);
+    this.connection.sendMessage({ type: "resync", to: message.peer, half: toBase64(half) });
+    this.connection.sendMessage({ type: "sealed", to: message.peer, data: await sealJson(channel, { received: old.received }) });
+  }
+
+  // A receiver's sealed position after a resume: {file, have} (the file it is in, the bytes of it it holds).
+  async #position(message) {
+    const note = await openJson(this.#channel(message.peer), message.data);
+    const valid = this.#streaming() && note !== null && typeof note === "object"
+      && Number.isSafeInteger(note.file) && Number.isSafeInteger(note.have);
+    if (!valid) throw new ProtocolError("a sealed message the sender does not expect", "unexpected_message");
+    this.positions.set(message.peer, [note.file, note.have]);
+    this.#notify();
+  }
+
+  // This page's socket broke without a close code: take the seat back (one token per receiver), bounded attempts
+  // with backoff within the resume window. The receivers then resync with us and say what they hold.
+  async #resume() {
+    this.#park("Connection lost, reconnecting");
+    this.away.add(0);
+    const deadline = Date.now() + RESUME_WINDOW_MS;
+    let attempt = 0;
+    while (attempt < MAX_RECONNECT_ATTEMPTS && Date.now() < deadline) {
+      attempt += 1;
+      this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`);
+      await sleep(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempt - 1), MAX_BACKOFF_MS, Math.max(0, deadline - Date.now())));
+      if (FINAL_STATES.has(this.state)) return;
+      const next = new Map();
+      for (const [peer, token] of this.tokens) next.set(peer, await nextResumeToken(token));
+      const taken = await this.#takeSeat(next);
+      if (taken === null) continue;
+      const [connection, resumed] = taken;
+      if (FINAL_STATES.has(this.state)) {
+        connection.close(1000);
+        return;
+      }
+      this.tokens = next; // each token is good once
+      this.connection = connection;
+      this.resumes += 1;
+      this.away = new Set(resumed.parked);
+      this.#setState("reconnecting", "Connection restored; waiting for the receivers.");
+      this.#notify();
+      return;
+    }
+    throw new ConnectionClosed(1006, `the connection to the relay was lost and could not be restored (${attempt} attempts)`);
+  }
+
+  async #takeSeat(next) {
+    let connection;
+    try {
+      connection = await Connection.open(roomUrl(this.code.split("-", 1)[0], { role: "send", resume: "1" }, this.location));
+    } catch (error) {
+      if (error instanceof ConnectionClosed) return null;
+      throw error;
+    }
+    const tokens = {};
+    for (const [peer, token] of this.tokens) tokens[String(peer)] = { token: hex(token), next_verifier: resumeVerifier(next.get(peer)) };
+    connection.sendMessage({
+      type: "resume", peer: 0, tokens, room: { receivers: this.receivers, total_size: this.total, files: this.offer.files.length },
+    });
+    const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
+    try {
+      for (let read = 0; read < MAX_RESUME_NOISE; read++) {
+        const frame = await connection.next();
+        if (typeof frame !== "string") break;
+        const message = parseMessage(frame);
+        if (message.type === "resumed" && message.peer === 0) return [connection, message];
+        if (message.type === "error") {
+          if (RETRY_CODES.has(message.code)) break;
+          connection.close(1000);
+          throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
+        }
+        if (message.type !== "resumed" && message.type !== "reconnecting") break;
+      }
+    } catch (error) {
+      if (!(error instanceof ConnectionClosed) || (error.errorCode !== null && !RETRY_CODES.has(error.errorCode))) throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    connection.close(1000);
+    return null;
+  }
+
+  // Wake whoever waits for a change of the room (a seat back, a position, the end).
+  #notify() {
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  #changed() {
+    return new Promise((resolve) => this.waiters.push(resolve));
   }
 
   /**
@@ -331,10 +554,15 @@ export class SendSession {
    * several receivers `sha256` is the file's digest on its last chunk (computed here, before the next file's
    * bytes reset the running digest), else null.
    */
-  async *#sealedChunks(sealer, several) {
-    for (const [index, entry] of this.offer.files.entries()) {
+  async *#sealedChunks(sealer, segments, several) {
+    for (const { file: index, start, end } of segments) {
       const digest = several ? this.hashing.newFileDigest() : null;
-      for await (const bytes of this.#chunks(this.items[index].file, entry.size)) {
+      const file = this.items[index].file;
+      if (digest !== null && start > 0) {
+        // The file's digest covers the bytes the receivers already hold (a resumed epoch starts inside it).
+        for await (const bytes of this.#chunks(file.slice(0, start), start)) digest.update(bytes);
+      }
+      for await (const bytes of this.#chunks(start > 0 ? file.slice(start) : file, end - start)) {
         const last = sealer.position.last;
         digest?.update(bytes);
         const sealing = sealer.sealNext(bytes);
@@ -439,6 +667,7 @@ export class SendSession {
     this.outcome = outcome;
     this.endedAt = Date.now();
     this.#setState(state, "");
+    this.#notify();
   }
 
   #setState(state, detail = "") {

@@ -2,15 +2,16 @@
 //   prepare(offer)        check the offer can be stored (throws SinkError), create empty folders
 //   openFile(index, entry) start a file
 //   write(bytes)          append verified bytes (Uint8Array owning its whole ArrayBuffer)
-//   closeFile()           the file's digest matched: make it final
+//   closeFile()           the file authenticated whole (and its digest matched)
 //   abortFile()           the file failed: throw away what was written
 //
-// Sinks that keep nothing unless everything arrived (a zip) also have abortAll(), and finish() to end the
-// whole transfer; `keepsPartial` says whether verified files stay when a later one fails.
+// Sinks that keep nothing unless everything arrived (a zip, a chosen folder) also have abortAll(), and finish()
+// to end the whole transfer (give the files their names, end the zip); `keepsPartial` says whether verified
+// files stay when a later one fails, `resumable` whether the sink can carry on after a lost connection.
 //
-// Three ways, best first: a folder or file the person picks (File System Access API: streams to disk and
-// commits atomically on close), a streamed download through our service worker (streams to the downloads
-// folder), and an in-memory Blob (only for small files; the whole file is held in the tab until saved).
+// Three ways, best first: a folder or file the person picks (File System Access API: streams to disk, under
+// part names until every file authenticated), a streamed download through our service worker (streams to the
+// downloads folder; cannot resume), and an in-memory Blob (only for small files; held in the tab until saved).
 
 import { createCRC32 } from "hash-wasm";
 import { ZipWriter, zipName } from "./zip.js";
@@ -63,7 +64,21 @@ export function localSegment(segment) {
 export const canPickFolder = () => typeof window.showDirectoryPicker === "function";
 export const canPickFile = () => typeof window.showSaveFilePicker === "function";
 
-/** Files under a folder the person picked; refuses to overwrite anything that exists. */
+/** A name no offered file has: a random `.relay-<12 hex digits>.part`, as clients/store.py names its parts. */
+export function partName() {
+  const hex = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
+  return `.relay-${hex}.part`;
+}
+
+/**
+ * Files under a folder the person picked; refuses to overwrite anything that exists. All or nothing, as the
+ * terminal client: each file is written to a `.relay-*.part` file beside its final name, and the parts get their
+ * final names only in finish(), once every file of the transfer authenticated. Any failure before that removes
+ * every part and every folder the transfer created, so nothing of it is left under a final name.
+ *
+ * `resumable`: the file being written stays open across a lost connection (the session takes its seat back and
+ * the sender continues from what was written), so the transfer can resume.
+ */
 export class FolderSink {
   static async pick() {
     return new FolderSink(await window.showDirectoryPicker({ id: "relay-receive", mode: "readwrite" }));
@@ -72,8 +87,12 @@ export class FolderSink {
   constructor(root) {
     this.root = root;
     this.label = `the folder "${root.name}"`;
-    this.keepsPartial = true;
+    this.keepsPartial = false;
+    this.resumable = true;
     this.current = null;
+    this.parts = []; // files written whole, still under their part names: {parent, name, part, handle, path}
+    this.created = []; // [parent, name] of each folder this transfer created, outermost first
+    this.cleaning = null;
     this.renamed = new Map(); // offered path -> the path it was saved under, where the browser refused a name
   }
 
@@ -96,9 +115,11 @@ export class FolderSink {
       const parent = await this.#folder(folders, true);
       const name = await this.#nameIn(parent, offered, "file");
       if (name !== offered) this.#renamed(entry.path, folders, name);
-      const handle = await parent.getFileHandle(name, { create: true });
-      // createWritable writes to a hidden swap file; close() commits it under the real name at once.
-      this.current = { parent, name, writable: await handle.createWritable({ keepExistingData: false }), path: entry.path };
+      const part = partName();
+      const handle = await parent.getFileHandle(part, { create: true });
+      // createWritable writes to a hidden swap file; close() puts it under the part name.
+      const writable = await handle.createWritable({ keepExistingData: false });
+      this.current = { parent, name, part, handle, writable, path: entry.path };
     } catch (error) {
       throw writeFailed(error, entry.path);
     }
@@ -112,35 +133,103 @@ export class FolderSink {
     }
   }
 
+  /** The file authenticated whole: it is on disk under its part name until finish(). */
   async closeFile() {
-    const { writable, path } = this.current;
+    const current = this.current;
     this.current = null;
     try {
-      await writable.close();
+      await current.writable.close();
     } catch (error) {
-      throw writeFailed(error, path);
+      await current.parent.removeEntry(current.part).catch(() => {});
+      throw writeFailed(error, current.path);
     }
+    delete current.writable;
+    this.parts.push(current);
+  }
+
+  /**
+   * Every file authenticated: give each part its final name. If one cannot be given (a file of that name
+   * appeared meanwhile, the disk refused), the ones already renamed are removed again and everything is discarded.
+   */
+  async finish() {
+    const renamed = [];
+    try {
+      for (const part of this.parts) {
+        if (await this.#taken(part.parent, part.name)) {
+          throw new SinkError(`${part.path} appeared in the chosen folder during the transfer`, "file_exists");
+        }
+        await part.handle.move(part.name);
+        renamed.push(part);
+      }
+    } catch (error) {
+      for (const part of renamed) await part.parent.removeEntry(part.name).catch(() => {});
+      this.parts = this.parts.filter((part) => !renamed.includes(part));
+      await this.abortAll();
+      throw writeFailed(error, "the received files");
+    }
+    this.parts = [];
+    this.created = [];
   }
 
   async abortFile() {
-    const current = this.current;
-    this.current = null;
-    if (current === null) return;
-    await current.writable.abort().catch(() => {});
-    await current.parent.removeEntry(current.name).catch(() => {});
+    await this.abortAll();
   }
 
+  /** Remove the part being written, every part written whole, and the folders this transfer created. */
+  abortAll() {
+    if (this.cleaning === null) {
+      const { current, parts, created } = this;
+      this.current = null;
+      this.parts = [];
+      this.created = [];
+      this.cleaning = (async () => {
+        if (current !== null) {
+          await current.writable?.abort().catch(() => {});
+          await current.parent.removeEntry(current.part).catch(() => {});
+        }
+        for (const part of parts) await part.parent.removeEntry(part.part).catch(() => {});
+        // Innermost first; a folder that is not empty (something else was put there meanwhile) stays.
+        for (const [parent, name] of created.reverse()) await parent.removeEntry(name).catch(() => {});
+      })();
+    }
+    return this.cleaning;
+  }
+
+  // The folder at `parts` under the root; with `create`, missing folders are made and remembered (abortAll
+  // removes them again).
   async #folder(parts, create) {
     let folder = this.root;
     for (const part of parts) {
-      try {
-        folder = await folder.getDirectoryHandle(part, { create });
-      } catch (error) {
-        if (error.name !== "TypeError" || localSegment(part) === part) throw error;
-        folder = await folder.getDirectoryHandle(localSegment(part), { create });
+      const { name, handle } = await this.#child(folder, part);
+      if (handle !== null) {
+        folder = handle;
+        continue;
       }
+      if (!create) throw new SinkError(`no folder ${part}`);
+      const made = await folder.getDirectoryHandle(name, { create: true });
+      this.created.push([folder, name]);
+      folder = made;
     }
     return folder;
+  }
+
+  // The name the browser takes for folder segment `part` (the offered one, else its localSegment()), and the
+  // existing sub-folder of that name, or null.
+  async #child(folder, part) {
+    for (const name of localSegment(part) === part ? [part] : [part, localSegment(part)]) {
+      try {
+        return { name, handle: await folder.getDirectoryHandle(name, { create: false }) };
+      } catch (error) {
+        if (error.name === "NotFoundError") return { name, handle: null };
+        if (error.name !== "TypeError") throw error;
+      }
+    }
+    throw new SinkError(`the browser refused the folder name ${part}`);
+  }
+
+  async #taken(parent, name) {
+    const file = await parent.getFileHandle(name, { create: false }).then(() => true, () => false);
+    return file || parent.getDirectoryHandle(name, { create: false }).then(() => true, () => false);
   }
 
   // The offered name if the browser takes it, else its localSegment(); a mapped name must not already exist
@@ -186,6 +275,7 @@ export class SaveFileSink {
     this.handle = handle;
     this.label = `the file "${handle.name}"`;
     this.keepsPartial = true;
+    this.resumable = true; // the file stays open across a lost connection; it is written only on close
     this.writable = null;
   }
 

@@ -3,7 +3,8 @@
 //
 // A session records how it ended as an `outcome`: {code, reason, by, peer}
 //   code    a protocol error code ("declined", "room_not_found", ...), or one of the page's own:
-//           "done" (verified), "connection_lost" (closed without a code), "read_failed" (a local file);
+//           "done" (verified), "connection_lost" (closed without a code; by "local": could not be restored),
+//           "not_resumable" (lost during a download, which cannot continue), "read_failed" (a local file);
 //           "wrong_code" and "tampered" come from the relay or from this page's own checks
 //   reason  free text that came with it; when `by` is "peer" it is the other party's words and is shown as a
 //           quote from them, never as the page's own sentence
@@ -50,7 +51,11 @@ const WHAT = {
   unauthorized: () => "This relay needs a token, and this page has none.",
   forbidden_origin: () => "This relay does not accept pages from this address.",
   unsupported_version: () => "This page and the relay speak different protocol versions.",
-  connection_lost: () => "The connection to the relay was lost.",
+  connection_lost: (side, other, by) => (by === "local"
+    ? "The connection to the relay was lost and could not be restored."
+    : "The connection to the relay was lost."),
+  not_resumable: () => "The connection to the relay was lost, and a download to your downloads folder cannot continue "
+    + "where it stopped, so this transfer cannot be resumed.",
   read_failed: () => "A file could not be read on this device.",
   malformed_message: () => "A message broke the transfer protocol, so the transfer stopped.",
   unexpected_message: () => "A message arrived out of order, so the transfer stopped.",
@@ -76,6 +81,7 @@ const NEXT = {
   declined: { receive: "" },
   unsupported_version: { send: "Reload the page.", receive: "Reload the page." },
   read_failed: { send: "Check the file, then press Try again." },
+  not_resumable: { receive: "Ask the sender to send again, and save into a folder: a transfer into a folder resumes by itself after a lost connection." },
 };
 
 const DEFAULT_NEXT = {
@@ -89,7 +95,11 @@ const BOILERPLATE = new Set(["cancelled by the sender", "cancelled by the receiv
 function savedWords(side, saved, other) {
   const { files = 0, total = 0, keepsPartial = true } = saved || {};
   if (side === "receive") {
-    if (files === 0 || !keepsPartial) return "Nothing was saved.";
+    if (files === 0) return "Nothing was saved.";
+    if (!keepsPartial) {
+      return `Nothing was saved. The ${files === 1 ? "file" : `${files} files`} that had arrived ${files === 1 ? "was" : "were"} `
+        + "removed again: the files are kept only when every one of them arrived and authenticated.";
+    }
     return `${plural(files, "file")} of ${total.toLocaleString("en")} ${files === 1 ? "was" : "were"} saved and verified; the rest ${total - files === 1 ? "was" : "were"} not.`;
   }
   if (files === 0) return `Nothing was delivered.`;

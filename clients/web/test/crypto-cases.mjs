@@ -148,7 +148,31 @@ async function runBackend(cases, backend) {
       for (const index of sequence) await channel.open(unhex(control.python_sealed_to_receiver[index]));
     }));
   }
+  // Resume: each seat token's verifier and the next token; a resumed epoch's plan starts inside a file.
+  const resumeTokens = [];
+  for (const token of cases.resume.tokens) {
+    const next = await c.nextResumeToken(unhex(token), backend);
+    resumeTokens.push([c.resumeVerifier(unhex(token)), hex(next), c.resumeVerifier(next)]);
+  }
+  const { resumed } = cases;
+  const resumedPlan = new c.StreamPlan(resumed.segments, resumed.chunk_size);
+  const resumedKey = await c.dataKey(unhex(stream.content_key), unhex(resumed.epoch_salt), backend);
+  const resumedOpener = await c.StreamOpener.create(resumedKey, resumedPlan, backend);
+  const resumedOpened = [];
+  for (const chunk of resumed.python_sealed) {
+    const { file, offset, last, plaintext } = await resumedOpener.openNext(unhex(chunk));
+    resumedOpened.push([file, offset, last, hex(plaintext)]);
+  }
+  resumedOpener.finish();
+  const resumedSealer = await c.StreamSealer.create(resumedKey, resumedPlan, backend);
+  const resumedSealed = [];
+  for (const [, , , plaintext] of resumedOpened) resumedSealed.push(hex(await resumedSealer.sealNext(unhex(plaintext))));
   return {
+    resume_tokens: resumeTokens,
+    resumed: {
+      opened: resumedOpened, sealed: resumedSealed,
+      plan: { chunk_count: resumedPlan.chunkCount(), ciphertext_size: resumedPlan.ciphertextSize() },
+    },
     sender_outbound: hex(sender.outbound),
     confirm_sender: hex(await senderKeys.confirmation(c.SENDER)),
     pairs,

@@ -1,0 +1,99 @@
+"""A page across a relay restart (issue 11): `relay serve` in a process of its own is killed (SIGKILL: no close
+frames, no state kept) mid-transfer and started again on the same port; the receiving page (saving into a file it
+picked) and `relay send` reconnect, the restarted relay recreates the room from the first `resume` that carries
+its shape (docs/protocol.md section 10.2), and the file arrives byte for byte.
+
+The moment of the kill is a condition, not a time: the page reaches the relay through a loopback proxy that
+counts the bytes it carried to the page.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from playwright.sync_api import BrowserContext
+
+from tests.conftest import free_port
+from tests.web.driver import sha256, wait_state
+from tests.web.proxy import prefix_proxy
+from tests.web.test_folder_receive import PICK_INBOX, READ_INBOX_FILE, RECORD_STATUS, inbox
+
+CLI = [sys.executable, "-m", "clients.cli"]
+WAIT = 60
+MiB = 1024 * 1024
+
+
+class RelayProcess:
+    """`relay serve` on a fixed loopback port, in a process of its own (so that it can be killed outright)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())", "serve",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(400):  # up to 20 s for the port to take connections
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert self.process.poll() is None, "the relay exited while starting"
+                time.sleep(0.05)
+        raise AssertionError(f"the relay did not listen on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # SIGKILL: no going_away, no close frames
+            self.process.wait(WAIT)
+
+
+def test_a_receiving_page_and_relay_send_carry_on_across_a_relay_restart(context: BrowserContext, tmp_path: Path):
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(96 * MiB))
+    relay = RelayProcess(free_port())
+    relay.start()
+    sender = subprocess.Popen([*CLI, "send", str(source), "--relay", relay.url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = sender.stdout.readline() if sender.stdout else ""
+        assert line.startswith("Code: "), line
+        with prefix_proxy(relay.port) as proxy:
+            page = context.new_page()
+            page.goto(proxy.url + "#receive")
+            page.evaluate(PICK_INBOX, {"saveAs": "large.bin"})
+            page.evaluate(RECORD_STATUS)
+            page.fill("#receive-code", line.split()[1])
+            page.click("#receive-connect")
+            page.wait_for_selector("#receive-offer:not([hidden])")
+            page.check("#save-folder")
+            page.click("#receive-accept")
+            for _ in range(WAIT * 100):  # the page has 8 MiB of the file
+                if proxy.downstream >= 8 * MiB:
+                    break
+                time.sleep(0.01)
+            relay.kill()
+            relay.start()
+            text = wait_state(page, "#receive-status", "verified")
+            assert sender.wait(WAIT) == 0, sender.stderr.read() if sender.stderr else ""
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait(WAIT)
+        relay.kill()
+    lines = page.evaluate("window.statusLines")
+    assert any(line.startswith("reconnecting: Connection lost, reconnecting (attempt") for line in lines), lines
+    assert text.startswith("Done: "), text
+    assert inbox(page) == {"large.bin": source.stat().st_size}
+    assert page.evaluate(READ_INBOX_FILE, "large.bin") == sha256(source)
