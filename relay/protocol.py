@@ -1007,7 +1007,7 @@ def parse_offer(text: str | bytes) -> Offer:
     5.1) with the rules of a frame: JSON, no lone surrogate, then ``Offer``'s own checks. The relay never calls
     this (it cannot open the offer); receivers and the page parity test do."""
     data = _load_object(text)
-    if data.get("type", Offer.TYPE) != Offer.TYPE:  # the page's sealed offers carry no "type" (yet)
+    if data.get("type") != Offer.TYPE:
         raise MalformedMessage("a sealed offer is an object of type 'offer'")
     return Offer.from_dict(data)
 

@@ -266,14 +266,9 @@ def test_a_lone_surrogate_in_a_sealed_offer_is_malformed_like_in_a_frame(text: s
 
 
 def test_a_sealed_offer_is_an_object_of_type_offer() -> None:
-    for text in ('{"type":"accept"}', "[1]", '{"type":null,"files":[]}'):
+    for text in ('{"type":"accept"}', "[1]", '{"type":null,"files":[]}', '{"files":[{"path":"a","size":1}]}'):
         with pytest.raises(p.MalformedMessage):
             p.parse_offer(text)
-
-
-def test_a_sealed_offer_without_a_type_is_the_pages_and_is_accepted() -> None:
-    """clients/web/src/protocol.js makeOffer seals no "type"; a CLI receiver must still take the page's offers."""
-    assert p.parse_offer('{"files":[{"path":"a","size":1}]}').files[0].path == "a"
 
 
 def test_a_string_holding_a_raw_surrogate_is_malformed() -> None:

@@ -31,6 +31,8 @@ PATHS = [
 ]
 OFFERS = [
     '{"type":"offer","files":[{"path":"a","size":1}],"dirs":["d"],"chunk_size":1048576}',
+    '{"files":[{"path":"a","size":1}]}',
+    '{"type":"accept","files":[{"path":"a","size":1}]}',
     '{"type":"offer","files":[{"path":"a","size":1},{"path":"A","size":2}]}',
     '{"type":"offer","files":[{"path":"a","size":1},{"path":"a/b","size":2}]}',
     '{"type":"offer","files":[{"path":"a","size":-1}]}',

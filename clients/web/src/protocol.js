@@ -250,6 +250,7 @@ function fileEntry(item) {
 export function checkOffer(data) {
   if (data === null || typeof data !== "object" || Array.isArray(data)) throw malformed("the offer must be a JSON object");
   if (!encodable(data)) throw malformed("the offer holds a string that is not valid Unicode (a lone surrogate)");
+  if (data.type !== "offer") throw malformed("a sealed offer is an object of type 'offer'");
   const files = data.files;
   const dirs = data.dirs === undefined ? [] : data.dirs;
   const kind = data.kind === undefined ? "files" : data.kind;
@@ -448,7 +449,7 @@ export function makeOffer(files, dirs = [], chunkSize = DEFAULT_CHUNK_SIZE) {
   const entries = files.map(fileEntry);
   const checkedDirs = dirs.map((dir) => checkPath(dir));
   checkLayout(entries, checkedDirs);
-  return { files: entries, dirs: checkedDirs, chunk_size: chunkSize };
+  return { type: "offer", files: entries, dirs: checkedDirs, chunk_size: chunkSize };
 }
 
 /** Serialise a message for a text frame, dropping null fields like relay.protocol.Message.to_json. */
