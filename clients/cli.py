@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -291,10 +290,25 @@ def code_strength_bits(code: str) -> float:
 
 
 def version() -> str:
+    from importlib import metadata  # ~10 ms of imports that only --version needs: not paid by every transfer
+
     try:
         return metadata.version("relay")
     except metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looking the version up only when asked (argparse's own action takes it at build time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "show the version and exit") -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"relay {version()}")  # on stdout, as argparse's "version" action prints it
+        parser.exit()
 
 
 RECEIVE_EPILOG = """\
@@ -322,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Send files through a relay server, encrypted end "
                                      "to end: the relay never sees names, contents or the secret words of the code.",
                                      epilog=EXIT_CODES_HELP)
-    parser.add_argument("--version", action="version", version=f"relay {version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
 
     relay_help = f"relay URL (env RELAY_URL, default {DEFAULT_RELAY}); http(s):// is mapped to ws(s)://"

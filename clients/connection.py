@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import os
 import re
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -161,9 +160,11 @@ def proxy_for(relay: RelayUrl, environ: dict[str, str] | None = None) -> str | N
     if "REQUEST_METHOD" in env:
         proxies.pop("http", None)
     port = relay.port or (443 if relay.secure else 80)
-    if proxies.get("no") and urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
-            f"{relay.host}:{port}", proxies):
-        return None
+    if proxies.get("no"):
+        import urllib.request  # only with NO_PROXY set: its imports (http.client, email) cost every start ~5 ms
+
+        if urllib.request.proxy_bypass_environment(f"{relay.host}:{port}", proxies):  # type: ignore[attr-defined]
+            return None
     for scheme in ("https", "all") if relay.secure else ("https", "http", "all"):
         if proxies.get(scheme):
             return proxies[scheme]

@@ -110,9 +110,38 @@ class Deadlines:
 
 
 DEFAULT_RESUME_WINDOW = 300.0  # the relay's default --resume-window
-STATE_INTERVAL = 1024 * 1024  # a receiver records its progress in the state file every this many bytes,
-STATE_SHARE = 16  # or every 16 times the state file's size (many files): at most 1/16 more written
+STATE_INTERVAL = 1024 * 1024  # a receiver records its progress in the state file after this many bytes,
+STATE_SHARE = 16  # or 16 times the state file's size (many files): at most 1/16 more written,
+STATE_PERIOD = 0.5  # and at most every half second unless a file just ended (each record drains the writer)
 WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
+
+
+@dataclass(slots=True)
+class StatePacer:
+    """When a receiver rewrites its state file (docs/protocol.md section 10.3); pure, the caller passes the time.
+
+    Each record first drains the data path's writer (the state never counts a byte not yet written), which stops
+    the receive loop until the disk took every queued chunk: done once per 1 MiB chunk, receiving and writing
+    never overlapped (docs/design/speed.md section 10: receiver user CPU 0.87 -> 0.61 s/GiB). So a record needs
+    both enough new bytes (``STATE_INTERVAL``, or ``STATE_SHARE`` times the last state file's size when it
+    lists many files) and either a file that just ended or ``STATE_PERIOD`` seconds since the last one: a
+    killed receiver loses at most half a second of transfer, and a stalled one has recorded every file it
+    finished.
+    """
+
+    written: int  # bytes counted by the last record (or when receiving started)
+    at: float  # when it was written
+    size: int = 0  # the state file's size then
+
+    def due(self, written: int, now: float, file_ended: bool) -> bool:
+        """Whether to record now, with ``written`` bytes received and flushed-to-be."""
+        if written - self.written < max(STATE_INTERVAL, STATE_SHARE * self.size):
+            return False
+        return file_ended or now - self.at >= STATE_PERIOD
+
+    def wrote(self, written: int, now: float, size: int) -> None:
+        """A record of ``size`` bytes was written at ``now``, counting ``written`` bytes."""
+        self.written, self.at, self.size = written, now, size
 
 
 @dataclass(frozen=True, slots=True)
@@ -1162,7 +1191,7 @@ async def _chunk_loop(
     fd, shown = -1, ""
     written, chunks, streamed = sum(starts.values()), 0, 0
     next_ack = p.ACK_INTERVAL
-    next_state = written + STATE_INTERVAL
+    pacer = StatePacer(written, asyncio.get_running_loop().time())
     current, have = 0, starts.get(0, 0)  # the file in progress (files before it are finished), its bytes written
     while True:
         try:
@@ -1223,13 +1252,14 @@ async def _chunk_loop(
                     await destination.finish(part)
                     part = None
                     current, have = current + 1, starts.get(current + 1, 0)
-                if written >= next_state:  # the state file, for resume by hand after this process is gone
+                now = asyncio.get_running_loop().time()
+                if pacer.due(written, now, placed.last):  # the state file, for resume by hand once we are gone
                     await writer.flush()  # the state file never counts a byte not yet written
                     if part is not None:
                         size = await destination.checkpoint(part, have)
                     else:
                         size = destination.save_state()
-                    next_state = written + max(STATE_INTERVAL, STATE_SHARE * size)
+                    pacer.wrote(written, now, size)
             if streamed >= next_ack or placed.last:
                 next_ack = streamed + p.ACK_INTERVAL
                 ack = p.ChunkAck(stream.epoch, chunks)

@@ -562,6 +562,19 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.startswith("relay ")
 
 
+def test_a_transfer_does_not_import_what_only_a_proxy_needs() -> None:
+    """Start-up is a fixed cost of every transfer (issue 12): urllib.request (for NO_PROXY) and websockets'
+    asyncio client (for proxy tunnels) are imported only when used."""
+    probe = ("import sys; from relay.command import main; import clients.cli, clients.transfer; "
+             "clients.cli.build_parser(); "
+             "print(' '.join(m for m in ('urllib.request', 'websockets.asyncio.client') "
+             "if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
 def test_a_weak_chosen_code_gets_a_warning(tmp_path) -> None:
     (tmp_path / "x").write_text("x")
     unreachable = f"http://127.0.0.1:{free_port()}"

@@ -56,3 +56,14 @@ def test_python_m_benchmarks_runs_scenario_8_with_its_issue_12_targets(tmp_path:
     assert all(row["ok"] and row["extra"]["load_average"] for row in results["rows"])
     names = [target["name"] for target in results["targets"]]
     assert "CLI -> CLI >= 1.2x piping-server + curl" in names and "sender <= 0.8 CPU-s/GiB" in names
+
+
+def test_client_processes_cache_their_bytecode_outside_the_sources(monkeypatch) -> None:
+    """A measured client starts as an installed one does, from cached bytecode, whatever the caller's setting."""
+    from benchmarks.clientproc import child_environment
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    env = child_environment()
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert Path(env["PYTHONPYCACHEPREFIX"]).parts[-3:] == ("benchmarks", ".cache", "pycache")

@@ -19,6 +19,7 @@ import pytest
 from relay import protocol as p
 from clients.errors import LocalFailure
 from clients.store import MAX_STATE_BYTES, STATE_NAME, BadState, Destination, Held, parse_state
+from clients.transfer import STATE_INTERVAL, STATE_PERIOD, STATE_SHARE, StatePacer
 
 PART = ".relay-0123456789ab.part"
 
@@ -174,3 +175,35 @@ async def test_the_state_file_follows_the_parts_and_is_gone_after_commit_or_disc
         else:
             await destination.discard()
             assert sorted(os.listdir(root)) == []
+
+
+# --- When the receiver records its state (clients.transfer.StatePacer): a pure rule, the time is passed in ---
+
+MIB = 1024 * 1024
+
+
+def test_the_state_is_not_recorded_before_a_mib_was_received_even_at_a_file_end() -> None:
+    pacer = StatePacer(written=0, at=0.0)
+    assert not pacer.due(STATE_INTERVAL - 1, now=100.0, file_ended=True)
+
+
+def test_the_state_is_recorded_at_most_every_half_second_while_a_file_streams() -> None:
+    """Recording drains the writer: once per 1 MiB chunk it stopped receiving while the disk caught up."""
+    pacer = StatePacer(written=0, at=10.0)
+    assert not pacer.due(64 * MIB, now=10.0 + STATE_PERIOD / 2, file_ended=False)
+    assert pacer.due(64 * MIB, now=10.0 + STATE_PERIOD, file_ended=False)
+    pacer.wrote(64 * MIB, now=10.0 + STATE_PERIOD, size=200)
+    assert not pacer.due(128 * MIB, now=10.0 + 1.5 * STATE_PERIOD, file_ended=False)
+
+
+def test_a_file_that_ends_is_recorded_at_once_so_a_stalled_receiver_has_recorded_it() -> None:
+    pacer = StatePacer(written=0, at=10.0)
+    assert pacer.due(3 * MIB, now=10.0, file_ended=True)
+
+
+def test_many_small_files_are_recorded_after_sixteen_times_the_state_files_size() -> None:
+    """A state file listing many parts is big: it is rewritten after at most 1/16 of its size in new bytes."""
+    pacer = StatePacer(written=0, at=0.0)
+    pacer.wrote(MIB, now=1.0, size=MIB)
+    assert not pacer.due(MIB + STATE_SHARE * MIB - 1, now=100.0, file_ended=True)
+    assert pacer.due(MIB + STATE_SHARE * MIB, now=100.0, file_ended=True)
