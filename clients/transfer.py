@@ -568,6 +568,7 @@ class _Parking:
     epoch: int = 0  # the epoch being streamed: acks of earlier ones no longer count
     acked: dict[int, int] = field(default_factory=dict)  # receiver -> chunks of this epoch it acknowledged
     acks: asyncio.Event = field(default_factory=asyncio.Event)  # set at each ack of this epoch
+    verified: set[int] = field(default_factory=set)  # receivers whose ``verified`` this sender has read
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -628,6 +629,12 @@ class _SenderLink:
         with contextlib.suppress(asyncio.CancelledError, TransferError):
             await self.watcher
 
+    def all_verified(self) -> bool:
+        """Every receiver said it authenticated and stored every file: a connection lost now (before the relay's
+        ``complete``) costs nothing, and taking the seat back would only find a finished room (or, after a relay
+        restart, recreate an empty one and wait out the window)."""
+        return len(self.room.verified) >= self.receivers
+
     async def rejoin(self, lost: ConnectionLost) -> None:
         """Take the sender's seat back (one token per pair), or raise ``lost`` when resume is off."""
         if self.seat is None:
@@ -649,7 +656,7 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
     returning receiver's ``resync`` (answered with this side's fresh half and a sealed proof) and every
     receiver's sealed position.
     """
-    verified: set[int] = set()
+    verified: set[int] = room.verified if room is not None else set()
     while True:
         message = await connection.receive()
         if isinstance(message, p.Complete):
@@ -705,6 +712,8 @@ async def _stream_epochs(
                                 starts if epoch == 0 else None):
                 return
         except ConnectionLost as lost:
+            if link.all_verified():
+                return
             await link.rejoin(lost)
         while True:  # until every seat is back and every receiver said where it is (or all verified meanwhile)
             try:
@@ -716,6 +725,8 @@ async def _stream_epochs(
                     return
                 break
             except ConnectionLost as lost:
+                if link.all_verified():
+                    return
                 await link.rejoin(lost)
         for peer, (index, have) in room.positions.items():
             if not (0 <= index < len(sizes) and 0 <= have <= sizes[index] or index == len(sizes) and have == 0):

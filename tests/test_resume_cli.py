@@ -32,6 +32,7 @@ class Cutter:
     upstream: str
     after: int
     upward: bool = False
+    after_text: str | None = None
     cuts: int = 0
     paths: list[str] = field(default_factory=list)
 
@@ -66,6 +67,16 @@ class Cutter:
                 if cut is not None and binaries > cut:
                     return
             await sink.send(frame)
+            if cut is not None and self.after_text is not None and isinstance(frame, str) and self.after_text in frame:
+                return
+
+
+@dataclass
+class TextCutter(Cutter):
+    """Cuts the first connection right after the relay's text frame holding ``after_text`` reached the client
+    (and before anything after it: for the sender, between every receiver's ``verified`` and ``complete``)."""
+
+    after: int = 10**9
 
 
 @contextlib.asynccontextmanager
@@ -131,6 +142,24 @@ async def test_a_sender_whose_connection_drops_reconnects_and_the_transfer_compl
     same_files(two_big_files, tmp_path / "out")
     resent = [line for line in sent.stdout.splitlines() if "sent again after reconnecting" in line]
     assert resent and 0 < int(resent[0].split("(")[1].split()[0]) <= 2 * SIZE - CHUNK  # as above
+
+
+async def test_a_sender_that_loses_its_connection_after_every_receiver_verified_succeeds_at_once(
+        relay_server, two_big_files, tmp_path) -> None:
+    """Between the receivers' ``verified`` and the relay's ``complete`` nothing is left to send: taking the seat
+    back would find a finished room (and recreate an empty one to wait out the window), so the sender ends with
+    success at once. Before the fix it waited the whole resume window and failed."""
+    cutter = TextCutter(relay_server.ws_url, after_text='"verified"')
+    async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        sender, code = await start_sender(url, "--resume-window", "20", str(two_big_files))
+        run = await receive(relay_server.ws_url, code, tmp_path / "out")
+        sent = await finish(sender)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert cutter.cuts == 1 and len(cutter.paths) == 1  # cut once, and never came back
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert "every receiver authenticated every file" in sent.stdout
+    same_files(two_big_files, tmp_path / "out")
 
 
 async def test_a_sender_with_three_receivers_drops_and_every_receiver_completes(
