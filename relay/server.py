@@ -13,16 +13,17 @@ import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from relay import __version__, logs, web
 from relay.access import Client, bearer_token, client_key
 from relay.config import Settings
-from relay.metrics import make_registry
-from relay.rooms import FAREWELL_TIMEOUT, JoinRequest
+from relay.metrics import Stats, make_registry
+from relay.rooms import FAREWELL_TIMEOUT, JoinRequest, PeerSocket
 from relay.service import Relay
 from relay.sockets import peer_socket
 from relay.tuning import tune_allocator
@@ -46,6 +47,62 @@ def client_of(websocket: WebSocket) -> Client:
     return Client(client_key(address), headers.get("origin"), headers.get("host"), token)
 
 
+def room_code(scope: Scope) -> str | None:
+    """The nameplate of a room WebSocket's path: ``""`` for ``/ws`` (a sender), the segment after ``/ws/``, or
+    None for any other path. Matches what the Starlette routes ``/ws`` and ``/ws/{code}`` would (the path
+    below the app's ``root_path``; a code is one non-empty segment)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    if path == "/ws":
+        return ""
+    if path.startswith("/ws/"):
+        code = path[4:]
+        if code and "/" not in code:
+            return code
+    return None
+
+
+async def accept_room_socket(scope: Scope, receive: Receive, send: Send,
+                             stats: Stats) -> tuple[PeerSocket, JoinRequest, Client]:
+    """Accept a room WebSocket and read what the service needs from its request: the ``PeerSocket``, the join
+    request (path and query) and the client (address, Origin, Host, token).
+
+    The request's headers are dropped from the scope once read: uvicorn keeps the scope for as long as the
+    connection, and a waiting room should not pay about 1 KiB for headers nobody reads again.
+    """
+    websocket = WebSocket(scope, receive, send)
+    await websocket.accept()
+    query = websocket.query_params
+    code = room_code(scope) or ""
+    resume = query.get("resume") if code else None  # a seat is taken back in a named room only
+    request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"), resume)
+    client = client_of(websocket)
+    scope["headers"] = []
+    return peer_socket(websocket, stats), request, client
+
+
+class RelayApp(FastAPI):
+    """FastAPI with the room WebSockets (``/ws`` and ``/ws/{code}``) served before its middleware stack.
+
+    A room waiting for its receivers holds its handler's coroutine chain for as long as it waits: through
+    FastAPI's stack (telemetry, error and exception middleware, exit stacks, the router, the route's exception
+    wrapper) that was about 6 KiB per socket, a third of what a waiting room cost. Those layers do nothing for
+    a room socket (the service answers every error itself, on the wire), so ``__call__`` sends these two
+    paths straight to ``room_socket``; every other request, and any other WebSocket path (closed as not
+    found), goes through FastAPI as before.
+    """
+
+    room_socket: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.room_socket is not None and room_code(scope) is not None:
+            await self.room_socket(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the relay's ASGI app; the ``Relay`` and its sweeper live as long as the app's lifespan."""
     settings = settings or Settings.from_env()
@@ -58,8 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with relay.running():
             yield
 
-    app = FastAPI(title="relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = RelayApp(title="relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                   openapi_url=None)
     app.state.relay = relay
     app.state.settings = settings
 
@@ -79,21 +136,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def room_socket(websocket: WebSocket) -> None:
+    async def room_socket(scope: Scope, receive: Receive, send: Send) -> None:
         """``/ws/{nameplate}`` (a receiver, or a party resuming) and ``/ws`` (a sender: the relay allocates a
         nameplate and says it in ``hello``)."""
-        await websocket.accept()
-        query = websocket.query_params
-        code = websocket.path_params.get("code", "")
-        resume = query.get("resume") if code else None  # a seat is taken back in a named room only
-        request = JoinRequest(code, query.get("role"), query.get("receivers"), query.get("v"), resume)
-        await relay.serve(peer_socket(websocket, relay.stats), request, client_of(websocket))
+        await relay.serve(*await accept_room_socket(scope, receive, send, relay.stats))
 
-    # Plain Starlette routes, not FastAPI's ``@app.websocket``: no dependency-injection stack is kept per socket,
-    # which is most of what a room waiting for its receivers costs above the transport (about 9 KiB each).
-    app.router.routes.append(WebSocketRoute("/ws/{code}", room_socket))
-    app.router.routes.append(WebSocketRoute("/ws", room_socket))
-
+    app.room_socket = room_socket
     app.include_router(web.router())
     return app
 
