@@ -367,14 +367,10 @@ class Destination:
         self.stale = [(f, n) for f, n in self.stale if (f, n) != (part.folders, part_name)]
         return part
 
-    async def checkpoint(self, part: Part, have: int) -> int:
-        """Flush ``part`` and record in the state file that its first ``have`` bytes are written (authenticated
-        chunks only: the caller calls this once the data path's writer flushed them)."""
-        if part.handle is not None:
-            try:
-                await part.handle.flush()
-            except OSError as exc:
-                raise _write_error(part.entry.path, exc) from exc
+    def checkpoint(self, part: Part, have: int) -> int:
+        """Record in the state file that the first ``have`` bytes of ``part`` are written (authenticated chunks
+        only: the caller calls this once the data path's writer flushed them; they go by ``pwrite``, never
+        through ``part.handle``'s buffer)."""
         part.have = have
         return self.save_state()
 

@@ -629,14 +629,13 @@ class _SenderLink:
         with contextlib.suppress(asyncio.CancelledError, TransferError):
             await self.watcher
 
-    def all_verified(self) -> bool:
-        """Every receiver said it authenticated and stored every file: a connection lost now (before the relay's
-        ``complete``) costs nothing, and taking the seat back would only find a finished room (or, after a relay
-        restart, recreate an empty one and wait out the window)."""
-        return len(self.room.verified) >= self.receivers
-
-    async def rejoin(self, lost: ConnectionLost) -> None:
-        """Take the sender's seat back (one token per pair), or raise ``lost`` when resume is off."""
+    async def rejoin(self, lost: ConnectionLost) -> bool:
+        """Take the sender's seat back (one token per pair), or raise ``lost`` when resume is off. True instead
+        when every receiver already said it authenticated and stored every file: a connection lost then (before
+        the relay's ``complete``) costs nothing, and taking the seat back would only find a finished room (or,
+        after a relay restart, recreate an empty one and wait out the window)."""
+        if len(self.room.verified) >= self.receivers:
+            return True
         if self.seat is None:
             raise lost
         await self.stop_watching()
@@ -646,6 +645,7 @@ class _SenderLink:
         resumed = self.connection.resumed
         self.room.lost(set(resumed.parked) if resumed is not None else set())
         self.watcher = asyncio.create_task(_watch_receivers(self.connection, self.receivers, self.room))
+        return False
 
 
 async def _watch_receivers(connection: RelayConnection, receivers: int, room: _Parking | None = None) -> None:
@@ -712,9 +712,8 @@ async def _stream_epochs(
                                 starts if epoch == 0 else None):
                 return
         except ConnectionLost as lost:
-            if link.all_verified():
+            if await link.rejoin(lost):
                 return
-            await link.rejoin(lost)
         while True:  # until every seat is back and every receiver said where it is (or all verified meanwhile)
             try:
                 await _within(deadlines.resume_window + deadlines.frame, "the receivers to come back",
@@ -725,9 +724,8 @@ async def _stream_epochs(
                     return
                 break
             except ConnectionLost as lost:
-                if link.all_verified():
+                if await link.rejoin(lost):
                     return
-                await link.rejoin(lost)
         for peer, (index, have) in room.positions.items():
             if not (0 <= index < len(sizes) and 0 <= have <= sizes[index] or index == len(sizes) and have == 0):
                 raise p.UnexpectedMessage(f"receiver {peer} reported a position outside the offer")
@@ -1267,7 +1265,7 @@ async def _chunk_loop(
                 if pacer.due(written, now, placed.last):  # the state file, for resume by hand once we are gone
                     await writer.flush()  # the state file never counts a byte not yet written
                     if part is not None:
-                        size = await destination.checkpoint(part, have)
+                        size = destination.checkpoint(part, have)
                     else:
                         size = destination.save_state()
                     pacer.wrote(written, now, size)

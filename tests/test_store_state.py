@@ -163,7 +163,7 @@ async def test_the_state_file_follows_the_parts_and_is_gone_after_commit_or_disc
         part = await destination.open_part(offer().files[0])
         fd, _ = destination.part_fd(part)
         os.pwrite(fd, b"0123", 0)
-        await destination.checkpoint(part, 4)
+        destination.checkpoint(part, 4)
         saved = parse_state((root / STATE_NAME).read_bytes())
         assert saved == [Held("a/b.bin", 10, 1_700_000_000, part.part_name, 4)]
         assert (root / "a" / part.part_name).read_bytes() == b"0123"
