@@ -23,6 +23,7 @@ import pytest
 import websockets
 
 from tests.conftest import free_port
+from tests.relayproc import RelayProcess
 from tests.test_e2e import Run, everything_under, finish, sha
 
 pytestmark = pytest.mark.asyncio
@@ -31,40 +32,6 @@ SIZE = 2 * 1024 * 1024  # two files of 128 chunks each
 HELD_CHUNKS = 160  # the gate forwards the first file and 32 chunks of the second, then holds
 FILE_CHUNKS = SIZE // CHUNK
 WAIT = 60
-
-
-class RelayProcess:
-    """``relay serve`` on a fixed loopback port, in a process of its own (so that it can be killed outright)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())",
-            "serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        for _ in range(400):  # up to 20 s for the port to take connections
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                assert self.process.returncode is None, "the relay exited while starting"
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
-        raise AssertionError(f"the relay did not listen on port {self.port}")
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()  # SIGKILL: no going_away, no close frames; the kernel resets every socket
-            await asyncio.wait_for(self.process.wait(), WAIT)
 
 
 @dataclass
@@ -114,14 +81,14 @@ class Gate:
 
 @contextlib.asynccontextmanager
 async def relay_and_gate(after: int) -> AsyncIterator[tuple[RelayProcess, str, Gate]]:
-    relay = RelayProcess(free_port())
-    await relay.start()
-    gate = Gate(relay.url, after)
+    relay = RelayProcess(free_port(), flags=("--log-level", "warning"))
+    await asyncio.to_thread(relay.start)
+    gate = Gate(relay.ws_url, after)
     try:
         async with websockets.serve(gate.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
             yield relay, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", gate
     finally:
-        await relay.kill()
+        await asyncio.to_thread(relay.kill)
 
 
 def make_files(folder: Path) -> Path:
@@ -144,18 +111,18 @@ async def test_a_relay_killed_mid_transfer_and_started_again_the_transfer_comple
     for output in outputs:
         output.mkdir()
     async with relay_and_gate(HELD_CHUNKS) as (relay, gated, gate):
-        sender = await cli("send", "--relay", relay.url, "--chunk-size", str(CHUNK), "--receivers", str(receivers),
+        sender = await cli("send", "--relay", relay.ws_url, "--chunk-size", str(CHUNK), "--receivers", str(receivers),
                            str(source))
         assert sender.stdout is not None
         line = (await asyncio.wait_for(sender.stdout.readline(), WAIT)).decode()
         assert line.startswith("Code: "), line
         code = line.split()[1]
-        receiving = [await cli("receive", "--relay", gated if k == 0 else relay.url, "--yes", "--output",
+        receiving = [await cli("receive", "--relay", gated if k == 0 else relay.ws_url, "--yes", "--output",
                                str(output), code=code) for k, output in enumerate(outputs)]
         await asyncio.wait_for(gate.holding.wait(), WAIT)
         await asyncio.wait_for(gate.acked.wait(), WAIT)  # it wrote the first file (what it read later may be lost)
-        await relay.kill()
-        await relay.start()  # the same port: the clients' next attempts find the new process
+        await asyncio.to_thread(relay.kill)
+        await asyncio.to_thread(relay.start)  # the same port: the clients' next attempts find the new process
         runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
         sent = await finish(sender)
     assert sent.returncode == 0, sent.stderr + sent.stdout

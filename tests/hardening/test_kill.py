@@ -8,14 +8,17 @@ relay's and the kernel's buffers fill and the sender waits, part-way through its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from relay.rooms import State
-from tests.hardening.conftest import child_env, relay_command
+from tests.relayproc import child_env, relay_command
 
 FILE_SIZE = 256 * 1024 * 1024
 WAIT = 30.0
@@ -67,6 +70,39 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, err
 
 
+@dataclass
+class Transfer:
+    """A running ``relay send`` of ``source`` and ``relay receive`` of it into ``out``."""
+
+    source: Path
+    out: Path
+    code: str  # nameplate-words, as the sender printed it
+    sender: subprocess.Popen[str]
+    receiver: subprocess.Popen[str]
+
+
+@contextlib.asynccontextmanager
+async def a_transfer(ws_url: str, code: str, tmp_path: Path, *receiver_flags: str) -> AsyncIterator[Transfer]:
+    """Start ``relay send`` of a FILE_SIZE file, read its code, start ``relay receive`` with it; on the way out
+    (whatever happened) continue and kill whichever of the two is still running."""
+    source = big_file(tmp_path / "big.bin")
+    out = tmp_path / "out"
+    out.mkdir()
+    sender = start("send", str(source), "--relay", ws_url, "--code", code, "--quiet", cwd=tmp_path)
+    receiver = None
+    try:
+        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)
+        receiver = start("receive", code, "--relay", ws_url, "--output", str(out), "--yes", "--quiet",
+                         *receiver_flags, cwd=tmp_path)
+        yield Transfer(source, out, code, sender, receiver)
+    finally:
+        for process in (sender, receiver):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait()
+
+
 def final_names(folder: Path) -> list[str]:
     """Files under a final name: anything but the ``.relay-*.part`` temporaries."""
     return [p.name for p in folder.iterdir() if not (p.name.startswith(".relay-") and p.name.endswith(".part"))]
@@ -74,27 +110,14 @@ def final_names(folder: Path) -> list[str]:
 
 async def test_kill_9_of_the_sender_process_mid_transfer(relay_factory, code, tmp_path) -> None:
     relay = relay_factory(resume_window=1.0)  # a killed process never comes back: the room ends after the window
-    source = big_file(tmp_path / "big.bin")
-    out = tmp_path / "out"
-    out.mkdir()
-    sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
-    receiver = None
-    try:
-        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
-        receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
-                         cwd=tmp_path)
+    async with a_transfer(relay.ws_url, code, tmp_path) as transfer:
+        sender, receiver, out, code = transfer.sender, transfer.receiver, transfer.out, transfer.code
         await wait_streaming(relay, nameplate(code))
         receiver.send_signal(signal.SIGSTOP)
         sender.send_signal(signal.SIGKILL)
         sender.wait(timeout=WAIT)
         receiver.send_signal(signal.SIGCONT)
         status, err = await asyncio.to_thread(finish, receiver)
-    finally:
-        for process in (sender, receiver):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-                process.wait()
     assert sender.returncode == -signal.SIGKILL
     assert status == 1, err
     assert "sender disconnected" in err, err
@@ -111,24 +134,12 @@ async def test_kill_9_of_the_sender_process_mid_transfer(relay_factory, code, tm
 
 async def test_kill_9_of_the_receiver_process_mid_transfer(relay_factory, code, tmp_path) -> None:
     relay = relay_factory(resume_window=1.0)  # a killed process never comes back: the room ends after the window
-    source = big_file(tmp_path / "big.bin")
-    out = tmp_path / "out"
-    out.mkdir()
-    sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
-    receiver = None
-    try:
-        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
-        receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
-                         cwd=tmp_path)
+    async with a_transfer(relay.ws_url, code, tmp_path) as transfer:
+        sender, receiver, out, code = transfer.sender, transfer.receiver, transfer.out, transfer.code
         await wait_streaming(relay, nameplate(code))
         receiver.send_signal(signal.SIGKILL)
         receiver.wait(timeout=WAIT)
         status, err = await asyncio.to_thread(finish, sender)
-    finally:
-        for process in (sender, receiver):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
     assert receiver.returncode == -signal.SIGKILL
     assert status == 1, err
     assert "receiver 1 disconnected" in err, err

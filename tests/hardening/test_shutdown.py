@@ -16,7 +16,7 @@ import time
 
 import httpx
 
-from tests.hardening.test_kill import WAIT, big_file, final_names, finish, read_code, start
+from tests.hardening.test_kill import WAIT, a_transfer, final_names, finish
 from tests.hardening.wire import refused_with
 
 
@@ -57,15 +57,8 @@ def relay_exit(relay) -> int:
 
 async def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(relay_process, code, tmp_path) -> None:
     relay = relay_process("--shutdown-grace", "60")
-    source = big_file(tmp_path / "big.bin")
-    out = tmp_path / "out"
-    out.mkdir()
-    sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
-    receiver = None
-    try:
-        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
-        receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
-                         cwd=tmp_path)
+    async with a_transfer(relay.ws_url, code, tmp_path) as transfer:
+        sender, receiver, out, source = transfer.sender, transfer.receiver, transfer.out, transfer.source
         await wait_streaming(relay)
         receiver.send_signal(signal.SIGSTOP)
         assert relay.get("/readyz").status_code == 200
@@ -78,12 +71,6 @@ async def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(re
         receiver.send_signal(signal.SIGCONT)
         receiver_status, receiver_err = await asyncio.to_thread(finish, receiver)
         sender_status, sender_err = await asyncio.to_thread(finish, sender)
-    finally:
-        for process in (sender, receiver):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-                process.wait()
     assert (sender_status, receiver_status) == (0, 0), (sender_err, receiver_err)
     assert filecmp.cmp(source, out / "big.bin", shallow=False)
     assert await asyncio.to_thread(relay_exit, relay) == CLEAN_EXIT
@@ -94,17 +81,10 @@ async def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(re
 
 async def test_past_the_grace_period_the_remaining_peers_get_going_away(relay_process, code, tmp_path) -> None:
     relay = relay_process("--shutdown-grace", "1")
-    source = big_file(tmp_path / "big.bin")
-    out = tmp_path / "out"
-    out.mkdir()
-    sender = start("send", str(source), "--relay", relay.ws_url, "--code", code, "--quiet", cwd=tmp_path)
-    receiver = None
-    try:
-        code = await asyncio.wait_for(asyncio.to_thread(read_code, sender), WAIT)  # nameplate-words
-        # The stopped receiver never reads the relay's going_away (its socket is dropped), so once continued it
-        # sees a lost connection and tries to resume; a short window lets it give up within the test's wait.
-        receiver = start("receive", code, "--relay", relay.ws_url, "--output", str(out), "--yes", "--quiet",
-                         "--resume-window", "1", cwd=tmp_path)
+    # The stopped receiver never reads the relay's going_away (its socket is dropped), so once continued it
+    # sees a lost connection and tries to resume; a short window lets it give up within the test's wait.
+    async with a_transfer(relay.ws_url, code, tmp_path, "--resume-window", "1") as transfer:
+        sender, receiver, out = transfer.sender, transfer.receiver, transfer.out
         await wait_streaming(relay)
         receiver.send_signal(signal.SIGSTOP)  # the transfer cannot finish in time
         relay.process.send_signal(signal.SIGTERM)
@@ -112,12 +92,6 @@ async def test_past_the_grace_period_the_remaining_peers_get_going_away(relay_pr
         assert await asyncio.to_thread(relay_exit, relay) == CLEAN_EXIT
         receiver.send_signal(signal.SIGCONT)
         receiver_status, receiver_err = await asyncio.to_thread(finish, receiver)
-    finally:
-        for process in (sender, receiver):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-                process.wait()
     assert sender_status == 1 and "shutting down" in sender_err, sender_err
     assert receiver_status != 0, receiver_err
     assert final_names(out) == []

@@ -22,11 +22,13 @@ import os
 import re
 import sys
 import time
+from asyncio.subprocess import Process
 from pathlib import Path
 
 import websockets
 
 from tests.conftest import free_port
+from tests.relayproc import RelayProcess, child_env, relay_command
 from tests.test_resume_cli import Cutter
 
 CHUNK = 1024 * 1024
@@ -80,37 +82,54 @@ def prepare(size_mib: int, work: Path) -> tuple[Path, Path]:
     return source, out
 
 
-async def main(size_mib: int, source: Path, out: Path) -> int:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    relay = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())",
-        "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+def start_relay(port: int) -> RelayProcess:
+    return RelayProcess(port, flags=("--log-level", "warning")).start()
+
+
+async def start_clients(url: str, proxy: str, source: Path, out: Path) -> tuple[Process, Process]:
+    """``relay send`` of ``source`` on ``url``, then ``relay receive`` into ``out`` through ``proxy``."""
+    env = child_env()
+    sender = await asyncio.create_subprocess_exec(
+        *relay_command("send", "--relay", url, str(source)), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert sender.stdout is not None
+    first = (await asyncio.wait_for(sender.stdout.readline(), 60)).decode()
+    print(f"sender: {first.strip()}", file=sys.stderr, flush=True)
+    receiver = await asyncio.create_subprocess_exec(
+        *relay_command("receive", "--relay", proxy, "--yes", "--output", str(out)),
+        env={**env, "RELAY_CODE": first.split()[1]}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    return sender, receiver
+
+
+async def outcome(sender: Process, receiver: Process, source: Path, out: Path) -> tuple[bool, str]:
+    """Wait for both clients (the sender at most 60 s after the receiver); print their exits and what they said.
+    Returns whether both succeeded with the file byte for byte, and the bytes the sender says it sent again."""
+    received_out, received_err = await receiver.communicate()
     try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        sent_out, sent_err = await asyncio.wait_for(sender.communicate(), 60)
+    except TimeoutError:
+        sender.kill()
+        sent_out, sent_err = await sender.communicate()
+    sent_text = sent_out.decode()
+    resent = re.search(r"\((\d+) bytes\) sent again", sent_text)
+    received = out / source.name
+    same = received.exists() and _sha256(source) == _sha256(received)
+    print(f"exit codes: sender {sender.returncode}, receiver {receiver.returncode}; byte for byte: {same}")
+    print(f"bytes sent again: {resent.group(1) if resent else 0}")
+    print(f"receiver said: {received_out.decode().strip()!r} {received_err.decode().strip()!r}")
+    print(f"sender said: {sent_text.strip()!r} {sent_err.decode().strip()!r}")
+    return same and sender.returncode == 0 and receiver.returncode == 0, resent.group(1) if resent else "0"
+
+
+async def main(size_mib: int, source: Path, out: Path) -> int:
+    relay = await asyncio.to_thread(start_relay, free_port())
+    try:
         idle = rss_kib(relay.pid)
-        print(f"relay up on {port}, pid {relay.pid}", file=sys.stderr, flush=True)
-        url = f"ws://127.0.0.1:{port}"
-        cutter = TimedCutter(url, size_mib // 2)
+        print(f"relay up on {relay.port}, pid {relay.pid}", file=sys.stderr, flush=True)
+        cutter = TimedCutter(relay.ws_url, size_mib // 2)
         async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
             proxy = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-            sender = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.cli", "send", "--relay", url, str(source), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            assert sender.stdout is not None
-            first = (await asyncio.wait_for(sender.stdout.readline(), 60)).decode()
-            print(f"sender: {first.strip()}", file=sys.stderr, flush=True)
-            code = first.split()[1]
-            receiver = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.cli", "receive", "--relay", proxy, "--yes", "--output", str(out),
-                env={**env, "RELAY_CODE": code}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sender, receiver = await start_clients(relay.ws_url, proxy, source, out)
             started = time.monotonic()
             at_cut = peak = 0
             while receiver.returncode is None and time.monotonic() - started < 600:
@@ -122,25 +141,13 @@ async def main(size_mib: int, source: Path, out: Path) -> int:
                     await asyncio.wait_for(receiver.wait(), 0.02)
                 except TimeoutError:
                     pass
-            received_out, received_err = await receiver.communicate()
-            sent_out, sent_err = await sender.communicate()
-        sent_text = sent_out.decode()
-        resent = re.search(r"\((\d+) bytes\) sent again", sent_text)
-        received = out / source.name
-        same = received.exists() and _sha256(source) == _sha256(received)
-        print(f"size: {size_mib} MiB in 1 MiB chunks; cut after {size_mib // 2} chunks reached the receiver")
-        print(f"exit codes: sender {sender.returncode}, receiver {receiver.returncode}; byte for byte: {same}")
-        print(f"bytes sent again: {resent.group(1) if resent else 0}")
+            print(f"size: {size_mib} MiB in 1 MiB chunks; cut after {size_mib // 2} chunks reached the receiver")
+            ok, _ = await outcome(sender, receiver, source, out)
         print(f"time from the cut to the first chunk of the new epoch: {cutter.resumed_at - cutter.cut_at:.3f} s")
         print(f"relay RSS: idle {idle} KiB, at the cut {at_cut} KiB, peak while parked {peak} KiB")
-        print(f"receiver said: {received_out.decode().strip()!r} {received_err.decode().strip()!r}")
-        print(f"sender said: {sent_text.strip()!r} {sent_err.decode().strip()!r}")
-        return 0 if same and sender.returncode == 0 and receiver.returncode == 0 else 1
+        return 0 if ok else 1
     finally:
-        if relay.returncode is None:
-            relay.terminate()
-        await relay.wait()
-
+        await asyncio.to_thread(relay.stop)
 
 class Counter(Cutter):
     """A pipe in front of the receiver that cuts nothing: it counts the chunks of its first connection (``seen``
@@ -187,44 +194,18 @@ class Counter(Cutter):
         return isinstance(sink, websockets.ServerConnection)
 
 
-async def start_relay(port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
-    relay = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())",
-        "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return relay
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the relay did not start")
-
-
 async def restart(size_mib: int, source: Path, out: Path) -> int:
     """Kill the relay at about half of the transfer and start it again on the same port."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    relay = await start_relay(port, env)
-    url = f"ws://127.0.0.1:{port}"
-    counter = Counter(url, size_mib // 2)
+    relay = await asyncio.to_thread(start_relay, free_port())
+    counter = Counter(relay.ws_url, size_mib // 2)
     try:
         async with websockets.serve(counter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
             proxy = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-            sender = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.cli", "send", "--relay", url, str(source), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            assert sender.stdout is not None
-            code = (await asyncio.wait_for(sender.stdout.readline(), 60)).decode().split()[1]
-            receiver = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.cli", "receive", "--relay", proxy, "--yes", "--output", str(out),
-                env={**env, "RELAY_CODE": code}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sender, receiver = await start_clients(relay.ws_url, proxy, source, out)
             await asyncio.wait_for(counter.seen.wait(), 600)
-            relay.kill()
             killed_at = time.monotonic()
-            await relay.wait()
-            relay = await start_relay(port, env)
+            await asyncio.to_thread(relay.kill)
+            await asyncio.to_thread(relay.start)
             started_at = time.monotonic()
             fresh = peak = rss_kib(relay.pid)
             while receiver.returncode is None and time.monotonic() - killed_at < 600:
@@ -234,31 +215,15 @@ async def restart(size_mib: int, source: Path, out: Path) -> int:
                     await asyncio.wait_for(receiver.wait(), 0.02)
                 except TimeoutError:
                     pass
-            received_out, received_err = await receiver.communicate()
-            try:
-                sent_out, sent_err = await asyncio.wait_for(sender.communicate(), 60)
-            except TimeoutError:
-                sender.kill()
-                sent_out, sent_err = await sender.communicate()
-        sent_text = sent_out.decode()
-        resent = re.search(r"\((\d+) bytes\) sent again", sent_text)
-        received = out / source.name
-        same = received.exists() and _sha256(source) == _sha256(received)
-        print(f"size: {size_mib} MiB in 1 MiB chunks; relay killed (SIGKILL) once {size_mib // 2} chunks reached "
-              "the receiver, started again on the same port")
-        print(f"exit codes: sender {sender.returncode}, receiver {receiver.returncode}; byte for byte: {same}")
-        print(f"bytes sent again: {resent.group(1) if resent else 0}")
+            print(f"size: {size_mib} MiB in 1 MiB chunks; relay killed (SIGKILL) once {size_mib // 2} chunks "
+                  "reached the receiver, started again on the same port")
+            ok, _ = await outcome(sender, receiver, source, out)
         print(f"time from the kill to the first chunk of the new epoch: {counter.resumed_at - killed_at:.3f} s "
-              f"(of which the new relay process took {started_at - killed_at:.3f} s to listen)")
+              f"(of which the new relay process took {started_at - killed_at:.3f} s to answer /healthz)")
         print(f"new relay RSS: right after it started {fresh} KiB, peak while the room waited {peak} KiB")
-        print(f"receiver said: {received_out.decode().strip()!r} {received_err.decode().strip()!r}")
-        print(f"sender said: {sent_text.strip()!r} {sent_err.decode().strip()!r}")
-        return 0 if same and sender.returncode == 0 and receiver.returncode == 0 else 1
+        return 0 if ok else 1
     finally:
-        if relay.returncode is None:
-            relay.terminate()
-        await relay.wait()
-
+        await asyncio.to_thread(relay.stop)
 
 if __name__ == "__main__":
     size = int(sys.argv[1])

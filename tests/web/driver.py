@@ -77,3 +77,20 @@ def zip_hashes(download: Download) -> dict[str, str]:
 def fresh_code() -> str:
     """A room code no other test uses."""
     return f"test-{secrets.token_hex(6)}"
+
+
+# Every text a status line shows, in order, kept in `window.statusLines` (a "reconnecting" line lasts a moment
+# only, so it is recorded as it happens rather than looked for afterwards).
+_RECORD_STATUS = """(selector) => {
+    const status = document.querySelector(selector);
+    window.statusLines = [];
+    new MutationObserver(() => {
+        const line = status.dataset.state + ": " + status.textContent;
+        if (window.statusLines.at(-1) !== line) window.statusLines.push(line);
+    }).observe(status, { childList: true, characterData: true, subtree: true, attributes: true });
+}"""
+
+
+def record_status(page: Page, selector: str) -> None:
+    """From now on, every `state: text` the status line at `selector` shows goes into `window.statusLines`."""
+    page.evaluate(_RECORD_STATUS, selector)

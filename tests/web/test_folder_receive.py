@@ -23,7 +23,7 @@ from playwright.sync_api import BrowserContext, Page
 
 from relay import protocol as p
 from tests.peers import WAIT, RawPeer, key_as_receiver, raw_sides, seal_json, send_sealed
-from tests.web.driver import open_offer, sha256, wait_state
+from tests.web.driver import open_offer, record_status, sha256, wait_state
 from tests.web.proxy import prefix_proxy
 from tests.web.raw import RawSender
 
@@ -189,16 +189,6 @@ def test_files_into_a_chosen_folder_get_their_names_only_at_the_end(context: Bro
 CLI = [sys.executable, "-m", "clients.cli"]
 PROCESS_TIMEOUT = 90
 
-# Every text the receive status line shows, in order (the reconnecting line lasts a moment only).
-RECORD_STATUS = """() => {
-    const status = document.querySelector("#receive-status");
-    window.statusLines = [];
-    new MutationObserver(() => {
-        const line = status.dataset.state + ": " + status.textContent;
-        if (window.statusLines.at(-1) !== line) window.statusLines.push(line);
-    }).observe(status, { childList: true, characterData: true, subtree: true, attributes: true });
-}"""
-
 
 def wait_received(page: Page, at_least: int) -> None:
     """Wait (bounded) until the receive progress shows at least `at_least` bytes."""
@@ -239,7 +229,7 @@ def test_a_page_receiving_into_a_folder_resumes_after_its_connection_drops(conte
         page = context.new_page()
         page.goto(proxy.url + "#receive")
         page.evaluate(PICK_INBOX, {"saveAs": "big.bin" if how == "save-as" else None})
-        page.evaluate(RECORD_STATUS)
+        record_status(page, "#receive-status")
         page.fill("#receive-code", code)
         page.click("#receive-connect")
         page.wait_for_selector("#receive-offer:not([hidden])")
@@ -290,7 +280,7 @@ def test_a_page_carries_on_when_another_receiver_drops_and_comes_back(context: B
         page = context.new_page()
         page.goto(relay_server.http_url + "/#receive")
         page.evaluate(PICK_INBOX, {"saveAs": None})
-        page.evaluate(RECORD_STATUS)
+        record_status(page, "#receive-status")
         page.fill("#receive-code", code)
         page.click("#receive-connect")
         command = [*CLI, "receive", "--relay", proxy.url, "--output", str(out), "--yes", "--quiet"]

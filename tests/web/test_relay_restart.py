@@ -10,61 +10,27 @@ counts the bytes it carried to the page.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from playwright.sync_api import BrowserContext
 
 from tests.conftest import free_port
-from tests.web.driver import sha256, wait_state
+from tests.relayproc import RelayProcess
+from tests.web.driver import record_status, sha256, wait_state
 from tests.web.proxy import prefix_proxy
-from tests.web.test_folder_receive import PICK_INBOX, READ_INBOX_FILE, RECORD_STATUS, inbox
+from tests.web.test_folder_receive import CLI, PICK_INBOX, READ_INBOX_FILE, inbox
 
-CLI = [sys.executable, "-m", "clients.cli"]
 WAIT = 60
 MiB = 1024 * 1024
-
-
-class RelayProcess:
-    """`relay serve` on a fixed loopback port, in a process of its own (so that it can be killed outright)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from relay.command import main; sys.exit(main())", "serve",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(400):  # up to 20 s for the port to take connections
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, "the relay exited while starting"
-                time.sleep(0.05)
-        raise AssertionError(f"the relay did not listen on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()  # SIGKILL: no going_away, no close frames
-            self.process.wait(WAIT)
 
 
 def test_a_receiving_page_and_relay_send_carry_on_across_a_relay_restart(context: BrowserContext, tmp_path: Path):
     source = tmp_path / "large.bin"
     source.write_bytes(os.urandom(96 * MiB))
-    relay = RelayProcess(free_port())
-    relay.start()
-    sender = subprocess.Popen([*CLI, "send", str(source), "--relay", relay.url], stdout=subprocess.PIPE,
+    relay = RelayProcess(free_port(), flags=("--log-level", "warning")).start()
+    sender = subprocess.Popen([*CLI, "send", str(source), "--relay", relay.http_url], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         line = sender.stdout.readline() if sender.stdout else ""
@@ -73,7 +39,7 @@ def test_a_receiving_page_and_relay_send_carry_on_across_a_relay_restart(context
             page = context.new_page()
             page.goto(proxy.url + "#receive")
             page.evaluate(PICK_INBOX, {"saveAs": "large.bin"})
-            page.evaluate(RECORD_STATUS)
+            record_status(page, "#receive-status")
             page.fill("#receive-code", line.split()[1])
             page.click("#receive-connect")
             page.wait_for_selector("#receive-offer:not([hidden])")

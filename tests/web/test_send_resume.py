@@ -8,26 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from playwright.sync_api import BrowserContext
 
-from tests.web.driver import sha256, start_sending, wait_state
+from tests.web.driver import record_status, sha256, start_sending, wait_state
 from tests.web.proxy import prefix_proxy
-from tests.web.test_folder_receive import PICK_INBOX, READ_INBOX_FILE, inbox
-
-CLI = [sys.executable, "-m", "clients.cli"]
-PROCESS_TIMEOUT = 90
-
-RECORD_SEND_STATUS = """() => {
-    const status = document.querySelector("#send-status");
-    window.statusLines = [];
-    new MutationObserver(() => {
-        const line = status.dataset.state + ": " + status.textContent;
-        if (window.statusLines.at(-1) !== line) window.statusLines.push(line);
-    }).observe(status, { childList: true, characterData: true, subtree: true, attributes: true });
-}"""
+from tests.web.test_folder_receive import CLI, PICK_INBOX, PROCESS_TIMEOUT, READ_INBOX_FILE, inbox
 
 
 def test_a_sending_page_carries_on_when_its_receiver_drops_and_comes_back(context: BrowserContext, relay_server,
@@ -36,7 +23,7 @@ def test_a_sending_page_carries_on_when_its_receiver_drops_and_comes_back(contex
     out.mkdir()
     page = context.new_page()
     code = start_sending(page, relay_server.http_url, [files["big"], files["note"], files["empty"]])
-    page.evaluate(RECORD_SEND_STATUS)
+    record_status(page, "#send-status")
     with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024) as proxy:
         command = [*CLI, "receive", "--relay", proxy.url, "--output", str(out), "--yes", "--quiet"]
         finished = subprocess.run(command, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
@@ -58,7 +45,7 @@ def test_a_sending_page_takes_its_seat_back_after_its_own_connection_drops(conte
     with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024, cut_upstream=True) as proxy:
         sender = context.new_page()
         code = start_sending(sender, proxy.url.rstrip("/"), paths)
-        sender.evaluate(RECORD_SEND_STATUS)
+        record_status(sender, "#send-status")
         receiver = context.new_page()
         receiver.goto(relay_server.http_url + "/#receive")
         receiver.evaluate(PICK_INBOX, {"saveAs": None})
