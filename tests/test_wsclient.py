@@ -394,3 +394,72 @@ async def test_a_connection_that_carries_only_control_messages_keeps_a_small_buf
             assert json.loads(await asyncio.wait_for(client.recv(), BOUND))["chunks"] == n
         assert len(client._buffer) == 64 * 1024
         await client.close()
+
+
+class RecordingTransport:
+    """Wraps a real transport and records what each call hands it (one entry per write/writelines)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.inner = transport
+        self.calls: list[list[bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append([bytes(data)])
+        self.inner.write(data)
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        self.calls.append([bytes(piece) for piece in pieces])
+        self.inner.writelines(pieces)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_chunk_header_goes_out_with_its_chunk_in_one_write(loop: str) -> None:
+    """The sender's text header and the binary chunk after it: one writev (uvloop) instead of three writes, so one
+    syscall and one TCP segment per chunk; where a transport would copy to gather (asyncio on Python 3.11), the
+    small frames and the chunk's frame header still go in one write, the payload in a second."""
+    import uvloop
+
+    payload = os.urandom(1 << 20)
+
+    async def main() -> None:
+        async with ws_server(echo) as port:
+            client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/", max_size=2 << 20)
+            recording = RecordingTransport(client._transport)  # type: ignore[arg-type]
+            client._transport = recording  # type: ignore[assignment]
+            await client.send_text('{"type":"chunk"}')
+            assert recording.calls == []  # waits for the end of this loop turn
+            await client.send_binary(payload)
+            assert len(recording.calls) <= 2 and sum(len(call) for call in recording.calls) >= 2
+            if client._gathers:
+                assert len(recording.calls) == 1
+            else:
+                assert len(recording.calls[-1]) == 1 and len(recording.calls[-1][0]) == len(payload)
+            assert await asyncio.wait_for(client.recv(), BOUND) == '{"type":"chunk"}'
+            assert await asyncio.wait_for(client.recv(), BOUND) == payload
+            await client.send_text("alone")  # with nothing after it, it goes out at the end of the loop turn
+            assert await asyncio.wait_for(client.recv(), BOUND) == "alone"
+            await client.close()
+
+    if loop == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+async def test_a_small_frame_still_waiting_goes_out_before_an_abort() -> None:
+    received: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    async def record(ws: ServerConnection) -> None:
+        try:
+            received.set_result(await ws.recv())
+        except Exception as exc:  # noqa: BLE001 - the test reports what the server saw
+            received.set_result(exc)
+
+    async with ws_server(record) as port:
+        client = await WebSocketClient.connect(f"ws://127.0.0.1:{port}/")
+        await client.send_text("last words")
+        client.abort()
+        assert await asyncio.wait_for(received, BOUND) == "last words"
