@@ -12,13 +12,10 @@ for the GIL with its event loop):
   a file descriptor and an offset. The writer thread ``os.pwrite``s jobs in order and gives each buffer back. A failed
   write is kept and raised, as :class:`WriteFailed` with the path and ``errno``, by the next ``acquire``,
   ``submit`` or ``flush`` on the loop: the caller learns it at the next chunk, never later than ``flush``.
-- :class:`FileReader`: reads the first ``size`` bytes of a file into pool buffers; :meth:`FileReader.next` returns
-  the next chunk as a ``memoryview`` that stays valid until the following call. Where the kernel can say "this
-  would block" (Linux ``preadv2(RWF_NOWAIT)``), a chunk already in the page cache is read on the loop itself: no
-  hand-off to the thread and back, which cost a sender about 12 futex calls per chunk and the GIL ping-pong
-  around them (docs/design/speed.md section 12). From the first chunk that is not cached (or everywhere without
-  ``RWF_NOWAIT``) the reader thread reads it and keeps reading ahead, at most ``depth`` chunks, as before. A
-  file that shrinks while read raises :class:`ReadFailed`.
+- :class:`FileReader`: the reader thread ``readinto``s the first ``size`` bytes of a file into pool buffers, at most
+  ``depth`` chunks ahead of the loop; :meth:`FileReader.next` returns the next chunk as a ``memoryview`` that stays
+  valid until the following call. A file that shrinks while read raises :class:`ReadFailed`.
+
 - :func:`preallocate`: reserve a new part's blocks at its offered size before the first write (Linux
   ``fallocate(FALLOC_FL_KEEP_SIZE)``, best effort): ext4's delayed allocation otherwise reserves and maps blocks
   inside every ``pwrite``.
@@ -39,16 +36,14 @@ import asyncio
 import ctypes
 import errno as errno_module
 import os
-import sys
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import cast
 
 DEFAULT_DEPTH = 8
-# preadv2(RWF_NOWAIT): read on the loop what the page cache holds (Linux; not on macOS or Windows)
-NOWAIT_READS = hasattr(os, "preadv") and hasattr(os, "RWF_NOWAIT")
 FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file's size
 WRITE_PIECE = 256 * 1024  # the most one pwrite call carries: larger ones cost 8x in the kernel on a VM (_pwrite_all)
 
@@ -112,11 +107,12 @@ def preallocate(fd: int, start: int, end: int) -> bool:
     """Reserve the blocks of bytes ``start`` to ``end`` of ``fd`` without changing its size; True if done.
 
     Why: on ext4 (this machine's ``/tmp`` and home) a ``pwrite`` past what is allocated reserves and maps blocks
-    as it goes (delayed allocation: ``ext4_da_get_block_prep``, extent-status updates), per page. Reserving the
-    whole part once moved a 1 GiB copy's system time from 0.33-1.1 to 0.24-0.28 s in the measurements of
-    docs/design/speed.md section 12. The size stays as written (``KEEP_SIZE``), so a part still says how much of
-    the file it holds. Best effort: a file system without ``fallocate``, a full disk (the writes report it as
-    they always did) or another platform leave the file as it was.
+    as it goes (delayed allocation: ``ext4_da_get_block_prep``, extent-status updates), per page. Copying 1 GiB
+    into a new file in 256 KiB ``pwrite`` calls cost 0.34-1.38 s of system time (median 0.40, 12 runs) and
+    0.26-0.37 (median 0.28) into a file reserved first (docs/design/speed.md section 12). The size stays as
+    written (``KEEP_SIZE``), so a part still says how much of the file it holds. Best effort: a file system
+    without ``fallocate``, a full disk (the writes report it as they always did) or another platform leave the
+    file as it was.
     """
     if _FALLOCATE is None or end <= start:
         return False
@@ -256,20 +252,15 @@ class FileWriter:
 
 
 class FileReader:
-    """Reads ``size`` bytes of ``path`` from ``start`` in chunks of ``chunk_size``.
+    """Reads ``size`` bytes of ``path`` from ``start`` in chunks of ``chunk_size``, ``depth`` chunks ahead of the loop.
 
     ``await reader.next()`` returns the next chunk (the last may be short; an empty file gives one empty chunk,
     as the stream plan wants) and ``None`` after the last; each view is valid until the following ``next``.
     Call :meth:`close` when done or on failure (it closes the file once no read of it is under way).
-
-    Two ways to read, one after the other: while every chunk is in the page cache (``nowait``, Linux), ``next``
-    reads it itself with ``preadv2(RWF_NOWAIT)``, which copies what is cached and refuses rather than wait for
-    the disk; from the first refusal on, the reader thread reads, ``depth`` chunks ahead of the loop, so a
-    file on a slow disk never blocks the loop.
     """
 
     def __init__(self, path: str | os.PathLike[str], size: int, chunk_size: int, depth: int = DEFAULT_DEPTH,
-                 start: int = 0, nowait: bool = NOWAIT_READS) -> None:
+                 start: int = 0) -> None:
         if chunk_size < 1 or depth < 2 or size < 0 or start < 0:
             raise ValueError("chunk size positive, depth at least 2, size and start not negative")
         self.path = os.fspath(path)
@@ -288,12 +279,10 @@ class FileReader:
         self._finished = False
         self._closed = False
         self._lock = threading.Lock()  # held by the reader thread around each read; close() takes it too
-        self._offset = 0  # bytes read so far (by the loop until the thread takes over, then by the thread)
-        self._ended = False  # the last chunk (or a failure) was read
-        self._spare: list[bytearray] = [bytearray(chunk_size) for _ in range(depth)]
-        self.threaded = not nowait  # True once the reader thread reads (never goes back)
-        if self.threaded:
-            self._start_thread()
+        self._offset = 0  # reader thread side: bytes read so far
+        self._ended = False  # reader thread side: the last chunk (or a failure) was posted
+        for _ in range(depth):
+            self._request(bytearray(chunk_size))
 
     async def next(self) -> memoryview | None:
         """The next chunk, or ``None`` once ``size`` bytes were returned; raises :class:`ReadFailed`."""
@@ -302,20 +291,8 @@ class FileReader:
         if self._closed:
             raise RuntimeError("the reader is closed")
         if self._held is not None:
-            if self.threaded:
-                self._request(self._held)
-            else:
-                self._spare.append(self._held)
+            self._request(self._held)
             self._held = None
-        if not self.threaded:
-            if self._ended:
-                self._finished = True
-                return None
-            read = self._read_cached()
-            if read is not None:
-                self._held = read[0]
-                return memoryview(read[0])[:read[1]]
-            self._start_thread()
         while not self._ready:
             self._arrived.clear()
             await self._arrived.wait()
@@ -337,31 +314,6 @@ class FileReader:
             with self._lock:
                 self._ended = True
                 self._file.close()
-
-    def _read_cached(self) -> tuple[bytearray, int] | None:
-        """On the loop: the next chunk if the page cache holds all of it, else ``None`` (nothing consumed)."""
-        length = min(self.chunk_size, self.size - self._offset)
-        buffer = self._spare.pop()
-        if length:
-            try:
-                got = os.preadv(self._file.fileno(), [memoryview(buffer)[:length]], self.start + self._offset,
-                                os.RWF_NOWAIT)
-            except OSError:  # EAGAIN: not cached; EOPNOTSUPP: this file system cannot say; anything else: the
-                got = -1  # thread reads it again and reports it
-            if got != length:  # short: partly cached, or the file shrank: the thread tells which
-                self._spare.append(buffer)
-                return None
-        self._offset += length
-        self._ended = self._offset >= self.size
-        return buffer, length
-
-    def _start_thread(self) -> None:
-        """Hand every spare buffer to the reader thread, from the current offset on."""
-        self.threaded = True
-        self._file.seek(self.start + self._offset)  # no read is under way: the thread reads on from here
-        spare, self._spare = self._spare, []
-        for buffer in spare:
-            self._request(buffer)
 
     def _request(self, buffer: bytearray) -> None:
         _READER.put(lambda: self._read_into(buffer))

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 from clients import diskio
-from clients.diskio import (
-    NOWAIT_READS, WRITE_PIECE, DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed, preallocate,
-)
+from clients.diskio import WRITE_PIECE, DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed, preallocate
 
 BOUND = 20.0
 
@@ -135,17 +133,12 @@ async def read_all(reader: FileReader) -> list[bytes]:
     return chunks
 
 
-BOTH_WAYS = pytest.mark.parametrize("nowait", [
-    False, pytest.param(True, marks=pytest.mark.skipif(not NOWAIT_READS, reason="no preadv2(RWF_NOWAIT) here"))])
-
-
-@BOTH_WAYS
 @pytest.mark.parametrize("size, chunk", [(0, 10), (1, 10), (10, 10), (95, 10), (100000, 4096)])
-async def test_the_reader_returns_the_planned_chunks(tmp_path: Path, size: int, chunk: int, nowait: bool) -> None:
+async def test_the_reader_returns_the_planned_chunks(tmp_path: Path, size: int, chunk: int) -> None:
     data = os.urandom(size)
     path = tmp_path / "source"
     path.write_bytes(data + b"tail that was not offered")
-    reader = FileReader(path, size, chunk, depth=3, nowait=nowait)
+    reader = FileReader(path, size, chunk, depth=3)
     try:
         chunks = await read_all(reader)
     finally:
@@ -158,7 +151,7 @@ async def test_the_reader_returns_the_planned_chunks(tmp_path: Path, size: int, 
 async def test_the_reader_reads_at_most_depth_chunks_ahead(tmp_path: Path) -> None:
     path = tmp_path / "source"
     path.write_bytes(os.urandom(64 * 1024))
-    reader = FileReader(path, 64 * 1024, 1024, depth=4, nowait=False)  # the thread's read-ahead
+    reader = FileReader(path, 64 * 1024, 1024, depth=4)
     try:
         first = await reader.next()
         assert first is not None
@@ -171,11 +164,10 @@ async def test_the_reader_reads_at_most_depth_chunks_ahead(tmp_path: Path) -> No
         reader.close()
 
 
-@BOTH_WAYS
-async def test_a_file_that_shrank_since_the_offer_is_a_read_failure(tmp_path: Path, nowait: bool) -> None:
+async def test_a_file_that_shrank_since_the_offer_is_a_read_failure(tmp_path: Path) -> None:
     path = tmp_path / "source"
     path.write_bytes(b"x" * 25)
-    reader = FileReader(path, 40, 10, depth=2, nowait=nowait)
+    reader = FileReader(path, 40, 10, depth=2)
     try:
         with pytest.raises(Shrank, match="ended at 25 bytes"):
             await read_all(reader)
@@ -209,70 +201,6 @@ async def test_a_reader_starts_mid_file_as_a_resumed_stream_does(tmp_path: Path)
         assert b"".join(await read_all(reader)) == data[3_000:]
     finally:
         reader.close()
-
-
-def evict(path: Path) -> None:
-    """Ask the kernel to drop ``path`` from the page cache (written back first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def evicts(folder: Path) -> bool:
-    """Whether files in ``folder`` leave the page cache when asked (not on tmpfs), tried on a file of its own: a
-    refused ``RWF_NOWAIT`` read starts the kernel's read-ahead, which would bring a probed file back."""
-    probe = folder / "probe"
-    probe.write_bytes(os.urandom(65536))
-    evict(probe)
-    fd = os.open(probe, os.O_RDONLY)
-    try:
-        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return False
-
-
-@pytest.mark.skipif(not NOWAIT_READS, reason="no preadv2(RWF_NOWAIT) here")
-async def test_a_cached_file_is_read_on_the_loop_without_a_thread_hop(tmp_path: Path, monkeypatch) -> None:
-    data = os.urandom(100_000)
-    path = tmp_path / "source"
-    path.write_bytes(data)  # just written: in the page cache
-    handed: list[object] = []
-    monkeypatch.setattr(diskio._READER, "put", handed.append)  # a job for the thread would never run
-    reader = FileReader(path, len(data), 4096, depth=2)
-    try:
-        assert b"".join(await read_all(reader)) == data
-    finally:
-        reader.close()
-    assert not reader.threaded and handed == []
-
-
-@pytest.mark.skipif(not NOWAIT_READS, reason="no preadv2(RWF_NOWAIT) here")
-async def test_a_file_not_in_the_page_cache_is_read_by_the_thread_from_where_the_loop_stopped(tmp_path: Path) -> None:
-    data = os.urandom(300_000)
-    path = tmp_path / "source"
-    path.write_bytes(data)
-    reader = FileReader(path, len(data) - 1000, 4096, depth=3, start=1000)
-    try:
-        view = await reader.next()  # cached: read on the loop
-        assert view is not None and not reader.threaded
-        first = bytes(view)
-        assert first == data[1000:5096]
-        if not evicts(tmp_path):
-            pytest.skip("this file system keeps files in memory")
-        evict(path)
-        rest = await read_all(reader)  # would block: the thread takes over at the next offset
-    finally:
-        reader.close()
-    assert reader.threaded
-    assert first + b"".join(rest) == data[1000:]
 
 
 async def test_preallocate_reserves_the_blocks_and_keeps_the_size(tmp_path: Path) -> None:
