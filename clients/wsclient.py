@@ -35,7 +35,6 @@ import base64
 import hashlib
 import os
 import ssl as ssl_module
-import sys
 from typing import Any, cast
 
 from websockets.uri import parse_uri
@@ -49,7 +48,7 @@ MIN_READ = 256 * 1024  # keep at least this much free tail, so that one read can
 INITIAL_CAPACITY = 64 * 1024  # a connection that only ever carries control messages stays this small
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
-SMALL_FRAME = 16 * 1024  # below this, a frame waits (one loop turn at most) to go out with the next one
+SMALL_FRAME = 16 * 1024  # below this, header and payload go out as one write (one segment)
 
 
 class HandshakeFailed(Exception):
@@ -108,9 +107,6 @@ class WebSocketClient(asyncio.BufferedProtocol):
         self._scan = 0  # the next frame header _scan_for_close has not looked at
         self._close_frame: ConnectionClosed | None = None  # the server's close, seen ahead of the reader
         self._fragment_opcode = Opcode.BINARY
-        self._pending: list[bytes] = []  # small frames not yet handed to the transport (see _send_frame)
-        self._flush_scheduled = False
-        self._gathers = False  # the transport writes a list of buffers with one writev (connection_made)
         self.response_headers: dict[str, str] = {}
 
     # --- opening -------------------------------------------------------------------------------------------
@@ -173,7 +169,6 @@ class WebSocketClient(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self._gathers = sys.version_info >= (3, 12) or type(transport).__module__.startswith("uvloop")
         self._transport.write(self._request)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -228,14 +223,14 @@ class WebSocketClient(asyncio.BufferedProtocol):
     def _send_pong(self, payload: bytes) -> None:
         if not self._close_sent and self._transport is not None and not self._transport.is_closing():
             key = wf.new_mask_key()
-            self._write(wf.client_header(Opcode.PONG, len(payload), key) + wf.apply_mask(payload, key))
+            self._transport.write(wf.client_header(Opcode.PONG, len(payload), key) + wf.apply_mask(payload, key))
 
     def _send_close_reply(self, code: int) -> None:
         if not self._close_sent and self._transport is not None and not self._transport.is_closing():
             self._close_sent = True
             key = wf.new_mask_key()
             payload = wf.close_payload(code, "")
-            self._write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
+            self._transport.write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost reports it
@@ -443,36 +438,10 @@ class WebSocketClient(asyncio.BufferedProtocol):
         header = wf.client_header(opcode, len(data), key)
         masked = wf.apply_mask(data, key)
         if len(masked) < SMALL_FRAME:
-            # A small frame (a chunk's JSON header, an ack) waits for the end of this loop turn: the chunk sent
-            # right after it goes out in the same writev, one syscall and one TCP segment instead of three
-            self._pending.append(header + masked)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            self._transport.write(header + masked)
         else:  # not joined: the payload is not copied again for its 14-byte header
-            self._write(header, masked)
-
-    def _write(self, *parts: bytes) -> None:
-        """Hand the small frames still waiting, then ``parts``, to the transport: one ``writev`` where the
-        transport gathers (uvloop; asyncio from Python 3.12), else the small pieces joined and a large last part
-        on its own (asyncio 3.11's ``writelines`` would join, i.e. copy, the payload)."""
-        assert self._transport is not None
-        pieces, self._pending = [*self._pending, *parts], []
-        if len(pieces) == 1:
-            self._transport.write(pieces[0])
-        elif self._gathers:
-            self._transport.writelines(pieces)
-        elif len(pieces[-1]) >= SMALL_FRAME:
-            self._transport.write(b"".join(pieces[:-1]))
-            self._transport.write(pieces[-1])
-        else:
-            self._transport.write(b"".join(pieces))
-
-    def _flush(self) -> None:
-        """The end of the loop turn in which small frames were sent: nothing came to go with them."""
-        self._flush_scheduled = False
-        if self._pending and self._transport is not None and not self._transport.is_closing():
-            self._write()
+            self._transport.write(header)
+            self._transport.write(masked)
 
     # --- closing -------------------------------------------------------------------------------------------
 
@@ -484,7 +453,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
             self._close_sent = True
             key = wf.new_mask_key()
             payload = wf.close_payload(code, reason)
-            self._write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
+            self._transport.write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 while self._closed is None:
@@ -501,7 +470,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
             self._close_sent = True
             key = wf.new_mask_key()
             payload = wf.close_payload(code, reason)
-            self._write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
+            self._transport.write(wf.client_header(Opcode.CLOSE, len(payload), key) + wf.apply_mask(payload, key))
         if self._transport is not None:
             self._transport.close()
 
@@ -513,8 +482,6 @@ class WebSocketClient(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         if self._transport is not None:
-            if self._pending and not self._transport.is_closing():
-                self._write()  # what was sent before went out before the abort, as when it was written at once
             self._transport.abort()
 
     @property
