@@ -16,6 +16,10 @@ for the GIL with its event loop):
   ``depth`` chunks ahead of the loop; :meth:`FileReader.next` returns the next chunk as a ``memoryview`` that stays
   valid until the following call. A file that shrinks while read raises :class:`ReadFailed`.
 
+- :func:`preallocate`: reserve a new part's blocks at its offered size before the first write (Linux
+  ``fallocate(FALLOC_FL_KEEP_SIZE)``, best effort): ext4's delayed allocation otherwise reserves and maps blocks
+  inside every ``pwrite``.
+
 Both are sized at construction and never grow, so memory is flat in the file size.
 
 Exceptions::
@@ -29,14 +33,19 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno as errno_module
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 DEFAULT_DEPTH = 8
+FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file's size
+WRITE_PIECE = 256 * 1024  # the most one pwrite call carries: larger ones cost 8x in the kernel on a VM (_pwrite_all)
 
 
 class DiskError(OSError):
@@ -56,17 +65,58 @@ class Shrank(ReadFailed):
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less; Windows has no ``pwrite``)."""
+    """Write all of ``data`` at ``offset`` in calls of at most :data:`WRITE_PIECE` bytes (``os.pwrite`` may write
+    less; Windows has no ``pwrite``).
+
+    Why pieces (docs/design/speed.md section 11): on the benchmark VM, whose balloon hands free memory back to
+    the host, 1 MiB writes into the page cache cost 3.5 CPU-s/GiB of system time in memory freed a few seconds
+    earlier, 256-512 KiB writes 0.4 (``dd`` with those block sizes): with 1 MiB writes the kernel fills the file
+    with large page-cache folios taken from the blocks the host took back, and every one costs a host fault.
+    That was most of a receiver's time when three wrote 3 GiB of new pages at once. The extra syscalls cost
+    ~4,000 per GiB, a few milliseconds.
+    """
     done = 0
     while done < len(data):
+        piece = data[done:done + WRITE_PIECE]
         if hasattr(os, "pwrite"):
-            written = os.pwrite(fd, data[done:], offset + done)
+            written = os.pwrite(fd, piece, offset + done)
         else:  # pragma: no cover - Windows: seek + write is safe, this thread is the file's only writer
             os.lseek(fd, offset + done, os.SEEK_SET)
-            written = os.write(fd, data[done:])
+            written = os.write(fd, piece)
         if written <= 0:
             raise OSError(errno_module.EIO, "the disk accepted no bytes")
         done += written
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate  # the C library the interpreter already loaded
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_FALLOCATE = _load_fallocate()
+
+
+def preallocate(fd: int, start: int, end: int) -> bool:
+    """Reserve the blocks of bytes ``start`` to ``end`` of ``fd`` without changing its size; True if done.
+
+    Why: on ext4 (this machine's ``/tmp`` and home) a ``pwrite`` past what is allocated reserves and maps blocks
+    as it goes (delayed allocation: ``ext4_da_get_block_prep``, extent-status updates), per page. Copying 1 GiB
+    into a new file in 256 KiB ``pwrite`` calls cost 0.34-1.38 s of system time (median 0.40, 12 runs) and
+    0.26-0.37 (median 0.28) into a file reserved first (docs/design/speed.md section 12). The size stays as
+    written (``KEEP_SIZE``), so a part still says how much of the file it holds. Best effort: a file system
+    without ``fallocate``, a full disk (the writes report it as they always did) or another platform leave the
+    file as it was.
+    """
+    if _FALLOCATE is None or end <= start:
+        return False
+    return _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, start, end - start) == 0
 
 
 class _Worker:

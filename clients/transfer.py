@@ -34,7 +34,7 @@ from relay.codes import wordlist
 from relay.protocol import ErrorCode
 from clients import crypto as c
 from clients.chunkcrypt import ChunkOpenerInto, ChunkSealerInto
-from clients.diskio import FileReader, FileWriter, ReadFailed, Shrank, WriteFailed
+from clients.diskio import FileReader, FileWriter, ReadFailed, Shrank, WriteFailed, preallocate
 from clients.connection import ConnectionLost, PeerRefused, RelayConnection, default_relay_url, peer_name
 from clients.errors import DeadlineExceeded, LocalFailure, RelayUnavailable, TransferError, TransferRefused
 from clients.offer import Outgoing, collect
@@ -1167,6 +1167,7 @@ async def _receive_stream(
 
 
 WRITE_DEPTH = 8  # the receiver's writer pool: chunks decrypted and waiting for the disk
+PREALLOCATE_FROM = 1 << 20  # a part this big gets its blocks reserved before its first write (diskio.preallocate)
 
 
 async def _receive_chunks(
@@ -1242,6 +1243,8 @@ async def _chunk_loop(
                         if part.entry.size >= STATE_INTERVAL:
                             destination.save_state()  # a big file's part is known to the next attempt from its start
                     fd, shown = destination.part_fd(part)
+                    if part.entry.size >= PREALLOCATE_FROM:
+                        preallocate(fd, have, part.entry.size)
                 first = have - placed.offset
                 fresh = end - have
                 if several:

@@ -162,6 +162,29 @@ async def test_a_64_mib_file_arrives_intact(relay_server, code, tmp_path) -> Non
     assert digest(out / "big.bin") == digest(source)
 
 
+async def test_a_receiver_reserves_a_big_files_blocks_before_writing_it(relay_server, code, tmp_path,
+                                                                         monkeypatch) -> None:
+    """diskio.preallocate (docs/design/speed.md section 12): once per part of at least PREALLOCATE_FROM bytes,
+    the whole file, before the first write; small files are left to the file system."""
+    import clients.transfer as transfer_module
+
+    calls: list[tuple[int, int, int]] = []
+    real = transfer_module.preallocate
+
+    def recording(fd: int, start: int, end: int) -> bool:
+        calls.append((os.fstat(fd).st_size, start, end))
+        return real(fd, start, end)
+
+    monkeypatch.setattr(transfer_module, "preallocate", recording)
+    big = make_file(tmp_path / "in" / "big.bin", 3 * 1024 * 1024 + 5)
+    small = make_file(tmp_path / "in" / "small.bin", 1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    await transfer(relay_server, code, [big, small], [out])
+    assert calls == [(0, 0, 3 * 1024 * 1024 + 5)]  # the empty part, reserved to its offered size
+    assert digest(out / "big.bin") == digest(big) and digest(out / "small.bin") == digest(small)
+
+
 async def test_one_sender_to_three_receivers(relay_server, code, tmp_path) -> None:
     source = make_file(tmp_path / "in" / "shared.bin", 3 * 1024 * 1024 + 17)
     outs = [tmp_path / f"out{i}" for i in range(3)]
