@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 
 DEFAULT_DEPTH = 8
+WRITE_PIECE = 256 * 1024  # the most one pwrite call carries: larger ones cost 8x in the kernel on a VM (_pwrite_all)
 
 
 class DiskError(OSError):
@@ -56,14 +57,24 @@ class Shrank(ReadFailed):
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less; Windows has no ``pwrite``)."""
+    """Write all of ``data`` at ``offset`` in calls of at most :data:`WRITE_PIECE` bytes (``os.pwrite`` may write
+    less; Windows has no ``pwrite``).
+
+    Why pieces (docs/design/speed.md section 11): on the benchmark VM, whose balloon hands free memory back to
+    the host, 1 MiB writes into the page cache cost 3.5 CPU-s/GiB of system time in memory freed a few seconds
+    earlier, 256-512 KiB writes 0.4 (``dd`` with those block sizes): with 1 MiB writes the kernel fills the file
+    with large page-cache folios taken from the blocks the host took back, and every one costs a host fault.
+    That was most of a receiver's time when three wrote 3 GiB of new pages at once. The extra syscalls cost
+    ~4,000 per GiB, a few milliseconds.
+    """
     done = 0
     while done < len(data):
+        piece = data[done:done + WRITE_PIECE]
         if hasattr(os, "pwrite"):
-            written = os.pwrite(fd, data[done:], offset + done)
+            written = os.pwrite(fd, piece, offset + done)
         else:  # pragma: no cover - Windows: seek + write is safe, this thread is the file's only writer
             os.lseek(fd, offset + done, os.SEEK_SET)
-            written = os.write(fd, data[done:])
+            written = os.write(fd, piece)
         if written <= 0:
             raise OSError(errno_module.EIO, "the disk accepted no bytes")
         done += written

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.diskio import DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed
+from clients import diskio
+from clients.diskio import WRITE_PIECE, DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed
 
 BOUND = 20.0
 
@@ -41,6 +42,33 @@ async def test_chunks_land_at_their_offsets_in_any_order(tmp_path: Path) -> None
         writer.close()
         os.close(fd)
     assert path.read_bytes() == data
+
+
+async def test_a_one_mib_chunk_goes_to_the_disk_in_pieces_of_at_most_write_piece(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1 MiB page-cache writes cost 8x the kernel time of 256 KiB ones on the benchmark VM (docs/design/speed.md 11)
+    sizes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def recording_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        sizes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(diskio.os, "pwrite", recording_pwrite)
+    data = os.urandom((1 << 20) + 5)
+    path = tmp_path / "part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    writer = FileWriter(len(data), depth=1)
+    try:
+        buffer = await asyncio.wait_for(writer.acquire(), BOUND)
+        buffer[:] = data
+        writer.submit(fd, str(path), 3, buffer, len(data))
+        await asyncio.wait_for(writer.flush(), BOUND)
+    finally:
+        writer.close()
+        os.close(fd)
+    assert path.read_bytes() == bytes(3) + data
+    assert sum(sizes) == len(data) and max(sizes) <= WRITE_PIECE and len(sizes) == -(-len(data) // WRITE_PIECE)
 
 
 async def test_memory_is_bounded_acquire_waits_while_every_buffer_is_in_flight(tmp_path: Path) -> None:
