@@ -169,13 +169,12 @@ def _finish(run: Run, size: int, started: float, sender: Proc, receivers: list[P
     return run
 
 
-def relay_run(source: Path, expected: str, work: Path, log_dir: Path, receivers: int, prime: bool = True) -> Run:
+def relay_run(source: Path, expected: str, work: Path, log_dir: Path, receivers: int) -> Run:
     """``relay send`` to ``receivers`` ``relay receive`` processes through a fresh relay."""
     size = source.stat().st_size
     run = Run("relay CLI", size // MIB, receivers)
     relay = relay_command()
     children: list[Child] = []
-    held = HeldMemory(work, receivers * size if prime else 0)
     try:
         with RelayServer(log_dir) as server:
             url = f"ws://127.0.0.1:{server.port}"
@@ -189,7 +188,6 @@ def relay_run(source: Path, expected: str, work: Path, log_dir: Path, receivers:
                 run.error = f"the sender printed no code: {line[:100]!r} {sender.stderr_tail()}"
                 return run
             code = line.removeprefix("Code: ").strip()
-            held.release()  # the servers and the sender are up: the receivers' writes come next
             outputs = []
             started = time.monotonic()
             for k in range(receivers):
@@ -206,13 +204,11 @@ def relay_run(source: Path, expected: str, work: Path, log_dir: Path, receivers:
         run.error = f"relay unavailable: {exc}"
         return run
     finally:
-        held.release()
         for child in children:
             child.kill()
 
 
-def piping_run(source: Path, expected: str, work: Path, log_dir: Path, receivers: int, install: bool,
-               prime: bool = True) -> Run:
+def piping_run(source: Path, expected: str, work: Path, log_dir: Path, receivers: int, install: bool) -> Run:
     """``curl -T`` to piping-server and ``receivers`` ``curl -o`` from it (``?n=N`` for several)."""
     size = source.stat().st_size
     run = Run("piping-server + curl", size // MIB, receivers)
@@ -221,13 +217,11 @@ def piping_run(source: Path, expected: str, work: Path, log_dir: Path, receivers
         run.error = "curl is not installed"
         return run
     children: list[Child] = []
-    held = HeldMemory(work, receivers * size if prime else 0)
     try:
         with PipingServer(log_dir, install) as server:
             url = f"http://127.0.0.1:{server.port}/bench" + (f"?n={receivers}" if receivers > 1 else "")
             sender = Child("sender", [curl, "-sS", "-T", str(source), url])
             children.append(sender)
-            held.release()  # the servers and the sender are up: the receivers' writes come next
             outputs = []
             started = time.monotonic()
             for k in range(receivers):
@@ -242,50 +236,13 @@ def piping_run(source: Path, expected: str, work: Path, log_dir: Path, receivers
         run.error = f"piping-server unavailable: {exc}"
         return run
     finally:
-        held.release()
         for child in children:
             child.kill()
-
-
-class HeldMemory:
-    """``nbytes`` of memory taken now (a scratch file in ``/dev/shm``, else in ``work``) and freed by
-    :meth:`release` right before a measured run's receivers start writing.
-
-    Why: on a VM whose balloon reports free pages to the host (virtio-balloon free page reporting, as on the
-    benchmark machine), memory that has been free for about 2 s is handed back, and the guest's first write to
-    such a page costs a host fault: writing 512 MiB into the page cache cost 1.4-1.7 CPU-s of system time in
-    pages freed 8 s earlier and 0.16 right after the previous file was deleted (docs/design/speed.md section 11).
-    Without this, a tool that ran right after another freed enough memory paid a tenth of the kernel's price
-    (curl's 3 receivers reused the 3 GiB the relay's receivers had just freed; those had 2 GiB of cold pages).
-    Freeing just before the receivers start gives every tool the same warm pages; tmpfs, so that holding them
-    costs no writeback.
-    """
-
-    def __init__(self, work: Path, nbytes: int) -> None:
-        shm = Path("/dev/shm")
-        folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else work
-        fd, name = tempfile.mkstemp(prefix="relay-bench-held-", dir=folder)
-        self.path: Path | None = Path(name)
-        try:
-            block = bytes(MIB)
-            with os.fdopen(fd, "wb") as out:
-                for _ in range(-(-nbytes // MIB)):
-                    out.write(block)
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """Free the memory (idempotent)."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
 
 
 def dd_floor(source: Path, work: Path) -> dict[str, float]:
     """What the kernel alone charges for copying the file to a new file (``dd``, the write side's floor)."""
     target = work / "dd-floor"
-    HeldMemory(work, source.stat().st_size).release()
     before = os.times()
     done = subprocess.run(["dd", f"if={source}", f"of={target}", "bs=1M"], capture_output=True, timeout=600)
     after = os.times()
@@ -302,8 +259,7 @@ def _clean(work: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def run_all(sizes_mib: list[int], receivers: int, attempts: int, install: bool, log_dir: Path,
-            prime: bool = True) -> dict:
+def run_all(sizes_mib: list[int], receivers: int, attempts: int, install: bool, log_dir: Path) -> dict:
     """Every size 1:1 for both tools (best of ``attempts`` by throughput), then fan-out at the first size."""
     report: dict = {"runs": [], "floors": [], "summary": {}}
     work = Path(tempfile.mkdtemp(prefix="relay-cli-vs-piping-"))
@@ -315,8 +271,8 @@ def run_all(sizes_mib: list[int], receivers: int, attempts: int, install: bool, 
 
             def one(tool: str, count: int, source: Path = source, expected: str = expected) -> Run:
                 if tool == "relay":
-                    return relay_run(source, expected, work, log_dir, count, prime)
-                return piping_run(source, expected, work, log_dir, count, install, prime)
+                    return relay_run(source, expected, work, log_dir, count)
+                return piping_run(source, expected, work, log_dir, count, install)
 
             best: dict[str, Run] = {}
             for _ in range(attempts):
@@ -360,15 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--receivers", type=int, default=3, help="receivers for the fan-out case (1: skip it)")
     parser.add_argument("--attempts", type=int, default=1, help="runs per tool and size; the best is kept")
     parser.add_argument("--no-install", action="store_true", help="do not npm-install piping-server")
-    parser.add_argument("--no-prime", action="store_true",
-                        help="do not write and delete receivers x size bytes before each run (see prime_memory)")
     parser.add_argument("--json", type=Path, default=None, help="also write the whole report here")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "relay-cli-vs-piping-logs")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes_mib.split(",") if s]
     if not sizes or any(s < 1 for s in sizes) or not 1 <= args.receivers <= 16 or not 1 <= args.attempts <= 5:
         parser.error("sizes >= 1 MiB, 1 to 16 receivers, 1 to 5 attempts")
-    report = run_all(sizes, args.receivers, args.attempts, not args.no_install, args.log_dir, not args.no_prime)
+    report = run_all(sizes, args.receivers, args.attempts, not args.no_install, args.log_dir)
     print(json.dumps({"floors": report["floors"], "summary": report["summary"]}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

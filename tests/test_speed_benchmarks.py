@@ -67,15 +67,3 @@ def test_client_processes_cache_their_bytecode_outside_the_sources(monkeypatch) 
     env = child_environment()
     assert "PYTHONDONTWRITEBYTECODE" not in env
     assert Path(env["PYTHONPYCACHEPREFIX"]).parts[-3:] == ("benchmarks", ".cache", "pycache")
-
-
-
-def test_held_memory_is_taken_at_once_and_freed_on_release(tmp_path: Path) -> None:
-    from benchmarks.cli_vs_piping import MIB, HeldMemory
-
-    held = HeldMemory(tmp_path, 3 * MIB + 1)
-    assert held.path is not None and held.path.stat().st_size == 4 * MIB  # whole MiB blocks, rounded up
-    path = held.path
-    held.release()
-    held.release()
-    assert not path.exists() and list(tmp_path.iterdir()) == []
