@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 
 DEFAULT_DEPTH = 8
-WRITE_PIECE = 256 * 1024  # the most one pwrite call carries: larger ones cost 8x in the kernel on a VM (_pwrite_all)
+WRITE_PIECE = 256 * 1024  # the most one pwrite call carries (why: _pwrite_all)
 
 
 class DiskError(OSError):
@@ -61,11 +61,11 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     less; Windows has no ``pwrite``).
 
     Why pieces (docs/design/speed.md section 11): on the benchmark VM, whose balloon hands free memory back to
-    the host, 1 MiB writes into the page cache cost 3.5 CPU-s/GiB of system time in memory freed a few seconds
-    earlier, 256-512 KiB writes 0.4 (``dd`` with those block sizes): with 1 MiB writes the kernel fills the file
-    with large page-cache folios taken from the blocks the host took back, and every one costs a host fault.
-    That was most of a receiver's time when three wrote 3 GiB of new pages at once. The extra syscalls cost
-    ~4,000 per GiB, a few milliseconds.
+    the host, page-cache writes into memory freed a few seconds earlier cost a host fault per page. A lone cold
+    ``dd`` of 512 MiB paid that with 1 MiB writes (1.4-1.8 s of system time) and not with 512 KiB or smaller ones
+    (0.2), which find the memory still warm; with three fan-out receivers, each receiver's system time went from
+    2.0-2.5 to 0.4-1.0 s/GiB in interleaved runs. Once all the memory is cold every size pays. The extra calls
+    are ~3,000 per GiB, a few milliseconds.
     """
     done = 0
     while done < len(data):
