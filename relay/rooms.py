@@ -54,7 +54,15 @@ LIVE_STATES = tuple(state for state in State if state is not State.ENDED)
 
 
 class PeerGone(Exception):
-    """The party's socket closed; raised by ``PeerSocket.receive`` and ``send_*``."""
+    """The party's socket closed; raised by ``PeerSocket.receive`` and ``send_*``.
+
+    ``left``: the party sent a close frame (it closed its socket on purpose: a tab closed, a client that quit),
+    as opposed to a connection that ended without one (a network drop, a killed process): the first ends the
+    room, only the second parks a seat (docs/protocol.md section 10)."""
+
+    def __init__(self, left: bool = False) -> None:
+        super().__init__("the party left" if left else "the connection dropped")
+        self.left = left
 
 
 class JoinRefused(Exception):
@@ -107,10 +115,12 @@ class BinaryFrame:
 
 @dataclass(frozen=True, slots=True)
 class Gone:
-    """Party ``peer``'s connection ``connection`` closed, or a send to it failed."""
+    """Party ``peer``'s connection ``connection`` closed, or a send to it failed. ``left``: it closed with a close
+    frame (the table's ``left``: the party left on purpose, never parked); otherwise it dropped (``gone``)."""
 
     peer: int
     connection: int
+    left: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +387,8 @@ class Room:
                 self.last_activity = now
                 message = parse_frame(event.text)
                 return source, message.TYPE, message
+            if type(event) is Gone and event.left:
+                return source, "left", None
             return source, _TRIGGERS[type(event)], None
         if isinstance(event, _PARTY_EVENTS):
             raise RuntimeError(f"no party {event.peer} in this room")
@@ -816,6 +828,8 @@ TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(None, RECEIVER, "error", (State.ENDED,), Room._reported_error),
     Transition(None, SENDER, "gone", (State.ENDED,), Room._gone),
     Transition(None, RECEIVER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, SENDER, "left", (State.ENDED,), Room._gone),
+    Transition(None, RECEIVER, "left", (State.ENDED,), Room._gone),
     Transition(None, RELAY, "crash", (State.ENDED,), Room._crash),
     Transition(None, RELAY, "shutdown", (State.ENDED,), Room._shutdown),
 )

@@ -226,8 +226,8 @@ class Relay:
             while room.attached(peer, connection):
                 try:
                     frame = await seat.socket.receive()
-                except PeerGone:
-                    await self._feed(room, Gone(peer, connection))
+                except PeerGone as gone:
+                    await self._feed(room, Gone(peer, connection, gone.left))
                     return
                 if not room.attached(peer, connection):  # the room ended, or the seat moved, meanwhile
                     return

@@ -523,3 +523,41 @@ def test_a_stale_rejoin_is_ignored() -> None:
     rooms, room = resume_room(1)
     back(rooms, room)
     assert room.handle(Rejoined(1, 0), 1.0) == []
+
+
+# --- a party that closes its socket has left: only a drop parks (docs/protocol.md section 10) ----------------
+
+
+def test_a_party_that_closes_its_socket_mid_stream_has_left_and_is_not_parked() -> None:
+    """A tab closed (1001) or a client that quit (1000) mid-transfer: the others hear ``peer_left`` at once instead
+    of waiting out the resume window for a party that is not coming back."""
+    _, room = resume_room(2)
+    effects = room.handle(Gone(2, 0, left=True), 5.0)
+    assert ended(effects) == "peer_left" and room.state is State.ENDED
+    assert sent(effects, 0) == [{"type": "peer_left", "peer": 2, "role": "receive"}]
+    assert messages(effects, 1) == ["peer_left"] and sent(effects, 2) == []
+
+
+def test_a_sender_that_closes_its_socket_in_done_has_left() -> None:
+    _, room = resume_room(1)
+    for data in (b"a" * 66, b"b" * 66):
+        chunk(room, data)
+    room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0)
+    effects = room.handle(Gone(0, 0, left=True), 1.0)
+    assert ended(effects) == "peer_left" and sent(effects, 1) == [{"type": "peer_left", "peer": 0, "role": "send"}]
+
+
+def test_a_close_seen_after_a_failed_send_parked_the_seat_ends_the_room() -> None:
+    """The send to it failed first (parked), then its reading side found its close frame: it left after all."""
+    _, room = resume_room(2)
+    room.handle(gone(room, 2), 0.0)
+    assert room.state is State.PARKED
+    effects = room.handle(Gone(2, 0, left=True), 1.0)
+    assert ended(effects) == "peer_left" and messages(effects, 0) == ["peer_left"]
+
+
+def test_a_party_that_leaves_while_another_is_parked_ends_the_room() -> None:
+    _, room = resume_room(2)
+    room.handle(gone(room, 2), 0.0)
+    effects = room.handle(Gone(1, 0, left=True), 1.0)
+    assert ended(effects) == "peer_left" and messages(effects, 0) == ["peer_left"]
