@@ -343,7 +343,15 @@ class RelayConnection:
 
         A send fails as soon as the relay's close arrives, while its ``peer_left``/``error``/``cancel`` may still
         wait in the receive queue. When another task is reading (the sender's watcher), that task will see it.
+
+        A drop (1006, no close frame) reads nothing: it may be resumed (docs/protocol.md section 10), and the frames
+        that arrived before it are still this party's to read in order (a receiver's chunks it has not opened
+        yet). Reading them here to look for a reason threw them away, and the receiver then took a later chunk
+        for the next one ("did not authenticate"); the next ``receive`` returns them, then raises
+        ``ConnectionLost``.
         """
+        if exc.code == DROPPED:
+            return self._closed_error(exc)
         for _ in range(UNREAD_AFTER_CLOSE):
             try:
                 frame = await self.websocket.recv()

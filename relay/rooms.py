@@ -54,7 +54,15 @@ LIVE_STATES = tuple(state for state in State if state is not State.ENDED)
 
 
 class PeerGone(Exception):
-    """The party's socket closed; raised by ``PeerSocket.receive`` and ``send_*``."""
+    """The party's socket closed; raised by ``PeerSocket.receive`` and ``send_*``.
+
+    ``left``: the party sent a close frame (it closed its socket on purpose: a tab closed, a client that quit),
+    as opposed to a connection that ended without one (a network drop, a killed process): the first ends the
+    room, only the second parks a seat (docs/protocol.md section 10)."""
+
+    def __init__(self, left: bool = False) -> None:
+        super().__init__("the party left" if left else "the connection dropped")
+        self.left = left
 
 
 class JoinRefused(Exception):
@@ -89,25 +97,30 @@ class Joined:
 
 @dataclass(frozen=True, slots=True)
 class TextFrame:
-    """A text frame arrived from party ``peer``."""
+    """A text frame arrived from party ``peer`` on its connection ``connection`` (``Party.connection``)."""
 
     peer: int
     text: str
+    connection: int
 
 
 @dataclass(frozen=True, slots=True)
 class BinaryFrame:
-    """A binary frame arrived from party ``peer``."""
+    """A binary frame arrived from party ``peer`` on its connection ``connection``."""
 
     peer: int
     data: bytes
+    connection: int
 
 
 @dataclass(frozen=True, slots=True)
 class Gone:
-    """Party ``peer``'s socket closed, or a send to it failed."""
+    """Party ``peer``'s connection ``connection`` closed, or a send to it failed. ``left``: it closed with a close
+    frame (the table's ``left``: the party left on purpose, never parked); otherwise it dropped (``gone``)."""
 
     peer: int
+    connection: int
+    left: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +142,11 @@ class ShuttingDown:
 
 @dataclass(frozen=True, slots=True)
 class Rejoined:
-    """Party ``peer`` proved its parked seat with its resume token (``Rooms.resume``) on a new socket."""
+    """Party ``peer`` proved its parked seat with its resume token (``Rooms.resume``) on a new socket, which
+    ``Rooms.resume`` numbered ``connection``."""
 
     peer: int
+    connection: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,8 @@ class AllVerified:
 
 Event = Joined | TextFrame | BinaryFrame | Gone | TimerFired | Crashed | ShuttingDown | AllVerified | Rejoined
 _PARTY_EVENTS = (Joined, TextFrame, BinaryFrame, Gone, Rejoined)
+# Events that name the connection they come from: one from a connection the party has since replaced is moot.
+_CONNECTION_EVENTS = (TextFrame, BinaryFrame, Gone, Rejoined)
 # The table's name for each event that carries no message ("crash" and frames are named in Room._classify).
 _TRIGGERS: dict[type, str] = {Joined: "joined", Gone: "gone", Rejoined: "rejoined", TimerFired: "timer",
                               ShuttingDown: "shutdown", AllVerified: "all_verified"}
@@ -151,14 +168,22 @@ _TRIGGERS: dict[type, str] = {Joined: "joined", Gone: "gone", Rejoined: "rejoine
 
 @dataclass(frozen=True, slots=True)
 class SendText:
+    """Write ``text`` to party ``peer``'s connection ``connection``: the one it had when the room decided. If the
+    party has taken its seat back on a new connection since, the write is moot and skipped (the new connection
+    must never get what was meant for the old one, e.g. a chunk of the epoch its drop abandoned)."""
+
     peer: int
     text: str
+    connection: int
 
 
 @dataclass(frozen=True, slots=True)
 class SendBytes:
+    """Write ``data`` to party ``peer``'s connection ``connection`` (as ``SendText``)."""
+
     peer: int
     data: bytes
+    connection: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +243,9 @@ class Party:
     verifier: str | None = None  # a receiver's seat: the verifier it registered
     sender_verifier: str | None = None  # on a receiver: the verifier the sender registered for this pair
     parked: bool = False  # its socket dropped mid-transfer and its seat waits for it (the room is PARKED)
+    # Which of its connections the room talks to: 0 the first, one more each time ``Rooms.resume`` gives the seat
+    # back on a new socket. Frames, a close and a failed send of an older one are ignored (docs/rooms.md).
+    connection: int = 0
 
 
 # A key of this process's own: a reader of the logs cannot test guessed codes against the tags offline.
@@ -298,10 +326,17 @@ class Room:
             self.receivers.append(party)
         self._by_peer[party.peer] = party
 
-    def reachable(self, peer: int) -> bool:
-        """Whether ``peer``'s socket is still there (the service skips sends to a party that is gone)."""
+    def reachable(self, peer: int, connection: int) -> bool:
+        """Whether ``peer``'s connection ``connection`` is still there and still its own (the service skips
+        sends to a party that is gone, and those meant for a connection it has since replaced)."""
         party = self.party(peer)
-        return party is not None and not party.gone
+        return party is not None and party.connection == connection and not party.gone
+
+    def attached(self, peer: int, connection: int) -> bool:
+        """Whether the room still counts on ``peer``'s connection ``connection``: it is the party's current one
+        and the room has not closed it. The service reads a socket only while this holds."""
+        party = self.party(peer)
+        return party is not None and party.connection == connection and not party.closed
 
     # --- the one entry point ---------------------------------------------------------------------------
 
@@ -314,6 +349,10 @@ class Room:
         out: list[Effect] = []
         self._out = out
         party = self._by_peer.get(event.peer) if isinstance(event, _PARTY_EVENTS) else None
+        if party is not None and isinstance(event, _CONNECTION_EVENTS) and event.connection != party.connection:
+            # From a connection the party has replaced by resuming: its last frames, its close, a send to it that
+            # failed. The seat now belongs to the new connection; none of this is about it.
+            return out
         if self.state is State.ENDED:
             if type(event) is Gone and party is not None:
                 party.closed = party.gone = True
@@ -348,6 +387,8 @@ class Room:
                 self.last_activity = now
                 message = parse_frame(event.text)
                 return source, message.TYPE, message
+            if type(event) is Gone and event.left:
+                return source, "left", None
             return source, _TRIGGERS[type(event)], None
         if isinstance(event, _PARTY_EVENTS):
             raise RuntimeError(f"no party {event.peer} in this room")
@@ -368,11 +409,11 @@ class Room:
 
     def _send(self, party: Party, message: p.Message) -> None:
         if not party.closed:
-            self._out.append(SendText(party.peer, message.to_json()))
+            self._out.append(SendText(party.peer, message.to_json(), party.connection))
 
     def _to_receivers(self, message: p.Message) -> None:
         text = message.to_json()
-        self._out.extend(SendText(r.peer, text) for r in self.receivers if not r.closed)
+        self._out.extend(SendText(r.peer, text, r.connection) for r in self.receivers if not r.closed)
 
     def _end(self, outcome: str, farewells: list[tuple[Party, str | None, int]]) -> None:
         """Move to ENDED: each open party gets its last message and close, then ``Ended``."""
@@ -577,8 +618,8 @@ class Room:
         text = chunk_json(header)
         for receiver in self.receivers:
             if not receiver.closed:
-                self._out.append(SendText(receiver.peer, text))
-                self._out.append(SendBytes(receiver.peer, data))
+                self._out.append(SendText(receiver.peer, text, receiver.connection))
+                self._out.append(SendBytes(receiver.peer, data, receiver.connection))
 
     def _end_epoch(self, _: Party | None, message: object, __: float) -> None:
         assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.End)
@@ -650,7 +691,7 @@ class Room:
         elif party.role is Role.SEND:
             self.check.pending, self.check.discarding = None, False  # its payload died with its socket
         text = p.Reconnecting(party.peer).to_json()
-        self._out.extend(SendText(other.peer, text) for other in self.parties if not other.closed)
+        self._out.extend(SendText(other.peer, text, other.connection) for other in self.parties if not other.closed)
 
     def _rejoined(self, party: Party | None, _: object, now: float) -> None:
         """A parked seat was proved again (``Rooms.resume``): everyone hears ``resumed``; with nobody away any
@@ -658,7 +699,7 @@ class Room:
         assert party is not None
         away = tuple(other.peer for other in self.parties if other.parked)
         text = p.Resumed(party.peer, away).to_json()
-        self._out.extend(SendText(other.peer, text) for other in self.parties if not other.closed)
+        self._out.extend(SendText(other.peer, text, other.connection) for other in self.parties if not other.closed)
         if not away:
             self.state = self.parked_from
             self.last_activity = now
@@ -787,6 +828,8 @@ TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(None, RECEIVER, "error", (State.ENDED,), Room._reported_error),
     Transition(None, SENDER, "gone", (State.ENDED,), Room._gone),
     Transition(None, RECEIVER, "gone", (State.ENDED,), Room._gone),
+    Transition(None, SENDER, "left", (State.ENDED,), Room._gone),
+    Transition(None, RECEIVER, "left", (State.ENDED,), Room._gone),
     Transition(None, RELAY, "crash", (State.ENDED,), Room._crash),
     Transition(None, RELAY, "shutdown", (State.ENDED,), Room._shutdown),
 )
@@ -899,7 +942,8 @@ class Rooms:
         pair); the next verifier then replaces it, so each token is good once. Raises ``JoinRefused``:
         ``room_not_found`` (no such room, and the message gives no shape to recreate it from),
         ``resume_refused`` (no such parked seat, a wrong token, a shape that differs from the recreated room's),
-        ``too_many_rooms``. The caller then feeds ``Rejoined(party.peer)``.
+        ``too_many_rooms``. The seat's next connection number is the party's ``connection`` from now on; the
+        caller then feeds ``Rejoined(party.peer, party.connection)`` and reads the new socket as that connection.
 
         A relay restarted since keeps no rooms: a ``resume`` that carries the room's shape recreates the room,
         parked, with every other seat away and its verifier unknown (docs/protocol.md section 10.2).
@@ -936,6 +980,7 @@ class Rooms:
             else:
                 receiver.sender_verifier = seat.next_verifier
         party.parked = party.gone = party.closed = False
+        party.connection += 1  # whatever the old socket still says or does from now on is moot
         return room, party
 
     def _recreate(self, code: str, shape: p.RoomShape, now: float) -> Room:

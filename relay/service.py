@@ -62,11 +62,14 @@ class SendsChunks(Protocol):
 
 @dataclass(slots=True, eq=False)
 class Seat:
-    """The shell's side of one party: its socket, the task reading it, and its farewell once the room ends."""
+    """The shell's side of one party's connection: its socket, the task reading it, and its farewell once the room
+    ends. ``connection`` is the room's number for it (``Party.connection``); every event read from or about this
+    socket carries it, so that once the party resumed on another socket the room ignores this one."""
 
     socket: PeerSocket
     task: asyncio.Task[None] | None = None
     client_key: str = ""  # the address key its failed joins are counted under
+    connection: int = 0
     farewell: asyncio.Future[None] | None = None
     send_chunk: Callable[[str, bytes], Awaitable[None]] | None = field(init=False)
 
@@ -145,7 +148,7 @@ class Relay:
                 self.joins.failed(client.key, _now())
             await self._refuse(socket, client, refused)
             return
-        seat = Seat(socket, asyncio.current_task(), client.key)
+        seat = Seat(socket, asyncio.current_task(), client.key, party.connection)
         self.seats.setdefault(room, {})[party.peer] = seat  # a resumed seat replaces its dropped socket's
         self.stats.joins[party.role.value] += 1
         if resuming and room.recreated is not None and len([q for q in room.parties if q.parked]) == room.expected:
@@ -157,21 +160,21 @@ class Relay:
         else:
             event("peer_joined", room=room.tag, peer=party.peer, joined=len(room.receivers), receivers=room.expected)
         try:
-            await self._feed(room, Rejoined(party.peer) if resuming else Joined(party.peer))
+            await self._feed(room, Rejoined(party.peer, seat.connection) if resuming else Joined(party.peer))
             await self._read_frames(room, party, seat)
             if seat.farewell is not None:
                 # Returning closes the socket at once: first let the room's last message to it go out.
                 await seat.farewell
         except asyncio.CancelledError:
-            if not party.closed:
+            if room.attached(party.peer, seat.connection):
                 raise
             # The room cancelled this loop because the peer stopped reading; the route returns normally.
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
         finally:
-            if not party.closed:
-                self._left_unexpectedly(room, party)  # the room's end then finishes it
+            if room.attached(party.peer, seat.connection):
+                self._left_unexpectedly(room, party.peer, seat)  # the room's end then finishes it
             elif room.state is State.ENDED:
                 self.finish(room)
 
@@ -197,11 +200,11 @@ class Relay:
             raise JoinRefused(ErrorCode.UNEXPECTED_MESSAGE, "the first message on a resume=1 socket is 'resume'")
         return self.rooms.resume(request.code, request.role, message, _now())
 
-    def _left_unexpectedly(self, room: Room, party: Party) -> None:
-        """This party's route is ending while its room still counts on it (the route was cancelled from
+    def _left_unexpectedly(self, room: Room, peer: int, seat: Seat) -> None:
+        """This connection's route is ending while its room still counts on it (the route was cancelled from
         outside, e.g. by the server): the room hears ``gone`` now, and the others are told in the background."""
         try:
-            work = self._run(room, room.handle(Gone(party.peer), _now()))
+            work = self._run(room, room.handle(Gone(peer, seat.connection), _now()))
         except Exception:
             log.exception("room %s: could not end it for a cancelled route", room.tag)
             work = self._abandon(room)
@@ -216,20 +219,22 @@ class Relay:
         await refuse(socket, refused.code, str(refused))
 
     async def _read_frames(self, room: Room, party: Party, seat: Seat) -> None:
-        """Feed this party's frames to its room until the room is over for it; any exception here is a bug."""
+        """Feed this connection's frames to its room until the room is over for it, or the party took its seat
+        back on another connection; any exception here is a bug."""
+        peer, connection = party.peer, seat.connection
         try:
-            while not party.closed:
+            while room.attached(peer, connection):
                 try:
                     frame = await seat.socket.receive()
-                except PeerGone:
-                    await self._feed(room, Gone(party.peer))
+                except PeerGone as gone:
+                    await self._feed(room, Gone(peer, connection, gone.left))
                     return
-                if party.closed:  # the room ended while this frame was on its way
+                if not room.attached(peer, connection):  # the room ended, or the seat moved, meanwhile
                     return
                 if isinstance(frame, str):
-                    await self._feed(room, TextFrame(party.peer, frame))
+                    await self._feed(room, TextFrame(peer, frame, connection))
                 else:
-                    await self._feed(room, BinaryFrame(party.peer, frame))
+                    await self._feed(room, BinaryFrame(peer, frame, connection))
         except Exception as exc:  # noqa: BLE001 - every bug ends this room, not the relay
             await self._crash(room, exc)
 
@@ -265,19 +270,21 @@ class Relay:
             if kind is SendText or kind is SendBytes:
                 assert isinstance(effect, SendText | SendBytes)
                 seat = seats.get(effect.peer)
-                if seat is None or seat.farewell is not None or not room.reachable(effect.peer):
-                    continue  # gone, or already saying goodbye: what an earlier decision queued is moot
+                if (seat is None or seat.connection != effect.connection or seat.farewell is not None
+                        or not room.reachable(effect.peer, effect.connection)):
+                    continue  # gone, replaced or already saying goodbye: what an earlier decision queued is moot
                 try:
                     if isinstance(effect, SendBytes):
                         await seat.socket.send_bytes(effect.data)
                     elif (seat.send_chunk is not None and index < len(effects)
-                          and type(payload := effects[index]) is SendBytes and payload.peer == effect.peer):
+                          and type(payload := effects[index]) is SendBytes and payload.peer == effect.peer
+                          and payload.connection == effect.connection):
                         index += 1  # a chunk's header and its payload to the same party: written together
                         await seat.send_chunk(effect.text, payload.data)
                     else:
                         await seat.socket.send_text(effect.text)
                 except PeerGone:
-                    effects[index:index] = self._gone(room, effect.peer, seat.socket)
+                    effects[index:index] = self._gone(room, effect.peer, seat)
             elif isinstance(effect, Close):
                 seat = seats.get(effect.peer)
                 if seat is not None and seat.farewell is None:
@@ -294,19 +301,22 @@ class Relay:
         if farewells:
             await asyncio.gather(*farewells)
 
-    def _gone(self, room: Room, peer: int, socket: PeerSocket) -> list[Effect]:
-        """A send to ``peer`` failed: its socket is gone. What it sent before it went and the relay has not read
-        yet (e.g. a page's ``error`` just before it closed) is read first, so that the room ends for the reason
-        the peer gave and not with ``peer_left``; then the room hears ``Gone``. The peer's own reading loop then
-        finds nothing left and feeds ``Gone`` again, which the room ignores."""
+    def _gone(self, room: Room, peer: int, seat: Seat) -> list[Effect]:
+        """A send to ``peer``'s connection failed: its socket is gone. What it sent before it went and the relay
+        has not read yet (e.g. a page's ``error`` just before it closed) is read first, so that the room ends for
+        the reason the peer gave and not with ``peer_left``; then the room hears ``Gone``. The peer's own reading
+        loop then finds nothing left and feeds ``Gone`` again, which the room ignores. All of it names the
+        connection: if the party has resumed on another one meanwhile, the room ignores all of it."""
         effects: list[Effect] = []
-        if isinstance(socket, Buffered):
-            for frame in socket.received():
+        connection = seat.connection
+        if isinstance(seat.socket, Buffered):
+            for frame in seat.socket.received():
                 if room.state is State.ENDED:
                     break
-                effects += room.handle(TextFrame(peer, frame) if isinstance(frame, str) else BinaryFrame(peer, frame),
-                                       _now())
-        return effects + room.handle(Gone(peer), _now())
+                event = (TextFrame(peer, frame, connection) if isinstance(frame, str)
+                         else BinaryFrame(peer, frame, connection))
+                effects += room.handle(event, _now())
+        return effects + room.handle(Gone(peer, connection), _now())
 
     async def _crash(self, room: Room, exc: BaseException) -> None:
         """A bug while serving this room: end it with ``internal_error``; if even that fails, close every socket."""

@@ -19,6 +19,8 @@ from relay.metrics import Stats
 from relay.rooms import PeerGone, PeerSocket
 from relay.transport import EXTENSION, RelayWebSocketProtocol, binary_frame_header, text_frame
 
+ABNORMAL_CLOSURE = 1006  # what an ASGI server reports for a connection that ended without a close frame
+
 
 class DirectPeerSocket:
     """``PeerSocket`` straight over the relay's WebSocket protocol object."""
@@ -30,7 +32,11 @@ class DirectPeerSocket:
         self._stats = stats
 
     async def receive(self) -> str | bytes:
-        message = await self._connection.next_message()
+        try:
+            message = await self._connection.next_message()
+        except PeerGone:
+            # with a close frame the peer left on purpose; without one its connection dropped (rooms.PeerGone)
+            raise PeerGone(left=self._connection.conn.close_rcvd is not None) from None
         if type(message) is bytes:
             stats = self._stats
             stats.payload_bytes_in += len(message)
@@ -78,7 +84,7 @@ class AsgiPeerSocket:
         except WebSocketDisconnected as exc:
             raise PeerGone() from exc
         if message["type"] == "websocket.disconnect":
-            raise PeerGone()
+            raise PeerGone(left=message.get("code", ABNORMAL_CLOSURE) != ABNORMAL_CLOSURE)
         data = message.get("bytes")
         if data is None:
             text: str = message["text"]

@@ -28,6 +28,12 @@ def verifier(token: bytes) -> str:
     return hashlib.sha256(token).hexdigest()
 
 
+def drop(peer: RawPeer) -> None:
+    """The connection ends without a close frame (what a network change looks like): the seat is parked. A socket
+    the party closes itself is the party leaving (test_a_receiver_that_closes_its_socket_has_left)."""
+    peer.ws.transport.abort()
+
+
 async def register(room: Any) -> tuple[list[bytes], list[bytes]]:
     """Every seat registers a verifier of a fresh token; returns (sender tokens per pair, receiver tokens)."""
     sender_tokens = [secrets.token_bytes(32) for _ in room.receivers]
@@ -87,7 +93,7 @@ async def test_a_dropped_receiver_comes_back_with_its_token_and_gets_the_rest_un
         await send_next(room, sealer, data, 0)
         received += await receive_next(first, opener, 0)
     await send_next(room, sealer, data, 0)  # on its way while the receiver drops: never forwarded to anyone
-    await first.close()
+    drop(first)
     assert (await room.sender.expect("reconnecting"))["peer"] == 1
 
     nameplate = room.code.split("-")[0]
@@ -114,7 +120,7 @@ async def test_a_wrong_token_is_refused_with_4034_and_counted_as_a_failed_join(r
     room = await open_room_v2(relay.ws_url, receivers=1)
     _, receiver_tokens = await register(room)
     await start_v2(room, p.Offer((p.FileEntry("a", 10),), chunk_size=1000), 1000)
-    await room.receivers[0].close()
+    drop(room.receivers[0])
     await room.sender.expect("reconnecting")
     nameplate = room.code.split("-")[0]
 
@@ -142,7 +148,7 @@ async def test_a_party_that_never_comes_back_ends_the_room_after_the_window(rela
     room = await open_room_v2(relay.ws_url, receivers=1)
     await register(room)
     await start_v2(room, p.Offer((p.FileEntry("a", 10),), chunk_size=1000), 1000)
-    await room.receivers[0].close()
+    drop(room.receivers[0])
     await room.sender.expect("reconnecting")
     code, seen = await asyncio.wait_for(room.sender.closed(), WAIT)
     assert code == 4030
@@ -150,3 +156,15 @@ async def test_a_party_that_never_comes_back_ends_the_room_after_the_window(rela
     assert isinstance(last, dict) and last["code"] == "peer_left"
     assert "receiver 1 disconnected and did not come back within the resume window" in last["message"]
     assert not relay.relay.rooms.by_code
+
+
+async def test_a_receiver_that_closes_its_socket_mid_transfer_has_left_and_the_sender_hears_it_at_once(relay_server):
+    """A close frame (here 1001, a tab closing) is the party leaving, not a drop: no ``reconnecting`` and no resume
+    window (300 s by default) to wait out; the room ends with ``peer_left`` and the nameplate is free again."""
+    room = await open_room_v2(relay_server.ws_url, receivers=1)
+    await register(room)
+    await start_v2(room, p.Offer((p.FileEntry("a", 10),), chunk_size=1000), 1000)
+    await room.receivers[0].ws.close(1001)
+    code, seen = await asyncio.wait_for(room.sender.closed(), WAIT)
+    assert code == 4030 and seen == [{"type": "peer_left", "peer": 1, "role": "receive"}]
+    assert room.code.split("-")[0] not in relay_server.relay.rooms.by_code

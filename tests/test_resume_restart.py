@@ -3,9 +3,12 @@ with SIGKILL mid-transfer and started again on the same port; the real ``relay s
 reconnect, the restarted relay recreates the room from the first ``resume`` that carries its shape, every pair
 resyncs end to end, and the transfer completes byte for byte from what each receiver holds.
 
-The moment of the kill is a condition, not a time: a gate in front of the first receiver forwards a set number
-of chunks, then stops reading from the relay (the relay, and through it the sender, wait); once the gate holds,
-the relay is killed. Every wait is bounded.
+The moment of the kill is a condition, not a time: a gate in front of every receiver forwards a set number of
+chunks, then stops reading from the relay; once every gate holds and its receiver acknowledged its first file,
+the relay is killed. Every receiver is gated: the relay may well have written the whole stream into a held
+gate's socket buffers by then (1.5 MiB), so a receiver straight on the relay could finish, verify and exit before
+the kill, and the recreated room would wait the whole resume window for a seat nobody takes back (about 1 run in
+6 failed that way). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -80,13 +83,19 @@ class Gate:
 
 
 @contextlib.asynccontextmanager
-async def relay_and_gate(after: int) -> AsyncIterator[tuple[RelayProcess, str, Gate]]:
+async def relay_and_gates(after: int, count: int) -> AsyncIterator[tuple[RelayProcess, list[tuple[str, Gate]]]]:
+    """The relay, and ``count`` gates in front of it (one per receiver): each gate's URL and the gate."""
     relay = RelayProcess(free_port(), flags=("--log-level", "warning"))
     await asyncio.to_thread(relay.start)
-    gate = Gate(relay.ws_url, after)
     try:
-        async with websockets.serve(gate.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
-            yield relay, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", gate
+        async with contextlib.AsyncExitStack() as stack:
+            gates = []
+            for _ in range(count):
+                gate = Gate(relay.ws_url, after)
+                server = await stack.enter_async_context(
+                    websockets.serve(gate.handle, "127.0.0.1", 0, compression=None, max_size=2**23))
+                gates.append((f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", gate))
+            yield relay, gates
     finally:
         await asyncio.to_thread(relay.kill)
 
@@ -110,17 +119,18 @@ async def test_a_relay_killed_mid_transfer_and_started_again_the_transfer_comple
     outputs = [tmp_path / f"out{k}" for k in range(receivers)]
     for output in outputs:
         output.mkdir()
-    async with relay_and_gate(HELD_CHUNKS) as (relay, gated, gate):
+    async with relay_and_gates(HELD_CHUNKS, receivers) as (relay, gates):
         sender = await cli("send", "--relay", relay.ws_url, "--chunk-size", str(CHUNK), "--receivers", str(receivers),
                            str(source))
         assert sender.stdout is not None
         line = (await asyncio.wait_for(sender.stdout.readline(), WAIT)).decode()
         assert line.startswith("Code: "), line
         code = line.split()[1]
-        receiving = [await cli("receive", "--relay", gated if k == 0 else relay.ws_url, "--yes", "--output",
-                               str(output), code=code) for k, output in enumerate(outputs)]
-        await asyncio.wait_for(gate.holding.wait(), WAIT)
-        await asyncio.wait_for(gate.acked.wait(), WAIT)  # it wrote the first file (what it read later may be lost)
+        receiving = [await cli("receive", "--relay", gated, "--yes", "--output", str(output), code=code)
+                     for (gated, _), output in zip(gates, outputs, strict=True)]
+        for _, gate in gates:
+            await asyncio.wait_for(gate.holding.wait(), WAIT)
+            await asyncio.wait_for(gate.acked.wait(), WAIT)  # it wrote the first file (what it read later may be lost)
         await asyncio.to_thread(relay.kill)
         await asyncio.to_thread(relay.start)  # the same port: the clients' next attempts find the new process
         runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
@@ -132,8 +142,8 @@ async def test_a_relay_killed_mid_transfer_and_started_again_the_transfer_comple
         assert everything_under(output) == ["src", "src/one.bin", "src/two.bin"]
         for name in ("one.bin", "two.bin"):
             assert sha(output / "src" / name) == sha(source / name)
-    assert "resume=1" in gate.paths[-1]
-    # The next epoch starts from what the receivers hold (the gated one: at least the first file, which it
+    assert all("resume=1" in gate.paths[-1] for _, gate in gates)
+    # The next epoch starts from what the receivers hold (each at least the first file, which it
     # acknowledged), so what is sent again is only what it had not written when the relay died: at most the second
     # file. Starting again from 0 would resend at least the HELD_CHUNKS chunks the sender had sent, which is more.
     match = re.search(r"\((\d+) bytes\) sent again", sent.stdout)

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from relay import protocol as p
-from relay.rooms import AllVerified, BinaryFrame, Feed, Gone, JoinRefused, Rejoined, Room, Rooms, State, TimerFired
+from relay.rooms import (
+    AllVerified, BinaryFrame, Feed, Gone, JoinRefused, Rejoined, Room, Rooms, State, TextFrame, TimerFired,
+)
 from tests.test_rooms_v2 import SEALED, SETTINGS, chunk, ended, join, key, new_room, offer, sent, stream, text
 
 
@@ -30,14 +32,14 @@ def resume_room(receivers: int = 1, register: bool = True) -> tuple[Rooms, Room]
     for k in peers:
         key(room, k)
         if register:
-            assert room.handle(text(k, {"type": "resume_id", "verifier": verifier(token(f"r{k}"))}), 0.0) == []
-            assert room.handle(text(0, {"type": "resume_id", "to": k, "verifier": verifier(token(f"s{k}"))}),
+            assert room.handle(said(room, k, {"type": "resume_id", "verifier": verifier(token(f"r{k}"))}), 0.0) == []
+            assert room.handle(said(room, 0, {"type": "resume_id", "to": k, "verifier": verifier(token(f"s{k}"))}),
                                0.0) == []
     for k in peers:
-        room.handle(text(0, offer(k)), 0.0)
+        room.handle(said(room, 0, offer(k)), 0.0)
     for k in peers:
-        room.handle(text(k, {"type": "accept", "data": SEALED}), 0.0)
-    room.handle(text(0, stream(receivers)), 0.0)
+        room.handle(said(room, k, {"type": "accept", "data": SEALED}), 0.0)
+    room.handle(said(room, 0, stream(receivers)), 0.0)
     assert room.state is State.STREAMING
     return rooms, room
 
@@ -58,6 +60,26 @@ def sender_resume(receivers: int, n: int = 0) -> p.Resume:
     return resume
 
 
+def connection(room: Room, k: int) -> int:
+    """The number of party k's current connection: 0 at first, one more after each resume."""
+    party = room.party(k)
+    assert party is not None
+    return party.connection
+
+
+def gone(room: Room, k: int) -> Gone:
+    return Gone(k, connection(room, k))
+
+
+def rejoined(room: Room, k: int) -> Rejoined:
+    return Rejoined(k, connection(room, k))
+
+
+def said(room: Room, k: int, message: dict[str, Any]) -> TextFrame:
+    """A text frame from party k on its current connection."""
+    return text(k, message, connection(room, k))
+
+
 def messages(effects: list[Any], peer: int) -> list[str]:
     return [m["type"] if isinstance(m, dict) else "bytes" for m in sent(effects, peer)]
 
@@ -67,7 +89,7 @@ def messages(effects: list[Any], peer: int) -> list[str]:
 
 def test_a_receiver_that_drops_mid_stream_parks_the_room_and_the_sender_hears_reconnecting() -> None:
     _, room = resume_room(2)
-    effects = room.handle(Gone(2), 5.0)
+    effects = room.handle(gone(room, 2), 5.0)
     assert room.state is State.PARKED and ended(effects) is None
     assert sent(effects, 0) == [{"type": "reconnecting", "peer": 2}]
     assert sent(effects, 1) == [{"type": "reconnecting", "peer": 2}]
@@ -76,24 +98,24 @@ def test_a_receiver_that_drops_mid_stream_parks_the_room_and_the_sender_hears_re
 
 def test_a_drop_seen_twice_parks_once() -> None:
     _, room = resume_room(2)
-    room.handle(Gone(2), 0.0)
-    assert room.handle(Gone(2), 1.0) == []  # a failed send, then the read loop: one drop
+    room.handle(gone(room, 2), 0.0)
+    assert room.handle(gone(room, 2), 1.0) == []  # a failed send, then the read loop: one drop
     assert room.parked_at == 0.0
 
 
 def test_nothing_is_forwarded_or_held_for_anyone_while_parked() -> None:
     _, room = resume_room(2)
-    room.handle(Gone(2), 0.0)
+    room.handle(gone(room, 2), 0.0)
     effects = chunk(room, b"c" * 40)  # on its way when the room parked: dropped, for everyone
     assert effects == []
-    assert room.handle(text(1, {"type": "ack", "epoch": 0, "chunks": 1}), 0.0) == []
-    assert room.handle(text(0, {"type": "end", "epoch": 0}), 0.0) == []
+    assert room.handle(said(room, 1, {"type": "ack", "epoch": 0, "chunks": 1}), 0.0) == []
+    assert room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0) == []
     assert room.state is State.PARKED
 
 
 def test_a_party_without_a_verifier_leaves_as_before() -> None:
     _, room = resume_room(1, register=False)
-    effects = room.handle(Gone(1), 0.0)
+    effects = room.handle(gone(room, 1), 0.0)
     assert ended(effects) == "peer_left" and room.state is State.ENDED
 
 
@@ -101,13 +123,13 @@ def test_a_drop_before_streaming_is_not_parked() -> None:
     rooms, room = new_room(1)
     k = join(rooms, room)
     key(room, k)
-    room.handle(text(k, {"type": "resume_id", "verifier": verifier(token("r1"))}), 0.0)
-    assert ended(room.handle(Gone(k), 0.0)) == "peer_left"
+    room.handle(said(room, k, {"type": "resume_id", "verifier": verifier(token("r1"))}), 0.0)
+    assert ended(room.handle(gone(room, k), 0.0)) == "peer_left"
 
 
 def test_a_room_not_whole_within_the_resume_window_ends_with_a_clear_message() -> None:
     _, room = resume_room(2)
-    room.handle(Gone(2), 10.0)
+    room.handle(gone(room, 2), 10.0)
     assert room.handle(TimerFired(), 10.0 + SETTINGS.resume_window - 1) == []
     effects = room.handle(TimerFired(), 10.0 + SETTINGS.resume_window)
     assert ended(effects) == "peer_left"
@@ -122,10 +144,10 @@ def test_a_room_not_whole_within_the_resume_window_ends_with_a_clear_message() -
 
 def test_a_receiver_proves_its_seat_and_the_room_goes_back_to_streaming() -> None:
     rooms, room = resume_room(1)
-    room.handle(Gone(1), 0.0)
+    room.handle(gone(room, 1), 0.0)
     found, party = rooms.resume(room.code, "receive", receiver_resume(1))
     assert found is room and party.peer == 1 and not party.parked
-    effects = room.handle(Rejoined(1), 3.0)
+    effects = room.handle(rejoined(room, 1), 3.0)
     assert room.state is State.STREAMING
     assert sent(effects, 0) == [{"type": "resumed", "peer": 1, "parked": []}]
     assert sent(effects, 1) == [{"type": "resumed", "peer": 1, "parked": []}]
@@ -133,7 +155,7 @@ def test_a_receiver_proves_its_seat_and_the_room_goes_back_to_streaming() -> Non
 
 def test_a_wrong_token_is_refused_and_the_seat_stays_parked() -> None:
     rooms, room = resume_room(1)
-    room.handle(Gone(1), 0.0)
+    room.handle(gone(room, 1), 0.0)
     with pytest.raises(JoinRefused) as refused:
         rooms.resume(room.code, "receive", receiver_resume(1, seat="stranger"))
     assert refused.value.code is p.ErrorCode.RESUME_REFUSED
@@ -142,10 +164,10 @@ def test_a_wrong_token_is_refused_and_the_seat_stays_parked() -> None:
 
 def test_a_token_is_good_once_and_the_next_one_is_good_after_it() -> None:
     rooms, room = resume_room(1)
-    room.handle(Gone(1), 0.0)
+    room.handle(gone(room, 1), 0.0)
     rooms.resume(room.code, "receive", receiver_resume(1, 0))
-    room.handle(Rejoined(1), 0.0)
-    room.handle(Gone(1), 1.0)
+    room.handle(rejoined(room, 1), 0.0)
+    room.handle(gone(room, 1), 1.0)
     with pytest.raises(JoinRefused):
         rooms.resume(room.code, "receive", receiver_resume(1, 0))  # replayed
     rooms.resume(room.code, "receive", receiver_resume(1, 1))
@@ -153,7 +175,7 @@ def test_a_token_is_good_once_and_the_next_one_is_good_after_it() -> None:
 
 def test_a_receivers_token_cannot_take_the_senders_seat_nor_the_reverse() -> None:
     rooms, room = resume_room(1)
-    room.handle(Gone(0), 0.0)
+    room.handle(gone(room, 0), 0.0)
     with pytest.raises(JoinRefused):
         rooms.resume(room.code, "receive", receiver_resume(1))  # seat 1 is not parked
     stolen = p.Resume(0, ((1, p.SeatToken(token("r1"), verifier(token("x")))),))
@@ -165,12 +187,12 @@ def test_a_receivers_token_cannot_take_the_senders_seat_nor_the_reverse() -> Non
 
 def test_the_sender_must_prove_every_pair() -> None:
     rooms, room = resume_room(2)
-    room.handle(Gone(0), 0.0)
+    room.handle(gone(room, 0), 0.0)
     half = p.Resume(0, ((1, p.SeatToken(token("s1"), verifier(token("s1", 1)))),))
     with pytest.raises(JoinRefused):
         rooms.resume(room.code, "send", half)
     rooms.resume(room.code, "send", sender_resume(2))
-    assert room.handle(Rejoined(0), 0.0) and room.state is State.STREAMING
+    assert room.handle(rejoined(room, 0), 0.0) and room.state is State.STREAMING
 
 
 def test_an_unknown_nameplate_is_room_not_found() -> None:
@@ -182,14 +204,14 @@ def test_an_unknown_nameplate_is_room_not_found() -> None:
 
 def test_the_room_waits_for_every_parked_seat() -> None:
     rooms, room = resume_room(3)
-    room.handle(Gone(1), 0.0)
-    room.handle(Gone(3), 1.0)
+    room.handle(gone(room, 1), 0.0)
+    room.handle(gone(room, 3), 1.0)
     rooms.resume(room.code, "receive", receiver_resume(1))
-    effects = room.handle(Rejoined(1), 2.0)
+    effects = room.handle(rejoined(room, 1), 2.0)
     assert room.state is State.PARKED
     assert sent(effects, 0) == [{"type": "resumed", "peer": 1, "parked": [3]}]
     rooms.resume(room.code, "receive", receiver_resume(3))
-    room.handle(Rejoined(3), 3.0)
+    room.handle(rejoined(room, 3), 3.0)
     assert room.state is State.STREAMING
 
 
@@ -199,10 +221,10 @@ def test_the_room_waits_for_every_parked_seat() -> None:
 def test_a_verifier_before_keying_or_twice_is_unexpected() -> None:
     rooms, room = new_room(1)
     k = join(rooms, room)
-    effects = room.handle(text(k, {"type": "resume_id", "verifier": "0" * 64}), 0.0)
+    effects = room.handle(said(room, k, {"type": "resume_id", "verifier": "0" * 64}), 0.0)
     assert ended(effects) == "unexpected_message"
     _, room = resume_room(1)
-    effects = room.handle(text(1, {"type": "resume_id", "verifier": "0" * 64}), 0.0)
+    effects = room.handle(said(room, 1, {"type": "resume_id", "verifier": "0" * 64}), 0.0)
     assert ended(effects) == "unexpected_message"
 
 
@@ -230,29 +252,30 @@ def test_resume_messages_round_trip() -> None:
 
 
 def back(rooms: Rooms, room: Room, k: int = 1) -> None:
-    room.handle(Gone(k), 0.0)
+    room.handle(gone(room, k), 0.0)
     rooms.resume(room.code, "receive", receiver_resume(k))
-    room.handle(Rejoined(k), 0.0)
+    room.handle(rejoined(room, k), 0.0)
 
 
 def test_after_a_resume_the_sender_opens_a_higher_epoch_and_old_frames_are_dropped() -> None:
     rooms, room = resume_room(1)
     header = p.SealedChunk(0, 40, p.chunk_digest(b"a" * 40))
-    room.handle(text(0, header.to_dict()), 0.0)  # header in, payload not yet: then the receiver drops
+    room.handle(said(room, 0, header.to_dict()), 0.0)  # header in, payload not yet: then the receiver drops
     back(rooms, room)
-    assert room.handle(BinaryFrame(0, b"a" * 40), 0.0) == []  # the abandoned epoch's payload: dropped
-    assert ended(room.handle(text(0, {**stream(1), "epoch": 0}), 0.0)) == "unexpected_message"
+    # the abandoned epoch's payload: dropped
+    assert room.handle(BinaryFrame(0, b"a" * 40, connection(room, 0)), 0.0) == []
+    assert ended(room.handle(said(room, 0, {**stream(1), "epoch": 0}), 0.0)) == "unexpected_message"
 
 
 def test_the_new_epoch_is_checked_and_forwarded_like_the_first() -> None:
     rooms, room = resume_room(1)
     back(rooms, room)
-    effects = room.handle(text(0, {**stream(1, chunks=1, size=66), "epoch": 1}), 0.0)
+    effects = room.handle(said(room, 0, {**stream(1, chunks=1, size=66), "epoch": 1}), 0.0)
     assert messages(effects, 1) == ["stream"]
     data = b"d" * 66
-    room.handle(text(0, {"type": "chunk", "epoch": 1, "size": 66, "xxh3_64": p.chunk_digest(data)}), 0.0)
-    assert messages(room.handle(BinaryFrame(0, data), 0.0), 1) == ["chunk", "bytes"]
-    assert messages(room.handle(text(0, {"type": "end", "epoch": 1}), 0.0), 1) == ["end"]
+    room.handle(said(room, 0, {"type": "chunk", "epoch": 1, "size": 66, "xxh3_64": p.chunk_digest(data)}), 0.0)
+    assert messages(room.handle(BinaryFrame(0, data, connection(room, 0)), 0.0), 1) == ["chunk", "bytes"]
+    assert messages(room.handle(said(room, 0, {"type": "end", "epoch": 1}), 0.0), 1) == ["end"]
     assert room.state is State.DONE
 
 
@@ -260,11 +283,11 @@ def test_a_drop_in_done_comes_back_to_done_and_may_open_a_catch_up_epoch() -> No
     rooms, room = resume_room(1)
     for data in (b"a" * 66, b"b" * 66):
         chunk(room, data)
-    room.handle(text(0, {"type": "end", "epoch": 0}), 0.0)
+    room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0)
     assert room.state is State.DONE
     back(rooms, room)
     assert room.state is State.DONE
-    room.handle(text(0, {**stream(1, chunks=1, size=66), "epoch": 1}), 0.0)
+    room.handle(said(room, 0, {**stream(1, chunks=1, size=66), "epoch": 1}), 0.0)
     assert room.state is State.STREAMING
 
 
@@ -272,9 +295,9 @@ def test_every_receiver_verified_while_the_sender_is_away_completes_the_room() -
     _, room = resume_room(1)
     for data in (b"a" * 66, b"b" * 66):
         chunk(room, data)
-    room.handle(text(0, {"type": "end", "epoch": 0}), 0.0)
-    room.handle(Gone(0), 0.0)
-    assert room.handle(text(1, {"type": "verified"}), 0.0) == [Feed(AllVerified())]
+    room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0)
+    room.handle(gone(room, 0), 0.0)
+    assert room.handle(said(room, 1, {"type": "verified"}), 0.0) == [Feed(AllVerified())]
     effects = room.handle(AllVerified(), 0.0)
     assert ended(effects) == "complete"
     assert messages(effects, 1) == ["complete"]
@@ -283,21 +306,21 @@ def test_every_receiver_verified_while_the_sender_is_away_completes_the_room() -
 def test_resumes_are_bounded_per_transfer() -> None:
     rooms, room = resume_room(1)
     for n in range(p.MAX_RESUMES):
-        room.handle(Gone(1), 0.0)
+        room.handle(gone(room, 1), 0.0)
         rooms.resume(room.code, "receive", receiver_resume(1, n))
-        room.handle(Rejoined(1), 0.0)
-    assert ended(room.handle(Gone(1), 0.0)) == "resume_refused"
+        room.handle(rejoined(room, 1), 0.0)
+    assert ended(room.handle(gone(room, 1), 0.0)) == "resume_refused"
 
 
 def test_resync_halves_are_forwarded_between_the_pair() -> None:
     rooms, room = resume_room(2)
     back(rooms, room, 2)
     half = "A" * 22 + "=="  # 16 bytes
-    effects = room.handle(text(2, {"type": "resync", "half": half}), 0.0)
+    effects = room.handle(said(room, 2, {"type": "resync", "half": half}), 0.0)
     assert sent(effects, 0) == [{"type": "resync", "half": half, "peer": 2}] and sent(effects, 1) == []
-    effects = room.handle(text(0, {"type": "resync", "to": 2, "half": half}), 0.0)
+    effects = room.handle(said(room, 0, {"type": "resync", "to": 2, "half": half}), 0.0)
     assert sent(effects, 2) == [{"type": "resync", "half": half}] and sent(effects, 1) == []
-    assert ended(room.handle(text(0, {"type": "resync", "to": 2, "half": "AAAA"}), 0.0)) == "malformed_message"
+    assert ended(room.handle(said(room, 0, {"type": "resync", "to": 2, "half": "AAAA"}), 0.0)) == "malformed_message"
 
 
 # --- a relay restart: the room recreated from the first resume (docs/protocol.md section 10.2) -----------------
@@ -319,21 +342,21 @@ def test_a_resume_with_the_room_shape_recreates_a_room_the_relay_does_not_have()
     assert rooms.by_code["42"] is room and party.peer == 2 and room.recreated is not None
     assert room.state is State.PARKED and room.expected == 2 and room.parked_at == 7.0
     assert [q.peer for q in room.parties if q.parked] == [0, 1]
-    effects = room.handle(Rejoined(2), 7.0)
+    effects = room.handle(rejoined(room, 2), 7.0)
     assert sent(effects, 2) == [{"type": "resumed", "peer": 2, "parked": [0, 1]}]
 
 
 def test_a_recreated_room_records_each_seats_first_claim_and_checks_the_next() -> None:
     rooms = Rooms(SETTINGS)
     room, _ = rooms.resume("42", "send", with_shape(sender_resume(2)), 0.0)
-    room.handle(Rejoined(0), 0.0)
+    room.handle(rejoined(room, 0), 0.0)
     rooms.resume("42", "receive", with_shape(receiver_resume(1)), 1.0)
-    room.handle(Rejoined(1), 1.0)
+    room.handle(rejoined(room, 1), 1.0)
     rooms.resume("42", "receive", with_shape(receiver_resume(2)), 1.0)
-    effects = room.handle(Rejoined(2), 1.0)
+    effects = room.handle(rejoined(room, 2), 1.0)
     assert room.state is State.STREAMING and sent(effects, 0) == [{"type": "resumed", "peer": 2, "parked": []}]
     # the recorded verifiers now guard the seats: a drop parks again, and only the next token takes it back
-    room.handle(Gone(1), 2.0)
+    room.handle(gone(room, 1), 2.0)
     with pytest.raises(JoinRefused) as refused:
         rooms.resume("42", "receive", with_shape(receiver_resume(1, seat="stranger")), 3.0)
     assert refused.value.code is p.ErrorCode.RESUME_REFUSED
@@ -343,20 +366,20 @@ def test_a_recreated_room_records_each_seats_first_claim_and_checks_the_next() -
 def test_the_next_epoch_of_a_recreated_room_is_checked_against_the_shape() -> None:
     rooms = Rooms(SETTINGS)
     room, _ = rooms.resume("42", "send", with_shape(sender_resume(2)), 0.0)
-    room.handle(Rejoined(0), 0.0)
+    room.handle(rejoined(room, 0), 0.0)
     for k in (1, 2):
         rooms.resume("42", "receive", with_shape(receiver_resume(k)), 0.0)
-        room.handle(Rejoined(k), 0.0)
+        room.handle(rejoined(room, k), 0.0)
     too_big = {"type": "stream", "epoch": 5, "chunks": 1, "bytes": 11 + 16, "to": [1, 2], "data": [SEALED, SEALED]}
-    assert ended(room.handle(text(0, too_big), 1.0)) == "size_mismatch"
+    assert ended(room.handle(said(room, 0, too_big), 1.0)) == "size_mismatch"
     rooms2 = Rooms(SETTINGS)
     room2, _ = rooms2.resume("42", "send", with_shape(sender_resume(2)), 0.0)
-    room2.handle(Rejoined(0), 0.0)
+    room2.handle(rejoined(room2, 0), 0.0)
     for k in (1, 2):
         rooms2.resume("42", "receive", with_shape(receiver_resume(k)), 0.0)
-        room2.handle(Rejoined(k), 0.0)
+        room2.handle(rejoined(room2, k), 0.0)
     fits = {"type": "stream", "epoch": 5, "chunks": 1, "bytes": 4 + 16, "to": [1, 2], "data": [SEALED, SEALED]}
-    effects = room2.handle(text(0, fits), 1.0)
+    effects = room2.handle(said(room2, 0, fits), 1.0)
     assert ended(effects) is None and messages(effects, 1) == ["stream"] and room2.state is State.STREAMING
 
 
@@ -378,7 +401,7 @@ def test_a_resume_with_a_shape_for_a_live_room_that_is_not_parked_is_refused() -
 def test_a_recreated_room_nobody_else_comes_back_to_ends_after_the_window() -> None:
     rooms = Rooms(SETTINGS)
     room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(1)), 0.0)
-    room.handle(Rejoined(1), 0.0)
+    room.handle(rejoined(room, 1), 0.0)
     assert ended(room.handle(TimerFired(), SETTINGS.resume_window - 1)) is None
     effects = room.handle(TimerFired(), SETTINGS.resume_window)
     assert ended(effects) == "peer_left"
@@ -429,16 +452,112 @@ def test_the_room_shape_round_trips() -> None:
 def test_a_sender_that_drops_between_a_header_and_its_payload_can_open_the_next_epoch() -> None:
     rooms, room = resume_room(1)
     payload = b"p" * 66
-    room.handle(text(0, {"type": "chunk", "epoch": 0, "size": len(payload), "xxh3_64": p.chunk_digest(payload)}), 0.0)
-    room.handle(Gone(0), 1.0)  # the payload died with the sender's socket
+    header = {"type": "chunk", "epoch": 0, "size": len(payload), "xxh3_64": p.chunk_digest(payload)}
+    room.handle(said(room, 0, header), 0.0)
+    room.handle(gone(room, 0), 1.0)  # the payload died with the sender's socket
     rooms.resume(room.code, "send", sender_resume(1))
-    room.handle(Rejoined(0), 2.0)
-    effects = room.handle(text(0, {**stream(1), "epoch": 1}), 3.0)
+    room.handle(rejoined(room, 0), 2.0)
+    effects = room.handle(said(room, 0, {**stream(1), "epoch": 1}), 3.0)
     assert ended(effects) is None and messages(effects, 1) == ["stream"]
     effects = chunk_of_epoch(room, 1, payload)
     assert ended(effects) is None and messages(effects, 1) == ["chunk", "bytes"]
 
 
 def chunk_of_epoch(room: Room, epoch: int, data: bytes) -> list[Any]:
-    room.handle(text(0, {"type": "chunk", "epoch": epoch, "size": len(data), "xxh3_64": p.chunk_digest(data)}), 0.0)
-    return room.handle(BinaryFrame(0, data), 0.0)
+    header = {"type": "chunk", "epoch": epoch, "size": len(data), "xxh3_64": p.chunk_digest(data)}
+    room.handle(said(room, 0, header), 0.0)
+    return room.handle(BinaryFrame(0, data, connection(room, 0)), 0.0)
+
+
+# --- a replaced connection: once a seat is taken back, nothing of its old socket counts ----------------------
+
+
+def test_the_old_connections_close_after_the_seat_was_taken_back_is_ignored() -> None:
+    """The old socket's reading loop (or its route ending) reports the drop late: the seat is the new socket's."""
+    rooms, room = resume_room(1)
+    back(rooms, room)
+    assert connection(room, 1) == 1
+    assert room.handle(Gone(1, 0), 1.0) == []
+    assert room.state is State.STREAMING and not room.party(1).parked  # type: ignore[union-attr]
+    assert room.handle(Gone(1, 1), 2.0) != [] and room.state is State.PARKED  # the new one's drop still counts
+
+
+def test_frames_still_queued_on_the_old_connection_are_ignored() -> None:
+    """What the old socket held when a send to it failed is read as its party's: an old ``error`` or ``ack``
+    must not end or steer the room the resumed party is back in."""
+    rooms, room = resume_room(1)
+    back(rooms, room)
+    for stale in ({"type": "ack", "epoch": 0, "chunks": 3}, {"type": "error", "code": "tampered", "message": "x"},
+                  {"type": "cancel"}):
+        assert room.handle(text(1, stale, 0), 1.0) == []
+    assert room.state is State.STREAMING
+
+
+def test_the_old_senders_frames_after_it_took_its_seat_back_are_ignored() -> None:
+    rooms, room = resume_room(1)
+    room.handle(gone(room, 0), 0.0)
+    rooms.resume(room.code, "send", sender_resume(1))
+    room.handle(rejoined(room, 0), 0.0)
+    data = b"o" * 66
+    header = {"type": "chunk", "epoch": 0, "size": len(data), "xxh3_64": p.chunk_digest(data)}
+    assert room.handle(text(0, header, 0), 1.0) == [] and room.handle(BinaryFrame(0, data, 0), 1.0) == []
+    assert room.check is not None and room.check.pending is None  # nothing of it reached the stream check
+    effects = room.handle(said(room, 0, {**stream(1), "epoch": 1}), 2.0)
+    assert ended(effects) is None and messages(effects, 1) == ["stream"]
+
+
+def test_what_the_room_decides_names_the_connection_it_is_for() -> None:
+    """A chunk decided before a drop is for the receiver's old connection: once the receiver is back on a new
+    one, the service finds that connection no longer reachable and skips it, so a chunk of the abandoned epoch
+    never reaches the resumed receiver; what is decided after is for the new connection."""
+    rooms, room = resume_room(1)
+    before = chunk(room, b"c" * 66)
+    assert {(type(e).__name__, e.peer, e.connection) for e in before} == {("SendText", 1, 0), ("SendBytes", 1, 0)}
+    back(rooms, room)
+    assert not room.reachable(1, 0) and room.reachable(1, 1)
+    effects = room.handle(said(room, 0, {**stream(1), "epoch": 1}), 1.0)
+    assert [(type(e).__name__, e.peer, e.connection) for e in effects] == [("SendText", 1, 1)]
+
+
+def test_a_stale_rejoin_is_ignored() -> None:
+    rooms, room = resume_room(1)
+    back(rooms, room)
+    assert room.handle(Rejoined(1, 0), 1.0) == []
+
+
+# --- a party that closes its socket has left: only a drop parks (docs/protocol.md section 10) ----------------
+
+
+def test_a_party_that_closes_its_socket_mid_stream_has_left_and_is_not_parked() -> None:
+    """A tab closed (1001) or a client that quit (1000) mid-transfer: the others hear ``peer_left`` at once instead
+    of waiting out the resume window for a party that is not coming back."""
+    _, room = resume_room(2)
+    effects = room.handle(Gone(2, 0, left=True), 5.0)
+    assert ended(effects) == "peer_left" and room.state is State.ENDED
+    assert sent(effects, 0) == [{"type": "peer_left", "peer": 2, "role": "receive"}]
+    assert messages(effects, 1) == ["peer_left"] and sent(effects, 2) == []
+
+
+def test_a_sender_that_closes_its_socket_in_done_has_left() -> None:
+    _, room = resume_room(1)
+    for data in (b"a" * 66, b"b" * 66):
+        chunk(room, data)
+    room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0)
+    effects = room.handle(Gone(0, 0, left=True), 1.0)
+    assert ended(effects) == "peer_left" and sent(effects, 1) == [{"type": "peer_left", "peer": 0, "role": "send"}]
+
+
+def test_a_close_seen_after_a_failed_send_parked_the_seat_ends_the_room() -> None:
+    """The send to it failed first (parked), then its reading side found its close frame: it left after all."""
+    _, room = resume_room(2)
+    room.handle(gone(room, 2), 0.0)
+    assert room.state is State.PARKED
+    effects = room.handle(Gone(2, 0, left=True), 1.0)
+    assert ended(effects) == "peer_left" and messages(effects, 0) == ["peer_left"]
+
+
+def test_a_party_that_leaves_while_another_is_parked_ends_the_room() -> None:
+    _, room = resume_room(2)
+    room.handle(gone(room, 2), 0.0)
+    effects = room.handle(Gone(1, 0, left=True), 1.0)
+    assert ended(effects) == "peer_left" and messages(effects, 0) == ["peer_left"]

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- helpers: a room driven by hand ----------------------------------------------------------------------
 
 
-def text(peer: int, message: p.Message | dict[str, Any]) -> TextFrame:
-    return TextFrame(peer, message.to_json() if isinstance(message, p.Message) else json.dumps(message))
+def text(peer: int, message: p.Message | dict[str, Any], connection: int = 0) -> TextFrame:
+    return TextFrame(peer, message.to_json() if isinstance(message, p.Message) else json.dumps(message), connection)
 
 
 def types(effects: list[Effect], peer: int) -> list[str]:
@@ -241,7 +241,7 @@ def test_an_accept_whose_forward_fails_ends_the_room() -> None:
     room = offered_room()
     effects = room.handle(text(1, {"type": "accept", "data": SEALED}), 0.0)
     assert types(effects, 0) == ["accept", "start"]
-    effects = room.handle(Gone(0), 0.0)  # what the service feeds when that write fails
+    effects = room.handle(Gone(0, 0), 0.0)  # what the service feeds when that write fails
     assert room.state is State.ENDED and room.outcome == "peer_left"
     assert sent(effects, 1) == [{"type": "peer_left", "peer": 0, "role": "send"}] and closes(effects) == {1: 4030}
 
@@ -254,22 +254,22 @@ def test_a_checked_chunk_goes_to_every_receiver_header_first() -> None:
     data = b"c" * 66
     header = p.SealedChunk(0, len(data), p.chunk_digest(data))
     assert room.handle(text(0, header), 0.0) == []
-    effects = room.handle(BinaryFrame(0, data), 0.0)
+    effects = room.handle(BinaryFrame(0, data, 0), 0.0)
     assert [(type(e).__name__, e.peer) for e in effects] == [("SendText", 1), ("SendBytes", 1), ("SendText", 2),
                                                               ("SendBytes", 2)]
     assert sent(effects, 1) == sent(effects, 2) == [header.to_dict(), data]
 
 
 def test_a_binary_frame_without_a_header_is_unexpected() -> None:
-    assert ended(streaming_room().handle(BinaryFrame(0, b"c" * 66), 0.0)) == "unexpected_message"
+    assert ended(streaming_room().handle(BinaryFrame(0, b"c" * 66, 0), 0.0)) == "unexpected_message"
 
 
 def test_a_binary_frame_before_start_is_unexpected() -> None:
-    assert ended(offered_room().handle(BinaryFrame(0, b"c" * 66), 0.0)) == "unexpected_message"
+    assert ended(offered_room().handle(BinaryFrame(0, b"c" * 66, 0), 0.0)) == "unexpected_message"
 
 
 def test_a_receiver_may_not_send_binary_frames() -> None:
-    assert ended(streaming_room().handle(BinaryFrame(1, b"c" * 66), 0.0)) == "unexpected_message"
+    assert ended(streaming_room().handle(BinaryFrame(1, b"c" * 66, 0), 0.0)) == "unexpected_message"
 
 
 @pytest.mark.parametrize("room_of", [streaming_room, done_room])
@@ -293,7 +293,7 @@ def test_a_frame_the_role_may_not_send_is_unexpected() -> None:
                                         ('{"type":"done"}', "unknown_type")])
 def test_a_frame_that_does_not_parse_ends_the_room_with_its_error(frame: str, code: str) -> None:
     room = streaming_room()
-    effects = room.handle(TextFrame(1, frame), 0.0)
+    effects = room.handle(TextFrame(1, frame, 0), 0.0)
     assert ended(effects) == code and sent(effects, 0)[0]["code"] == code  # type: ignore[index]
 
 
@@ -315,8 +315,8 @@ def test_a_room_that_ended_before_completion_is_not_recorded_as_complete() -> No
     """Issue 8: the sender's socket failed as the last verified was forwarded; the room stays peer_left."""
     room = done_room()
     effects = room.handle(text(1, p.Verified()), 0.0)
-    assert effects == [SendText(0, p.Verified(1).to_json()), Feed(AllVerified())]
-    room.handle(Gone(0), 0.0)  # the service feeds this when that write fails, before it carries on
+    assert effects == [SendText(0, p.Verified(1).to_json(), 0), Feed(AllVerified())]
+    room.handle(Gone(0, 0), 0.0)  # the service feeds this when that write fails, before it carries on
     assert room.handle(AllVerified(), 0.0) == []
     assert room.state is State.ENDED and room.outcome == "peer_left"
 
@@ -350,7 +350,7 @@ def test_a_reported_error_is_passed_on_with_the_peer(room_of) -> None:
 @pytest.mark.parametrize("room_of", [open_room, offered_room, streaming_room, done_room])
 def test_a_party_that_leaves_ends_the_room_and_the_others_are_told(room_of) -> None:
     room = room_of(receivers=2)
-    effects = room.handle(Gone(2), 0.0)
+    effects = room.handle(Gone(2, 0), 0.0)
     assert sent(effects, 0) == sent(effects, 1) == [{"type": "peer_left", "peer": 2, "role": "receive"}]
     assert closes(effects) == {0: 4030, 1: 4030} and ended(effects) == "peer_left"
 
@@ -372,7 +372,7 @@ def test_an_ended_room_ignores_everything_after() -> None:
     room = streaming_room()
     room.handle(text(0, {"type": "cancel"}), 0.0)
     ack = text(1, {"type": "ack", "epoch": 0, "chunks": 0})
-    for event in (ack, BinaryFrame(0, b"c" * 66), Gone(1), TimerFired(), Crashed("x"), ShuttingDown(),
+    for event in (ack, BinaryFrame(0, b"c" * 66, 0), Gone(1, 0), TimerFired(), Crashed("x"), ShuttingDown(),
                   AllVerified()):
         assert room.handle(event, 1e9) == []
     assert room.outcome == "cancelled"
@@ -380,7 +380,7 @@ def test_an_ended_room_ignores_everything_after() -> None:
 
 def test_frames_after_the_end_do_not_reach_a_party_whose_farewell_is_decided() -> None:
     room = streaming_room()
-    effects = room.handle(Gone(1), 0.0)
+    effects = room.handle(Gone(1, 0), 0.0)
     assert [type(e) for e in effects] == [Close, Ended]
 
 

@@ -30,8 +30,8 @@ def b64(size: int, fill: bytes = b"x") -> str:
 PAKE, CONFIRM, KEY, SEALED = b64(33), b64(32), b64(48), b64(40)
 
 
-def text(peer: int, message: dict[str, Any]) -> TextFrame:
-    return TextFrame(peer, json.dumps(message))
+def text(peer: int, message: dict[str, Any], connection: int = 0) -> TextFrame:
+    return TextFrame(peer, json.dumps(message), connection)
 
 
 def sent(effects: list[Effect], peer: int) -> list[dict[str, Any] | bytes]:
@@ -108,7 +108,7 @@ def stream(receivers: int, chunks: int = 2, size: int = 100 + 32) -> dict[str, A
 
 def chunk(room: Room, data: bytes) -> list[Effect]:
     room.handle(text(0, {"type": "chunk", "epoch": 0, "size": len(data), "xxh3_64": p.chunk_digest(data)}), 0.0)
-    return room.handle(BinaryFrame(0, data), 0.0)
+    return room.handle(BinaryFrame(0, data, 0), 0.0)
 
 
 # --- keying -------------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_a_bad_xxh3_of_the_ciphertext_is_refused() -> None:
     room = streaming_room(1)
     room.handle(text(0, stream(1)), 0.0)
     room.handle(text(0, {"type": "chunk", "epoch": 0, "size": 66, "xxh3_64": "0" * 16}), 0.0)
-    assert ended(room.handle(BinaryFrame(0, b"a" * 66), 0.0)) == "checksum_mismatch"
+    assert ended(room.handle(BinaryFrame(0, b"a" * 66, 0), 0.0)) == "checksum_mismatch"
 
 
 @pytest.mark.parametrize("chunks,size", [(1, 15), (2, 31), (103, 103 * 16), (2, 100 + 33)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -34,7 +35,8 @@ class MemorySocket:
     relay's reading side has not noticed yet: the test then calls ``hang_up`` when it wants)."""
 
     def __init__(self, fail: Callable[[str | bytes], BaseException | None] | None = None,
-                 close_error: BaseException | None = None, wake: bool = True) -> None:
+                 close_error: BaseException | None = None, wake: bool = True,
+                 hold: Callable[[str | bytes], asyncio.Event | None] | None = None) -> None:
         self.inbox: asyncio.Queue[str | bytes | BaseException | None] = asyncio.Queue()
         self.sent: list[dict[str, Any] | bytes] = []
         self.close_code: int | None = None
@@ -42,6 +44,7 @@ class MemorySocket:
         self.fail = fail
         self.close_error = close_error
         self.wake = wake
+        self.hold = hold  # a send of a frame for which it returns an event waits for that event first
 
     async def receive(self) -> str | bytes:
         item = await self.inbox.get()
@@ -52,12 +55,19 @@ class MemorySocket:
         return item
 
     async def send_text(self, text: str) -> None:
+        await self._held(text)
         self._check(text)
         self.sent.append(json.loads(text))
 
     async def send_bytes(self, data: bytes) -> None:
+        await self._held(data)
         self._check(data)
         self.sent.append(data)
+
+    async def _held(self, frame: str | bytes) -> None:
+        gate = self.hold(frame) if self.hold else None
+        if gate is not None:
+            await gate.wait()
 
     async def close(self, code: int, reason: str = "") -> None:
         self.close_calls += 1
@@ -313,3 +323,112 @@ async def test_the_sweeper_ends_an_unanswered_offer_with_offer_timeout() -> None
                                  "message": "nobody answered the offer in time"}
     assert receiver.close_code == room.sender.close_code == 4043
     assert room.relay.stats.transfers == {"timed_out": 1}
+
+
+# --- a party that took its seat back on a new socket (resume): its old socket no longer speaks for it ----------
+
+
+def token(seat: str) -> str:
+    """A stand-in resume token (the real ones derive from the pair key: clients/crypto.py)."""
+    return hashlib.sha256(seat.encode()).hexdigest()
+
+
+def verifier(seat: str) -> str:
+    return hashlib.sha256(bytes.fromhex(token(seat))).hexdigest()
+
+
+def held_on(kind: str, gate: asyncio.Event) -> Callable[[str | bytes], asyncio.Event | None]:
+    """Hold the first send of a frame of ``kind`` (a message type, or "binary") until ``gate`` is set."""
+    state = {"done": False}
+
+    def hold(frame: str | bytes) -> asyncio.Event | None:
+        this = "binary" if isinstance(frame, bytes) else json.loads(frame).get("type")
+        if not state["done"] and this == kind:
+            state["done"] = True
+            return gate
+        return None
+
+    return hold
+
+
+async def streaming_with_verifiers(*receivers: MemorySocket, sender: MemorySocket | None = None) -> Room:
+    """A room whose every pair registered its resume verifiers, streaming epoch 0."""
+    room = await Room.open(sender, *receivers)
+    for k, receiver in enumerate(room.receivers, start=1):
+        receiver.push(p.ResumeId(verifier(f"r{k}")))
+        room.sender.push(p.ResumeId(verifier(f"s{k}"), to=k))
+    await room.offer_and_accept()
+    await until(lambda: room.live is not None and all(r.verifier and r.sender_verifier for r in room.live.receivers),
+                "every verifier")
+    return room
+
+
+async def resume_receiver(room: Room, k: int) -> MemorySocket:
+    """Receiver k takes its parked seat back on a new socket; returns the socket once it heard ``resumed``."""
+    new = MemorySocket()
+    new.push({"type": "resume", "peer": k, "token": token(f"r{k}"), "next_verifier": verifier(f"r{k}+1")})
+    room.tasks.append(asyncio.create_task(room.relay.serve(new, JoinRequest(room.code, "receive", None, "2", "1"))))
+    await until(lambda: "resumed" in new.types(), "the resumed receiver's 'resumed'")
+    return new
+
+
+def heard(socket: MemorySocket, kind: str) -> int:
+    return socket.types().count(kind)
+
+
+async def test_the_old_socket_of_a_resumed_receiver_ending_its_route_late_does_not_park_it_again() -> None:
+    """The old socket's route was still telling the sender ``reconnecting`` when the receiver came back; when it
+    ended, it fed ``gone`` for the receiver (its ``finally``), which parked the resumed receiver again."""
+    gate = asyncio.Event()
+    room = await streaming_with_verifiers(MemorySocket(), sender=MemorySocket(hold=held_on("reconnecting", gate)))
+    old = room.receivers[0]
+    old_route = room.tasks[1]
+    old.hang_up()  # the drop: the old route parks the seat and is held telling the sender
+    await until(lambda: room.live is not None and room.live.state is State.PARKED, "the room to park")
+    new = await resume_receiver(room, 1)
+    gate.set()
+    await asyncio.wait_for(old_route, WAIT)  # the old route has ended
+    live = room.live
+    assert live is not None and live.state is State.STREAMING and not live.receivers[0].parked
+    assert heard(room.sender, "reconnecting") == 1 and heard(new, "reconnecting") == 0
+
+
+async def test_a_send_to_the_old_socket_that_fails_after_the_receiver_resumed_does_not_park_it_again() -> None:
+    """A chunk forward to the old socket was still pending when the receiver came back on a new one; its failure
+    (then the frames the old socket still held) was taken for the resumed receiver's."""
+    gate = asyncio.Event()
+    old = MemorySocket(wake=False, hold=held_on("binary", gate),
+                       fail=lambda frame: PeerGone() if isinstance(frame, bytes) else None)
+    room = await streaming_with_verifiers(old)
+    room.chunk(CHUNKS[0])  # the forward waits on the old socket
+    await until(lambda: "chunk" in old.types(), "the chunk header on the old socket")
+    old.hang_up()  # the old socket's reading side sees the drop first: parked
+    await until(lambda: room.live is not None and room.live.state is State.PARKED, "the room to park")
+    new = await resume_receiver(room, 1)
+    gate.set()  # the pending send now fails
+    room.sender.push(p.Sealed(SEALED, to=1))  # the sender's route reads on only once that forward is over
+    await until(lambda: "sealed" in new.types(), "the next message to the resumed receiver")
+    live = room.live
+    assert live is not None and live.state is State.STREAMING and not live.receivers[0].parked
+    assert heard(room.sender, "reconnecting") == 1 and "binary" not in new.types()
+
+
+async def test_a_chunk_of_the_abandoned_epoch_never_reaches_a_receiver_that_resumed_on_a_new_socket() -> None:
+    """A chunk decided for two receivers was still being written to the first when the second dropped and came
+    back: the rest of that decision went to the second's new socket, an epoch it had left ('did not
+    authenticate')."""
+    gate = asyncio.Event()
+    room = await streaming_with_verifiers(MemorySocket(hold=held_on("binary", gate)), MemorySocket())
+    first, second = room.receivers
+    room.chunk(CHUNKS[0])  # forwarded to receiver 1 first: held there
+    await until(lambda: "chunk" in first.types(), "the chunk header to receiver 1")
+    second.hang_up()
+    await until(lambda: room.live is not None and room.live.state is State.PARKED, "the room to park")
+    new = await resume_receiver(room, 2)
+    gate.set()
+    await until(lambda: "binary" in first.types(), "the chunk to receiver 1")
+    room.sender.push(p.Sealed(SEALED, to=2))  # read only once the chunk's forward is over
+    await until(lambda: "sealed" in new.types(), "the next message to the resumed receiver")
+    assert "chunk" not in new.types() and "binary" not in new.types()
+    live = room.live
+    assert live is not None and live.state is State.STREAMING
