@@ -388,7 +388,9 @@ export class ReceiveSession {
       throw new ProtocolError(`chunk ${this.chunks + this.openings.length} failed its xxh3_64 check`, "checksum_mismatch");
     }
     this.header = null;
-    const opening = this.opener.openNext(bytes); // Tampered unless it is the chunk the plan expects here
+    // Tampered unless it is the chunk the plan expects here. Its buffer goes to the encryption worker (transferred,
+    // not copied): `bytes` is empty from here on.
+    const opening = this.opener.openNext(bytes);
     opening.catch(() => {}); // looked at in its turn; a transfer that ended first never does
     this.openings.push(opening);
     // Stored as soon as it opened and the chunk before it was stored; a failure ends the session from here (the

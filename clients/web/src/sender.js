@@ -33,7 +33,7 @@ import {
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
 import {
-  CLOSE_CODES, DEFAULT_CHUNK_SIZE, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
+  CLOSE_CODES, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
 } from "./protocol.js";
 import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
@@ -47,6 +47,15 @@ export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
  * every receiver has sent an ack (acks are optional in the protocol, and one that never acks is not waited for).
  */
 export const ACK_WINDOW = 64 * 1024 * 1024;
+/**
+ * The plaintext of one chunk, as this page cuts files (the sender chooses; the sealed plan and the offer say
+ * it: docs/protocol.md section 8). Below protocol.js's DEFAULT_CHUNK_SIZE (1 MiB, the terminal client's) on
+ * purpose: Chromium's allocator maps every buffer of about 1 MiB or more afresh from the kernel and returns it
+ * on free, so each 1 MiB chunk, its sealed copy and the frame carrying it paid page faults and zeroing on
+ * every allocation; a 768 KiB chunk (and its 16-byte tag) comes from the allocator's reused buckets.
+ * crypto.subtle.encrypt alone: about 2.5 ms per MiB at 1 MiB, 0.9 at 768 KiB (docs/design/speed.md, issue 10).
+ */
+export const PAGE_CHUNK_SIZE = 768 * 1024;
 /** Chunks read and being sealed ahead of the one being sent. */
 const SEAL_AHEAD = 4;
 // Taking the seat back, as the receiving page and the terminal client (clients/transfer.py).
@@ -177,7 +186,7 @@ export class SendSession {
     switch (message.type) {
       case "hello":
         // Each chunk grows by its 16-byte tag on the wire: the relay's max_message bounds the sealed chunk.
-        this.chunkSize = Math.min(DEFAULT_CHUNK_SIZE, message.max_message - TAG_SIZE);
+        this.chunkSize = Math.min(PAGE_CHUNK_SIZE, message.max_message - TAG_SIZE);
         this.offer.chunk_size = this.chunkSize;
         this.#setState("waiting", `0 of ${message.receivers} joined`);
         break;
@@ -563,11 +572,13 @@ export class SendSession {
         for await (const bytes of this.#chunks(file.slice(0, start), start)) digest.update(bytes);
       }
       for await (const bytes of this.#chunks(start > 0 ? file.slice(start) : file, end - start)) {
-        const last = sealer.position.last;
+        const { last } = sealer.position;
+        const length = bytes.length;
         digest?.update(bytes);
+        // The chunk's buffer goes to the encryption worker (transferred, not copied): `bytes` is empty from here on.
         const sealing = sealer.sealNext(bytes);
         sealing.catch(() => {}); // awaited when its turn comes; a transfer that ended first never looks at it
-        yield { index, length: bytes.length, sha256: last && digest !== null ? digest.hexdigest() : null, sealing };
+        yield { index, length, sha256: last && digest !== null ? digest.hexdigest() : null, sealing };
       }
     }
   }

@@ -1,0 +1,122 @@
+"""Where a page-to-page transfer's CPU goes: tests/web/page_once.py's transfer, with the CPU time of every thread
+of Chromium and of this process (the relay runs in a thread of it) read before the receiver accepts and after it
+verified. Prints one line per busy thread (process, thread name, CPU-ms per MiB), heaviest first. Run by path
+like page_once.py, against whichever tree is on PYTHONPATH:
+
+    PYTHONPATH=$PWD python3 tests/web/page_profile.py 256
+
+Chromium names its threads: CrRendererMain is a tab's page thread, DedicatedWorker a worker's (the AES worker,
+the tick worker), ServiceWorker the download stream's, NetworkService the browser's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+
+from relay.config import Settings
+from tests.conftest import start_relay
+from tests.web import measure as m
+from tests.web.cdp import Chromium
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.web.driver import sha256
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _process_label(process: psutil.Process) -> str:
+    if process.pid == os.getpid():
+        return "python (relay + driver)"
+    try:
+        line = process.cmdline()
+    except psutil.Error:
+        return "?"
+    kind = next((arg.split("=", 1)[1] for arg in line if arg.startswith("--type=")), "browser")
+    sub = next((arg.split("=", 1)[1] for arg in line if arg.startswith("--utility-sub-type=")), "")
+    kind += ":" + sub.split(".")[-1] if sub else ""
+    return f"{kind}[{process.pid}]"
+
+
+def snapshot(browser: Chromium) -> dict[tuple[str, int, str], float]:
+    """CPU seconds (user + system) of each thread, keyed by (process label, thread id, thread name)."""
+    root = psutil.Process(browser.process.pid)
+    processes = [psutil.Process(), root, *root.children(recursive=True)]
+    times: dict[tuple[str, int, str], float] = {}
+    for process in processes:
+        try:
+            label = _process_label(process)
+            for thread in process.threads():
+                times[(label, thread.id, _thread_name(process.pid, thread.id))] = thread.user_time + thread.system_time
+        except psutil.Error:
+            continue
+    return times
+
+
+def transfer(browser: Chromium, base: str, source: Path, downloads: Path) -> tuple[float, bool, dict, dict]:
+    """measure.browser_to_browser's single-file transfer, with a snapshot at the accept and one at the end."""
+    sender, receiver = browser.new_page("about:blank"), browser.new_page("about:blank")
+    code = m.start_sending(sender, base, source)
+    receiver.goto(f"{base}/#receive={code}")
+    receiver.click("#receive-connect")
+    receiver.wait_for("!document.getElementById('receive-offer').hidden", 30)
+    receiver.evaluate("(() => { const box = document.getElementById('save-downloads'); box.checked = true;"
+                      " box.dispatchEvent(new Event('change', { bubbles: true })); })()")
+    receiver.wait_for("document.getElementById('save-note').textContent.includes('streamed to your downloads')"
+                      " && !document.getElementById('receive-accept').disabled", 30)
+    before = snapshot(browser)
+    started = time.monotonic()
+    receiver.click("#receive-accept")
+    deadline = started + m.TIMEOUT_S
+    while (shown := m.state(receiver, "#receive-status")) not in m.FINAL and time.monotonic() < deadline:
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    after = snapshot(browser)
+    saved = m.wait_download(downloads, source.name, source.stat().st_size) if shown == "verified" else None
+    ok = saved is not None and sha256(saved) == sha256(source)
+    sender.close()
+    receiver.close()
+    return elapsed, ok, before, after
+
+
+def main(size: int) -> None:
+    relay = start_relay(Settings())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            source = m.make_file(folder, size * m.MiB)
+            downloads = folder / "downloads"
+            downloads.mkdir()
+            browser = Chromium(CHROMIUM, CHROMIUM_ARGS)
+            try:
+                browser.allow_downloads(downloads)
+                elapsed, ok, before, after = transfer(browser, relay.http_url, source, downloads)
+            finally:
+                browser.close()
+    finally:
+        relay.stop()
+    print(f"RESULT {size / elapsed:.1f} MiB/s {elapsed:.2f} s ok={ok}")
+    per_thread: dict[tuple[str, str], float] = defaultdict(float)
+    for key, seconds in after.items():
+        label, tid, name = key
+        per_thread[(label, f"{name}#{tid}")] += seconds - before.get(key, 0.0)
+    total = 0.0
+    for (label, name), seconds in sorted(per_thread.items(), key=lambda item: -item[1]):
+        total += seconds
+        if seconds * 1000 / size >= 0.2:
+            print(f"{label:32} {name:32} {seconds * 1000 / size:7.2f} ms/MiB")
+    print(f"{'all threads':65} {total * 1000 / size:7.2f} ms/MiB  (wall {elapsed * 1000 / size:.2f} ms/MiB)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)
