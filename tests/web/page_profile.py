@@ -3,7 +3,10 @@ of Chromium and of this process (the relay runs in a thread of it) read before t
 verified. Prints one line per busy thread (process, thread name, CPU-ms per MiB), heaviest first. Run by path
 like page_once.py, against whichever tree is on PYTHONPATH:
 
-    PYTHONPATH=$PWD python3 tests/web/page_profile.py 256
+    PYTHONPATH=$PWD python3 tests/web/page_profile.py 256 [--js]
+
+With --js it also prints, for each page's main thread, the JavaScript functions with the most self time (the
+DevTools profiler, sampling every 0.2 ms: it slows the pages, so read it for proportions, not for speed).
 
 Chromium names its threads: CrRendererMain is a tab's page thread, DedicatedWorker a worker's (the AES worker,
 the tick worker), ServiceWorker the download stream's, NetworkService the browser's sockets.
@@ -63,8 +66,25 @@ def snapshot(browser: Chromium) -> dict[tuple[str, int, str], float]:
     return times
 
 
-def transfer(browser: Chromium, base: str, source: Path, downloads: Path) -> tuple[float, bool, dict, dict]:
-    """measure.browser_to_browser's single-file transfer, with a snapshot at the accept and one at the end."""
+def js_self_times(profile: dict, top: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most self time in a Profiler.stop profile: (name url:line, ms), heaviest first."""
+    nodes = {node["id"]: node for node in profile["nodes"]}
+    interval: dict[int, float] = defaultdict(float)
+    deltas = profile.get("timeDeltas", [])
+    for index, sample in enumerate(profile.get("samples", [])):
+        interval[sample] += deltas[index + 1] / 1000 if index + 1 < len(deltas) else 0.0
+    by_name: dict[str, float] = defaultdict(float)
+    for node_id, ms in interval.items():
+        frame = nodes[node_id]["callFrame"]
+        name = f"{frame['functionName'] or '(anonymous)'} {frame['url'].rsplit('/', 1)[-1]}:{frame['lineNumber']}"
+        by_name[name] += ms
+    return sorted(by_name.items(), key=lambda item: -item[1])[:top]
+
+
+def transfer(browser: Chromium, base: str, source: Path, downloads: Path,
+             js: bool = False) -> tuple[float, bool, dict, dict]:
+    """measure.browser_to_browser's single-file transfer, with a snapshot at the accept and one at the end; with
+    `js`, each page's main thread is sampled by the DevTools profiler meanwhile (it slows the pages down)."""
     sender, receiver = browser.new_page("about:blank"), browser.new_page("about:blank")
     code = m.start_sending(sender, base, source)
     receiver.goto(f"{base}/#receive={code}")
@@ -74,6 +94,11 @@ def transfer(browser: Chromium, base: str, source: Path, downloads: Path) -> tup
                       " box.dispatchEvent(new Event('change', { bubbles: true })); })()")
     receiver.wait_for("document.getElementById('save-note').textContent.includes('streamed to your downloads')"
                       " && !document.getElementById('receive-accept').disabled", 30)
+    if js:
+        for page in (sender, receiver):
+            page.call("Profiler.enable")
+            page.call("Profiler.setSamplingInterval", {"interval": 200})
+            page.call("Profiler.start")
     before = snapshot(browser)
     started = time.monotonic()
     receiver.click("#receive-accept")
@@ -82,6 +107,11 @@ def transfer(browser: Chromium, base: str, source: Path, downloads: Path) -> tup
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     after = snapshot(browser)
+    if js:
+        for name, page in (("sender", sender), ("receiver", receiver)):
+            print(f"{name} page thread, self time:")
+            for function, ms in js_self_times(page.call("Profiler.stop")["profile"]):
+                print(f"  {ms * 1000 / source.stat().st_size * m.MiB / 1000:6.2f} ms/MiB  {function}")
     saved = m.wait_download(downloads, source.name, source.stat().st_size) if shown == "verified" else None
     ok = saved is not None and sha256(saved) == sha256(source)
     sender.close()
@@ -89,7 +119,7 @@ def transfer(browser: Chromium, base: str, source: Path, downloads: Path) -> tup
     return elapsed, ok, before, after
 
 
-def main(size: int) -> None:
+def main(size: int, js: bool) -> None:
     relay = start_relay(Settings())
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +130,7 @@ def main(size: int) -> None:
             browser = Chromium(CHROMIUM, CHROMIUM_ARGS)
             try:
                 browser.allow_downloads(downloads)
-                elapsed, ok, before, after = transfer(browser, relay.http_url, source, downloads)
+                elapsed, ok, before, after = transfer(browser, relay.http_url, source, downloads, js)
             finally:
                 browser.close()
     finally:
@@ -119,4 +149,4 @@ def main(size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256, "--js" in sys.argv)
