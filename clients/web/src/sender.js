@@ -12,7 +12,7 @@
 //
 // The relay sees the nameplate, sizes and timing; never a name, a byte of a file or a word of the code.
 
-import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
+import { Connection, ConnectionClosed, requestSeat, roomUrl, withBackoff } from "./connection.js";
 import { generateSecretWords } from "./codes.js";
 import {
   CryptoError,
@@ -33,7 +33,7 @@ import {
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
 import {
-  CLOSE_CODES, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
+  ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
 } from "./protocol.js";
 import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
@@ -58,14 +58,6 @@ export const ACK_WINDOW = 64 * 1024 * 1024;
 export const PAGE_CHUNK_SIZE = 768 * 1024;
 /** Chunks read and being sealed ahead of the one being sent. */
 const SEAL_AHEAD = 4;
-// Taking the seat back, as the receiving page and the terminal client (clients/transfer.py).
-const RESUME_WINDOW_MS = 300_000;
-const MAX_RECONNECT_ATTEMPTS = 30;
-const RECONNECT_BACKOFF_MS = 200;
-const MAX_BACKOFF_MS = 10_000;
-const RESUME_ANSWER_MS = 30_000;
-const RETRY_CODES = new Set(["resume_refused", "room_not_found", "rate_limited", "too_many_connections"]);
-const MAX_RESUME_NOISE = 64;
 
 const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -482,71 +474,38 @@ export class SendSession {
   }
 
   // This page's socket broke without a close code: take the seat back (one token per receiver), bounded attempts
-  // with backoff within the resume window. The receivers then resync with us and say what they hold.
+  // with backoff within the resume window (connection.js). The receivers then resync with us and say what they hold.
   async #resume() {
     this.#park("Connection lost, reconnecting");
     this.away.add(0);
-    const deadline = Date.now() + RESUME_WINDOW_MS;
-    let attempt = 0;
-    while (attempt < MAX_RECONNECT_ATTEMPTS && Date.now() < deadline) {
-      attempt += 1;
-      this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`);
-      await sleep(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempt - 1), MAX_BACKOFF_MS, Math.max(0, deadline - Date.now())));
-      if (FINAL_STATES.has(this.state)) return;
-      const next = new Map();
-      for (const [peer, token] of this.tokens) next.set(peer, await nextResumeToken(token));
-      const taken = await this.#takeSeat(next);
-      if (taken === null) continue;
-      const [connection, resumed] = taken;
-      if (FINAL_STATES.has(this.state)) {
-        connection.close(1000);
-        return;
-      }
-      this.tokens = next; // each token is good once
-      this.connection = connection;
-      this.resumes += 1;
-      this.away = new Set(resumed.parked);
-      this.#setState("reconnecting", "Connection restored; waiting for the receivers.");
-      this.#notify();
+    let next = null;
+    const { taken, attempts } = await withBackoff({
+      onAttempt: (attempt) => this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`),
+      stopped: () => FINAL_STATES.has(this.state),
+      attempt: async () => {
+        next = new Map();
+        for (const [peer, token] of this.tokens) next.set(peer, await nextResumeToken(token));
+        const tokens = {};
+        for (const [peer, token] of this.tokens) tokens[String(peer)] = { token: hex(token), next_verifier: resumeVerifier(next.get(peer)) };
+        const room = { receivers: this.receivers, total_size: this.total, files: this.offer.files.length };
+        const url = roomUrl(this.code.split("-", 1)[0], { role: "send", resume: "1" }, this.location);
+        return requestSeat(url, { type: "resume", peer: 0, tokens, room }, 0);
+      },
+    });
+    if (FINAL_STATES.has(this.state)) {
+      taken?.[0].close(1000);
       return;
     }
-    throw new ConnectionClosed(1006, `the connection to the relay was lost and could not be restored (${attempt} attempts)`);
-  }
-
-  async #takeSeat(next) {
-    let connection;
-    try {
-      connection = await Connection.open(roomUrl(this.code.split("-", 1)[0], { role: "send", resume: "1" }, this.location));
-    } catch (error) {
-      if (error instanceof ConnectionClosed) return null;
-      throw error;
+    if (taken === null) {
+      throw new ConnectionClosed(1006, `the connection to the relay was lost and could not be restored (${attempts} attempts)`);
     }
-    const tokens = {};
-    for (const [peer, token] of this.tokens) tokens[String(peer)] = { token: hex(token), next_verifier: resumeVerifier(next.get(peer)) };
-    connection.sendMessage({
-      type: "resume", peer: 0, tokens, room: { receivers: this.receivers, total_size: this.total, files: this.offer.files.length },
-    });
-    const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
-    try {
-      for (let read = 0; read < MAX_RESUME_NOISE; read++) {
-        const frame = await connection.next();
-        if (typeof frame !== "string") break;
-        const message = parseMessage(frame);
-        if (message.type === "resumed" && message.peer === 0) return [connection, message];
-        if (message.type === "error") {
-          if (RETRY_CODES.has(message.code)) break;
-          connection.close(1000);
-          throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
-        }
-        if (message.type !== "resumed" && message.type !== "reconnecting") break;
-      }
-    } catch (error) {
-      if (!(error instanceof ConnectionClosed) || (error.errorCode !== null && !RETRY_CODES.has(error.errorCode))) throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-    connection.close(1000);
-    return null;
+    const [connection, resumed] = taken;
+    this.tokens = next; // each token is good once
+    this.connection = connection;
+    this.resumes += 1;
+    this.away = new Set(resumed.parked);
+    this.#setState("reconnecting", "Connection restored; waiting for the receivers.");
+    this.#notify();
   }
 
   // Wake whoever waits for a change of the room (a seat back, a position, the end).
