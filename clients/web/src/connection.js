@@ -4,8 +4,13 @@
 import { CLOSE_CODES, PROTOCOL_VERSION, encodeMessage, errorCodeOfClose, parseMessage } from "./protocol.js";
 
 const DRAIN_POLL_MS = 4;
-/** How often a full send buffer is looked at again (through the tick worker, so also in a background tab). */
-const DRAIN_TICK_MS = 2;
+/**
+ * How often a full send buffer is looked at again (through the tick worker, so also in a background tab). The
+ * buffer holds 16 MiB when the sender waits (a quarter of a second of sending here), so 10 ms of lateness never
+ * lets it run dry; every look costs two wake-ups (worker and page), and at 2 ms they cost the sending page about
+ * 0.5 ms of CPU per MiB sent (docs/design/speed.md, issue 10).
+ */
+const DRAIN_TICK_MS = 10;
 
 let ticker;
 
