@@ -146,6 +146,51 @@ def main(size: int, js: bool) -> None:
         if seconds * 1000 / size >= 0.2:
             print(f"{label:32} {name:32} {seconds * 1000 / size:7.2f} ms/MiB")
     print(f"{'all threads':65} {total * 1000 / size:7.2f} ms/MiB  (wall {elapsed * 1000 / size:.2f} ms/MiB)")
+    roles = by_role(per_thread)
+    print("by role: " + ", ".join(f"{role} {seconds * 1000 / size:.2f}" for role, seconds in roles.items()))
+
+
+def by_role(per_thread: dict[tuple[str, str], float]) -> dict[str, float]:
+    """CPU seconds per part of the transfer. The sending tab's renderer is the one with the most dedicated
+    workers (the tick worker that times its waits for the send buffer, and in protocol 2 its AES worker); the
+    receiving tab's is the busiest other renderer (one AES worker in protocol 2). The service worker runs in
+    whichever renderer Chromium picks for it (usually the sender's), so it is a role of its own."""
+    threads: dict[str, dict[str, float]] = defaultdict(dict)
+    for (label, name), seconds in per_thread.items():
+        threads[label][name] = seconds
+    renderers = [label for label in threads if label.startswith("renderer")]
+
+    def workers(label: str) -> int:
+        return sum(name.startswith("DedicatedWorker") for name in threads[label])
+
+    def main_thread(label: str) -> float:
+        return sum(seconds for name, seconds in threads[label].items() if name.startswith("chromium"))
+
+    sender = max(renderers, key=lambda label: (workers(label), main_thread(label)), default="")
+    receiver = max((label for label in renderers if label != sender), key=main_thread, default="")
+    roles: dict[str, float] = defaultdict(float)
+    for label, names in threads.items():
+        for name, seconds in names.items():
+            if name.startswith("ServiceWorker"):
+                role = "service worker"
+            elif label in (sender, receiver):
+                side = "sender" if label == sender else "receiver"
+                if name.startswith("chromium") or name.startswith("python"):
+                    role = f"{side} page"
+                elif name.startswith("DedicatedWorker"):
+                    role = f"{side} workers"
+                else:
+                    role = f"{side} renderer, other threads"
+            elif label.startswith("python"):
+                role = "relay (python)"
+            elif label.startswith("browser") and name.startswith("chromium"):
+                role = "browser UI thread"
+            elif label.startswith("browser") or label.startswith("utility"):
+                role = "browser, other threads (files, network)"
+            else:
+                role = "other processes"
+            roles[role] += seconds
+    return dict(sorted(roles.items()))
 
 
 if __name__ == "__main__":
