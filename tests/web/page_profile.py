@@ -107,6 +107,9 @@ def transfer(browser: Chromium, base: str, source: Path, downloads: Path,
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     after = snapshot(browser)
+    if shown != "verified":
+        print(f"  receiver ended {shown}: {m.status_text(receiver, 'receive-status')}; sender: "
+              f"{m.status_text(sender, 'send-status')}", flush=True)
     if js:
         for name, page in (("sender", sender), ("receiver", receiver)):
             print(f"{name} page thread, self time:")

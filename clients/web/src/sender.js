@@ -49,13 +49,14 @@ export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
 export const ACK_WINDOW = 64 * 1024 * 1024;
 /**
  * The plaintext of one chunk, as this page cuts files (the sender chooses; the sealed plan and the offer say
- * it: docs/protocol.md section 8). Below protocol.js's DEFAULT_CHUNK_SIZE (1 MiB, the terminal client's) on
- * purpose: Chromium's allocator maps every buffer of about 1 MiB or more afresh from the kernel and returns it
- * on free, so each 1 MiB chunk, its sealed copy and the frame carrying it paid page faults and zeroing on
- * every allocation; a 768 KiB chunk (and its 16-byte tag) comes from the allocator's reused buckets.
- * crypto.subtle.encrypt alone: about 2.5 ms per MiB at 1 MiB, 0.9 at 768 KiB (docs/design/speed.md, issue 10).
+ * it: docs/protocol.md section 8). Half of protocol.js's DEFAULT_CHUNK_SIZE (1 MiB, the terminal client's) on
+ * purpose, measured page to page (docs/design/speed.md, issue 10): Chromium's allocator maps every buffer of
+ * about 1 MiB or more afresh from the kernel and unmaps it on free, so each 1 MiB chunk, its sealed copy and the
+ * frame carrying it paid page faults and zeroing (crypto.subtle.encrypt alone: about 2.5 ms per MiB at 1 MiB,
+ * 0.9 at 512 or 768 KiB); and the relay spends less per MiB on a browser's 512 KiB frames than on 768 KiB ones
+ * (about 2.1 against 3.1 ms).
  */
-export const PAGE_CHUNK_SIZE = 768 * 1024;
+export const PAGE_CHUNK_SIZE = 512 * 1024;
 /** Chunks read and being sealed ahead of the one being sent. */
 const SEAL_AHEAD = 4;
 
