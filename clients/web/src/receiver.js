@@ -40,8 +40,8 @@ import { FINAL_STATES } from "./sender.js";
 import { SinkError } from "./sinks.js";
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
-/** Chunks opening at once before the oldest is stored. */
-const OPEN_AHEAD = 4;
+/** Chunks opening at once before the oldest is stored: 4 MiB of 512 KiB chunks (see sender.js SEAL_AHEAD). */
+const OPEN_AHEAD = 8;
 
 /** Messages that end the room, whenever they come. */
 const ENDINGS = new Set(["error", "peer_left", "cancel"]);
