@@ -28,7 +28,7 @@ class Chromium:
     """A headless Chromium process with its browser-level DevTools socket."""
 
     def __init__(self, executable: str, args: list[str]) -> None:
-        self.profile = tempfile.TemporaryDirectory()
+        self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.process = subprocess.Popen(
             [executable, "--headless", *args, f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0",
              "about:blank"],

@@ -126,3 +126,33 @@ def test_end_words_say_what_happened_what_was_saved_and_what_next():
     for end in ends:
         assert "(s)" not in end["text"]
 
+
+
+def test_a_progress_title_changes_at_most_once_a_second_and_a_final_title_at_once():
+    # Each new document.title costs the browser's UI thread a message (issue 10: 3% of a transfer's CPU at ten
+    # per second); the clock is passed in, in milliseconds.
+    calls = [["progress", "1% sent", 5000], ["progress", "2% sent", 5400], ["progress", "3% sent", 5999],
+             ["progress", "4% sent", 6000], ["progress", "5% sent", 6500], ["final", "Sent", 6600],
+             ["progress", "6% sent", 7100]]
+    assert run_cases(titles=[calls])["titles"] == [[
+        "1% sent · relay", "1% sent · relay", "1% sent · relay", "4% sent · relay", "4% sent · relay",
+        "Sent · relay", "6% sent · relay",
+    ]]
+
+
+def test_taking_a_seat_back_doubles_its_wait_to_ten_seconds_within_thirty_attempts_and_the_resume_window():
+    # connection.withBackoff, the one loop both pages use (docs/protocol.md section 10), on a fake clock.
+    first, never, slow, cancelled = run_cases(backoffs=[
+        {"succeedAt": 4, "attemptMs": 0, "stopAfterWaits": None},
+        {"succeedAt": None, "attemptMs": 0, "stopAfterWaits": None},
+        {"succeedAt": None, "attemptMs": 30_000, "stopAfterWaits": None},  # each attempt waits out its answer
+        {"succeedAt": None, "attemptMs": 0, "stopAfterWaits": 2},  # the person cancels during the second wait
+    ])["backoffs"]
+    assert first == {"waits": [200, 400, 800, 1600], "attempts": 4, "taken": "seat", "tried": 4}
+    assert never["waits"] == [200, 400, 800, 1600, 3200, 6400] + [10_000] * 24
+    assert never["attempts"] == never["tried"] == 30 and never["taken"] is None
+    # The window (300 s) ends it before thirty attempts: no attempt starts once it is over.
+    assert slow["attempts"] < 30 and slow["taken"] is None
+    assert sum(slow["waits"]) + 30_000 * (slow["tried"]) >= 300_000
+    assert sum(slow["waits"][:-1]) + 30_000 * (slow["attempts"] - 1) < 300_000
+    assert cancelled == {"waits": [200, 400], "attempts": 2, "taken": None, "tried": 1}

@@ -18,9 +18,29 @@ export function setBusy(key, running) {
   if (before > 0 && busy.size === 0) window.removeEventListener("beforeunload", onBeforeUnload);
 }
 
-/** "42% · 1 min 05 s left · relay" while sending; no argument restores the page's own title. */
+/**
+ * A progress title changes at most this often. Each new document.title is a message to the browser's own UI
+ * thread: set ten times a second by both pages of a transfer it cost that thread about 0.8 ms per MiB moved
+ * (docs/design/speed.md, issue 10), 3% of everything the transfer costs, for a title read at a glance.
+ */
+export const TITLE_INTERVAL_MS = 1000;
+let progressShownAt = -Infinity;
+
+/** "Sent", "Failed"...; no argument restores the page's own title. Unchanged text is not set again. */
 export function setTitle(prefix = "") {
-  document.title = prefix ? `${prefix} · relay` : BASE_TITLE;
+  const title = prefix ? `${prefix} · relay` : BASE_TITLE;
+  if (document.title !== title) document.title = title;
+}
+
+/**
+ * "42% sent · 1 min 05 s left" while a transfer runs: shown at most once per TITLE_INTERVAL_MS (`now` in ms);
+ * true if it was shown. A final title (setTitle) is shown at once.
+ */
+export function setProgressTitle(prefix, now = Date.now()) {
+  if (now - progressShownAt < TITLE_INTERVAL_MS) return false;
+  progressShownAt = now;
+  setTitle(prefix);
+  return true;
 }
 
 /** The tab title's progress part: "42% sent", with "· 1 min 05 s left" once a rate is known. */

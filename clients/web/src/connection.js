@@ -1,11 +1,16 @@
 // One WebSocket to the relay, turned into a pull-style reader: `await connection.next()` yields frames in
 // order, so a session can be written as a plain loop. Sending respects bufferedAmount.
 
-import { PROTOCOL_VERSION, encodeMessage, errorCodeOfClose } from "./protocol.js";
+import { CLOSE_CODES, PROTOCOL_VERSION, encodeMessage, errorCodeOfClose, parseMessage } from "./protocol.js";
 
 const DRAIN_POLL_MS = 4;
-/** How often a full send buffer is looked at again (through the tick worker, so also in a background tab). */
-const DRAIN_TICK_MS = 2;
+/**
+ * How often a full send buffer is looked at again (through the tick worker, so also in a background tab). The
+ * buffer holds 16 MiB when the sender waits (a quarter of a second of sending here), so 10 ms of lateness never
+ * lets it run dry; every look costs two wake-ups (worker and page), and at 2 ms they cost the sending page about
+ * 0.5 ms of CPU per MiB sent (docs/design/speed.md, issue 10).
+ */
+const DRAIN_TICK_MS = 10;
 
 let ticker;
 
@@ -158,4 +163,81 @@ export class Connection {
     this.waiter = null;
     if (waiter) waiter();
   }
+}
+
+// --- taking a seat back (docs/protocol.md section 10) ----------------------------------------------------------
+
+// As the terminal client (clients/transfer.py): at most 30 attempts within the relay's default resume window,
+// waiting 0.2 s before the first and doubling up to 10 s; each attempt waits at most 30 s for the relay's answer.
+// Refusals worth another attempt: the relay may not have noticed the drop yet, or may be restarting.
+export const RESUME_WINDOW_MS = 300_000;
+export const MAX_RECONNECT_ATTEMPTS = 30;
+export const RECONNECT_BACKOFF_MS = 200;
+export const MAX_BACKOFF_MS = 10_000;
+const RESUME_ANSWER_MS = 30_000;
+const RETRY_CODES = new Set(["resume_refused", "room_not_found", "rate_limited", "too_many_connections"]);
+/** Messages read while waiting for one answer (others' `resumed`/`reconnecting`) before trying again. */
+export const MAX_RESUME_NOISE = 64;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Try `attempt(number)` until it gives something other than null: at most MAX_RECONNECT_ATTEMPTS times within
+ * RESUME_WINDOW_MS, waiting RECONNECT_BACKOFF_MS before the first and doubling up to MAX_BACKOFF_MS. Before each
+ * attempt `onAttempt(number)` (to say so) and, after the wait, `stopped()`: true (the person cancelled, the room
+ * ended) ends it at once. Resolves {taken, attempts}; `taken` is null if it stopped or no attempt succeeded. An
+ * attempt that throws ends it too (a refusal not worth repeating). `wait` and `now` are the clock.
+ */
+export async function withBackoff({ attempt, stopped, onAttempt = () => {}, wait = sleep, now = Date.now }) {
+  const deadline = now() + RESUME_WINDOW_MS;
+  let attempts = 0;
+  while (attempts < MAX_RECONNECT_ATTEMPTS && now() < deadline) {
+    attempts += 1;
+    onAttempt(attempts);
+    await wait(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempts - 1), MAX_BACKOFF_MS, Math.max(0, deadline - now())));
+    if (stopped()) return { taken: null, attempts };
+    const taken = await attempt(attempts);
+    if (taken !== null) return { taken, attempts };
+  }
+  return { taken: null, attempts };
+}
+
+/**
+ * One attempt at taking seat `peer` back: a `resume=1` socket to `url`, the `resume` message (the seat's proof,
+ * and the room's shape from which a restarted relay recreates the room), and the relay's `resumed` for this seat:
+ * resolves [connection, resumed]. Null when it is worth trying again (no socket, a refusal in RETRY_CODES, no
+ * answer within RESUME_ANSWER_MS, or only other messages); a refusal that is not throws ConnectionClosed.
+ */
+export async function requestSeat(url, resume, peer) {
+  let connection;
+  try {
+    connection = await Connection.open(url);
+  } catch (error) {
+    if (error instanceof ConnectionClosed) return null;
+    throw error;
+  }
+  connection.sendMessage(resume);
+  const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
+  try {
+    for (let read = 0; read < MAX_RESUME_NOISE; read++) {
+      const frame = await connection.next();
+      if (typeof frame !== "string") break;
+      const message = parseMessage(frame);
+      if (message.type === "resumed" && message.peer === peer) return [connection, message];
+      if (message.type === "error") {
+        if (RETRY_CODES.has(message.code)) break;
+        throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
+      }
+      if (message.type !== "resumed" && message.type !== "reconnecting") break;
+    }
+  } catch (error) {
+    if (!(error instanceof ConnectionClosed) || (error.errorCode !== null && !RETRY_CODES.has(error.errorCode))) {
+      connection.close(1000);
+      throw error;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  connection.close(1000);
+  return null;
 }

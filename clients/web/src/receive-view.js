@@ -2,7 +2,7 @@
 // and follow progress. Chooses the sink: a picked folder/file; else a streamed download (one zip for many files
 // or any folder); else memory.
 
-import { progressTitle, setBusy, setTitle } from "./activity.js";
+import { progressTitle, setBusy, setProgressTitle, setTitle } from "./activity.js";
 import { RateMeter, describeCounts, describeFinish, formatBytes, formatDuration } from "./format.js";
 import { markLong, renderFileRows, showQuote, showStatus, throttle, updateFileRow } from "./file-rows.js";
 import { InvalidCode, normalizeCode, splitCode } from "./crypto.js";
@@ -209,7 +209,7 @@ export function setUpReceiveView() {
       $("receive-total").value = state === "verified" ? Math.max(total, 1) : done;
       const speed = state === "transferring" ? rate.describe(total - done) : "";
       $("receive-numbers").textContent = `${formatBytes(done)} of ${formatBytes(total)}${speed ? ` (${speed})` : ""}`;
-      if (state === "transferring") setTitle(progressTitle(done, total, rate, formatDuration, "received"));
+      if (state === "transferring") setProgressTitle(progressTitle(done, total, rate, formatDuration, "received"));
       const ended = FINAL_STATES.has(state);
       const kept = current.sink?.keepsPartial !== false;
       rows.forEach((row, index) => {

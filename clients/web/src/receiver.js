@@ -12,7 +12,7 @@
 // downloads folder cannot continue where it stopped: it registers no verifier, and a lost connection ends it,
 // saying so.
 
-import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
+import { Connection, ConnectionClosed, MAX_RESUME_NOISE, requestSeat, roomUrl, withBackoff } from "./connection.js";
 import {
   CryptoError,
   EPOCH_SALT_SIZE,
@@ -32,7 +32,7 @@ import {
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
 import {
-  ACK_INTERVAL, CLOSE_CODES, ProtocolError, checkOffer, escapeText, fromBase64, parseMessage, toBase64, unexpected,
+  ACK_INTERVAL, ProtocolError, checkOffer, escapeText, fromBase64, parseMessage, toBase64, unexpected,
 } from "./protocol.js";
 import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
@@ -40,26 +40,13 @@ import { FINAL_STATES } from "./sender.js";
 import { SinkError } from "./sinks.js";
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
-/** Chunks opening at once before the oldest is stored. */
-const OPEN_AHEAD = 4;
+/** Chunks opening at once before the oldest is stored: 4 MiB of 512 KiB chunks (see sender.js SEAL_AHEAD). */
+const OPEN_AHEAD = 8;
 
-// Taking a seat back, as the terminal client (clients/transfer.py): at most 30 attempts within the relay's
-// default resume window, waiting 0.2 s before the first and doubling up to 10 s; each attempt waits at most
-// 30 s for the relay's answer. Refusals worth another attempt: the relay may not have noticed the drop yet, or
-// may be restarting.
-export const RESUME_WINDOW_MS = 300_000;
-export const MAX_RECONNECT_ATTEMPTS = 30;
-const RECONNECT_BACKOFF_MS = 200;
-const MAX_BACKOFF_MS = 10_000;
-const RESUME_ANSWER_MS = 30_000;
-const RETRY_CODES = new Set(["resume_refused", "room_not_found", "rate_limited", "too_many_connections"]);
-/** Messages read while waiting for one answer (others' `resumed`/`reconnecting`) before giving up. */
-const MAX_RESUME_NOISE = 64;
 /** Messages that end the room, whenever they come. */
 const ENDINGS = new Set(["error", "peer_left", "cancel"]);
 
 const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The connection was lost and the seat could not be taken back (or the sink cannot resume). */
 class ConnectionLost extends Error {
@@ -388,7 +375,9 @@ export class ReceiveSession {
       throw new ProtocolError(`chunk ${this.chunks + this.openings.length} failed its xxh3_64 check`, "checksum_mismatch");
     }
     this.header = null;
-    const opening = this.opener.openNext(bytes); // Tampered unless it is the chunk the plan expects here
+    // Tampered unless it is the chunk the plan expects here. Its buffer goes to the encryption worker (transferred,
+    // not copied): `bytes` is empty from here on.
+    const opening = this.opener.openNext(bytes);
     opening.catch(() => {}); // looked at in its turn; a transfer that ended first never does
     this.openings.push(opening);
     // Stored as soon as it opened and the chunk before it was stored; a failure ends the session from here (the
@@ -455,79 +444,42 @@ export class ReceiveSession {
   }
 
   // This page's socket broke without a close code. Take the seat back (bounded attempts with backoff within the
-  // resume window), draw fresh control keys with the sender and tell it what we hold; or end plainly.
+  // resume window, connection.js), draw fresh control keys with the sender and tell it what we hold; or end plainly.
   async #resume() {
     await this.#abandonEpoch();
     if (FINAL_STATES.has(this.state) || this.stopping) return;
     if (this.seatToken === null) {
       throw new ConnectionLost("a download to the downloads folder cannot continue where it stopped", "not_resumable");
     }
-    const deadline = Date.now() + RESUME_WINDOW_MS;
-    let attempt = 0;
-    while (attempt < MAX_RECONNECT_ATTEMPTS && Date.now() < deadline) {
-      attempt += 1;
-      this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`);
-      await sleep(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempt - 1), MAX_BACKOFF_MS, Math.max(0, deadline - Date.now())));
-      if (FINAL_STATES.has(this.state)) return; // the person cancelled meanwhile
-      const next = await nextResumeToken(this.seatToken);
-      const taken = await this.#takeSeat(next);
-      if (taken === null) continue;
-      const [connection, resumed] = taken;
-      if (FINAL_STATES.has(this.state)) {
-        connection.close(1000);
-        return;
-      }
-      this.seatToken = next; // each token is good once: the relay now holds the next one's verifier
-      this.connection = connection;
-      this.resumes += 1;
-      if (resumed.parked.includes(0)) {
-        // The sender is away too (a relay restart drops everyone): we resync when it comes back (its `resumed`).
-        this.#setState("reconnecting", "Connection restored; waiting for the sender to come back.");
-        return;
-      }
-      await this.#resync();
-      this.#setState("transferring", `saving to ${this.sink.label} (connection restored)`);
+    let next = null;
+    const { taken, attempts } = await withBackoff({
+      onAttempt: (attempt) => this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`),
+      stopped: () => FINAL_STATES.has(this.state), // the person cancelled meanwhile
+      attempt: async () => {
+        next = await nextResumeToken(this.seatToken);
+        const url = roomUrl(this.nameplate, { role: "receive", resume: "1" }, this.location);
+        return requestSeat(url, {
+          type: "resume", peer: this.peer, token: hex(this.seatToken), next_verifier: resumeVerifier(next),
+          room: { receivers: this.receivers, total_size: this.total, files: this.offer.files.length },
+        }, this.peer);
+      },
+    });
+    if (FINAL_STATES.has(this.state)) {
+      taken?.[0].close(1000);
       return;
     }
-    throw new ConnectionLost(`the connection to the relay was lost and could not be restored (${attempt} attempts)`);
-  }
-
-  // One attempt: a resume=1 socket, our proof (with the room's shape, from which a restarted relay recreates the
-  // room), and the relay's `resumed` for this seat: [connection, resumed]. Null when it is worth trying again; a
-  // refusal that is not throws.
-  async #takeSeat(next) {
-    let connection;
-    try {
-      connection = await Connection.open(roomUrl(this.nameplate, { role: "receive", resume: "1" }, this.location));
-    } catch (error) {
-      if (error instanceof ConnectionClosed) return null;
-      throw error;
+    if (taken === null) throw new ConnectionLost(`the connection to the relay was lost and could not be restored (${attempts} attempts)`);
+    const [connection, resumed] = taken;
+    this.seatToken = next; // each token is good once: the relay now holds the next one's verifier
+    this.connection = connection;
+    this.resumes += 1;
+    if (resumed.parked.includes(0)) {
+      // The sender is away too (a relay restart drops everyone): we resync when it comes back (its `resumed`).
+      this.#setState("reconnecting", "Connection restored; waiting for the sender to come back.");
+      return;
     }
-    connection.sendMessage({
-      type: "resume", peer: this.peer, token: hex(this.seatToken), next_verifier: resumeVerifier(next),
-      room: { receivers: this.receivers, total_size: this.total, files: this.offer.files.length },
-    });
-    const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
-    try {
-      for (let read = 0; read < MAX_RESUME_NOISE; read++) {
-        const message = parseMessage(await connection.next());
-        if (message.type === "resumed" && message.peer === this.peer) return [connection, message];
-        if (message.type === "error") {
-          if (RETRY_CODES.has(message.code)) break;
-          throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
-        }
-        if (message.type !== "resumed" && message.type !== "reconnecting") throw unexpected("the relay did not confirm the resume");
-      }
-    } catch (error) {
-      if (!(error instanceof ConnectionClosed) || (error.errorCode !== null && !RETRY_CODES.has(error.errorCode))) {
-        connection.close(1000);
-        throw error;
-      }
-    } finally {
-      clearTimeout(timer);
-    }
-    connection.close(1000);
-    return null;
+    await this.#resync();
+    this.#setState("transferring", `saving to ${this.sink.label} (connection restored)`);
   }
 
   // Fresh control keys for this pair: our half, the sender's, then our position sealed under the new keys.

@@ -1,7 +1,7 @@
 // The send view: pick or drop files, start a SendSession, show code, link, QR code and progress. A refused or
 // failed attempt keeps the selection: "Try again" sends it again with a new code.
 
-import { progressTitle, setBusy, setTitle } from "./activity.js";
+import { progressTitle, setBusy, setProgressTitle, setTitle } from "./activity.js";
 import { RateMeter, describeCounts, describeFinish, formatBytes, formatDuration, plural } from "./format.js";
 import { itemsFromDirectoryHandle, itemsFromDrop, itemsFromInput } from "./files.js";
 import { markLong, renderFileRows, showQuote, showStatus, throttle, updateFileRow } from "./file-rows.js";
@@ -242,7 +242,7 @@ export function setUpSendView({ showSend }) {
       const running = state === "transferring" || state === "verifying";
       const speed = running ? rate.describe(total - done) : "";
       $("send-numbers").textContent = `${formatBytes(done)} of ${formatBytes(total)}${speed ? ` (${speed})` : ""}`;
-      if (running) setTitle(progressTitle(done, total, rate, formatDuration, "sent"));
+      if (running) setProgressTitle(progressTitle(done, total, rate, formatDuration, "sent"));
       rows.forEach((row, index) => {
         const fileDone = Math.max(0, Math.min(row.entry.size, done - starts[index]));
         let word = "";

@@ -12,7 +12,7 @@
 //
 // The relay sees the nameplate, sizes and timing; never a name, a byte of a file or a word of the code.
 
-import { Connection, ConnectionClosed, roomUrl } from "./connection.js";
+import { Connection, ConnectionClosed, requestSeat, roomUrl, withBackoff } from "./connection.js";
 import { generateSecretWords } from "./codes.js";
 import {
   CryptoError,
@@ -33,7 +33,7 @@ import {
 } from "./crypto.js";
 import { createHashing } from "./hashing.js";
 import {
-  CLOSE_CODES, DEFAULT_CHUNK_SIZE, ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
+  ProtocolError, escapeText, fromBase64, makeOffer, parseMessage, toBase64,
 } from "./protocol.js";
 import { chunkBackend } from "./chunk-crypto.js";
 import { openJson, sealJson } from "./sealing.js";
@@ -47,16 +47,22 @@ export const SEND_BUFFER_LIMIT = 16 * 1024 * 1024;
  * every receiver has sent an ack (acks are optional in the protocol, and one that never acks is not waited for).
  */
 export const ACK_WINDOW = 64 * 1024 * 1024;
-/** Chunks read and being sealed ahead of the one being sent. */
-const SEAL_AHEAD = 4;
-// Taking the seat back, as the receiving page and the terminal client (clients/transfer.py).
-const RESUME_WINDOW_MS = 300_000;
-const MAX_RECONNECT_ATTEMPTS = 30;
-const RECONNECT_BACKOFF_MS = 200;
-const MAX_BACKOFF_MS = 10_000;
-const RESUME_ANSWER_MS = 30_000;
-const RETRY_CODES = new Set(["resume_refused", "room_not_found", "rate_limited", "too_many_connections"]);
-const MAX_RESUME_NOISE = 64;
+/**
+ * The plaintext of one chunk, as this page cuts files (the sender chooses; the sealed plan and the offer say
+ * it: docs/protocol.md section 8). Half of protocol.js's DEFAULT_CHUNK_SIZE (1 MiB, the terminal client's) on
+ * purpose, measured page to page (docs/design/speed.md, issue 10): Chromium's allocator maps every buffer of
+ * about 1 MiB or more afresh from the kernel and unmaps it on free, so each 1 MiB chunk, its sealed copy and the
+ * frame carrying it paid page faults and zeroing (crypto.subtle.encrypt alone: about 2.5 ms per MiB at 1 MiB,
+ * 0.9 at 512 or 768 KiB); and the relay spends less per MiB on a browser's 512 KiB frames than on 768 KiB ones
+ * (about 2.1 against 3.1 ms).
+ */
+export const PAGE_CHUNK_SIZE = 512 * 1024;
+/**
+ * Chunks read and being sealed ahead of the one being sent: 4 MiB at PAGE_CHUNK_SIZE. Each chunk crosses threads
+ * twice (to the AES worker and back), and on a busy machine every crossing waits for a CPU; with 4 of 512 KiB
+ * the pipeline ran dry (issue 10: 63-70 MiB/s against 100-116 with 8, alternating runs).
+ */
+const SEAL_AHEAD = 8;
 
 const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -177,7 +183,7 @@ export class SendSession {
     switch (message.type) {
       case "hello":
         // Each chunk grows by its 16-byte tag on the wire: the relay's max_message bounds the sealed chunk.
-        this.chunkSize = Math.min(DEFAULT_CHUNK_SIZE, message.max_message - TAG_SIZE);
+        this.chunkSize = Math.min(PAGE_CHUNK_SIZE, message.max_message - TAG_SIZE);
         this.offer.chunk_size = this.chunkSize;
         this.#setState("waiting", `0 of ${message.receivers} joined`);
         break;
@@ -473,71 +479,38 @@ export class SendSession {
   }
 
   // This page's socket broke without a close code: take the seat back (one token per receiver), bounded attempts
-  // with backoff within the resume window. The receivers then resync with us and say what they hold.
+  // with backoff within the resume window (connection.js). The receivers then resync with us and say what they hold.
   async #resume() {
     this.#park("Connection lost, reconnecting");
     this.away.add(0);
-    const deadline = Date.now() + RESUME_WINDOW_MS;
-    let attempt = 0;
-    while (attempt < MAX_RECONNECT_ATTEMPTS && Date.now() < deadline) {
-      attempt += 1;
-      this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`);
-      await sleep(Math.min(RECONNECT_BACKOFF_MS * 2 ** (attempt - 1), MAX_BACKOFF_MS, Math.max(0, deadline - Date.now())));
-      if (FINAL_STATES.has(this.state)) return;
-      const next = new Map();
-      for (const [peer, token] of this.tokens) next.set(peer, await nextResumeToken(token));
-      const taken = await this.#takeSeat(next);
-      if (taken === null) continue;
-      const [connection, resumed] = taken;
-      if (FINAL_STATES.has(this.state)) {
-        connection.close(1000);
-        return;
-      }
-      this.tokens = next; // each token is good once
-      this.connection = connection;
-      this.resumes += 1;
-      this.away = new Set(resumed.parked);
-      this.#setState("reconnecting", "Connection restored; waiting for the receivers.");
-      this.#notify();
+    let next = null;
+    const { taken, attempts } = await withBackoff({
+      onAttempt: (attempt) => this.#setState("reconnecting", `Connection lost, reconnecting (attempt ${attempt})`),
+      stopped: () => FINAL_STATES.has(this.state),
+      attempt: async () => {
+        next = new Map();
+        for (const [peer, token] of this.tokens) next.set(peer, await nextResumeToken(token));
+        const tokens = {};
+        for (const [peer, token] of this.tokens) tokens[String(peer)] = { token: hex(token), next_verifier: resumeVerifier(next.get(peer)) };
+        const room = { receivers: this.receivers, total_size: this.total, files: this.offer.files.length };
+        const url = roomUrl(this.code.split("-", 1)[0], { role: "send", resume: "1" }, this.location);
+        return requestSeat(url, { type: "resume", peer: 0, tokens, room }, 0);
+      },
+    });
+    if (FINAL_STATES.has(this.state)) {
+      taken?.[0].close(1000);
       return;
     }
-    throw new ConnectionClosed(1006, `the connection to the relay was lost and could not be restored (${attempt} attempts)`);
-  }
-
-  async #takeSeat(next) {
-    let connection;
-    try {
-      connection = await Connection.open(roomUrl(this.code.split("-", 1)[0], { role: "send", resume: "1" }, this.location));
-    } catch (error) {
-      if (error instanceof ConnectionClosed) return null;
-      throw error;
+    if (taken === null) {
+      throw new ConnectionClosed(1006, `the connection to the relay was lost and could not be restored (${attempts} attempts)`);
     }
-    const tokens = {};
-    for (const [peer, token] of this.tokens) tokens[String(peer)] = { token: hex(token), next_verifier: resumeVerifier(next.get(peer)) };
-    connection.sendMessage({
-      type: "resume", peer: 0, tokens, room: { receivers: this.receivers, total_size: this.total, files: this.offer.files.length },
-    });
-    const timer = setTimeout(() => connection.close(1000), RESUME_ANSWER_MS);
-    try {
-      for (let read = 0; read < MAX_RESUME_NOISE; read++) {
-        const frame = await connection.next();
-        if (typeof frame !== "string") break;
-        const message = parseMessage(frame);
-        if (message.type === "resumed" && message.peer === 0) return [connection, message];
-        if (message.type === "error") {
-          if (RETRY_CODES.has(message.code)) break;
-          connection.close(1000);
-          throw new ConnectionClosed(CLOSE_CODES[message.code], message.message);
-        }
-        if (message.type !== "resumed" && message.type !== "reconnecting") break;
-      }
-    } catch (error) {
-      if (!(error instanceof ConnectionClosed) || (error.errorCode !== null && !RETRY_CODES.has(error.errorCode))) throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-    connection.close(1000);
-    return null;
+    const [connection, resumed] = taken;
+    this.tokens = next; // each token is good once
+    this.connection = connection;
+    this.resumes += 1;
+    this.away = new Set(resumed.parked);
+    this.#setState("reconnecting", "Connection restored; waiting for the receivers.");
+    this.#notify();
   }
 
   // Wake whoever waits for a change of the room (a seat back, a position, the end).
@@ -563,11 +536,13 @@ export class SendSession {
         for await (const bytes of this.#chunks(file.slice(0, start), start)) digest.update(bytes);
       }
       for await (const bytes of this.#chunks(start > 0 ? file.slice(start) : file, end - start)) {
-        const last = sealer.position.last;
+        const { last } = sealer.position;
+        const length = bytes.length;
         digest?.update(bytes);
+        // The chunk's buffer goes to the encryption worker (transferred, not copied): `bytes` is empty from here on.
         const sealing = sealer.sealNext(bytes);
         sealing.catch(() => {}); // awaited when its turn comes; a transfer that ended first never looks at it
-        yield { index, length: bytes.length, sha256: last && digest !== null ? digest.hexdigest() : null, sealing };
+        yield { index, length, sha256: last && digest !== null ? digest.hexdigest() : null, sealing };
       }
     }
   }
@@ -577,6 +552,10 @@ export class SendSession {
    * buffer. One stream of the whole file (File.stream()) instead of a File.slice() per chunk: the browser reads
    * ahead into the stream on its own (bounded by the stream's queue), and a slice costs a round trip to the
    * browser process each (~1.5 ms of the page's time per MiB, and about 40% more CPU in all).
+   *
+   * Where the file's stream is a byte stream (Chromium), the stream writes straight into the chunk ("BYOB"
+   * reads): no buffer of its own per 64 KiB read for the page to copy from and then collect (the sending page's
+   * busiest function and most of its garbage collection, issue 10). Elsewhere, its pieces are copied in.
    */
   async *#chunks(file, size) {
     const name = file.name || "a file";
@@ -586,43 +565,80 @@ export class SendSession {
       yield new Uint8Array(0);
       return;
     }
-    let reader;
+    let stream;
     try {
-      reader = file.stream().getReader();
+      stream = file.stream();
     } catch (error) {
       throw new Error(`could not read ${name}: ${error.message}`);
     }
-    let total = 0;
-    let chunk = new Uint8Array(Math.min(this.chunkSize, size));
-    let fill = 0;
+    let byob = null;
     try {
-      for (;;) {
-        let result;
-        try {
-          result = await reader.read();
-        } catch (error) {
-          throw new Error(`could not read ${name}: ${error.message}`);
-        }
-        if (result.done) break;
-        const value = result.value;
-        if (total + value.length > size) throw new Error(`${name} changed while it was being sent`);
-        total += value.length;
-        for (let used = 0; used < value.length; ) {
-          const take = Math.min(value.length - used, chunk.length - fill);
-          chunk.set(value.subarray(used, used + take), fill);
-          fill += take;
-          used += take;
-          if (fill === chunk.length) {
-            yield chunk;
-            chunk = new Uint8Array(Math.min(this.chunkSize, size - total + (value.length - used)));
-            fill = 0;
-          }
-        }
+      byob = stream.getReader({ mode: "byob" });
+    } catch {
+      // not a byte stream here: read its pieces
+    }
+    const reader = byob ?? stream.getReader();
+    const read = async (view) => {
+      try {
+        return await (view === undefined ? reader.read() : reader.read(view));
+      } catch (error) {
+        throw new Error(`could not read ${name}: ${error.message}`);
       }
-      if (total !== size || fill !== 0) throw new Error(`${name} changed while it was being sent`);
+    };
+    try {
+      if (byob !== null) yield* this.#filledChunks(read, name, size);
+      else yield* this.#copiedChunks(read, name, size);
     } finally {
       reader.cancel().catch(() => {});
     }
+  }
+
+  // Chunks read straight into their buffers: each read fills the rest of the chunk as far as the stream has
+  // bytes, and hands back the same memory under a new buffer (the view it was given is detached).
+  async *#filledChunks(read, name, size) {
+    let total = 0;
+    while (total < size) {
+      const length = Math.min(this.chunkSize, size - total); // (a detached view's length reads 0)
+      let buffer = new ArrayBuffer(length);
+      let fill = 0;
+      while (fill < length) {
+        const result = await read(new Uint8Array(buffer, fill, length - fill));
+        if (result.done) throw new Error(`${name} changed while it was being sent`);
+        buffer = result.value.buffer;
+        fill += result.value.length;
+      }
+      total += length;
+      yield new Uint8Array(buffer);
+    }
+    // The file must end here: a file that grew meanwhile is not the one offered.
+    const after = await read(new Uint8Array(1));
+    if (!after.done) throw new Error(`${name} changed while it was being sent`);
+  }
+
+  // Chunks copied together from the stream's own pieces.
+  async *#copiedChunks(read, name, size) {
+    let total = 0;
+    let chunk = new Uint8Array(Math.min(this.chunkSize, size));
+    let fill = 0;
+    for (;;) {
+      const result = await read();
+      if (result.done) break;
+      const value = result.value;
+      if (total + value.length > size) throw new Error(`${name} changed while it was being sent`);
+      total += value.length;
+      for (let used = 0; used < value.length; ) {
+        const take = Math.min(value.length - used, chunk.length - fill);
+        chunk.set(value.subarray(used, used + take), fill);
+        fill += take;
+        used += take;
+        if (fill === chunk.length) {
+          yield chunk;
+          chunk = new Uint8Array(Math.min(this.chunkSize, size - total + (value.length - used)));
+          fill = 0;
+        }
+      }
+    }
+    if (total !== size || fill !== 0) throw new Error(`${name} changed while it was being sent`);
   }
 
   // Chunks sent beyond the slowest receiver's last ack; 0 until every receiver has acked (see ACK_WINDOW).

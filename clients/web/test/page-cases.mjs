@@ -3,7 +3,11 @@
 // read the written zips with Python's zipfile.
 //   {"zips": [{"out": path, "forceZip64": bool, "dirs": [...], "files": [{"path", "hex"}]}],
 //    "segments": [...], "selections": [[[path, size, mtime], ...], ...], "ends": [{side, state, outcome, ...}],
-//    "zipNames": [offer, ...]}
+//    "zipNames": [offer, ...], "titles": [[[kind, text, ms], ...], ...]}
+// A titles case is a sequence of calls of activity.js on a stand-in document: kind "progress" is
+// setProgressTitle(text, ms), "final" is setTitle(text); the result is document.title after each call.
+// A backoffs case runs connection.withBackoff on a fake clock: {"succeedAt": n | null, "attemptMs": ms,
+// "stopAfterWaits": n | null}; the result is {waits, attempts, taken, tried}.
 
 import { writeFileSync } from "node:fs";
 import { createCRC32 } from "hash-wasm";
@@ -11,6 +15,8 @@ import { ZipWriter, zipName } from "../src/zip.js";
 import { addToSelection, EMPTY_SELECTION, selectionNotes } from "../src/selection.js";
 import { endWords } from "../src/words.js";
 import { localSegment } from "../src/sinks.js";
+import { setProgressTitle, setTitle } from "../src/activity.js";
+import { withBackoff } from "../src/connection.js";
 
 let input = "";
 for await (const piece of process.stdin) input += piece;
@@ -52,7 +58,38 @@ const selections = cases.selections.map((batches) => {
   return { paths: selection.items.map((item) => item.path), notes };
 });
 
+// The DOM is outside this module: a stand-in document holds the title the page sets.
+globalThis.document = { title: "" };
+const titles = (cases.titles ?? []).map((calls) => calls.map(([kind, text, ms]) => {
+  if (kind === "progress") setProgressTitle(text, ms);
+  else setTitle(text);
+  return globalThis.document.title;
+}));
+
+const backoffs = [];
+for (const { succeedAt, attemptMs, stopAfterWaits } of cases.backoffs ?? []) {
+  let clock = 1_000_000;
+  const waits = [];
+  let tried = 0;
+  const { taken, attempts } = await withBackoff({
+    wait: async (ms) => {
+      waits.push(ms);
+      clock += ms;
+    },
+    now: () => clock,
+    stopped: () => stopAfterWaits !== null && waits.length >= stopAfterWaits,
+    attempt: async (number) => {
+      tried += 1;
+      clock += attemptMs;
+      return number === succeedAt ? "seat" : null;
+    },
+  });
+  backoffs.push({ waits, attempts, taken, tried });
+}
+
 process.stdout.write(JSON.stringify({
+  titles,
+  backoffs,
   segments: cases.segments.map((segment) => localSegment(segment)),
   selections,
   ends: cases.ends.map((end) => endWords(end)),
