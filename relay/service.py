@@ -60,6 +60,14 @@ class SendsChunks(Protocol):
     async def send_chunk(self, text: str, data: bytes) -> None: ...
 
 
+@runtime_checkable
+class Polls(Protocol):
+    """A ``PeerSocket`` that can hand over its next message without waiting when that is a binary one already
+    here (a chunk's payload behind its header), so that the room checks the two in one call."""
+
+    def next_binary(self) -> bytes | None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Seat:
     """The shell's side of one party: its socket, the task reading it, and its farewell once the room ends."""
@@ -69,9 +77,11 @@ class Seat:
     client_key: str = ""  # the address key its failed joins are counted under
     farewell: asyncio.Future[None] | None = None
     send_chunk: Callable[[str, bytes], Awaitable[None]] | None = field(init=False)
+    next_binary: Callable[[], bytes | None] | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.send_chunk = self.socket.send_chunk if isinstance(self.socket, SendsChunks) else None
+        self.next_binary = self.socket.next_binary if isinstance(self.socket, Polls) else None
 
 
 class Relay:
@@ -227,7 +237,13 @@ class Relay:
                 if party.closed:  # the room ended while this frame was on its way
                     return
                 if isinstance(frame, str):
-                    await self._feed(room, TextFrame(party.peer, frame))
+                    # A chunk's header with its payload already behind it (the usual case while streaming):
+                    # the room takes both in one call.
+                    data = seat.next_binary() if seat.next_binary is not None else None
+                    if data is None:
+                        await self._feed(room, TextFrame(party.peer, frame))
+                    else:
+                        await self._feed_chunk(room, party.peer, frame, data)
                 else:
                     await self._feed(room, BinaryFrame(party.peer, frame))
         except Exception as exc:  # noqa: BLE001 - every bug ends this room, not the relay
@@ -243,6 +259,16 @@ class Relay:
             await self._crash(room, exc)
             return
         if effects:  # most frames (a chunk's header) need nothing done
+            await self._run(room, effects)
+
+    async def _feed_chunk(self, room: Room, peer: int, text: str, data: bytes) -> None:
+        """``_feed`` for a text frame and the binary frame right behind it (``Room.chunk``)."""
+        try:
+            effects = room.chunk(peer, text, data, _now())
+        except Exception as exc:  # noqa: BLE001
+            await self._crash(room, exc)
+            return
+        if effects:
             await self._run(room, effects)
 
     async def _run(self, room: Room, effects: list[Effect]) -> None:

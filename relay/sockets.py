@@ -47,6 +47,15 @@ class DirectPeerSocket:
                 stats.payload_frames += 1
         return messages
 
+    def next_binary(self) -> bytes | None:
+        """The next message if it is a binary one already here, else None (``service.Polls``)."""
+        message = self._connection.next_binary()
+        if message is not None:
+            stats = self._stats
+            stats.payload_bytes_in += len(message)
+            stats.payload_frames += 1
+        return message
+
     async def send_text(self, text: str) -> None:
         await self._connection.write_frames(text_frame(text.encode()))
 

@@ -360,6 +360,16 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             messages.append(message)
         return messages
 
+    def next_binary(self) -> bytes | None:
+        """The next message if it is a whole binary message already here, else None, without waiting; nothing
+        else is taken (a chunk's payload right behind its header: the room checks the two together)."""
+        inbox = self.inbox
+        if (inbox and type(inbox[0]) is bytes) or (not inbox and self.frames_in.held is not None):
+            message = self._take()
+            assert type(message) is bytes
+            return message
+        return None
+
     def _take(self) -> str | bytes | None:
         """The next whole message already received, or None."""
         if self.inbox:
