@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from relay import protocol as p
 from relay.access import Client, origin_ok, parse_origins, token_ok
@@ -68,6 +68,26 @@ class Polls(Protocol):
     def next_binary(self) -> bytes | None: ...
 
 
+class WriteFlag(Protocol):
+    """A receiver's ``writable`` flag as ``ForwardsChunks.write_chunk_now`` returns it."""
+
+    def is_set(self) -> bool: ...
+
+
+@runtime_checkable
+class ForwardsChunks(Protocol):
+    """A ``PeerSocket`` whose connection can forward a sender's chunks from its read callback, with no task
+    wake-up per chunk (``relay.sockets.DirectPeerSocket``; see ``ChunkForwarder``)."""
+
+    def forward_with(self, forwarder: ChunkForwarder | None) -> None: ...
+
+    def block_on(self, flags: list[Any]) -> None: ...
+
+    def can_write_now(self) -> bool: ...
+
+    def write_chunk_now(self, text: str, data: bytes) -> WriteFlag | None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Seat:
     """The shell's side of one party: its socket, the task reading it, and its farewell once the room ends."""
@@ -78,10 +98,83 @@ class Seat:
     farewell: asyncio.Future[None] | None = None
     send_chunk: Callable[[str, bytes], Awaitable[None]] | None = field(init=False)
     next_binary: Callable[[], bytes | None] | None = field(init=False)
+    direct: ForwardsChunks | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.send_chunk = self.socket.send_chunk if isinstance(self.socket, SendsChunks) else None
         self.next_binary = self.socket.next_binary if isinstance(self.socket, Polls) else None
+        self.direct = self.socket if isinstance(self.socket, ForwardsChunks) else None
+
+
+class ChunkForwarder:
+    """Forwards a streaming sender's chunks from inside its connection's read callback (``transport.Forwarder``).
+
+    The steady state of a transfer is one chunk after another, each checked and written to every receiver. Doing
+    that in the sender's task costs a task wake-up per chunk, and the held payload fills the sender's buffer, so
+    reading is paused and resumed per chunk (two ``epoll_ctl`` each time). So when the sender's task is idle and
+    every receiver's transport can take a write at once (``ready``), the connection hands a chunk's header and
+    payload here as soon as both are in: ``Room.chunk`` decides (the same rules as ``Room.handle``), the sends
+    are written at once, and a receiver whose transport kept part of its chunk blocks reading the sender until
+    it drained. Anything else (an error that ends the room, a bug) is carried out by a task, as ``_run`` would.
+    """
+
+    __slots__ = ("relay", "room", "party", "seat")
+
+    def __init__(self, relay: Relay, room: Room, party: Party, seat: Seat) -> None:
+        self.relay = relay
+        self.room = room
+        self.party = party
+        self.seat = seat
+
+    def ready(self) -> bool:
+        room = self.room
+        if room.state is not State.STREAMING or self.party.closed:
+            return False
+        seats = self.relay.seats.get(room)
+        if seats is None:
+            return False
+        for receiver in room.receivers:
+            if receiver.closed:
+                continue
+            seat = seats.get(receiver.peer)
+            if seat is None or seat.farewell is not None or seat.direct is None or not seat.direct.can_write_now():
+                return False
+        return True
+
+    def chunk(self, text: str, data: bytes) -> None:
+        relay, room = self.relay, self.room
+        try:
+            effects = room.chunk(self.party.peer, text, data, _now())
+            sends = _chunk_sends(effects)
+            if sends is None:
+                relay._later(relay._run(room, effects), room)  # not only the chunk's sends: the room ended
+                return
+            seats = relay.seats.get(room) or {}
+            blocked: list[WriteFlag] = []
+            for peer, head, payload in sends:
+                direct = seats[peer].direct
+                assert direct is not None, "ready() said every receiver's socket is direct"
+                flag = direct.write_chunk_now(head, payload)
+                if flag is not None:
+                    blocked.append(flag)
+        except Exception as exc:  # noqa: BLE001 - a bug ends this room, never the sender's read callback
+            relay._later(relay._crash(room, exc), room)
+            return
+        if blocked and self.seat.direct is not None:
+            self.seat.direct.block_on(blocked)
+
+
+def _chunk_sends(effects: list[Effect]) -> list[tuple[int, str, bytes]] | None:
+    """``(peer, header, payload)`` for each receiver if ``effects`` are only a chunk's sends (``Room.chunk``'s
+    ``SendText`` then ``SendBytes`` to each receiver), else None."""
+    sends: list[tuple[int, str, bytes]] = []
+    for index in range(0, len(effects), 2):
+        head = effects[index]
+        payload = effects[index + 1] if index + 1 < len(effects) else None
+        if type(head) is not SendText or type(payload) is not SendBytes or head.peer != payload.peer:
+            return None
+        sends.append((head.peer, head.text, payload.data))
+    return sends
 
 
 class Relay:
@@ -97,6 +190,7 @@ class Relay:
         self.draining = False
         self.seats: dict[Room, dict[int, Seat]] = {}
         self._background: set[asyncio.Future[None]] = set()  # farewells started by routes that were cancelled
+        self._settling: dict[Room, asyncio.Future[None]] = {}  # a room's work started by a ChunkForwarder
         self._last_prune = 0.0
 
     # --- what /metrics reads (relay.metrics.Observed) ---------------------------------------------------
@@ -166,9 +260,12 @@ class Relay:
             event("room_opened", room=room.tag, receivers=room.expected)
         else:
             event("peer_joined", room=room.tag, peer=party.peer, joined=len(room.receivers), receivers=room.expected)
+        if party.role is Role.SEND and seat.direct is not None:
+            seat.direct.forward_with(ChunkForwarder(self, room, party, seat))
         try:
             await self._feed(room, Rejoined(party.peer) if resuming else Joined(party.peer))
             await self._read_frames(room, party, seat)
+            await self._settled(room)
             if seat.farewell is not None:
                 # Returning closes the socket at once: first let the room's last message to it go out.
                 await seat.farewell
@@ -180,6 +277,8 @@ class Relay:
             if current is not None:
                 current.uncancel()
         finally:
+            if seat.direct is not None:
+                seat.direct.forward_with(None)
             if not party.closed:
                 self._left_unexpectedly(room, party)  # the room's end then finishes it
             elif room.state is State.ENDED:
@@ -215,9 +314,25 @@ class Relay:
         except Exception:
             log.exception("room %s: could not end it for a cancelled route", room.tag)
             work = self._abandon(room)
+        self._later(work)
+
+    def _later(self, work: Awaitable[None], room: Room | None = None) -> None:
+        """Run ``work`` in a task of its own, kept until it is done (outside any route's task). With ``room``, it
+        is the room's: each of its routes waits for it before returning (``_settled``), as they would have waited
+        for the same work done in one of them."""
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        if room is not None:
+            self._settling[room] = task
+            task.add_done_callback(lambda done: self._settling.pop(room, None) if self._settling.get(room) is done
+                                   else None)
+
+    async def _settled(self, room: Room) -> None:
+        """Wait for the room's work started outside its routes (``ChunkForwarder``: the end the room decided on
+        a chunk), so that no route returns, closing its socket, before the room's farewell to it is decided."""
+        while (task := self._settling.get(room)) is not None:
+            await asyncio.shield(task)  # a route cancelled meanwhile must not cancel the room's farewells
 
     async def _refuse(self, socket: PeerSocket, client: Client, refused: JoinRefused) -> None:
         self.stats.join_failures[refused.code.value] += 1
