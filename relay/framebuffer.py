@@ -130,6 +130,18 @@ class FrameBuffer:
         after = self.start + header.header_len + header.length
         return after < self.end and self.buf[after] == 0x80 | OP_BINARY
 
+    def nothing_after(self, header: FrameHeader) -> bool:
+        """No byte of a frame behind ``header``'s has arrived yet."""
+        return self.start + header.header_len + header.length == self.end
+
+    def payload_starts_with(self, header: FrameHeader, prefix: bytes) -> bool:
+        """The (unmasked) payload of the frame at the front begins with ``prefix``; nothing is taken."""
+        if header.length < len(prefix):
+            return False
+        begin = self.start + header.header_len
+        with memoryview(self.buf) as view:
+            return apply_mask(view[begin : begin + len(prefix)], header.mask) == prefix
+
     def _frame_at(self, start: int) -> FrameHeader | None:
         buf = self.buf
         available = self.end - start

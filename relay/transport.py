@@ -69,6 +69,7 @@ _TIMEOUT_RESPONSE = (
 # A text frame at most this long (a chunk header is about 90 bytes) may wait in the buffer for the binary frame
 # behind it, so that the two are forwarded together.
 WAIT_TEXT = 256
+CHUNK_PREFIX = b'{"type":"chunk",'  # how every sender's chunk header begins (``SealedChunk.to_json``)
 # What ``RelayWebSocketProtocol._forward`` did with a text frame and the frame behind it.
 _DONE, _WAIT, _NO, _FAILED = object(), object(), object(), object()
 
@@ -353,14 +354,20 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         buffer is free again at once, so reading needs no pause and resume per chunk.
         """
         forward = self.forward
+        if forward is None or not forward.ready():
+            return _NO
         frames = self.frames_in
         try:
             binary = frames.frame_after(header)
         except NotFastPath:
             return _NO  # the loop meets it after the text and hands everything from there to websockets
         if binary is None:
-            return _WAIT if header.length <= WAIT_TEXT and frames.binary_follows(header) else _NO
-        if not binary.fast_binary or forward is None or not forward.ready():
+            # Wait for the payload only when it is sure to come: its frame has begun, or the text is a chunk header.
+            if header.length <= WAIT_TEXT and (frames.binary_follows(header) or (
+                    frames.nothing_after(header) and frames.payload_starts_with(header, CHUNK_PREFIX))):
+                return _WAIT
+            return _NO
+        if not binary.fast_binary:
             return _NO
         try:
             text = frames.take_payload(header).decode()
