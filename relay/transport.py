@@ -314,8 +314,12 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._wake()
                 break
             if header.fast_text and not self.conn.expect_continuation_frame:
-                if self.forward is not None and not self.inbox and not self._idle() and header.length <= WAIT_TEXT:
-                    self._deferred = True  # the app is busy: it looks again once it waits (``next_message``)
+                if (self.forward is not None and not self.inbox and not self._idle() and not self.gone
+                        and header.length <= WAIT_TEXT and self.forward.ready()):
+                    # The app is busy (this runs inside its read) and a chunk may be coming: leave the text for
+                    # the forwarder, which looks again once the app waits (``next_message``). Otherwise a sender
+                    # once on the app's path would stay there: each read would deliver the next header.
+                    self._deferred = True
                     break
                 if self.forward is not None and not self.inbox:
                     step = self._forward(header)
@@ -491,12 +495,14 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         """Every whole message the peer sent that is already here and not yet read, without waiting (what a
         peer sent just before it went: the service reads it before deciding the peer is gone)."""
         messages: list[str | bytes] = []
-        while (message := self._take()) is not None:
+        while True:
+            message = self._take()
+            if message is None:
+                if not self._deferred:
+                    return messages
+                self._flush_waiting_text()  # a text left for the forwarder is a message like any other here
+                continue
             messages.append(message)
-        self._flush_waiting_text()
-        while (message := self._take()) is not None:
-            messages.append(message)
-        return messages
 
     def next_binary(self) -> bytes | None:
         """The next message if it is a whole binary message already here, else None, without waiting; nothing
