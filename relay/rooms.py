@@ -348,6 +348,14 @@ class Room:
         error on the same check) without building two events, classifying them and looking the rows up. Any
         other case takes ``handle`` twice; tests/test_rooms_chunk.py checks that both ways agree.
         """
+        try:
+            return self._chunk(peer, text, data, now)
+        finally:
+            # The effects hold the payload: the room must not keep it (in ``_out``) once they are carried out,
+            # or the next chunk would be unmasked while this one is still alive (3 chunks per room, not 2).
+            self._out = []
+
+    def _chunk(self, peer: int, text: str, data: bytes, now: float) -> list[Effect]:
         check = self.check
         sender = self.sender
         match = _CHUNK_HEADER.fullmatch(text)

@@ -359,6 +359,7 @@ class Relay:
                         await self._feed(room, TextFrame(party.peer, frame))
                     else:
                         await self._feed_chunk(room, party.peer, frame, data)
+                        data = None  # not alive while the next chunk is unmasked
                 else:
                     await self._feed(room, BinaryFrame(party.peer, frame))
         except Exception as exc:  # noqa: BLE001 - every bug ends this room, not the relay
