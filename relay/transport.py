@@ -40,7 +40,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 
-from relay.framebuffer import FrameBuffer, FrameHeader, NotFastPath
+from relay.framebuffer import MIN_READ, FrameBuffer, FrameHeader, NotFastPath
 from relay.rooms import PeerGone
 
 try:
@@ -70,8 +70,12 @@ _TIMEOUT_RESPONSE = (
 # behind it, so that the two are forwarded together.
 WAIT_TEXT = 256
 CHUNK_PREFIX = b'{"type":"chunk",'  # how every sender's chunk header begins (``SealedChunk.to_json``)
-# Past this many payload bytes, a chunk forwarded from the read callback is the last one of that event-loop turn.
-GATED_CHUNK = 128 * 1024
+# The largest chunk payload forwarded from the read callback; larger ones go through the app's task, as before.
+# Per-chunk costs matter at small chunks (16,384 per GiB at 64 KiB); at 4 MiB chunks, forwarding from the read
+# callback held 3 to 5 chunks per room at once (peak RSS +12 to +24 MiB over idle; still +11 with one chunk per
+# event-loop turn), past the memory bound of 2 chunks (docs/protocol.md section 8), for a cause not found yet.
+# 64 KiB chunks showed no growth (peak = idle within 16 KiB).
+FORWARDED_CHUNK = 64 * 1024 + 1024
 # What ``RelayWebSocketProtocol._forward`` did with a text frame and the frame behind it.
 _DONE, _WAIT, _NO, _FAILED = object(), object(), object(), object()
 
@@ -368,13 +372,15 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         except NotFastPath:
             return _NO  # the loop meets it after the text and hands everything from there to websockets
         if binary is None:
+            if frames.want and frames.want - frames.start > header.header_len + header.length + 14 + FORWARDED_CHUNK:
+                return _NO  # its header says it is a large one: it goes through the app
             # Wait for the payload only when it is sure to come: its frame has begun, or the text is a chunk header.
             if header.length <= WAIT_TEXT and (frames.binary_follows(header) or (
                     frames.nothing_after(header) and frames.payload_starts_with(header, CHUNK_PREFIX))):
                 return _WAIT
             return _NO
-        if not binary.fast_binary:
-            return _NO
+        if not binary.fast_binary or binary.length > FORWARDED_CHUNK:
+            return _NO  # a large chunk goes through the app (see FORWARDED_CHUNK)
         try:
             text = frames.take_payload(header).decode()
         except UnicodeDecodeError:
@@ -384,14 +390,6 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         assert binary is not None and binary.fast_binary, "the frame behind the text was whole"
         frames.hold(binary)
         forward.chunk(text, frames.take_binary())
-        if binary.length > GATED_CHUNK:
-            # A large chunk: no other one in this turn of the event loop (it reads a socket up to 32 times per
-            # turn). Forwarding every large chunk a turn brought held 3 to 5 of them per room at once (peak RSS
-            # at 4 MiB chunks: +12 to +24 MiB over idle, +8 with this), past the memory bound of 2 chunks
-            # (docs/protocol.md section 8); small ones showed no growth (64 KiB: peak = idle within 16 KiB).
-            # The pause and resume of reading this costs are per large chunk, a small share of its cost.
-            self._blocked += 1
-            self.loop.call_soon(self._unblock)
         return _DONE
 
     def _invalid_utf8(self) -> None:
@@ -438,7 +436,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def _pace(self) -> None:
         """Read while there is room: pause while a held frame fills the buffer, the inbox is over its mark, or
         a receiver has not taken what was forwarded to it yet."""
-        pause = self.frames_in.full or self.inbox_bytes >= INBOX_HIGH or self._blocked > 0
+        frames = self.frames_in
+        pause = (frames.full or self.inbox_bytes >= INBOX_HIGH or self._blocked > 0
+                 or (self._deferred and len(frames.buf) - frames.end < MIN_READ))  # whole frames wait behind a text
         if pause is self._reading_paused or self.transport.is_closing():
             return
         self._reading_paused = pause
@@ -516,9 +516,12 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def next_binary(self) -> bytes | None:
         """The next message if it is a whole binary message already here, else None, without waiting; nothing
-        else is taken (a chunk's payload right behind its header: the room checks the two together)."""
+        else is taken (a chunk's payload right behind its header: the room checks the two together). Only small
+        ones (``FORWARDED_CHUNK``): a large one is read as before, after its header was handled."""
         inbox = self.inbox
-        if (inbox and type(inbox[0]) is bytes) or (not inbox and self.frames_in.held is not None):
+        held = self.frames_in.held
+        if ((inbox and type(inbox[0]) is bytes and len(inbox[0]) <= FORWARDED_CHUNK)
+                or (not inbox and held is not None and held.length <= FORWARDED_CHUNK)):
             message = self._take()
             assert type(message) is bytes
             return message

@@ -153,3 +153,13 @@ def test_a_header_waiting_for_its_payload_reaches_the_room_when_the_sender_goes(
         assert code == p.ErrorCode.DISK_FULL.close_code
 
     asyncio.run(run())
+
+
+def test_the_per_chunk_cost_benchmark_runs_every_stage(capsys) -> None:
+    """``python -m benchmarks.chunkpath`` (docs/design/speed.md section 11) must not rot; no speed is asserted."""
+    from benchmarks import chunkpath
+
+    assert chunkpath.main(["--count", "8", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("frame buffer", "handle(TextFrame)", "Room.chunk", "xxh3_64", "_apply", "wake-up"):
+        assert stage in out
