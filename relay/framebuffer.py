@@ -117,7 +117,33 @@ class FrameBuffer:
         """
         if self.held is not None:
             return self.held
-        buf, start = self.buf, self.start
+        return self._frame_at(self.start)
+
+    def frame_after(self, header: FrameHeader) -> FrameHeader | None:
+        """The header of the complete frame right behind ``header``'s (the frame at the front, not taken), or
+        None while that one is incomplete; as ``next_frame``, it raises ``NotFastPath`` for a frame this buffer
+        does not judge. Until the second frame is whole, ``writable`` makes room for both."""
+        return self._frame_at(self.start + header.header_len + header.length)
+
+    def binary_follows(self, header: FrameHeader) -> bool:
+        """The frame behind ``header``'s has begun to arrive and is a whole binary message (FIN, no RSV bits)."""
+        after = self.start + header.header_len + header.length
+        return after < self.end and self.buf[after] == 0x80 | OP_BINARY
+
+    def nothing_after(self, header: FrameHeader) -> bool:
+        """No byte of a frame behind ``header``'s has arrived yet."""
+        return self.start + header.header_len + header.length == self.end
+
+    def payload_starts_with(self, header: FrameHeader, prefix: bytes) -> bool:
+        """The (unmasked) payload of the frame at the front begins with ``prefix``; nothing is taken."""
+        if header.length < len(prefix):
+            return False
+        begin = self.start + header.header_len
+        with memoryview(self.buf) as view:
+            return apply_mask(view[begin : begin + len(prefix)], header.mask) == prefix
+
+    def _frame_at(self, start: int) -> FrameHeader | None:
+        buf = self.buf
         available = self.end - start
         if available < 2:
             return None

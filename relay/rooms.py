@@ -376,6 +376,53 @@ class Room:
                                f"not one of {transition.targets}")
         return out
 
+    def chunk(self, peer: int, connection: int, text: str, data: bytes, now: float) -> list[Effect]:
+        """A chunk header and its payload from ``peer``'s connection ``connection``, read together: the same as
+        ``handle(TextFrame(peer, text, connection), now)`` followed by ``handle(BinaryFrame(peer, data,
+        connection), now)``, in one call.
+
+        The sender's reading loop finds a chunk's two frames side by side, 16,384 times per GiB at 64 KiB. When
+        the sender of a streaming room sends a header in its canonical form (``parse_frame``'s shortcut) and no
+        resume has reopened the epoch, this runs what the table's ``chunk`` and ``binary`` rows run
+        (``_sealed_chunk``, ``_ciphertext``: ``StreamCheck.chunk`` and ``payload``, the same effects, the same
+        error on the same check) without building two events, classifying them and looking the rows up. Any
+        other case takes ``handle`` twice; tests/test_rooms_chunk.py checks that both ways agree.
+        """
+        try:
+            return self._chunk(peer, connection, text, data, now)
+        finally:
+            # The effects hold the payload: the room must not keep it (in ``_out``) once they are carried out,
+            # or the next chunk would be unmasked while this one is still alive (3 chunks per room, not 2).
+            self._out = []
+
+    def _chunk(self, peer: int, connection: int, text: str, data: bytes, now: float) -> list[Effect]:
+        check = self.check
+        sender = self.sender
+        match = _CHUNK_HEADER.fullmatch(text)
+        if (match is None or self.state is not State.STREAMING or sender is None or sender.peer != peer
+                or sender.connection != connection or check is None or check.pending is not None
+                or check.reopened):
+            return (self.handle(TextFrame(peer, text, connection), now)
+                    + self.handle(BinaryFrame(peer, data, connection), now))
+        out: list[Effect] = []
+        self._out = out
+        self.last_activity = now
+        try:
+            header = p.SealedChunk.from_dict({"epoch": int(match[1]), "size": int(match[2]), "xxh3_64": match[3]})
+            check.chunk(header)
+            checked = check.payload(data)
+        except ProtocolError as error:
+            self._end_with_error(error.code, error.message, culprit=peer)
+            return out
+        if checked is None:
+            return out  # as ``_ciphertext``: a chunk of an epoch a resume abandoned goes to nobody
+        forwarded = chunk_json(checked)
+        for receiver in self.receivers:
+            if not receiver.closed:
+                out.append(SendText(receiver.peer, forwarded, receiver.connection))
+                out.append(SendBytes(receiver.peer, data, receiver.connection))
+        return out
+
     def _classify(self, event: Event, party: Party | None, now: float) -> tuple[str, str, object]:
         """Name an event as the table does: (source, trigger, payload). Frames count as activity."""
         if party is not None:

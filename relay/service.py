@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from relay import protocol as p
 from relay.access import Client, origin_ok, parse_origins, token_ok
@@ -60,6 +60,34 @@ class SendsChunks(Protocol):
     async def send_chunk(self, text: str, data: bytes) -> None: ...
 
 
+@runtime_checkable
+class Polls(Protocol):
+    """A ``PeerSocket`` that can hand over its next message without waiting when that is a binary one already
+    here (a chunk's payload behind its header), so that the room checks the two in one call."""
+
+    def next_binary(self) -> bytes | None: ...
+
+
+class WriteFlag(Protocol):
+    """A receiver's ``writable`` flag as ``ForwardsChunks.write_chunk_now`` returns it."""
+
+    def is_set(self) -> bool: ...
+
+
+@runtime_checkable
+class ForwardsChunks(Protocol):
+    """A ``PeerSocket`` whose connection can forward a sender's chunks from its read callback, with no task
+    wake-up per chunk (``relay.sockets.DirectPeerSocket``; see ``ChunkForwarder``)."""
+
+    def forward_with(self, forwarder: ChunkForwarder | None) -> None: ...
+
+    def block_on(self, flags: list[Any]) -> None: ...
+
+    def can_write_now(self) -> bool: ...
+
+    def write_chunk_now(self, text: str, data: bytes) -> WriteFlag | None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Seat:
     """The shell's side of one party's connection: its socket, the task reading it, and its farewell once the room
@@ -72,9 +100,88 @@ class Seat:
     connection: int = 0
     farewell: asyncio.Future[None] | None = None
     send_chunk: Callable[[str, bytes], Awaitable[None]] | None = field(init=False)
+    next_binary: Callable[[], bytes | None] | None = field(init=False)
+    direct: ForwardsChunks | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.send_chunk = self.socket.send_chunk if isinstance(self.socket, SendsChunks) else None
+        self.next_binary = self.socket.next_binary if isinstance(self.socket, Polls) else None
+        self.direct = self.socket if isinstance(self.socket, ForwardsChunks) else None
+
+
+class ChunkForwarder:
+    """Forwards a streaming sender's chunks from inside its connection's read callback (``transport.Forwarder``).
+
+    The steady state of a transfer is one chunk after another, each checked and written to every receiver. Doing
+    that in the sender's task costs a task wake-up per chunk, and the held payload fills the sender's buffer, so
+    reading is paused and resumed per chunk (two ``epoll_ctl`` each time). So when the sender's task is idle and
+    every receiver's transport can take a write at once (``ready``), the connection hands a chunk's header and
+    payload here as soon as both are in: ``Room.chunk`` decides (the same rules as ``Room.handle``), the sends
+    are written at once, and a receiver whose transport kept part of its chunk blocks reading the sender until
+    it drained. Anything else (an error that ends the room, a bug) is carried out by a task, as ``_run`` would.
+    """
+
+    __slots__ = ("relay", "room", "party", "seat")
+
+    def __init__(self, relay: Relay, room: Room, party: Party, seat: Seat) -> None:
+        self.relay = relay
+        self.room = room
+        self.party = party
+        self.seat = seat
+
+    def ready(self) -> bool:
+        room = self.room
+        if room.state is not State.STREAMING or not room.attached(self.party.peer, self.seat.connection):
+            return False
+        seats = self.relay.seats.get(room)
+        if seats is None:
+            return False
+        for receiver in room.receivers:
+            if receiver.closed:
+                continue
+            seat = seats.get(receiver.peer)
+            if (seat is None or seat.connection != receiver.connection or seat.farewell is not None
+                    or seat.direct is None or not seat.direct.can_write_now()):
+                return False  # the task's path (``_apply``) sorts out a seat that is replaced or going
+        return True
+
+    def chunk(self, text: str, data: bytes) -> None:
+        relay, room = self.relay, self.room
+        try:
+            effects = room.chunk(self.party.peer, self.seat.connection, text, data, _now())
+            sends = _chunk_sends(effects)
+            if sends is None:
+                relay._later(relay._run(room, effects), room)  # not only the chunk's sends: the room ended
+                return
+            seats = relay.seats.get(room) or {}
+            blocked: list[WriteFlag] = []
+            for peer, connection, head, payload in sends:
+                seat = seats[peer]
+                assert seat.connection == connection, "ready() said every receiver's seat is the room's connection"
+                direct = seat.direct
+                assert direct is not None, "ready() said every receiver's socket is direct"
+                flag = direct.write_chunk_now(head, payload)
+                if flag is not None:
+                    blocked.append(flag)
+        except Exception as exc:  # noqa: BLE001 - a bug ends this room, never the sender's read callback
+            relay._later(relay._crash(room, exc), room)
+            return
+        if blocked and self.seat.direct is not None:
+            self.seat.direct.block_on(blocked)
+
+
+def _chunk_sends(effects: list[Effect]) -> list[tuple[int, int, str, bytes]] | None:
+    """``(peer, connection, header, payload)`` for each receiver if ``effects`` are only a chunk's sends
+    (``Room.chunk``'s ``SendText`` then ``SendBytes`` to each receiver), else None."""
+    sends: list[tuple[int, int, str, bytes]] = []
+    for index in range(0, len(effects), 2):
+        head = effects[index]
+        payload = effects[index + 1] if index + 1 < len(effects) else None
+        if (type(head) is not SendText or type(payload) is not SendBytes or head.peer != payload.peer
+                or head.connection != payload.connection):
+            return None
+        sends.append((head.peer, head.connection, head.text, payload.data))
+    return sends
 
 
 class Relay:
@@ -90,6 +197,7 @@ class Relay:
         self.draining = False
         self.seats: dict[Room, dict[int, Seat]] = {}
         self._background: set[asyncio.Future[None]] = set()  # farewells started by routes that were cancelled
+        self._settling: dict[Room, asyncio.Future[None]] = {}  # a room's work started by a ChunkForwarder
         self._last_prune = 0.0
 
     # --- what /metrics reads (relay.metrics.Observed) ---------------------------------------------------
@@ -159,9 +267,12 @@ class Relay:
             event("room_opened", room=room.tag, receivers=room.expected)
         else:
             event("peer_joined", room=room.tag, peer=party.peer, joined=len(room.receivers), receivers=room.expected)
+        if party.role is Role.SEND and seat.direct is not None:
+            seat.direct.forward_with(ChunkForwarder(self, room, party, seat))
         try:
             await self._feed(room, Rejoined(party.peer, seat.connection) if resuming else Joined(party.peer))
             await self._read_frames(room, party, seat)
+            await self._settled(room)
             if seat.farewell is not None:
                 # Returning closes the socket at once: first let the room's last message to it go out.
                 await seat.farewell
@@ -173,6 +284,8 @@ class Relay:
             if current is not None:
                 current.uncancel()
         finally:
+            if seat.direct is not None:
+                seat.direct.forward_with(None)
             if room.attached(party.peer, seat.connection):
                 self._left_unexpectedly(room, party.peer, seat)  # the room's end then finishes it
             elif room.state is State.ENDED:
@@ -208,9 +321,25 @@ class Relay:
         except Exception:
             log.exception("room %s: could not end it for a cancelled route", room.tag)
             work = self._abandon(room)
+        self._later(work)
+
+    def _later(self, work: Awaitable[None], room: Room | None = None) -> None:
+        """Run ``work`` in a task of its own, kept until it is done (outside any route's task). With ``room``, it
+        is the room's: each of its routes waits for it before returning (``_settled``), as they would have waited
+        for the same work done in one of them."""
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        if room is not None:
+            self._settling[room] = task
+            task.add_done_callback(lambda done: self._settling.pop(room, None) if self._settling.get(room) is done
+                                   else None)
+
+    async def _settled(self, room: Room) -> None:
+        """Wait for the room's work started outside its routes (``ChunkForwarder``: the end the room decided on
+        a chunk), so that no route returns, closing its socket, before the room's farewell to it is decided."""
+        while (task := self._settling.get(room)) is not None:
+            await asyncio.shield(task)  # a route cancelled meanwhile must not cancel the room's farewells
 
     async def _refuse(self, socket: PeerSocket, client: Client, refused: JoinRefused) -> None:
         self.stats.join_failures[refused.code.value] += 1
@@ -232,7 +361,14 @@ class Relay:
                 if not room.attached(peer, connection):  # the room ended, or the seat moved, meanwhile
                     return
                 if isinstance(frame, str):
-                    await self._feed(room, TextFrame(peer, frame, connection))
+                    # A chunk's header with its payload already behind it (the usual case while streaming):
+                    # the room takes both in one call.
+                    data = seat.next_binary() if seat.next_binary is not None else None
+                    if data is None:
+                        await self._feed(room, TextFrame(peer, frame, connection))
+                    else:
+                        await self._feed_chunk(room, peer, connection, frame, data)
+                        data = None  # not alive while the next chunk is unmasked
                 else:
                     await self._feed(room, BinaryFrame(peer, frame, connection))
         except Exception as exc:  # noqa: BLE001 - every bug ends this room, not the relay
@@ -248,6 +384,16 @@ class Relay:
             await self._crash(room, exc)
             return
         if effects:  # most frames (a chunk's header) need nothing done
+            await self._run(room, effects)
+
+    async def _feed_chunk(self, room: Room, peer: int, connection: int, text: str, data: bytes) -> None:
+        """``_feed`` for a text frame and the binary frame right behind it (``Room.chunk``)."""
+        try:
+            effects = room.chunk(peer, connection, text, data, _now())
+        except Exception as exc:  # noqa: BLE001
+            await self._crash(room, exc)
+            return
+        if effects:
             await self._run(room, effects)
 
     async def _run(self, room: Room, effects: list[Effect]) -> None:

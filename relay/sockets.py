@@ -13,11 +13,13 @@ freed before the next one is unmasked.
 
 from __future__ import annotations
 
+from typing import cast
+
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from relay.metrics import Stats
 from relay.rooms import PeerGone, PeerSocket
-from relay.transport import EXTENSION, RelayWebSocketProtocol, binary_frame_header, text_frame
+from relay.transport import EXTENSION, Flag, Forwarder, RelayWebSocketProtocol, binary_frame_header, text_frame
 
 ABNORMAL_CLOSURE = 1006  # what an ASGI server reports for a connection that ended without a close frame
 
@@ -25,11 +27,45 @@ ABNORMAL_CLOSURE = 1006  # what an ASGI server reports for a connection that end
 class DirectPeerSocket:
     """``PeerSocket`` straight over the relay's WebSocket protocol object."""
 
-    __slots__ = ("_connection", "_stats")
+    __slots__ = ("_connection", "_stats", "_forwarder")
 
     def __init__(self, connection: RelayWebSocketProtocol, stats: Stats) -> None:
         self._connection = connection
         self._stats = stats
+        self._forwarder: Forwarder | None = None
+
+    # --- forwarding from the read callback (``service.ForwardsChunks``) --------------------------------
+
+    def forward_with(self, forwarder: Forwarder | None) -> None:
+        """Let ``forwarder`` take this peer's chunks as they arrive (None: every message goes to ``receive``)."""
+        self._forwarder = forwarder
+        self._connection.forward = self if forwarder is not None else None
+
+    def ready(self) -> bool:
+        forwarder = self._forwarder
+        return forwarder is not None and forwarder.ready()
+
+    def chunk(self, text: str, data: bytes) -> None:
+        stats = self._stats
+        stats.payload_bytes_in += len(data)
+        stats.payload_frames += 1
+        assert self._forwarder is not None
+        self._forwarder.chunk(text, data)
+
+    def block_on(self, flags: list[Flag]) -> None:
+        """Read nothing more from this peer until every flag is set (``RelayWebSocketProtocol.block_on``)."""
+        self._connection.block_on(flags)
+
+    def can_write_now(self) -> bool:
+        return self._connection.can_write_now()
+
+    def write_chunk_now(self, text: str, data: bytes) -> Flag | None:
+        """``send_chunk`` without waiting, for a socket ``can_write_now`` said yes to; the connection's
+        ``writable`` flag if its transport kept part of the chunk (it is set again once that drained)."""
+        connection = self._connection
+        drained = connection.write_now(text_frame(text.encode()), binary_frame_header(len(data)), data)
+        self._stats.payload_bytes_out += len(data)
+        return None if drained else cast(Flag, connection.writable)
 
     async def receive(self) -> str | bytes:
         try:
@@ -52,6 +88,15 @@ class DirectPeerSocket:
                 stats.payload_bytes_in += len(message)
                 stats.payload_frames += 1
         return messages
+
+    def next_binary(self) -> bytes | None:
+        """The next message if it is a binary one already here, else None (``service.Polls``)."""
+        message = self._connection.next_binary()
+        if message is not None:
+            stats = self._stats
+            stats.payload_bytes_in += len(message)
+            stats.payload_frames += 1
+        return message
 
     async def send_text(self, text: str) -> None:
         await self._connection.write_frames(text_frame(text.encode()))

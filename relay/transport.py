@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 
-from relay.framebuffer import FrameBuffer, NotFastPath
+from relay.framebuffer import MIN_READ, FrameBuffer, FrameHeader, NotFastPath
 from relay.rooms import PeerGone
 
 try:
@@ -63,6 +64,20 @@ _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\n"
     b"connection: close\r\n\r\nrequest timeout\n"
 )
+
+
+# A text frame at most this long (a chunk header is about 90 bytes) may wait in the buffer for the binary frame
+# behind it, so that the two are forwarded together.
+WAIT_TEXT = 256
+CHUNK_PREFIX = b'{"type":"chunk",'  # how every sender's chunk header begins (``SealedChunk.to_json``)
+# The largest chunk payload forwarded from the read callback; larger ones go through the app's task, as before.
+# Per-chunk costs matter at small chunks (16,384 per GiB at 64 KiB); at 4 MiB chunks, forwarding from the read
+# callback held 3 to 5 chunks per room at once (peak RSS +12 to +24 MiB over idle; still +11 with one chunk per
+# event-loop turn), past the memory bound of 2 chunks (docs/protocol.md section 8), for a cause not found yet.
+# 64 KiB chunks showed no growth (peak = idle within 16 KiB).
+FORWARDED_CHUNK = 64 * 1024 + 1024
+# What ``RelayWebSocketProtocol._forward`` did with a text frame and the frame behind it.
+_DONE, _WAIT, _NO, _FAILED = object(), object(), object(), object()
 
 
 def binary_frame_header(length: int) -> bytes:
@@ -110,11 +125,12 @@ class Flag:
     """The part of ``asyncio.Event`` uvicorn's protocol uses for ``writable``, without a deque per connection
     (an idle room's socket should cost little)."""
 
-    __slots__ = ("_value", "_waiters")
+    __slots__ = ("_value", "_waiters", "_callbacks")
 
     def __init__(self) -> None:
         self._value = True
         self._waiters: list[asyncio.Future[bool]] | None = None
+        self._callbacks: list[Callable[[], None]] | None = None
 
     def is_set(self) -> bool:
         return self._value
@@ -130,6 +146,18 @@ class Flag:
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(True)
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback()
+
+    def when_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once, with no argument) the next time the flag is set; at once if it is set."""
+        if self._value:
+            callback()
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
 
     def clear(self) -> None:
         self._value = False
@@ -176,6 +204,19 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+class Forwarder(Protocol):
+    """What forwards a sender's chunks from inside its connection's read callback (``relay.service``).
+
+    ``ready`` says, without changing anything, whether a chunk could be forwarded now (the room is streaming and
+    every receiver's transport can take a write at once); ``chunk`` hands the room a chunk's header and payload
+    and writes what it decides. ``chunk`` never raises: the service turns any failure into the room's end.
+    """
+
+    def ready(self) -> bool: ...
+
+    def chunk(self, text: str, data: bytes) -> None: ...
+
+
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with a direct path for the room's frames.
 
@@ -197,7 +238,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     # Slots, not the instance dict: uvicorn's ~35 attributes already fill a dict's 42-entry table; ten more would
     # double it (about 1 KiB per idle connection).
     __slots__ = ("frames_in", "inbox", "inbox_bytes", "gone", "fast", "asgi_open", "_waiter", "_reading_paused",
-                 "reader")
+                 "reader", "forward", "_blocked", "_deferred")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,6 +252,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self._reading_paused = False
         self.writable = Flag()  # type: ignore[assignment]
         self.reader = BufferedReader(self)
+        self.forward: Forwarder | None = None  # set on a sender's connection: chunks forwarded as they arrive
+        self._blocked = 0  # receivers whose transports still hold a chunk forwarded from here: read nothing more
+        self._deferred = False  # a short text frame was left at the front for the forwarder while the app was busy
 
     # --- handshake ------------------------------------------------------------------------------------
 
@@ -263,7 +307,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def _parse(self) -> None:
         """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox."""
         frames = self.frames_in
-        while frames.held is None and self.inbox_bytes < INBOX_HIGH:
+        while frames.held is None and self.inbox_bytes < INBOX_HIGH and not self._blocked:
             try:
                 header = frames.next_frame()
             except NotFastPath:
@@ -276,12 +320,25 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._wake()
                 break
             if header.fast_text and not self.conn.expect_continuation_frame:
+                if (self.forward is not None and not self.inbox and not self._idle() and not self.gone
+                        and header.length <= WAIT_TEXT and self.forward.ready()):
+                    # The app is busy (this runs inside its read) and a chunk may be coming: leave the text for
+                    # the forwarder, which looks again once the app waits (``next_message``). Otherwise a sender
+                    # once on the app's path would stay there: each read would deliver the next header.
+                    self._deferred = True
+                    break
+                if self.forward is not None and not self.inbox:
+                    step = self._forward(header)
+                    if step is _WAIT:
+                        break  # the rest of the chunk's payload is on its way: forwarded once it is in
+                    if step is not _NO:
+                        if step is _FAILED:
+                            return
+                        continue
                 try:
                     text = frames.take_payload(header).decode()
                 except UnicodeDecodeError:
-                    self.conn.send_close(1007, "invalid UTF-8")
-                    self.handle_parser_exception()
-                    self._stop_fast()
+                    self._invalid_utf8()
                     return
                 self._deliver(text)
                 continue
@@ -291,9 +348,97 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 return
         self._pace()
 
+    def _idle(self) -> bool:
+        """The app waits for this peer's next message, having handled every earlier one."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _forward(self, header: FrameHeader) -> object:
+        """A whole text frame at the front (``header``), the app idle: if a whole binary frame follows it and the
+        forwarder is ready, hand both over (``_DONE``) instead of delivering the text, holding the payload and
+        waking the app. While that binary frame is still arriving, the text waits where it is (``_WAIT``; only a
+        short one: a chunk header). Otherwise ``_NO``: the caller delivers the text. The payload is unmasked only
+        once the forwarder is ready, so a chunk never waits unmasked beside another.
+
+        This is where a streaming sender's chunks go in the steady state: no task wake-up per chunk, and the
+        buffer is free again at once, so reading needs no pause and resume per chunk.
+        """
+        forward = self.forward
+        if forward is None or not forward.ready():
+            return _NO
+        frames = self.frames_in
+        try:
+            binary = frames.frame_after(header)
+        except NotFastPath:
+            return _NO  # the loop meets it after the text and hands everything from there to websockets
+        if binary is None:
+            if frames.want and frames.want - frames.start > header.header_len + header.length + 14 + FORWARDED_CHUNK:
+                return _NO  # its header says it is a large one: it goes through the app
+            # Wait for the payload only when it is sure to come: its frame has begun, or the text is a chunk header.
+            if header.length <= WAIT_TEXT and (frames.binary_follows(header) or (
+                    frames.nothing_after(header) and frames.payload_starts_with(header, CHUNK_PREFIX))):
+                return _WAIT
+            return _NO
+        if not binary.fast_binary or binary.length > FORWARDED_CHUNK:
+            return _NO  # a large chunk goes through the app (see FORWARDED_CHUNK)
+        try:
+            text = frames.take_payload(header).decode()
+        except UnicodeDecodeError:
+            self._invalid_utf8()
+            return _FAILED
+        binary = frames.next_frame()
+        assert binary is not None and binary.fast_binary, "the frame behind the text was whole"
+        frames.hold(binary)
+        forward.chunk(text, frames.take_binary())
+        return _DONE
+
+    def _invalid_utf8(self) -> None:
+        self.conn.send_close(1007, "invalid UTF-8")
+        self.handle_parser_exception()
+        self._stop_fast()
+
+    def _flush_waiting_text(self) -> None:
+        """The peer went while a text frame waited for the payload behind it (``_forward``): the app gets it."""
+        self._deferred = False
+        frames = self.frames_in
+        if not self.fast or frames.held is not None or self.close_sent:
+            return
+        try:
+            header = frames.next_frame()
+        except NotFastPath:
+            return
+        if header is not None and header.fast_text and not self.conn.expect_continuation_frame:
+            try:
+                text = frames.take_payload(header).decode()
+            except UnicodeDecodeError:
+                return
+            self._deliver(text)
+
+    def block_on(self, flags: list[Flag]) -> None:
+        """Read nothing more from this peer until every flag is set (each receiver's transport has handed what
+        was forwarded to it to the kernel): the transports' own flow control, with no task in between."""
+        self._blocked += len(flags)
+        for flag in flags:
+            flag.when_set(self._unblock_soon)
+        self._pace()
+
+    def _unblock_soon(self) -> None:
+        self.loop.call_soon(self._unblock)  # not from inside the receiver's transport callback
+
+    def _unblock(self) -> None:
+        if self._blocked:
+            self._blocked -= 1
+            if not self._blocked and self.fast:
+                self._parse()
+            elif not self._blocked:
+                self._pace()
+
     def _pace(self) -> None:
-        """Read while there is room: pause while a held frame fills the buffer or the inbox is over its mark."""
-        pause = self.frames_in.full or self.inbox_bytes >= INBOX_HIGH
+        """Read while there is room: pause while a held frame fills the buffer, the inbox is over its mark, or
+        a receiver has not taken what was forwarded to it yet."""
+        frames = self.frames_in
+        pause = (frames.full or self.inbox_bytes >= INBOX_HIGH or self._blocked > 0
+                 or (self._deferred and len(frames.buf) - frames.end < MIN_READ))  # whole frames wait behind a text
         if pause is self._reading_paused or self.transport.is_closing():
             return
         self._reading_paused = pause
@@ -346,9 +491,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             if self.gone:
                 raise PeerGone()
             self.frames_in.release()  # nothing buffered while the app waits: an idle room keeps no chunk buffer
-            self._waiter = self.loop.create_future()
+            self._waiter = waiter = self.loop.create_future()
             try:
-                await self._waiter
+                if self._deferred:
+                    self._deferred = False
+                    self._parse()  # a chunk left for the forwarder while the app was busy: forwarded now
+                if not waiter.done():
+                    await waiter
             finally:
                 self._waiter = None
 
@@ -356,9 +505,27 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         """Every whole message the peer sent that is already here and not yet read, without waiting (what a
         peer sent just before it went: the service reads it before deciding the peer is gone)."""
         messages: list[str | bytes] = []
-        while (message := self._take()) is not None:
+        while True:
+            message = self._take()
+            if message is None:
+                if not self._deferred:
+                    return messages
+                self._flush_waiting_text()  # a text left for the forwarder is a message like any other here
+                continue
             messages.append(message)
-        return messages
+
+    def next_binary(self) -> bytes | None:
+        """The next message if it is a whole binary message already here, else None, without waiting; nothing
+        else is taken (a chunk's payload right behind its header: the room checks the two together). Only small
+        ones (``FORWARDED_CHUNK``): a large one is read as before, after its header was handled."""
+        inbox = self.inbox
+        held = self.frames_in.held
+        if ((inbox and type(inbox[0]) is bytes and len(inbox[0]) <= FORWARDED_CHUNK)
+                or (not inbox and held is not None and held.length <= FORWARDED_CHUNK)):
+            message = self._take()
+            assert type(message) is bytes
+            return message
+        return None
 
     def _take(self) -> str | bytes | None:
         """The next whole message already received, or None."""
@@ -384,6 +551,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             waiter.set_result(None)
 
     def _gone(self) -> None:
+        if not self.gone:
+            self._flush_waiting_text()
         self.gone = True
         self._wake()
 
@@ -412,6 +581,17 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.writelines(parts)
         if self.transport.get_write_buffer_size() and not self.writable.is_set():
             await self.writable.wait()  # set again once drained, or when the connection is lost
+
+    def can_write_now(self) -> bool:
+        """A write would go to the transport at once: open, not closing, nothing waiting in its buffer."""
+        return (self.writable.is_set() and not self.disconnected and not self.close_sent
+                and self.conn.state is State.OPEN)
+
+    def write_now(self, *parts: bytes) -> bool:
+        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to; True if the transport
+        handed everything to the kernel, False if it keeps some (``writable`` is then clear until it drained)."""
+        self.transport.writelines(parts)
+        return not self.transport.get_write_buffer_size()
 
     async def close_with(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""
@@ -457,6 +637,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.gone = True
             self.inbox.clear()
             self.inbox_bytes = 0
+            self.forward = None
+            self._blocked = 0  # its peer's close must be read whatever the receivers do
             self._stop_fast()
             self._pace()
             self._wake()

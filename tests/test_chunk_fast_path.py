@@ -1,15 +1,22 @@
-"""The per-chunk fast path in relay/rooms.py gives exactly what the general path gives.
+"""The per-chunk fast path gives exactly what the general path gives.
 
 A chunk header in its canonical form is read with a regular expression instead of the JSON decoder, and the
 header forwarded to receivers is formatted directly; any other spelling takes ``parse_message`` as before.
+On a real relay, a streaming sender's chunks are forwarded from its connection's read callback
+(``ChunkForwarder``); what every party sees is the same as through the sender's task.
 """
 
 from __future__ import annotations
+
+import asyncio
+import os
 
 import pytest
 
 from relay import protocol as p
 from relay.rooms import chunk_json, parse_frame
+from relay.service import ChunkForwarder
+from tests.peers import KeyedRoom, open_room_v2, send_sealed, start_v2
 
 DIGEST = "0123456789abcdef"
 
@@ -56,3 +63,103 @@ def test_a_bad_header_is_refused_as_parse_message_refuses_it(text: str) -> None:
     except p.ProtocolError as exc:
         got = (type(exc), exc.code)
     assert got == expected
+
+
+# --- the forwarding path on a real relay (relay.service.ChunkForwarder) ------------------------------------------
+#
+# While a room streams, a chunk's header and payload are forwarded from the sender's connection as they arrive,
+# not through the sender's task. These run a keyed room on a real relay with raw parties and check what each
+# party sees: every chunk through that path, a bad chunk ending the room with a close frame for everyone, and a
+# header that was waiting for its payload still reaching the room when the sender goes.
+
+CHUNK = 1024
+
+
+async def streaming(relay_url: str, chunks: int) -> tuple[KeyedRoom, list[bytes]]:
+    """A keyed room with its epoch open for ``chunks`` chunks of ``CHUNK`` plaintext bytes; their ciphertexts."""
+    room = await open_room_v2(relay_url)
+    plaintext = os.urandom(CHUNK * chunks)
+    sealer, plan = await start_v2(room, p.Offer((p.FileEntry("f", len(plaintext)),), (), CHUNK), CHUNK)
+    sealed = [sealer.seal_next(plaintext[pos.offset : pos.offset + pos.length]) for pos in plan.positions()]
+    return room, sealed
+
+
+def test_a_streaming_senders_chunks_are_forwarded_from_its_connection(relay_factory, monkeypatch) -> None:
+    relay = relay_factory()
+    forwarded: list[int] = []
+    original = ChunkForwarder.chunk
+
+    def counted(self: ChunkForwarder, text: str, data: bytes) -> None:
+        forwarded.append(len(data))
+        original(self, text, data)
+
+    monkeypatch.setattr(ChunkForwarder, "chunk", counted)
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 50)
+        receiver = room.receivers[0]
+        for data in sealed:
+            await send_sealed(room.sender, data)
+        for data in sealed:
+            assert await receiver.expect("chunk") == {"type": "chunk", "epoch": 0, "size": len(data),
+                                                      "xxh3_64": p.chunk_digest(data)}
+            assert await receiver.recv() == data
+        await room.sender.close()
+        await receiver.close()
+
+    asyncio.run(run())
+    assert len(forwarded) == 50  # each chunk, none through the sender's task
+
+
+def test_a_bad_chunk_after_forwarded_ones_ends_the_room_with_a_close_frame_for_everyone(relay_factory) -> None:
+    relay = relay_factory()
+    close = p.ErrorCode.CHECKSUM_MISMATCH.close_code
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 4)
+        for data in sealed[:2]:
+            await send_sealed(room.sender, data)
+        # the bad chunk and more frames right behind it, as a sender that does not wait would send them
+        await room.sender.send(p.SealedChunk(0, len(sealed[2]), "0" * 16))
+        await room.sender.send(sealed[2])
+        await room.sender.send(p.End(0))
+        for peer in (room.sender, *room.receivers):
+            code, seen = await peer.closed()  # fails if a socket is dropped without a close frame
+            assert code == close
+            assert {"type": "error", "code": "checksum_mismatch",
+                    "message": "chunk 2 failed its xxh3_64 check"} in seen
+
+    for _ in range(5):  # the end is decided outside every route: each route must wait for it
+        asyncio.run(run())
+
+
+def test_a_header_waiting_for_its_payload_reaches_the_room_when_the_sender_goes(relay_factory) -> None:
+    relay = relay_factory()
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 2)
+        await send_sealed(room.sender, sealed[0])
+        assert await room.receivers[0].expect("chunk")
+        await room.receivers[0].recv()
+        # A short text frame and the first byte of a binary frame: the relay waits for the rest to forward the
+        # two together; the sender then drops its connection. The text must still count.
+        text = p.Error("disk_full", "no space left").to_json().encode()
+        masked_text = bytes([0x81, 0x80 | len(text)]) + bytes(4) + text  # a zero mask leaves the payload as it is
+        transport = room.sender.ws.transport
+        transport.write(masked_text + b"\x82")  # one write: both reach the relay in one read
+        transport.close()
+        code, seen = await room.receivers[0].closed()
+        assert seen == [{"type": "error", "code": "disk_full", "message": "no space left", "peer": 0}]
+        assert code == p.ErrorCode.DISK_FULL.close_code
+
+    asyncio.run(run())
+
+
+def test_the_per_chunk_cost_benchmark_runs_every_stage(capsys) -> None:
+    """``python -m benchmarks.chunkpath`` (docs/design/speed.md section 11) must not rot; no speed is asserted."""
+    from benchmarks import chunkpath
+
+    assert chunkpath.main(["--count", "8", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("frame buffer", "handle(TextFrame)", "Room.chunk", "xxh3_64", "_apply", "wake-up"):
+        assert stage in out

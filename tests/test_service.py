@@ -20,7 +20,7 @@ import pytest
 from relay import protocol as p
 from relay.config import Settings
 from relay.rooms import JoinRequest, PeerGone, State
-from relay.service import Relay
+from relay.service import ChunkForwarder, Relay
 
 WAIT = 5.0
 DATA = b"0123456789abcdef"  # the plaintext: 16 bytes in one file, two chunks of 8
@@ -432,3 +432,49 @@ async def test_a_chunk_of_the_abandoned_epoch_never_reaches_a_receiver_that_resu
     assert "chunk" not in new.types() and "binary" not in new.types()
     live = room.live
     assert live is not None and live.state is State.STREAMING
+
+
+class ForwardingSocket(MemorySocket):
+    """A sender's socket that, like the relay's own connection (``RelayWebSocketProtocol.next_message``), may hand a
+    chunk to the room's ``ChunkForwarder`` on its way to returning the next message: ``forward_first`` runs
+    once, synchronously, in the sender's task. ``close`` records whether the route had already returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_first: Callable[[], None] | None = None
+        self.route: asyncio.Task[None] | None = None
+        self.closed_after_route: bool | None = None
+
+    async def receive(self) -> str | bytes:
+        message = await super().receive()
+        hook, self.forward_first = self.forward_first, None
+        if hook is not None:
+            hook()
+        return message
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed_after_route is None and self.route is not None:
+            self.closed_after_route = self.route.done()
+        await super().close(code, reason)
+
+
+async def test_a_room_end_the_chunk_forwarder_decides_is_carried_out_before_any_route_returns() -> None:
+    sender = ForwardingSocket()
+    room = await Room.open(sender)
+    sender.route = room.tasks[0]
+    await room.offer_and_accept()
+    live = room.live
+    await until(lambda: live is not None and live.check is not None and live.check.epoch == 0, "the open stream")
+    assert live is not None and live.sender is not None
+    forwarder = ChunkForwarder(room.relay, live, live.sender, room.relay.seats[live][0])
+    bad = p.SealedChunk(0, len(CHUNKS[0]), "0" * 16).to_json()
+    # The sender's connection forwards a chunk with a wrong digest from inside its task and returns the sender's
+    # next message at once: the sender's route finds its party closed and returns. It must first wait for the
+    # room's farewell to its socket, or the server closes the socket without the error and the close frame.
+    sender.forward_first = lambda: forwarder.chunk(bad, CHUNKS[0])
+    sender.push({"type": "end", "epoch": 0})
+    await room.finished()
+    assert sender.closed_after_route is False
+    assert sender.close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code
+    assert {"type": "error", "code": "checksum_mismatch", "message": "chunk 0 failed its xxh3_64 check"} in sender.sent
+    assert room.receivers[0].close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code

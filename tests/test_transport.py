@@ -188,6 +188,46 @@ def test_a_held_frame_that_fills_the_buffer_makes_it_full_until_taken() -> None:
     assert not buffer.full and len(buffer.buf) == capacity
 
 
+def test_the_frame_behind_a_text_frame_is_read_without_taking_the_text() -> None:
+    buffer = FrameBuffer(max_frame=1 << 20)
+    header_frame, payload = frame(0x1, b'{"type":"chunk"}'), os.urandom(70_000)
+    data = header_frame + frame(0x2, payload)
+    feed(buffer, data[: len(header_frame) + 1], 1 << 20)
+    text = buffer.next_frame()
+    assert text is not None and text.fast_text
+    assert buffer.binary_follows(text) and buffer.frame_after(text) is None  # begun, not whole
+    feed(buffer, data[len(header_frame) + 1 : -1], 65_536)
+    assert buffer.frame_after(text) is None and not buffer.wrote(0)  # `wrote` waits for the second frame's end
+    feed(buffer, data[-1:], 1)
+    binary = buffer.frame_after(text)
+    assert binary is not None and binary.fast_binary and binary.length == 70_000
+    assert buffer.next_frame() == text  # nothing was taken: the text is still at the front
+    assert drain(buffer) == [("text", b'{"type":"chunk"}'), ("binary", payload)]
+    assert (70_000 + len(header_frame)) < len(buffer.buf) <= 70_000 + fb.MAX_HEADER + fb.SLACK + 256
+
+
+@pytest.mark.parametrize("after,follows", [
+    (b"", False),  # nothing behind the text yet
+    (frame(0x1, b"more")[:1], False),  # a text frame
+    (frame(0x2, b"part", fin=False)[:1], False),  # a fragment: websockets' business
+    (frame(0x2, b"payload")[:1], True),
+])
+def test_binary_follows_only_for_the_start_of_a_whole_binary_message(after: bytes, follows: bool) -> None:
+    buffer = FrameBuffer(max_frame=1 << 20)
+    feed(buffer, frame(0x1, b"header") + after, 1 << 20)
+    text = buffer.next_frame()
+    assert text is not None and buffer.binary_follows(text) is follows
+
+
+def test_a_bad_frame_behind_a_text_frame_is_not_fast_path() -> None:
+    buffer = FrameBuffer(max_frame=1 << 20)
+    feed(buffer, frame(0x1, b"header") + frame(0x2, b"unmasked", masked=False), 1 << 20)
+    text = buffer.next_frame()
+    assert text is not None
+    with pytest.raises(NotFastPath):
+        buffer.frame_after(text)
+
+
 @pytest.mark.parametrize(
     "data",
     [
