@@ -434,6 +434,8 @@ class Room:
                 self.last_activity = now
                 message = parse_frame(event.text)
                 return source, message.TYPE, message
+            if type(event) is Gone and party.verified:
+                return source, "gone_verified", None  # a receiver that has every file: nothing to wait for
             if type(event) is Gone and event.left:
                 return source, "left", None
             return source, _TRIGGERS[type(event)], None
@@ -516,6 +518,14 @@ class Room:
             # Complete only once the sender has been given every `verified`: if that write fails, the room
             # ends with peer_left first and this event finds it ended.
             self._out.append(Feed(AllVerified()))
+
+    def _verified_left(self, party: Party | None, _: object, __: float) -> None:
+        """A receiver that verified has every file authenticated and stored, and waits only for ``complete``:
+        its connection ending (a drop or a close) costs nobody anything. Its seat is closed, not parked (it would
+        have nothing to resume, and a room waiting for it would keep the others waiting out the window), and the
+        room goes on for the others; ``complete`` still comes once every receiver verified."""
+        assert party is not None
+        party.closed = party.gone = True
 
     def _complete(self, _: Party | None, __: object, ___: float) -> None:
         text = p.Complete().to_json()
@@ -822,6 +832,10 @@ _RESYNC = tuple(
     Transition(state, source, "resync", (state,), Room._resync)
     for state in (State.STREAMING, State.DONE, State.PARKED) for source in (SENDER, RECEIVER)
 )
+_VERIFIED_LEFT = tuple(
+    Transition(state, RECEIVER, "gone_verified", (state,), Room._verified_left)
+    for state in (State.STREAMING, State.DONE, State.PARKED)
+)
 _PARKING = tuple(
     Transition(state, source, "gone", (State.PARKED, State.ENDED), Room._park)
     for state in (State.STREAMING, State.DONE, State.PARKED) for source in (SENDER, RECEIVER)
@@ -856,6 +870,7 @@ TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(State.DONE, RELAY, "timer", (State.DONE, State.ENDED), Room._idle_deadline),
     *_RESUME_ID,
     *_PARKING,
+    *_VERIFIED_LEFT,
     *_RESYNC,
     Transition(State.DONE, SENDER, "stream", (State.STREAMING,), Room._stream),
     Transition(State.PARKED, SENDER, "chunk", (State.PARKED,), Room._sealed_chunk),

@@ -561,3 +561,39 @@ def test_a_party_that_leaves_while_another_is_parked_ends_the_room() -> None:
     room.handle(gone(room, 2), 0.0)
     effects = room.handle(Gone(1, 0, left=True), 1.0)
     assert ended(effects) == "peer_left" and messages(effects, 0) == ["peer_left"]
+
+
+# --- a receiver that verified has nothing to resume ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["drop", "close"])
+def test_a_receiver_that_verified_and_then_loses_its_connection_is_not_waited_for(left: bool) -> None:
+    """It holds every file: neither parked (the others would wait out the window for a seat nobody will claim,
+    the CLI and the page keep their files once they verified) nor a reason to end the room for the others."""
+    _, room = resume_room(2)
+    for data in (b"a" * 66, b"b" * 66):
+        chunk(room, data)
+    room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0)
+    room.handle(said(room, 1, {"type": "verified"}), 0.0)
+    effects = room.handle(Gone(1, connection(room, 1), left), 0.0)
+    assert effects == [] and room.state is State.DONE  # nobody hears `reconnecting` or `peer_left`
+    assert room.handle(said(room, 2, {"type": "verified"}), 0.0)[-1] == Feed(AllVerified())
+    effects = room.handle(AllVerified(), 0.0)
+    assert ended(effects) == "complete"
+    assert messages(effects, 0) == messages(effects, 2) == ["complete"] and messages(effects, 1) == []
+
+
+def test_a_verified_receiver_dropping_while_another_catches_up_leaves_the_catch_up_alone() -> None:
+    rooms, room = resume_room(2)
+    for data in (b"a" * 66, b"b" * 66):
+        chunk(room, data)
+    room.handle(said(room, 0, {"type": "end", "epoch": 0}), 0.0)
+    room.handle(said(room, 1, {"type": "verified"}), 0.0)
+    room.handle(gone(room, 2), 0.0)  # receiver 2 drops before it verified: parked
+    assert room.state is State.PARKED
+    assert room.handle(gone(room, 1), 0.0) == [] and room.state is State.PARKED
+    receiver_2 = room.party(2)
+    rooms.resume(room.code, "receive", receiver_resume(2))
+    assert receiver_2 is not None and not receiver_2.parked
+    room.handle(rejoined(room, 2), 0.0)
+    assert room.state is State.DONE  # back where it parked from; the sender opens receiver 2's catch-up epoch
