@@ -595,7 +595,11 @@ class _Parking:
         self.reporter.reconnecting(0)
 
     def check_ready(self) -> None:
-        if self.parked.is_set() and not self.away and set(self.positions) == set(self.channels):
+        """Ready for the next epoch once nobody is away and every receiver that has not verified said where it
+        is. One that verified holds every file and may have left (the relay no longer waits for it: docs/protocol.md
+        section 10); a position it does send changes nothing, the epoch starts at the earliest one."""
+        waiting_for = set(self.channels) - self.verified  # none: ``complete`` comes next, not an epoch
+        if self.parked.is_set() and not self.away and waiting_for and set(self.positions) >= waiting_for:
             self.ready.set()
 
     def lost(self, away: set[int]) -> None:

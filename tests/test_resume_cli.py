@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.test_e2e import CHUNK, Run, everything_under, finish, sha, start_sender
+from tests.test_e2e import CHUNK, WAIT, Run, everything_under, finish, sha, start_sender
 
 pytestmark = pytest.mark.asyncio
 SIZE = 300_000  # two files of 300 chunks each
@@ -77,6 +77,26 @@ class TextCutter(Cutter):
     (and before anything after it: for the sender, between every receiver's ``verified`` and ``complete``)."""
 
     after: int = 10**9
+
+
+
+@dataclass
+class HeldCutter(Cutter):
+    """Holds its first connection after ``after`` binary frames (reads nothing more from the relay) until
+    ``release`` is set, then cuts it as ``Cutter`` does."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _pipe(self, source: websockets.ServerConnection | websockets.ClientConnection,
+                    sink: websockets.ServerConnection | websockets.ClientConnection, cut: int | None) -> None:
+        binaries = 0
+        async for frame in source:
+            if isinstance(frame, bytes):
+                binaries += 1
+                if cut is not None and binaries > cut:
+                    await self.release.wait()
+                    return
+            await sink.send(frame)
 
 
 @contextlib.asynccontextmanager
@@ -258,3 +278,37 @@ async def test_a_receiver_whose_acknowledgement_meets_a_dead_socket_resumes(
     assert dropper.cuts == 1 and "connection lost, reconnecting (attempt 1)" in run.stdout
     for path in many_small_files.iterdir():
         assert sha(tmp_path / "out" / "many" / path.name) == sha(path)
+
+
+async def test_a_receiver_that_drops_after_another_verified_gets_its_catch_up_and_everyone_succeeds(
+        relay_server, two_big_files, tmp_path) -> None:
+    """One receiver has verified (and waits for ``complete``) when the other's connection drops. The first has
+    nothing to resume: the room must not wait for it (it leaves when it hears ``reconnecting``), and the sender
+    must not wait for its position before the catch-up epoch for the other. Before the fix the sender waited out
+    the resume window for a position that never came."""
+    cutter = HeldCutter(relay_server.ws_url, after=100)
+    async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        sender, code = await start_sender(relay_server.ws_url, "--receivers", "2", "--resume-window", "60",
+                                          str(two_big_files))
+        first = asyncio.ensure_future(receive(relay_server.ws_url, code, tmp_path / "out1"))
+        second = asyncio.ensure_future(receive(url, code, tmp_path / "out2"))
+        rooms = relay_server.relay.rooms.by_code
+
+        def first_verified() -> bool:  # the unheld receiver, whichever seat it took
+            room = rooms.get(code.split("-", 1)[0])
+            return room is not None and any(r.verified for r in room.receivers)
+
+        for _ in range(int(WAIT * 100)):
+            if first_verified() or first.done():
+                break
+            await asyncio.sleep(0.01)
+        assert first_verified(), "the unheld receiver never verified while the other was held"
+        cutter.release.set()
+        runs = await asyncio.gather(first, second)
+        sent = await finish(sender)
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    assert cutter.cuts == 1 and "resume=1" in cutter.paths[-1]
+    for run, output in zip(runs, (tmp_path / "out1", tmp_path / "out2"), strict=True):
+        assert run.returncode == 0, run.stderr + run.stdout
+        same_files(two_big_files, output)

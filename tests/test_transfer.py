@@ -905,3 +905,45 @@ async def test_the_sender_gives_up_when_the_relay_stops_taking_data(code, tmp_pa
                 await asyncio.wait_for(send([source], SendOptions(code, url, deadlines=SHORT)), WAIT)
         finally:
             stop.set()
+
+
+# --- the sender's view of a resume: when the next epoch may start -------------------------------------------------
+
+
+def _parking(receivers: int) -> transfer_module._Parking:
+    """The sender's resume state with ``receivers`` receivers after receiver 2 dropped and came back."""
+    room = transfer_module._Parking(channels=dict.fromkeys(range(1, receivers + 1)),  # type: ignore[arg-type]
+                                    keys={}, reporter=transfer_module.Reporter())
+    room.park(2)
+    room.away.clear()  # receiver 2 is back
+    return room
+
+
+def test_the_next_epoch_waits_for_the_position_of_every_receiver_that_has_not_verified() -> None:
+    room = _parking(3)
+    room.positions[2] = (0, 10)
+    room.check_ready()
+    assert not room.ready.is_set()  # receiver 3 has not said where it is
+    room.positions[3] = (1, 0)
+    room.check_ready()
+    assert not room.ready.is_set()  # nor receiver 1
+    room.positions[1] = (2, 0)
+    room.check_ready()
+    assert room.ready.is_set()
+
+
+def test_a_receiver_that_verified_is_not_waited_for_it_may_have_left() -> None:
+    room = _parking(2)
+    room.verified.add(1)
+    room.check_ready()
+    assert not room.ready.is_set()
+    room.positions[2] = (0, 10)
+    room.check_ready()
+    assert room.ready.is_set()
+
+
+def test_when_every_receiver_verified_no_epoch_starts_complete_comes_next() -> None:
+    room = _parking(2)
+    room.verified.update({1, 2})
+    room.check_ready()
+    assert not room.ready.is_set()

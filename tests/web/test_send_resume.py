@@ -6,12 +6,18 @@ A loopback proxy drops the connection once, without a close frame.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import websockets
 from playwright.sync_api import BrowserContext
 
+from tests.test_resume_cli import HeldCutter
 from tests.web.driver import record_status, sha256, start_sending, wait_state
 from tests.web.proxy import prefix_proxy
 from tests.web.test_folder_receive import CLI, PICK_INBOX, PROCESS_TIMEOUT, READ_INBOX_FILE, inbox
@@ -63,3 +69,69 @@ def test_a_sending_page_takes_its_seat_back_after_its_own_connection_drops(conte
     assert inbox(receiver) == {path.name: path.stat().st_size for path in paths}
     for path in paths:
         assert receiver.evaluate(READ_INBOX_FILE, path.name) == sha256(path), path.name
+
+
+async def _held_cutter(upstream: str, after: int, ready: queue.Queue, release: threading.Event,
+                       stop: threading.Event) -> None:
+    """A HeldCutter (tests/test_resume_cli.py) on its own loop: puts its ws:// URL on ``ready``, holds its first
+    connection after ``after`` binary frames until ``release``, then cuts it; serves until ``stop`` (bounded)."""
+    cutter = HeldCutter(upstream, after)
+    async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+        ready.put(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        await asyncio.to_thread(release.wait, 2 * PROCESS_TIMEOUT)
+        cutter.release.set()
+        await asyncio.to_thread(stop.wait, 2 * PROCESS_TIMEOUT)
+
+
+def test_a_sending_page_does_not_wait_for_a_receiver_that_verified_before_another_dropped(
+        context: BrowserContext, relay_server, in_thread, tmp_path):
+    """Receiver 1 (the terminal) verified and waits for `complete` when receiver 2's connection drops; it hears
+    `reconnecting` and leaves with its files. The page must open receiver 2's catch-up epoch without waiting for a
+    position from receiver 1. Before the fix it waited out the resume window."""
+    source = tmp_path / "one.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 777))
+    page = context.new_page()
+    page.goto(relay_server.http_url + "/")
+    page.set_input_files("#file-input", [str(source)])
+    page.fill("#receivers", "2")
+    page.click("#send-start")
+    page.wait_for_selector('#send-status[data-state="waiting"]')
+    code = page.text_content("#send-code") or ""
+    ready: queue.Queue = queue.Queue()
+    release, stop = threading.Event(), threading.Event()
+    cutter = in_thread(_held_cutter(relay_server.ws_url, 2, ready, release, stop))
+    try:
+        held_url = ready.get(timeout=PROCESS_TIMEOUT)
+        env = {**os.environ, "RELAY_CODE": code}
+        outs = [tmp_path / "out1", tmp_path / "out2"]
+        for out in outs:
+            out.mkdir()
+        first = subprocess.Popen([*CLI, "receive", "--relay", relay_server.ws_url, "--output", str(outs[0]), "--yes",
+                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        second = subprocess.Popen([*CLI, "receive", "--relay", held_url, "--output", str(outs[1]), "--yes",
+                                   "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            rooms = relay_server.relay.rooms.by_code
+            for _ in range(PROCESS_TIMEOUT * 100):
+                room = rooms.get(code.split("-", 1)[0])
+                if room is not None and any(r.verified for r in room.receivers):
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("no receiver verified while the other was held")
+            release.set()
+            for process in (first, second):
+                assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
+        finally:
+            for process in (first, second):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(PROCESS_TIMEOUT)
+        text = wait_state(page, "#send-status", "verified")
+    finally:
+        release.set()
+        stop.set()
+        cutter.result(timeout=PROCESS_TIMEOUT)
+    assert text.startswith("Done"), text
+    for out in outs:
+        assert sha256(out / source.name) == sha256(source)

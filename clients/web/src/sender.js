@@ -91,7 +91,7 @@ export class SendSession {
     this.sent = 0;
     this.joined = 0;
     this.fileOk = new Map(); // file index -> number of receivers that authenticated and stored it (from acks)
-    this.verifiedBy = 0;
+    this.verifiedBy = new Set(); // receivers whose `verified` the relay passed on (each holds every file)
     this.acked = new Map(); // receiver peer -> chunks of the stream it has authenticated and written (from its acks)
     this.pakes = new Map(); // receiver peer -> its PAKE, until confirmed
     this.pairs = new Map(); // receiver peer -> its pair keys, once both PAKE messages passed
@@ -231,10 +231,11 @@ export class SendSession {
         this.streaming = this.#stream().catch((error) => this.#fail(error));
         break;
       case "verified":
-        this.verifiedBy += 1;
+        this.verifiedBy.add(message.peer);
+        this.#notify(); // one waiting for positions no longer waits for this receiver's
         break;
       case "complete":
-        if (this.verifiedBy < this.receivers) throw new ProtocolError("complete before every receiver verified", "unexpected_message");
+        if (this.verifiedBy.size < this.receivers) throw new ProtocolError("complete before every receiver verified", "unexpected_message");
         this.#end("verified", { code: "done", by: "relay" });
         break;
       case "cancel":
@@ -359,9 +360,11 @@ export class SendSession {
     }
   }
 
-  // Wait until every seat is back and every receiver said what it holds; the earliest [file, have] of all.
+  // Wait until every seat is back and every receiver that has not verified said what it holds (one that verified
+  // holds every file and may have left: the relay does not wait for it, docs/protocol.md section 10); the earliest
+  // [file, have] of all. With every receiver verified, `complete` comes next, not an epoch.
   async #nextStart() {
-    while (!FINAL_STATES.has(this.state) && (this.away.size > 0 || this.positions.size < this.channels.size)) await this.#changed();
+    while (!FINAL_STATES.has(this.state) && (this.away.size > 0 || !this.#positionsIn())) await this.#changed();
     if (FINAL_STATES.has(this.state)) return null;
     const sizes = this.offer.files.map((entry) => entry.size);
     let start = null;
@@ -439,6 +442,11 @@ export class SendSession {
     while (inFlight.length > 0) if (!(await sendOldest())) return false;
     connection.sendMessage({ type: "end", epoch });
     return true;
+  }
+
+  #positionsIn() {
+    const waitingFor = [...this.channels.keys()].filter((peer) => !this.verifiedBy.has(peer));
+    return waitingFor.length > 0 && waitingFor.every((peer) => this.positions.has(peer));
   }
 
   // A seat dropped: the epoch under way is abandoned (nothing more of it is sent); positions come after resume.
