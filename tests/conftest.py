@@ -21,17 +21,10 @@ STARTUP_TIMEOUT = 10.0
 TEST_LIMITS: dict[str, object] = {"max_connections_per_ip": 0, "max_joins_per_minute": 0}
 
 
-@dataclass
-class RunningRelay:
-    """A relay serving on 127.0.0.1: ``http_url`` for pages, ``ws_url`` for the WebSocket protocol."""
+class OnLoopback:
+    """A relay listening on 127.0.0.1 at ``port``: ``http_url`` for pages, ``ws_url`` for the WebSocket protocol."""
 
-    settings: Settings
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    @property
-    def port(self) -> int:
-        return self.settings.port
+    port: int
 
     @property
     def http_url(self) -> str:
@@ -40,6 +33,19 @@ class RunningRelay:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+@dataclass
+class RunningRelay(OnLoopback):
+    """A relay serving in this process, in a thread of its own."""
+
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property  # type: ignore[override]
+    def port(self) -> int:
+        return self.settings.port
 
     @property
     def relay(self):  # the app's Relay, for white-box checks such as "no room is left"

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import free_port
+from tests.conftest import OnLoopback, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 START_WAIT = 20.0
@@ -40,7 +40,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 @dataclass
-class RelayProcess:
+class RelayProcess(OnLoopback):
     """``relay serve --host 127.0.0.1 --port <port> <flags>``; its output goes to ``log_path`` (or nowhere).
 
     ``start()`` may be called again after ``kill()``: the same port, a new process, nothing of the old one's rooms.
@@ -51,14 +51,6 @@ class RelayProcess:
     flags: tuple[str, ...] = ()
     env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:

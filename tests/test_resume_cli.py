@@ -65,10 +65,14 @@ class Cutter:
             if isinstance(frame, bytes):
                 binaries += 1
                 if cut is not None and binaries > cut:
+                    await self.before_cut()
                     return
             await sink.send(frame)
             if cut is not None and self.after_text is not None and isinstance(frame, str) and self.after_text in frame:
                 return
+
+    async def before_cut(self) -> None:
+        """The first connection has reached its cut (nothing more is read from it meanwhile); returning cuts it."""
 
 
 @dataclass
@@ -87,17 +91,8 @@ class HeldCutter(Cutter):
 
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def _pipe(self, source: websockets.ServerConnection | websockets.ClientConnection,
-                    sink: websockets.ServerConnection | websockets.ClientConnection, cut: int | None) -> None:
-        binaries = 0
-        async for frame in source:
-            if isinstance(frame, bytes):
-                binaries += 1
-                if cut is not None and binaries > cut:
-                    await self.release.wait()
-                    return
-            await sink.send(frame)
-
+    async def before_cut(self) -> None:
+        await self.release.wait()
 
 @contextlib.asynccontextmanager
 async def cutter_in_front(relay, after: int, upward: bool = False) -> AsyncIterator[tuple[str, Cutter]]:

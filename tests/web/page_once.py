@@ -13,6 +13,8 @@ Prints one line: "RESULT <MiB/s> MiB/s <seconds> s ok=<bytes match>".
 
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from relay.config import Settings
@@ -22,7 +24,10 @@ from tests.web.cdp import Chromium
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
 
 
-def main(size: int) -> None:
+@contextmanager
+def ready_to_transfer(size: int) -> Iterator[tuple[Chromium, str, Path, Path]]:
+    """A relay of the tree on PYTHONPATH, a random file of ``size`` MiB, an empty downloads folder and a headless
+    Chromium allowed to save there: ``(browser, relay URL, file, downloads)``; all of it ends after."""
     relay = start_relay(Settings())
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -33,13 +38,17 @@ def main(size: int) -> None:
             browser = Chromium(CHROMIUM, CHROMIUM_ARGS)
             try:
                 browser.allow_downloads(downloads)
-                elapsed, _, ok = m.browser_to_browser(browser, relay.http_url, source, downloads)
-                print(f"RESULT {size / elapsed:.1f} MiB/s {elapsed:.2f} s ok={ok}", flush=True)
+                yield browser, relay.http_url, source, downloads
             finally:
                 browser.close()
     finally:
         relay.stop()
 
+
+def main(size: int) -> None:
+    with ready_to_transfer(size) as (browser, url, source, downloads):
+        elapsed, _, ok = m.browser_to_browser(browser, url, source, downloads)
+        print(f"RESULT {size / elapsed:.1f} MiB/s {elapsed:.2f} s ok={ok}", flush=True)
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)

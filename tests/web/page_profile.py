@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import psutil
 
-from relay.config import Settings
-from tests.conftest import start_relay
 from tests.web import measure as m
 from tests.web.cdp import Chromium
-from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.web.driver import sha256
+from tests.web.page_once import ready_to_transfer
 
 
 def _thread_name(pid: int, tid: int) -> str:
@@ -123,21 +120,8 @@ def transfer(browser: Chromium, base: str, source: Path, downloads: Path,
 
 
 def main(size: int, js: bool) -> None:
-    relay = start_relay(Settings())
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            source = m.make_file(folder, size * m.MiB)
-            downloads = folder / "downloads"
-            downloads.mkdir()
-            browser = Chromium(CHROMIUM, CHROMIUM_ARGS)
-            try:
-                browser.allow_downloads(downloads)
-                elapsed, ok, before, after = transfer(browser, relay.http_url, source, downloads, js)
-            finally:
-                browser.close()
-    finally:
-        relay.stop()
+    with ready_to_transfer(size) as (browser, url, source, downloads):
+        elapsed, ok, before, after = transfer(browser, url, source, downloads, js)
     print(f"RESULT {size / elapsed:.1f} MiB/s {elapsed:.2f} s ok={ok}")
     per_thread: dict[tuple[str, str], float] = defaultdict(float)
     for key, seconds in after.items():
