@@ -60,7 +60,10 @@ export async function run() {
 
 
 def test_the_aes_worker_seals_and_opens_as_webcrypto_and_takes_each_chunk_without_a_copy(
-        context: BrowserContext, relay_server, tmp_path: Path):
+        no_sw_context: BrowserContext, relay_server, tmp_path: Path):
+    # No service worker: once the page's worker controls the page, the module request goes through it, which
+    # Playwright's routes do not see, and the relay answers 404 (1 run in a few, depending on timing).
+    context = no_sw_context
     entry = tmp_path / "entry.js"
     entry.write_text(ENTRY % {"src": (WEB / "src").as_posix()})
     bundle = tmp_path / "chunk-test.js"
