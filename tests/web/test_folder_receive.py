@@ -71,14 +71,25 @@ def inbox(page: Page) -> dict[str, int]:
     return page.evaluate(LIST_INBOX)
 
 
-def accept_into_inbox(page: Page, code: str, base_url: str) -> None:
-    page.goto(f"{base_url}/#receive")
-    page.evaluate(PICK_INBOX, {"saveAs": None})
+def connect_with_inbox(page: Page, code: str, base_url: str, save_as: str | None = None) -> None:
+    """Open the receive view at `base_url`, pick the "inbox" folder (or, with `save_as`, that file name for a
+    single file) and connect with `code`; the offer comes once every receiver is in."""
+    page.goto(f"{base_url.rstrip('/')}/#receive")
+    page.evaluate(PICK_INBOX, {"saveAs": save_as})
     page.fill("#receive-code", code)
     page.click("#receive-connect")
+
+
+def accept_into_folder(page: Page) -> None:
+    """Wait for the offer and accept it into the picked folder."""
     page.wait_for_selector("#receive-offer:not([hidden])")
     page.check("#save-folder")
     page.click("#receive-accept")
+
+
+def accept_into_inbox(page: Page, code: str, base_url: str) -> None:
+    connect_with_inbox(page, code, base_url)
+    accept_into_folder(page)
 
 
 # --- all or nothing ---------------------------------------------------------------------------------------------
@@ -227,14 +238,9 @@ def test_a_page_receiving_into_a_folder_resumes_after_its_connection_drops(conte
     with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024) as proxy, \
             cli_sender(paths, relay_server.http_url) as (process, code):
         page = context.new_page()
-        page.goto(proxy.url + "#receive")
-        page.evaluate(PICK_INBOX, {"saveAs": "big.bin" if how == "save-as" else None})
+        connect_with_inbox(page, code, proxy.url, save_as="big.bin" if how == "save-as" else None)
         record_status(page, "#receive-status")
-        page.fill("#receive-code", code)
-        page.click("#receive-connect")
-        page.wait_for_selector("#receive-offer:not([hidden])")
-        page.check("#save-folder")
-        page.click("#receive-accept")
+        accept_into_folder(page)
         text = wait_state(page, "#receive-status", "verified")
         assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
         assert proxy.cuts == 1
@@ -278,18 +284,13 @@ def test_a_page_carries_on_when_another_receiver_drops_and_comes_back(context: B
     with prefix_proxy(relay_server.port, cut_after=2 * 1024 * 1024) as proxy, \
             cli_sender(paths, relay_server.http_url, "--receivers", "2") as (process, code):
         page = context.new_page()
-        page.goto(relay_server.http_url + "/#receive")
-        page.evaluate(PICK_INBOX, {"saveAs": None})
+        connect_with_inbox(page, code, relay_server.http_url)
         record_status(page, "#receive-status")
-        page.fill("#receive-code", code)
-        page.click("#receive-connect")
         command = [*CLI, "receive", "--relay", proxy.url, "--output", str(out), "--yes", "--quiet"]
         receiver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env={**os.environ, "RELAY_CODE": code})
         try:
-            page.wait_for_selector("#receive-offer:not([hidden])")
-            page.check("#save-folder")
-            page.click("#receive-accept")
+            accept_into_folder(page)
             text = wait_state(page, "#receive-status", "verified")
             assert receiver.wait(PROCESS_TIMEOUT) == 0, receiver.stderr.read() if receiver.stderr else ""
         finally:
@@ -368,14 +369,9 @@ def test_a_page_that_verified_keeps_its_files_when_the_connection_then_drops(con
     with prefix_proxy(relay_server.port) as proxy, \
             cli_sender(paths, relay_server.http_url, "--receivers", "2") as (process, code):
         page = context.new_page()
-        page.goto(proxy.url + "#receive")
-        page.evaluate(PICK_INBOX, {"saveAs": None})
-        page.fill("#receive-code", code)
-        page.click("#receive-connect")
+        connect_with_inbox(page, code, proxy.url)
         other = in_thread(raw_receiver_that_never_verifies(code))
-        page.wait_for_selector("#receive-offer:not([hidden])")
-        page.check("#save-folder")
-        page.click("#receive-accept")
+        accept_into_folder(page)
         page.wait_for_selector('#receive-status[data-state="verifying"]')
         assert stalled.wait(WAIT)
         proxy.cut_now()

@@ -20,7 +20,7 @@ from tests.conftest import free_port
 from tests.relayproc import RelayProcess
 from tests.web.driver import record_status, sha256, wait_state
 from tests.web.proxy import prefix_proxy
-from tests.web.test_folder_receive import CLI, PICK_INBOX, READ_INBOX_FILE, inbox
+from tests.web.test_folder_receive import CLI, READ_INBOX_FILE, accept_into_folder, connect_with_inbox, inbox
 
 WAIT = 60
 MiB = 1024 * 1024
@@ -37,14 +37,9 @@ def test_a_receiving_page_and_relay_send_carry_on_across_a_relay_restart(context
         assert line.startswith("Code: "), line
         with prefix_proxy(relay.port) as proxy:
             page = context.new_page()
-            page.goto(proxy.url + "#receive")
-            page.evaluate(PICK_INBOX, {"saveAs": "large.bin"})
+            connect_with_inbox(page, line.split()[1], proxy.url, save_as="large.bin")
             record_status(page, "#receive-status")
-            page.fill("#receive-code", line.split()[1])
-            page.click("#receive-connect")
-            page.wait_for_selector("#receive-offer:not([hidden])")
-            page.check("#save-folder")
-            page.click("#receive-accept")
+            accept_into_folder(page)
             for _ in range(WAIT * 100):  # the page has 8 MiB of the file
                 if proxy.downstream >= 8 * MiB:
                     break

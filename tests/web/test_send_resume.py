@@ -20,7 +20,7 @@ from playwright.sync_api import BrowserContext
 from tests.test_resume_cli import HeldCutter
 from tests.web.driver import record_status, sha256, start_sending, wait_state
 from tests.web.proxy import prefix_proxy
-from tests.web.test_folder_receive import CLI, PICK_INBOX, PROCESS_TIMEOUT, READ_INBOX_FILE, inbox
+from tests.web.test_folder_receive import CLI, PROCESS_TIMEOUT, READ_INBOX_FILE, accept_into_inbox, inbox
 
 
 def test_a_sending_page_carries_on_when_its_receiver_drops_and_comes_back(context: BrowserContext, relay_server,
@@ -53,13 +53,7 @@ def test_a_sending_page_takes_its_seat_back_after_its_own_connection_drops(conte
         code = start_sending(sender, proxy.url.rstrip("/"), paths)
         record_status(sender, "#send-status")
         receiver = context.new_page()
-        receiver.goto(relay_server.http_url + "/#receive")
-        receiver.evaluate(PICK_INBOX, {"saveAs": None})
-        receiver.fill("#receive-code", code)
-        receiver.click("#receive-connect")
-        receiver.wait_for_selector("#receive-offer:not([hidden])")
-        receiver.check("#save-folder")
-        receiver.click("#receive-accept")
+        accept_into_inbox(receiver, code, relay_server.http_url)
         wait_state(receiver, "#receive-status", "verified")
         text = wait_state(sender, "#send-status", "verified")
         assert proxy.cuts == 1
