@@ -674,6 +674,8 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
         if isinstance(message, p.Verified):
             if message.peer is not None and 1 <= message.peer <= receivers:
                 verified.add(message.peer)
+                if room is not None:
+                    room.check_ready()  # after a resume, a receiver that verified gives no position
         elif room is not None and isinstance(message, p.Reconnecting):
             room.park(message.peer)
         elif room is not None and isinstance(message, p.Resumed):

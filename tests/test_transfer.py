@@ -947,3 +947,25 @@ def test_when_every_receiver_verified_no_epoch_starts_complete_comes_next() -> N
     room.verified.update({1, 2})
     room.check_ready()
     assert not room.ready.is_set()
+
+
+async def test_a_receiver_verifying_after_the_others_said_where_they_are_lets_the_next_epoch_start() -> None:
+    """Receiver 2's position came first, then receiver 1's ``verified`` instead of one: the sender must not wait
+    on (the check ran only when a position or ``resumed`` arrived)."""
+
+    class Relay:
+        def __init__(self) -> None:
+            self.frames: list[p.Message] = [p.Verified(1)]
+
+        async def receive(self) -> p.Message:
+            if not self.frames:
+                raise transfer_module.ConnectionLost("no more frames")
+            return self.frames.pop(0)
+
+    room = _parking(2)
+    room.positions[2] = (0, 10)
+    room.check_ready()
+    assert not room.ready.is_set()
+    with pytest.raises(transfer_module.ConnectionLost):
+        await transfer_module._watch_receivers(Relay(), 2, room)  # type: ignore[arg-type]
+    assert room.ready.is_set()
