@@ -302,10 +302,12 @@ class SeatTokens:
 
     tokens: dict[int, bytes]
     shape: p.RoomShape | None = None
+    verified: set[int] = field(default_factory=set)  # the sender's: receivers whose ``verified`` it has read
 
     def message(self, peer: int) -> p.Resume:
         return p.Resume(peer, tuple((k, p.SeatToken(t.hex(), verifier(self.following(t))))
-                                    for k, t in sorted(self.tokens.items())), self.shape)
+                                    for k, t in sorted(self.tokens.items())), self.shape,
+                        tuple(sorted(self.verified)) if peer == 0 else ())
 
     @staticmethod
     def following(token: bytes) -> bytes:
@@ -394,6 +396,8 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
                                 _wait_until_started(connection, channels))
         starts = await _agreed_starts(outgoing, accepts, reporter) if options.receivers == 1 else {}
         room = _Parking(channels, keys, reporter)
+        if seat is not None:
+            seat.verified = room.verified  # one set: a resume says who verified (a restarted relay needs it)
         reporter.started(outgoing.total_size)
         link = _SenderLink(connection, room, options.receivers, options.url, nameplate, seat, deadlines.resume_window)
         try:

@@ -885,13 +885,15 @@ class Resume(Message):
     A receiver sends ``{"peer":k,"token":...,"next_verifier":...}``; the sender (``peer`` 0) one token per pair,
     ``{"peer":0,"tokens":{"k":{"token":...,"next_verifier":...}}}``. ``tokens`` holds (receiver, SeatToken) pairs.
     ``room`` (optional) is the room's shape, from which a relay that has no room for the nameplate (it was
-    restarted) recreates it (docs/protocol.md section 10.2).
+    restarted) recreates it (docs/protocol.md section 10.2). ``verified`` (the sender's, optional): the receivers
+    whose ``verified`` it read before its connection dropped; a recreated room does not wait for their seats.
     """
 
     TYPE: ClassVar[str] = "resume"
     peer: int
     tokens: tuple[tuple[int, SeatToken], ...]
     room: RoomShape | None = None
+    verified: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         shape = {} if self.room is None else {"room": self.room.to_dict()}
@@ -899,8 +901,10 @@ class Resume(Message):
             (_, seat), = self.tokens
             return {"type": self.TYPE, "peer": self.peer, "token": seat.token, "next_verifier": seat.next_verifier,
                     **shape}
+        done = {"verified": list(self.verified)} if self.verified else {}
         return {"type": self.TYPE, "peer": 0, "tokens": {
-            str(k): {"token": seat.token, "next_verifier": seat.next_verifier} for k, seat in self.tokens}, **shape}
+            str(k): {"token": seat.token, "next_verifier": seat.next_verifier} for k, seat in self.tokens}, **shape,
+            **done}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Resume:
@@ -909,6 +913,8 @@ class Resume(Message):
         if peer != 0:
             if room is not None and peer > room.receivers:
                 raise MalformedMessage(f"receiver {peer} of a room of {room.receivers}")
+            if data.get("verified") is not None:
+                raise MalformedMessage("only the sender's resume says which receivers verified")
             return cls(peer, ((peer, SeatToken.parse(data, "resume")),), room)
         tokens = data.get("tokens")
         if not isinstance(tokens, dict) or not 1 <= len(tokens) <= MAX_RECEIVERS_FIELD:
@@ -921,7 +927,13 @@ class Resume(Message):
             pairs.append((k, SeatToken.parse(value, f"tokens.{k}")))
         if room is not None and sorted(k for k, _ in pairs) != list(range(1, room.receivers + 1)):
             raise MalformedMessage(f"the sender's 'tokens' must name receivers 1 to {room.receivers}")
-        return cls(0, tuple(sorted(pairs)), room)
+        verified = data.get("verified")
+        verified = [] if verified is None else verified
+        named = {k for k, _ in pairs}
+        if (not isinstance(verified, list) or len(verified) > len(named)
+                or any(type(k) is not int or k not in named for k in verified) or len(set(verified)) != len(verified)):
+            raise MalformedMessage("field 'verified' must list distinct receivers the sender holds tokens for")
+        return cls(0, tuple(sorted(pairs)), room, tuple(sorted(verified)))
 
 
 RESYNC_HALF_SIZE = 16  # clients.crypto.RESYNC_HALF_SIZE

@@ -1041,6 +1041,13 @@ class Rooms:
                 receiver.verifier = seat.next_verifier
             else:
                 receiver.sender_verifier = seat.next_verifier
+        if room.recreated is not None:
+            # The receivers the sender says verified before the restart hold every file and will not come back:
+            # their seats are done, not waited for (the old room would have closed them: ``gone_verified``).
+            for k in message.verified:
+                done = room.party(k)
+                if done is not None and done.role is Role.RECEIVE and done.parked:
+                    done.verified, done.parked = True, False
         party.parked = party.gone = party.closed = False
         party.connection += 1  # whatever the old socket still says or does from now on is moot
         return room, party

@@ -47,6 +47,7 @@ class Gate:
     after: int
     holding: asyncio.Event = field(default_factory=asyncio.Event)
     acked: asyncio.Event = field(default_factory=asyncio.Event)  # the receiver acknowledged a file: it wrote it
+    verified: asyncio.Event = field(default_factory=asyncio.Event)  # the receiver said it verified every file
     paths: list[str] = field(default_factory=list)
 
     async def handle(self, client: websockets.ServerConnection) -> None:
@@ -74,6 +75,8 @@ class Gate:
             await sink.send(frame)
             if isinstance(frame, str) and '"type":"ack"' in frame:
                 self.acked.set()
+            if isinstance(frame, str) and '"type":"verified"' in frame:
+                self.verified.set()
             if isinstance(frame, bytes):
                 binaries += 1
                 if after is not None and binaries == after:
@@ -149,3 +152,38 @@ async def test_a_relay_killed_mid_transfer_and_started_again_the_transfer_comple
     match = re.search(r"\((\d+) bytes\) sent again", sent.stdout)
     resent = int(match.group(1)) if match else 0  # 0 (not said): the sender had sent nothing beyond the gate yet
     assert resent <= 2 * SIZE - FILE_CHUNKS * CHUNK < HELD_CHUNKS * CHUNK
+
+
+async def test_a_receiver_that_verified_before_the_restart_is_not_waited_for(tmp_path) -> None:
+    """Receiver A verified (it waits for ``complete``) and receiver B is mid-transfer when the relay dies. A ends
+    with its files and never comes back; the sender's resume says A verified, so the recreated room does not wait
+    for A's seat, and B gets its catch-up epoch. Before, the recreated room waited out the window for A and the
+    transfer failed for B and the sender."""
+    source = make_files(tmp_path / "src")
+    outputs = [tmp_path / "out-a", tmp_path / "out-b"]
+    for output in outputs:
+        output.mkdir()
+    total_chunks = 2 * FILE_CHUNKS
+    async with relay_and_gates(total_chunks - 16, 2) as (relay, gates):
+        (free_url, free), (held_url, held) = gates
+        free.after = 10**9  # A's gate passes everything
+        sender = await cli("send", "--relay", relay.ws_url, "--chunk-size", str(CHUNK), "--receivers", "2",
+                           "--resume-window", "60", str(source))
+        assert sender.stdout is not None
+        line = (await asyncio.wait_for(sender.stdout.readline(), WAIT)).decode()
+        code = line.split()[1]
+        receiving = [await cli("receive", "--relay", free_url, "--yes", "--output", str(outputs[0]), code=code),
+                     await cli("receive", "--relay", held_url, "--yes", "--output", str(outputs[1]), code=code)]
+        await asyncio.wait_for(held.holding.wait(), WAIT)
+        await asyncio.wait_for(free.verified.wait(), WAIT)  # A holds every file; the relay dies before `complete`
+        await asyncio.to_thread(relay.kill)
+        await asyncio.to_thread(relay.start)
+        runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
+        sent = await finish(sender)
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, run.stderr + run.stdout
+        assert everything_under(output) == ["src", "src/one.bin", "src/two.bin"]
+        for name in ("one.bin", "two.bin"):
+            assert sha(output / "src" / name) == sha(source / name)
+    assert len(free.paths) == 1 and "resume=1" in held.paths[-1]  # A never came back; B resumed

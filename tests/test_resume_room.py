@@ -597,3 +597,65 @@ def test_a_verified_receiver_dropping_while_another_catches_up_leaves_the_catch_
     assert receiver_2 is not None and not receiver_2.parked
     room.handle(rejoined(room, 2), 0.0)
     assert room.state is State.DONE  # back where it parked from; the sender opens receiver 2's catch-up epoch
+
+
+# --- after a restart, receivers that had verified are not waited for --------------------------------------------
+
+
+def with_verified(resume: p.Resume, verified: object) -> p.Resume:
+    data = json.loads(with_shape(resume).to_json()) | {"verified": verified}
+    parsed = p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+    assert isinstance(parsed, p.Resume)
+    return parsed
+
+
+def test_a_recreated_room_does_not_wait_for_a_receiver_the_sender_says_verified() -> None:
+    """Receiver 1 verified before the relay died (its client ended with its files and never resumes); receiver
+    2 had not. Without the sender's list the recreated room waited out the window for seat 1."""
+    rooms = Rooms(SETTINGS)
+    room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(2)), 0.0)
+    room.handle(rejoined(room, 2), 0.0)
+    rooms.resume("42", "send", with_verified(sender_resume(2), [1]), 1.0)
+    effects = room.handle(rejoined(room, 0), 1.0)
+    assert room.state is State.STREAMING  # nobody away: the sender opens receiver 2's catch-up epoch
+    assert sent(effects, 2) == [{"type": "resumed", "peer": 0, "parked": []}]
+    receiver_1 = room.party(1)
+    assert receiver_1 is not None and receiver_1.verified and receiver_1.closed and not receiver_1.parked
+    epoch = {"type": "stream", "epoch": 1, "chunks": 1, "bytes": 4 + 16, "to": [1, 2], "data": [SEALED, SEALED]}
+    effects = room.handle(said(room, 0, epoch), 2.0)
+    assert messages(effects, 2) == ["stream"] and messages(effects, 1) == []
+    chunk_effects = room.handle(said(room, 0, {"type": "chunk", "epoch": 1, "size": 20,
+                                               "xxh3_64": p.chunk_digest(b"q" * 20)}), 2.0)
+    chunk_effects += room.handle(BinaryFrame(0, b"q" * 20, connection(room, 0)), 2.0)
+    assert {e.peer for e in chunk_effects if hasattr(e, "peer")} == {2}
+    room.handle(said(room, 0, {"type": "end", "epoch": 1}), 2.0)
+    assert room.handle(said(room, 2, {"type": "verified"}), 3.0)[-1] == Feed(AllVerified())
+    assert ended(room.handle(AllVerified(), 3.0)) == "complete"
+
+
+def test_the_verified_list_is_ignored_by_a_room_that_was_not_recreated() -> None:
+    rooms, room = resume_room(2)
+    room.handle(gone(room, 0), 1.0)
+    room.handle(gone(room, 1), 1.0)  # receiver 1 had not verified: it is parked and must be waited for
+    rooms.resume(room.code, "send", with_verified(sender_resume(2), [1]))
+    receiver_1 = room.party(1)
+    assert receiver_1 is not None and receiver_1.parked and not receiver_1.verified
+
+
+@pytest.mark.parametrize("verified", [[3], [1, 1], ["1"], [True], 1, {"1": True}, [1, 2, 3]])
+def test_a_bad_verified_list_is_malformed(verified: object) -> None:
+    data = json.loads(with_shape(sender_resume(2)).to_json()) | {"verified": verified}
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+
+
+def test_only_the_sender_says_who_verified() -> None:
+    data = json.loads(with_shape(receiver_resume(1)).to_json()) | {"verified": [2]}
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+
+
+def test_the_verified_list_round_trips_and_is_left_out_when_empty() -> None:
+    resume = with_verified(sender_resume(2), [2, 1])
+    assert resume.verified == (1, 2) and p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
+    assert "verified" not in json.loads(with_shape(sender_resume(2)).to_json())
