@@ -8,7 +8,9 @@ chunks, then stops reading from the relay; once every gate holds and its receive
 the relay is killed. Every receiver is gated: the relay may well have written the whole stream into a held
 gate's socket buffers by then (1.5 MiB), so a receiver straight on the relay could finish, verify and exit before
 the kill, and the recreated room would wait the whole resume window for a seat nobody takes back (about 1 run in
-6 failed that way). Every wait is bounded.
+6 failed that way). When the test kills the relay it cuts every gate's first connection at once, as the kernel
+cuts a killed process's sockets: a gate that stopped reading would otherwise learn of the death only from its
+keepalive (~40 s later, and past the bounded waits on a busy machine). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class Gate:
     after: int
     holding: asyncio.Event = field(default_factory=asyncio.Event)
     acked: asyncio.Event = field(default_factory=asyncio.Event)  # the receiver acknowledged a file: it wrote it
-    verified: asyncio.Event = field(default_factory=asyncio.Event)  # the receiver said it verified every file
+    verified: asyncio.Event = field(default_factory=asyncio.Event)  # a `verified` passed (either way)
+    cut: asyncio.Event = field(default_factory=asyncio.Event)  # the relay was killed: drop the first connection
     paths: list[str] = field(default_factory=list)
 
     async def handle(self, client: websockets.ServerConnection) -> None:
@@ -59,8 +62,12 @@ class Gate:
                                           proxy=None) as relay:
                 up = asyncio.ensure_future(self._pipe(client, relay, None))
                 down = asyncio.ensure_future(self._pipe(relay, client, self.after if first else None))
-                await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
-                for task in (up, down):
+                cut = asyncio.ensure_future(self.cut.wait() if first else asyncio.Event().wait())
+                await asyncio.wait([up, down, cut], return_when=asyncio.FIRST_COMPLETED)
+                if cut.done():  # no closing handshake with a dead relay (it would wait out close_timeout)
+                    relay.transport.abort()
+                    client.transport.abort()
+                for task in (up, down, cut):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
                         await task
@@ -103,6 +110,14 @@ async def relay_and_gates(after: int, count: int) -> AsyncIterator[tuple[RelayPr
         await asyncio.to_thread(relay.kill)
 
 
+async def restart(relay: RelayProcess, gates: list[tuple[str, Gate]]) -> None:
+    """SIGKILL the relay, cut what every gate had open to it, and start it again on the same port."""
+    await asyncio.to_thread(relay.kill)
+    for _, gate in gates:
+        gate.cut.set()
+    await asyncio.to_thread(relay.start)  # the same port: the clients' next attempts find the new process
+
+
 def make_files(folder: Path) -> Path:
     folder.mkdir()
     for name, seed in (("one.bin", 3), ("two.bin", 5)):
@@ -134,8 +149,7 @@ async def test_a_relay_killed_mid_transfer_and_started_again_the_transfer_comple
         for _, gate in gates:
             await asyncio.wait_for(gate.holding.wait(), WAIT)
             await asyncio.wait_for(gate.acked.wait(), WAIT)  # it wrote the first file (what it read later may be lost)
-        await asyncio.to_thread(relay.kill)
-        await asyncio.to_thread(relay.start)  # the same port: the clients' next attempts find the new process
+        await restart(relay, gates)
         runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
         sent = await finish(sender)
     assert sent.returncode == 0, sent.stderr + sent.stdout
@@ -164,10 +178,10 @@ async def test_a_receiver_that_verified_before_the_restart_is_not_waited_for(tmp
     for output in outputs:
         output.mkdir()
     total_chunks = 2 * FILE_CHUNKS
-    async with relay_and_gates(total_chunks - 16, 2) as (relay, gates):
-        (free_url, free), (held_url, held) = gates
-        free.after = 10**9  # A's gate passes everything
-        sender = await cli("send", "--relay", relay.ws_url, "--chunk-size", str(CHUNK), "--receivers", "2",
+    async with relay_and_gates(total_chunks - 16, 3) as (relay, gates):
+        (free_url, free), (held_url, held), (sender_url, sender_gate) = gates
+        free.after = sender_gate.after = 10**9  # A's gate and the sender's pass everything
+        sender = await cli("send", "--relay", sender_url, "--chunk-size", str(CHUNK), "--receivers", "2",
                            "--resume-window", "60", str(source))
         assert sender.stdout is not None
         line = (await asyncio.wait_for(sender.stdout.readline(), WAIT)).decode()
@@ -176,8 +190,8 @@ async def test_a_receiver_that_verified_before_the_restart_is_not_waited_for(tmp
                      await cli("receive", "--relay", held_url, "--yes", "--output", str(outputs[1]), code=code)]
         await asyncio.wait_for(held.holding.wait(), WAIT)
         await asyncio.wait_for(free.verified.wait(), WAIT)  # A holds every file; the relay dies before `complete`
-        await asyncio.to_thread(relay.kill)
-        await asyncio.to_thread(relay.start)
+        await asyncio.wait_for(sender_gate.verified.wait(), WAIT)  # and the sender was told so before the kill
+        await restart(relay, gates)
         runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
         sent = await finish(sender)
     assert sent.returncode == 0, sent.stderr + sent.stdout
