@@ -40,7 +40,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 
-from relay.framebuffer import MIN_READ, FrameBuffer, FrameHeader, NotFastPath
+from relay.framebuffer import BATCH, MIN_READ, FrameBuffer, FrameHeader, NotFastPath
 from relay.rooms import PeerGone
 
 try:
@@ -192,6 +192,21 @@ class _Discard:
 _DISCARD = _Discard()
 
 
+def chunk_frames(text: str, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """A chunk's header (text frame, whole) and payload (binary frame header, then ``data`` itself) as they are
+    written to a receiver: built once per chunk, whatever the number of receivers."""
+    size = len(data)
+    header = _binary_headers.get(size)
+    if header is None:
+        if len(_binary_headers) >= 64:
+            _binary_headers.clear()
+        header = _binary_headers[size] = binary_frame_header(size)
+    return text_frame(text.encode()), header, data
+
+
+_binary_headers: dict[int, bytes] = {}  # by payload length: a transfer's chunks all have one or two lengths
+
+
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, final text frame carrying ``payload`` (already UTF-8), header and payload together."""
     length = len(payload)
@@ -209,12 +224,18 @@ class Forwarder(Protocol):
 
     ``ready`` says, without changing anything, whether a chunk could be forwarded now (the room is streaming and
     every receiver's transport can take a write at once); ``chunk`` hands the room a chunk's header and payload
-    and writes what it decides. ``chunk`` never raises: the service turns any failure into the room's end.
+    and queues what it decides, True if the next chunk may follow the same way (False: the room decided
+    something else, e.g. its end, which the service carries out); ``flush`` writes what was queued, one write
+    per receiver. The connection calls ``flush`` before its read callback returns, so the chunks of one read
+    leave together and before anything read after them. Neither raises: the service turns any failure into
+    the room's end.
     """
 
     def ready(self) -> bool: ...
 
-    def chunk(self, text: str, data: bytes) -> None: ...
+    def chunk(self, text: str, data: bytes) -> bool: ...
+
+    def flush(self) -> None: ...
 
 
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -305,9 +326,33 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self._parse()
 
     def _parse(self) -> None:
-        """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox."""
+        """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox; the
+        chunks forwarded on the way leave at the end, in one write per receiver (``Forwarder.flush``)."""
+        forward = self.forward
+        if forward is None:
+            self._parse_frames(None)
+            return
+        try:
+            self._parse_frames(forward)
+        finally:
+            forward.flush()
+
+    def _parse_frames(self, forward: Forwarder | None) -> None:
         frames = self.frames_in
+        batch: bool | None = None  # whether chunks may be forwarded in this pass (asked once: ``ready``)
         while frames.held is None and self.inbox_bytes < INBOX_HIGH and not self._blocked:
+            if (forward is not None and batch is not False and not self.inbox and not self.gone
+                    and not self.conn.expect_continuation_frame and self._idle()):
+                # The steady state of a transfer: the app waits, the room streams, and the buffer holds a
+                # chunk's header and payload, often several chunks (one read brings up to ``BATCH`` bytes).
+                if batch is None:
+                    batch = forward.ready()
+                if batch:
+                    pair = frames.take_chunk(WAIT_TEXT, FORWARDED_CHUNK)
+                    if pair is not None:
+                        frames.floor = BATCH
+                        batch = forward.chunk(*pair)
+                        continue
             try:
                 header = frames.next_frame()
             except NotFastPath:
@@ -389,6 +434,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         binary = frames.next_frame()
         assert binary is not None and binary.fast_binary, "the frame behind the text was whole"
         frames.hold(binary)
+        frames.floor = BATCH
         forward.chunk(text, frames.take_binary())
         return _DONE
 
@@ -587,11 +633,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         return (self.writable.is_set() and not self.disconnected and not self.close_sent
                 and self.conn.state is State.OPEN)
 
-    def write_now(self, *parts: bytes) -> bool:
-        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to; True if the transport
-        handed everything to the kernel, False if it keeps some (``writable`` is then clear until it drained)."""
-        self.transport.writelines(parts)
-        return not self.transport.get_write_buffer_size()
+    def write_now(self, parts: list[bytes]) -> bool:
+        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to (one system call for
+        every part); True if the transport handed everything to the kernel, False if it keeps some
+        (``writable`` is then clear until it drained)."""
+        transport = self.transport
+        transport.writelines(parts)
+        return not transport.get_write_buffer_size()
 
     async def close_with(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""
