@@ -13,8 +13,9 @@ import os
 
 import pytest
 
+from benchmarks.wsframes import client_frame
 from relay import protocol as p
-from relay.rooms import chunk_json, parse_frame
+from relay.rooms import Room, chunk_json, parse_frame
 from relay.service import ChunkForwarder
 from tests.peers import KeyedRoom, open_room_v2, send_sealed, start_v2
 
@@ -151,6 +152,70 @@ def test_a_header_waiting_for_its_payload_reaches_the_room_when_the_sender_goes(
         code, seen = await room.receivers[0].closed()
         assert seen == [{"type": "error", "code": "disk_full", "message": "no space left", "peer": 0}]
         assert code == p.ErrorCode.DISK_FULL.close_code
+
+    asyncio.run(run())
+
+
+def wire_chunk(data: bytes, digest: str | None = None) -> bytes:
+    """A chunk's header and payload frames as a sender's socket carries them (masked), back to back."""
+    text = p.SealedChunk(0, len(data), digest or p.chunk_digest(data)).to_json().encode()
+    return client_frame(0x1, text) + client_frame(0x2, data)
+
+
+def test_chunks_that_arrive_in_one_read_are_forwarded_in_one_pass_in_order_each_checked(relay_factory,
+                                                                                         monkeypatch) -> None:
+    relay = relay_factory()
+    batches: list[int] = []  # chunks per write to the receiver
+    checked: list[bytes] = []  # payloads the room checked
+    flush, chunk = ChunkForwarder.flush, Room.chunk
+
+    def counted_flush(self: ChunkForwarder) -> None:
+        queued = list(self._queued.values())
+        if queued:
+            batches.append(len(queued[0][1]) // 3)
+        flush(self)
+
+    def counted_chunk(self: Room, peer: int, connection: int, text: str, data: bytes, now: float) -> list:
+        checked.append(data)
+        return chunk(self, peer, connection, text, data, now)
+
+    monkeypatch.setattr(ChunkForwarder, "flush", counted_flush)
+    monkeypatch.setattr(Room, "chunk", counted_chunk)
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 21)
+        receiver = room.receivers[0]
+        await send_sealed(room.sender, sealed[0])  # from now on the sender's connection forwards as it reads
+        assert await receiver.expect("chunk") and await receiver.recv() == sealed[0]
+        room.sender.ws.transport.write(b"".join(map(wire_chunk, sealed[1:])))  # one write: one read at the relay
+        for data in sealed[1:]:
+            assert await receiver.expect("chunk") == {"type": "chunk", "epoch": 0, "size": len(data),
+                                                      "xxh3_64": p.chunk_digest(data)}
+            assert await receiver.recv() == data
+        await room.sender.close()
+        await receiver.close()
+
+    asyncio.run(run())
+    assert len(checked) == 21 and sum(batches) == 21 and max(batches) > 1
+
+
+def test_a_bad_chunk_in_the_middle_of_a_read_ends_the_room_after_the_chunks_before_it(relay_factory) -> None:
+    relay = relay_factory()
+    close = p.ErrorCode.CHECKSUM_MISMATCH.close_code
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 4)
+        receiver = room.receivers[0]
+        await send_sealed(room.sender, sealed[0])
+        assert await receiver.expect("chunk") and await receiver.recv() == sealed[0]
+        room.sender.ws.transport.write(wire_chunk(sealed[1]) + wire_chunk(sealed[2], "0" * 16)
+                                       + wire_chunk(sealed[3]) + client_frame(0x1, p.End(0).to_json().encode()))
+        assert await receiver.expect("chunk") and await receiver.recv() == sealed[1]
+        for peer in (room.sender, receiver):
+            code, seen = await peer.closed()
+            assert code == close
+            assert {"type": "error", "code": "checksum_mismatch", "message": "chunk 2 failed its xxh3_64 check"} in seen
+            assert not any(isinstance(m, dict) and m.get("type") == "chunk" for m in seen)  # nothing after it
 
     asyncio.run(run())
 
