@@ -8,7 +8,9 @@
    reads the sender's next frame only after every send returned, so the previous chunk is freed before the next
    one is unmasked (a transport that still held a tail of it would keep the whole ``bytes`` alive: 3 chunks per
    room, not 2); the sender's socket is read until its buffer holds the waiting chunk and 16 KiB more, then
-   paused.
+   paused. While a streaming sender's small chunks are forwarded from its read callback (``Forwarder``), one
+   read brings up to ``framebuffer.BATCH`` bytes: every whole chunk in it is checked by the room, then they all
+   leave in one write per receiver (docs/protocol.md section 8 counts that read in the room's memory bound).
 
 2. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
    TCP connection that sends nothing, or drips its request headers a byte at a time (slowloris), is held
