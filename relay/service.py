@@ -165,9 +165,9 @@ class ChunkForwarder:
             framed: tuple[bytes, bytes, bytes] | None = None
             for peer, connection, head, payload in sends:
                 if framed is None:  # the same header and payload for every receiver: framed once
-                    seat = (self.relay.seats.get(room) or {})[peer]
-                    assert seat.direct is not None, "ready() said every receiver's socket is direct"
-                    framed = seat.direct.chunk_frames(head, payload)
+                    direct = self.seat.direct  # the sender's own connection frames as the receivers' do
+                    assert direct is not None, "only a direct socket forwards from its read callback"
+                    framed = direct.chunk_frames(head, payload)
                 entry = queued.get(peer)
                 if entry is None:
                     queued[peer] = (connection, list(framed))
