@@ -78,6 +78,9 @@ CHUNK_PREFIX = b'{"type":"chunk",'  # how every sender's chunk header begins (``
 # event-loop turn), past the memory bound of 2 chunks (docs/protocol.md section 8), for a cause not found yet.
 # 64 KiB chunks showed no growth (peak = idle within 16 KiB).
 FORWARDED_CHUNK = 64 * 1024 + 1024
+# Chunks at least this large are read in batches (``framebuffer.BATCH`` per read, at most 16 chunks): smaller ones
+# (no client sends them; a hostile sender could) keep the small buffer, or one read callback would check thousands.
+BATCHED_CHUNK = 16 * 1024
 # What ``RelayWebSocketProtocol._forward`` did with a text frame and the frame behind it.
 _DONE, _WAIT, _NO, _FAILED = object(), object(), object(), object()
 
@@ -352,7 +355,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 if batch:
                     pair = frames.take_chunk(WAIT_TEXT, FORWARDED_CHUNK)
                     if pair is not None:
-                        frames.floor = BATCH
+                        if len(pair[1]) >= BATCHED_CHUNK:
+                            frames.floor = BATCH
                         batch = forward.chunk(*pair)
                         continue
             try:
@@ -436,7 +440,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         binary = frames.next_frame()
         assert binary is not None and binary.fast_binary, "the frame behind the text was whole"
         frames.hold(binary)
-        frames.floor = BATCH
+        if binary.length >= BATCHED_CHUNK:
+            frames.floor = BATCH
         forward.chunk(text, frames.take_binary())
         return _DONE
 

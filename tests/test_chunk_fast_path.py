@@ -14,6 +14,7 @@ import os
 import pytest
 
 from benchmarks.wsframes import client_frame
+from relay import framebuffer as fb
 from relay import protocol as p
 from relay.rooms import Room, chunk_json, parse_frame
 from relay.service import ChunkForwarder
@@ -197,6 +198,30 @@ def test_chunks_that_arrive_in_one_read_are_forwarded_in_one_pass_in_order_each_
 
     asyncio.run(run())
     assert len(checked) == 21 and sum(batches) == 21 and max(batches) > 1
+
+
+@pytest.mark.parametrize("chunk,floor", [(1024, 0), (16 * 1024, fb.BATCH)])
+def test_only_chunks_of_16_kib_or_more_are_read_in_batches_of_256_kib(relay_factory, chunk: int, floor: int) -> None:
+    """A sender of tiny chunks (no client sends them) keeps the small buffer: one read callback never checks
+    thousands of them, and its room's memory stays where it was."""
+    relay = relay_factory()
+
+    async def run() -> None:
+        room = await open_room_v2(relay.ws_url)
+        plaintext = os.urandom(chunk * 4)
+        sealer, plan = await start_v2(room, p.Offer((p.FileEntry("f", len(plaintext)),), (), chunk), chunk)
+        sealed = [sealer.seal_next(plaintext[pos.offset : pos.offset + pos.length]) for pos in plan.positions()]
+        receiver = room.receivers[0]
+        for data in sealed[:2]:
+            await send_sealed(room.sender, data)
+            assert await receiver.expect("chunk") and await receiver.recv() == data
+        (seats,) = relay.relay.seats.values()
+        connection = seats[0].socket._connection
+        assert connection.frames_in.floor == floor
+        await room.sender.close()
+        await receiver.close()
+
+    asyncio.run(run())
 
 
 def test_a_bad_chunk_in_the_middle_of_a_read_ends_the_room_after_the_chunks_before_it(relay_factory) -> None:
