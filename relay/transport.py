@@ -641,9 +641,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 and self.conn.state is State.OPEN)
 
     def write_now(self, parts: list[bytes]) -> bool:
-        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to (one system call for
-        every part); True if the transport handed everything to the kernel, False if it keeps some
-        (``writable`` is then clear until it drained)."""
+        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to (every part in one
+        ``writev``); True if the transport handed everything to the kernel, False if it keeps some (``writable``
+        is then clear until it drained)."""
         transport = self.transport
         transport.writelines(parts)
         return not transport.get_write_buffer_size()

@@ -251,5 +251,6 @@ def test_the_per_chunk_cost_benchmark_runs_every_stage(capsys) -> None:
 
     assert chunkpath.main(["--count", "8", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    for stage in ("frame buffer", "handle(TextFrame)", "Room.chunk", "xxh3_64", "_apply", "wake-up"):
+    for stage in ("frame buffer", "take_chunk", "handle(TextFrame)", "Room.chunk", "xxh3_64", "_apply", "wake-up",
+                  "forwarding, 1 chunk per read", "forwarding, 3 chunks per read"):
         assert stage in out
