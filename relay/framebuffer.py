@@ -18,8 +18,9 @@ forwarded in one pass (``relay.transport``).
 Memory: the buffer starts at ``SMALL`` bytes (an idle connection holds no more), grows to hold the largest
 frame seen plus ``SLACK`` (never past ``max_frame`` plus a header and ``SLACK``: a sender's connection holds the
 chunk being forwarded and the start of the next one) and is given back (``release``) when it holds nothing.
-While a sender's small chunks are forwarded from its read callback, ``floor`` (``BATCH``) keeps it at least that
-large, so that one read brings in several chunks (docs/protocol.md section 8).
+While a sender's small chunks are forwarded from its read callback, ``floor`` (``batch_for``: as many whole
+chunks as fit in ``BATCH``) keeps it at least that large and is what one read brings in: several chunks, ending
+on a chunk boundary (docs/protocol.md section 8).
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ class NotFastPath(Exception):
 class FrameBuffer:
     """Socket bytes in, whole frames out; ``start``..``end`` is the unparsed data in ``buf``."""
 
-    __slots__ = ("buf", "start", "end", "want", "max_frame", "held", "floor")
+    __slots__ = ("buf", "start", "end", "want", "max_frame", "held", "floor", "pair")
 
     def __init__(self, max_frame: int) -> None:
         self.buf = bytearray()
@@ -85,7 +86,8 @@ class FrameBuffer:
         self.want = 0  # where the incomplete frame at ``start`` ends, once its header said so (else 0)
         self.max_frame = max_frame
         self.held: FrameHeader | None = None  # a complete binary frame at ``start``, waiting for ``take_binary``
-        self.floor = 0  # the least capacity once the buffer grows (``BATCH`` while chunks are forwarded in batches)
+        self.floor = 0  # bytes per read while chunks are forwarded in batches (``batch_for``: at most ``BATCH``)
+        self.pair = 0  # wire bytes of the last header and payload ``take_chunk`` took
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -101,14 +103,26 @@ class FrameBuffer:
         need = self._needed()
         size = len(self.buf)
         # Chunks forwarded in batches: room for several per read (held is None: not while the app's path holds one).
-        target = self.floor if size < self.floor and self.held is None else size
+        floor = self.floor if self.held is None else 0
+        target = floor if size < floor else size
         if size - self.start < need or target != size:
-            self._move(target if target >= need else SMALL if need <= SMALL else max(need + SLACK, self.floor))
-        elif self.start > 0 and self.held is None and (size - self.end < MIN_READ or self.floor):
-            self._move(size)  # in batches: the partial frame at the end goes to the front, the read gets the rest
+            self._move(target if target >= need else SMALL if need <= SMALL else max(need + SLACK, floor))
+        elif self.start > 0 and self.held is None and (size - self.end < MIN_READ or size - self.start < floor):
+            self._move(size)  # the partial frame at the end goes to the front, the read gets the rest
         if len(self.buf) == self.end:  # a held frame fills the buffer: only if read while ``full``
             self._move(len(self.buf) + SMALL)
-        return memoryview(self.buf)[self.end:]
+        if floor:
+            # In batches, a read ends ``floor`` bytes past the frame at the front: when ``floor`` is a whole number
+            # of the sender's chunks (``batch_for``), a full read ends on a chunk boundary and nothing is left to move.
+            limit = self.start + max(floor, need)
+            if limit - self.end >= MIN_READ and limit <= len(self.buf):
+                return memoryview(self.buf)[self.end : limit]
+        return memoryview(self.buf)[self.end :]
+
+    def batch_for(self, pair: int) -> None:
+        """Read in batches of whole chunks whose header and payload frames take ``pair`` bytes on the wire: as many
+        as fit in ``BATCH`` (at least one), so that a full read ends where a chunk does."""
+        self.floor = max(BATCH // pair, 1) * pair
 
     def wrote(self, count: int) -> bool:
         """``count`` bytes were read into the view ``writable`` returned; False while the frame at the front
@@ -232,6 +246,7 @@ class FrameBuffer:
             except UnicodeDecodeError:
                 return None
             data = apply_mask(view[data_at : data_at + size], buf[data_at - 4 : data_at])
+        self.pair = data_at + size - start
         self._consumed(data_at + size)
         return text, data
 

@@ -42,7 +42,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 
-from relay.framebuffer import BATCH, MIN_READ, FrameBuffer, FrameHeader, NotFastPath
+from relay.framebuffer import MIN_READ, FrameBuffer, FrameHeader, NotFastPath
 from relay.rooms import PeerGone
 
 try:
@@ -356,7 +356,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                     pair = frames.take_chunk(WAIT_TEXT, FORWARDED_CHUNK)
                     if pair is not None:
                         if len(pair[1]) >= BATCHED_CHUNK:
-                            frames.floor = BATCH
+                            frames.batch_for(frames.pair)
                         batch = forward.chunk(*pair)
                         continue
             try:
@@ -441,7 +441,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         assert binary is not None and binary.fast_binary, "the frame behind the text was whole"
         frames.hold(binary)
         if binary.length >= BATCHED_CHUNK:
-            frames.floor = BATCH
+            frames.batch_for(header.header_len + header.length + binary.header_len + binary.length)
         forward.chunk(text, frames.take_binary())
         return _DONE
 

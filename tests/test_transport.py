@@ -327,6 +327,33 @@ def test_with_the_batch_floor_one_read_brings_several_chunks_and_memory_stays_bo
     assert buffer.release() and buffer.floor == 0 and len(buffer.writable()) == fb.SMALL
 
 
+def test_batches_of_whole_chunks_end_each_full_read_on_a_chunk_boundary() -> None:
+    """``batch_for``: as many whole chunks per read as fit in ``BATCH``; a socket that always has more to give then
+    fills each read with exactly that many, so no partial chunk is left to move to the front."""
+    chunk = frame(0x1, b'{"type":"chunk"}') + frame(0x2, os.urandom(65_552))
+    stream = chunk * 31
+    buffer = FrameBuffer(max_frame=4 << 20)
+    feed(buffer, stream[:1000], 1 << 20)  # a first read that ends inside the first chunk
+    buffer.batch_for(len(chunk))
+    assert buffer.floor == 3 * len(chunk) <= fb.BATCH
+    position, sizes, taken = 1000, [], 0
+    while position < len(stream) and len(sizes) < 100:
+        view = buffer.writable()
+        count = min(len(view), len(stream) - position)
+        view[:count] = stream[position : position + count]
+        view.release()
+        buffer.wrote(count)
+        position += count
+        sizes.append(count)
+        while buffer.take_chunk(256, 70_000) is not None:
+            taken += 1
+        assert len(buffer.buf) <= fb.BATCH + fb.SLACK
+    assert taken == 31
+    # the first read completes the first three chunks; then every read is three whole chunks, until the last one
+    assert sizes == [3 * len(chunk) - 1000] + [3 * len(chunk)] * 9 + [len(chunk)]
+    assert buffer.start == buffer.end == 0
+
+
 # --- the protocol on a real server, under asyncio and uvloop --------------------------------------------------
 
 
