@@ -153,6 +153,8 @@ class ChunkForwarder:
         return True
 
     def chunk(self, text: str, data: bytes) -> bool:
+        """Hand one chunk to the room and queue the sends it decided; False once the room decided anything else
+        (its end: the queue is written first, then the end is carried out by a task)."""
         relay, room = self.relay, self.room
         try:
             effects = room.chunk(self.party.peer, self.seat.connection, text, data, _now())
@@ -182,6 +184,7 @@ class ChunkForwarder:
         return True
 
     def flush(self) -> None:
+        """Write every queued chunk: one ``write_now`` per receiver; block the sender on any that kept part."""
         queued = self._queued
         if not queued:
             return
