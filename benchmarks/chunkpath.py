@@ -13,6 +13,12 @@ core, with the same library calls and a transport that only counts bytes, so a c
 measured without the noise of a shared machine. Microseconds per chunk, ``time.process_time``, best of
 ``--repeat``.
 
+The last stages run the forwarding path whole, as a streaming sender's connection runs it from its read
+callback: the bytes of one read copied into the frame buffer, every whole chunk taken from it, checked by
+``Room.chunk`` through ``ChunkForwarder`` and queued, then one ``writelines`` per receiver (``--batch`` chunks
+per read, as ``framebuffer.BATCH`` gives at 64 KiB; and one chunk per read, as before it). The same file runs
+against an older tree (``PYTHONPATH=<tree>``) that writes each chunk as it is checked, for a before/after.
+
 What it cannot show is the event loop's part (``epoll``, ``read``/``writev``, a task switch per wake-up):
 ``perf stat``/``strace -c`` on the relay process under ``python -m benchmarks.ab`` shows that.
 """
@@ -33,8 +39,9 @@ from relay import protocol as p
 from relay.config import Settings
 from relay.framebuffer import FrameBuffer
 from relay.rooms import BinaryFrame, Joined, JoinRequest, Room, Rooms, TextFrame
-from relay.service import Relay, Seat
+from relay.service import ChunkForwarder, Relay, Seat
 from relay.sockets import DirectPeerSocket
+from relay.transport import FORWARDED_CHUNK, WAIT_TEXT
 
 from benchmarks.wsframes import client_frame
 
@@ -69,7 +76,7 @@ class CountingTransport:
     def __init__(self) -> None:
         self.written = 0
 
-    def writelines(self, parts: tuple[bytes, ...]) -> None:
+    def writelines(self, parts: tuple[bytes, ...] | list[bytes]) -> None:
         self.written += sum(len(part) for part in parts)
 
     def get_write_buffer_size(self) -> int:
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=64 * 1024)
     parser.add_argument("--count", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=3, help="chunks per read in the batched forwarding stage")
     args = parser.parse_args(argv)
     payload = os.urandom(args.chunk)
     digest = p.chunk_digest(payload)
@@ -160,14 +168,72 @@ def main(argv: list[str] | None = None) -> int:
 
         run_loop(body())
 
+    take_chunk = getattr(FrameBuffer, "take_chunk", None)
+
+    def framebuffer_pair(count: int) -> None:
+        frames = FrameBuffer(args.chunk + 1024)
+        for _ in range(count):
+            fill(frames, wire_view)
+            take_chunk(frames, 256, args.chunk + 1024)  # type: ignore[misc]
+
+    def forwarding(per_read: int) -> Callable[[int], None]:
+        one_read = memoryview(wire * per_read)
+
+        def run(count: int) -> None:
+            relay = Relay(Settings())
+            room, rooms = streaming_room(args.chunk, count)
+            relay.rooms = rooms
+            sender, receiver = _FakeConnection(), _FakeConnection()
+            sender_socket = DirectPeerSocket(sender, relay.stats)  # type: ignore[arg-type]
+            seats = {0: Seat(sender_socket), 1: Seat(DirectPeerSocket(receiver, relay.stats))}  # type: ignore[arg-type]
+            relay.seats[room] = seats
+            assert room.sender is not None
+            sender_socket.forward_with(ChunkForwarder(relay, room, room.sender, seats[0]))
+            frames = FrameBuffer(args.chunk + 1024)
+            if "floor" in FrameBuffer.__slots__:  # an older tree reads one chunk (and 16 KiB) at a time
+                frames.floor = len(one_read) + 16 * 1024
+            flush = getattr(sender_socket, "flush", None)
+            for _ in range(count // per_read):
+                fill(frames, one_read)
+                if take_chunk is not None:
+                    while (pair := take_chunk(frames, WAIT_TEXT, FORWARDED_CHUNK)) is not None:
+                        sender_socket.chunk(*pair)
+                else:  # an older tree: frame by frame, each chunk written as it is checked
+                    while (text := frames.next_frame()) is not None:
+                        decoded = frames.take_payload(text).decode()
+                        binary = frames.next_frame()
+                        assert binary is not None
+                        frames.hold(binary)
+                        sender_socket.chunk(decoded, frames.take_binary())
+                if flush is not None:
+                    flush()
+            assert receiver.transport.written >= len(one_read) * (count // per_read) * 0.99, "not forwarded"
+
+        return run
+
     timed("frame buffer (2 frames parsed, unmasked)", args.count, args.repeat, framebuffer)
+    if take_chunk is not None:
+        timed("frame buffer: take_chunk (the pair in one call)", args.count, args.repeat, framebuffer_pair)
     timed("room: handle(TextFrame) + handle(BinaryFrame)", args.count, args.repeat, room_handle)
     if room_chunk is not None:
         timed("room: Room.chunk (header and payload)", args.count, args.repeat, room_fast)
     timed("  of which the payload's xxh3_64", args.count, args.repeat, xxh3)
     timed("service: _apply (1 receiver, no syscall)", args.count, args.repeat, apply)
     timed("one wake-up of a waiting task (uvloop)", args.count, args.repeat, wakeup)
+    timed("forwarding, 1 chunk per read (buffer to write)", args.count, args.repeat, forwarding(1))
+    timed(f"forwarding, {args.batch} chunks per read", args.count, args.repeat, forwarding(args.batch))
     return 0
+
+
+def fill(frames: FrameBuffer, data: memoryview) -> None:
+    """Copy ``data`` into the buffer as the kernel fills the views it is given (``recv_into``)."""
+    offset = 0
+    while offset < len(data):
+        with frames.writable() as view:
+            count = min(len(view), len(data) - offset)
+            view[:count] = data[offset : offset + count]
+        frames.wrote(count)
+        offset += count
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -181,13 +247,22 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 class _FakeConnection:
-    """The part of ``RelayWebSocketProtocol`` a ``DirectPeerSocket`` send uses."""
+    """The part of ``RelayWebSocketProtocol`` a ``DirectPeerSocket`` uses: its sends, and the forwarder's."""
 
     def __init__(self) -> None:
         self.transport = CountingTransport()
+        self.forward: object = None
 
     async def write_frames(self, *parts: bytes) -> None:
         self.transport.writelines(parts)
+
+    def can_write_now(self) -> bool:
+        return True
+
+    def write_now(self, *parts: Any) -> bool:
+        # ``write_now(parts)`` here; ``write_now(*parts)`` in a tree from before batches
+        self.transport.writelines(parts[0] if len(parts) == 1 and type(parts[0]) is list else parts)
+        return True
 
 
 if __name__ == "__main__":

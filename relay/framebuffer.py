@@ -11,9 +11,16 @@ the ``websockets`` protocol, which keeps the rules for those; so is everything a
 not judge (``NotFastPath``: unmasked, RSV bits, longer than ``max_frame``), which ``websockets`` then refuses
 with the right close code.
 
+``take_chunk`` is the forwarding path's shortcut: a chunk's header (text) and payload (binary) frames at the
+front, both whole, parsed and unmasked in one call with no header object, so that the frames of one read are
+forwarded in one pass (``relay.transport``).
+
 Memory: the buffer starts at ``SMALL`` bytes (an idle connection holds no more), grows to hold the largest
 frame seen plus ``SLACK`` (never past ``max_frame`` plus a header and ``SLACK``: a sender's connection holds the
 chunk being forwarded and the start of the next one) and is given back (``release``) when it holds nothing.
+While a sender's small chunks are forwarded from its read callback, ``floor`` (``batch_for``: as many whole
+chunks as fit in ``BATCH``) keeps it at least that large and is what one read brings in: several chunks, ending
+on a chunk boundary (docs/protocol.md section 8).
 """
 from __future__ import annotations
 
@@ -29,6 +36,10 @@ SMALL = 4 * 1024  # an idle connection's buffer: pings, pongs and the opening me
 SLACK = 16 * 1024  # room past the largest frame, for the next frame's header and small messages
 MIN_READ = 2 * 1024  # compact (or pause reading) rather than offer the kernel less than this
 MAX_HEADER = 14  # 2 + 8 (64-bit length) + 4 (mask)
+# The least capacity of a buffer whose chunks are forwarded in batches (``floor``): about four 64 KiB chunks per
+# read, as the asyncio TCP relay reads (benchmarks/tcp_relay.py); the kernel's read and write are then paid once
+# per batch, not once per chunk (docs/design/speed.md section 14).
+BATCH = 256 * 1024
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -66,7 +77,7 @@ class NotFastPath(Exception):
 class FrameBuffer:
     """Socket bytes in, whole frames out; ``start``..``end`` is the unparsed data in ``buf``."""
 
-    __slots__ = ("buf", "start", "end", "want", "max_frame", "held")
+    __slots__ = ("buf", "start", "end", "want", "max_frame", "held", "floor", "pair")
 
     def __init__(self, max_frame: int) -> None:
         self.buf = bytearray()
@@ -75,6 +86,8 @@ class FrameBuffer:
         self.want = 0  # where the incomplete frame at ``start`` ends, once its header said so (else 0)
         self.max_frame = max_frame
         self.held: FrameHeader | None = None  # a complete binary frame at ``start``, waiting for ``take_binary``
+        self.floor = 0  # bytes per read while chunks are forwarded in batches (``batch_for``: at most ``BATCH``)
+        self.pair = 0  # wire bytes of the last header and payload ``take_chunk`` took
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -89,13 +102,27 @@ class FrameBuffer:
         """
         need = self._needed()
         size = len(self.buf)
-        if size - self.start < need:
-            self._move(size if size >= need else SMALL if need <= SMALL else need + SLACK)
-        elif size - self.end < MIN_READ and self.start > 0 and self.held is None:
-            self._move(size)
+        # Chunks forwarded in batches: room for several per read (held is None: not while the app's path holds one).
+        floor = self.floor if self.held is None else 0
+        target = floor if size < floor else size
+        if size - self.start < need or target != size:
+            self._move(target if target >= need else SMALL if need <= SMALL else max(need + SLACK, floor))
+        elif self.start > 0 and self.held is None and (size - self.end < MIN_READ or size - self.start < floor):
+            self._move(size)  # the partial frame at the end goes to the front, the read gets the rest
         if len(self.buf) == self.end:  # a held frame fills the buffer: only if read while ``full``
             self._move(len(self.buf) + SMALL)
-        return memoryview(self.buf)[self.end:]
+        if floor:
+            # In batches, a read ends ``floor`` bytes past the frame at the front: when ``floor`` is a whole number
+            # of the sender's chunks (``batch_for``), a full read ends on a chunk boundary and nothing is left to move.
+            limit = self.start + max(floor, need)
+            if limit - self.end >= MIN_READ and limit <= len(self.buf):
+                return memoryview(self.buf)[self.end : limit]
+        return memoryview(self.buf)[self.end :]
+
+    def batch_for(self, pair: int) -> None:
+        """Read in batches of whole chunks whose header and payload frames take ``pair`` bytes on the wire: as many
+        as fit in ``BATCH`` (at least one), so that a full read ends where a chunk does."""
+        self.floor = max(BATCH // pair, 1) * pair
 
     def wrote(self, count: int) -> bool:
         """``count`` bytes were read into the view ``writable`` returned; False while the frame at the front
@@ -171,6 +198,58 @@ class FrameBuffer:
         mask = bytes(buf[start + header_len - 4 : start + header_len])
         return FrameHeader(bool(first & 0x80), first & 0x0F, header_len, length, mask)
 
+    def take_chunk(self, max_text: int, max_binary: int) -> tuple[str, bytes] | None:
+        """A whole text frame (at most ``max_text`` bytes, valid UTF-8) and the whole binary frame right behind it
+        (at most ``max_binary`` bytes), both single-frame messages: their payloads, unmasked and taken. Otherwise
+        None, with nothing taken: the caller reads the front frame by frame (``next_frame``), which judges
+        everything else (an incomplete frame, RSV bits, an unmasked or oversized frame, invalid UTF-8).
+
+        The same result as ``next_frame``, ``take_payload``, ``next_frame``, ``hold`` and ``take_binary`` in a row,
+        without the two header objects: a sender's chunk header and payload, 16,384 times per GiB at 64 KiB.
+        """
+        buf, start, end = self.buf, self.start, self.end
+        if end - start < 2 or self.held is not None or buf[start] != 0x81:  # FIN, no RSV bits, text
+            return None
+        length = buf[start + 1]
+        if length & 0x80 == 0:
+            return None  # unmasked
+        length &= 0x7F
+        if length < 126:
+            text_at = start + 6
+        elif length == 126 and end - start >= 4:
+            length = _U16.unpack_from(buf, start + 2)[0]
+            text_at = start + 8
+        else:
+            return None
+        binary = text_at + length  # where the binary frame begins
+        if length > max_text or end - binary < 2 or buf[binary] != 0x82:  # FIN, no RSV bits, binary
+            return None
+        size = buf[binary + 1]
+        if size & 0x80 == 0:
+            return None
+        size &= 0x7F
+        if size < 126:
+            data_at = binary + 6
+        elif size == 126 and end - binary >= 4:
+            size = _U16.unpack_from(buf, binary + 2)[0]
+            data_at = binary + 8
+        elif size == 127 and end - binary >= 10:
+            size = _U64.unpack_from(buf, binary + 2)[0]
+            data_at = binary + 14
+        else:
+            return None
+        if size > max_binary or size > self.max_frame or data_at + size > end:
+            return None
+        with memoryview(buf) as view:
+            try:
+                text = apply_mask(view[text_at:binary], buf[text_at - 4 : text_at]).decode()
+            except UnicodeDecodeError:
+                return None
+            data = apply_mask(view[data_at : data_at + size], buf[data_at - 4 : data_at])
+        self.pair = data_at + size - start
+        self._consumed(data_at + size)
+        return text, data
+
     def hold(self, header: FrameHeader) -> None:
         """Keep the binary frame ``header`` describes in place until ``take_binary``."""
         self.held = header
@@ -209,6 +288,7 @@ class FrameBuffer:
 
     def release(self) -> bool:
         """Give back a grown buffer that holds nothing (the next read allocates ``SMALL`` bytes again)."""
+        self.floor = 0  # the connection's app waits: batches start again with the next forwarded chunk
         if self.end or self.held is not None or len(self.buf) <= SMALL:
             return False
         self.buf = bytearray()

@@ -407,8 +407,13 @@ class Room:
         out: list[Effect] = []
         self._out = out
         self.last_activity = now
+        epoch_digits, size_digits, digest = match.groups()
+        epoch, size = int(epoch_digits), int(size_digits)
         try:
-            header = p.SealedChunk.from_dict({"epoch": int(match[1]), "size": int(match[2]), "xxh3_64": match[3]})
+            if epoch <= p.MAX_EPOCH and p.TAG_SIZE <= size <= p.MAX_SAFE_INT:  # what ``from_dict`` checks
+                header = p.SealedChunk(epoch, size, digest)
+            else:
+                header = p.SealedChunk.from_dict({"epoch": epoch, "size": size, "xxh3_64": digest})  # raises
             check.chunk(header)
             checked = check.payload(data)
         except ProtocolError as error:
@@ -416,10 +421,10 @@ class Room:
             return out
         if checked is None:
             return out  # as ``_ciphertext``: a chunk of an epoch a resume abandoned goes to nobody
-        forwarded = chunk_json(checked)
+        # ``text`` matched the canonical form, the one spelling ``chunk_json(checked)`` gives: forwarded as it came.
         for receiver in self.receivers:
             if not receiver.closed:
-                out.append(SendText(receiver.peer, forwarded, receiver.connection))
+                out.append(SendText(receiver.peer, text, receiver.connection))
                 out.append(SendBytes(receiver.peer, data, receiver.connection))
         return out
 

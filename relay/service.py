@@ -85,7 +85,9 @@ class ForwardsChunks(Protocol):
 
     def can_write_now(self) -> bool: ...
 
-    def write_chunk_now(self, text: str, data: bytes) -> WriteFlag | None: ...
+    def chunk_frames(self, text: str, data: bytes) -> tuple[bytes, bytes, bytes]: ...
+
+    def write_now(self, parts: list[bytes], payload_bytes: int) -> WriteFlag | None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -115,19 +117,24 @@ class ChunkForwarder:
     The steady state of a transfer is one chunk after another, each checked and written to every receiver. Doing
     that in the sender's task costs a task wake-up per chunk, and the held payload fills the sender's buffer, so
     reading is paused and resumed per chunk (two ``epoll_ctl`` each time). So when the sender's task is idle and
-    every receiver's transport can take a write at once (``ready``), the connection hands a chunk's header and
-    payload here as soon as both are in: ``Room.chunk`` decides (the same rules as ``Room.handle``), the sends
-    are written at once, and a receiver whose transport kept part of its chunk blocks reading the sender until
-    it drained. Anything else (an error that ends the room, a bug) is carried out by a task, as ``_run`` would.
+    every receiver's transport can take a write at once (``ready``), the connection hands each chunk's header and
+    payload here as soon as both are in: ``Room.chunk`` decides (the same rules as ``Room.handle``, every chunk's
+    xxh3_64 checked before any byte of it leaves), and its sends are queued. ``flush``, which the connection calls
+    before its read callback returns, writes the queue: one write per receiver for every chunk of that read (one
+    read brings up to ``framebuffer.BATCH`` bytes, several 64 KiB chunks). A receiver whose transport kept part
+    of it blocks reading the sender until it drained. Anything else (an error that ends the room, a bug) is
+    carried out by a task, as ``_run`` would, after the chunks queued before it were written.
     """
 
-    __slots__ = ("relay", "room", "party", "seat")
+    __slots__ = ("relay", "room", "party", "seat", "_queued", "_payload_bytes")
 
     def __init__(self, relay: Relay, room: Room, party: Party, seat: Seat) -> None:
         self.relay = relay
         self.room = room
         self.party = party
         self.seat = seat
+        self._queued: dict[int, tuple[int, list[bytes]]] = {}  # peer -> (its connection, frames to write)
+        self._payload_bytes = 0  # chunk payload bytes queued for each receiver
 
     def ready(self) -> bool:
         room = self.room
@@ -145,22 +152,54 @@ class ChunkForwarder:
                 return False  # the task's path (``_apply``) sorts out a seat that is replaced or going
         return True
 
-    def chunk(self, text: str, data: bytes) -> None:
+    def chunk(self, text: str, data: bytes) -> bool:
+        """Hand one chunk to the room and queue the sends it decided; False once the room decided anything else
+        (its end: the queue is written first, then the end is carried out by a task)."""
         relay, room = self.relay, self.room
         try:
             effects = room.chunk(self.party.peer, self.seat.connection, text, data, _now())
             sends = _chunk_sends(effects)
             if sends is None:
+                self.flush()  # the chunks before this one leave first
                 relay._later(relay._run(room, effects), room)  # not only the chunk's sends: the room ended
-                return
-            seats = relay.seats.get(room) or {}
-            blocked: list[WriteFlag] = []
+                return False
+            queued = self._queued
+            framed: tuple[bytes, bytes, bytes] | None = None
             for peer, connection, head, payload in sends:
+                if framed is None:  # the same header and payload for every receiver: framed once
+                    direct = self.seat.direct  # the sender's own connection frames as the receivers' do
+                    assert direct is not None, "only a direct socket forwards from its read callback"
+                    framed = direct.chunk_frames(head, payload)
+                entry = queued.get(peer)
+                if entry is None:
+                    queued[peer] = (connection, list(framed))
+                else:
+                    entry[1].extend(framed)
+            if sends:
+                self._payload_bytes += len(data)
+        except Exception as exc:  # noqa: BLE001 - a bug ends this room, never the sender's read callback
+            self.flush()
+            relay._later(relay._crash(room, exc), room)
+            return False
+        return True
+
+    def flush(self) -> None:
+        """Write every queued chunk: one ``write_now`` per receiver; block the sender on any that kept part."""
+        queued = self._queued
+        if not queued:
+            return
+        self._queued = {}
+        payload_bytes, self._payload_bytes = self._payload_bytes, 0
+        relay, room = self.relay, self.room
+        blocked: list[WriteFlag] = []
+        try:
+            seats = relay.seats.get(room) or {}
+            for peer, (connection, parts) in queued.items():
                 seat = seats[peer]
                 assert seat.connection == connection, "ready() said every receiver's seat is the room's connection"
                 direct = seat.direct
                 assert direct is not None, "ready() said every receiver's socket is direct"
-                flag = direct.write_chunk_now(head, payload)
+                flag = direct.write_now(parts, payload_bytes)
                 if flag is not None:
                     blocked.append(flag)
         except Exception as exc:  # noqa: BLE001 - a bug ends this room, never the sender's read callback

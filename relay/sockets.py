@@ -19,7 +19,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from relay.metrics import Stats
 from relay.rooms import PeerGone, PeerSocket
-from relay.transport import EXTENSION, Flag, Forwarder, RelayWebSocketProtocol, binary_frame_header, text_frame
+from relay.transport import (
+    EXTENSION, Flag, Forwarder, RelayWebSocketProtocol, binary_frame_header, chunk_frames, text_frame,
+)
 
 ABNORMAL_CLOSURE = 1006  # what an ASGI server reports for a connection that ended without a close frame
 
@@ -45,12 +47,16 @@ class DirectPeerSocket:
         forwarder = self._forwarder
         return forwarder is not None and forwarder.ready()
 
-    def chunk(self, text: str, data: bytes) -> None:
+    def chunk(self, text: str, data: bytes) -> bool:
         stats = self._stats
         stats.payload_bytes_in += len(data)
         stats.payload_frames += 1
         assert self._forwarder is not None
-        self._forwarder.chunk(text, data)
+        return self._forwarder.chunk(text, data)
+
+    def flush(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.flush()
 
     def block_on(self, flags: list[Flag]) -> None:
         """Read nothing more from this peer until every flag is set (``RelayWebSocketProtocol.block_on``)."""
@@ -59,12 +65,18 @@ class DirectPeerSocket:
     def can_write_now(self) -> bool:
         return self._connection.can_write_now()
 
-    def write_chunk_now(self, text: str, data: bytes) -> Flag | None:
-        """``send_chunk`` without waiting, for a socket ``can_write_now`` said yes to; the connection's
-        ``writable`` flag if its transport kept part of the chunk (it is set again once that drained)."""
+    @staticmethod
+    def chunk_frames(text: str, data: bytes) -> tuple[bytes, bytes, bytes]:
+        """A chunk's frames as ``write_now`` takes them (``transport.chunk_frames``), built once per chunk."""
+        return chunk_frames(text, data)
+
+    def write_now(self, parts: list[bytes], payload_bytes: int) -> Flag | None:
+        """Write ``parts`` (frames, e.g. several chunks' ``chunk_frames``) in one call without waiting, for a
+        socket ``can_write_now`` said yes to; ``payload_bytes`` of chunk payload among them. Returns the
+        connection's ``writable`` flag if its transport kept part of it (set again once that drained)."""
         connection = self._connection
-        drained = connection.write_now(text_frame(text.encode()), binary_frame_header(len(data)), data)
-        self._stats.payload_bytes_out += len(data)
+        drained = connection.write_now(parts)
+        self._stats.payload_bytes_out += payload_bytes
         return None if drained else cast(Flag, connection.writable)
 
     async def receive(self) -> str | bytes:

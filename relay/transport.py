@@ -8,7 +8,9 @@
    reads the sender's next frame only after every send returned, so the previous chunk is freed before the next
    one is unmasked (a transport that still held a tail of it would keep the whole ``bytes`` alive: 3 chunks per
    room, not 2); the sender's socket is read until its buffer holds the waiting chunk and 16 KiB more, then
-   paused.
+   paused. While a streaming sender's small chunks are forwarded from its read callback (``Forwarder``), one
+   read brings up to ``framebuffer.BATCH`` bytes: every whole chunk in it is checked by the room, then they all
+   leave in one write per receiver (docs/protocol.md section 8 counts that read in the room's memory bound).
 
 2. **Handshake deadline.** uvicorn's HTTP protocols arm no timer until a first request has completed, so a
    TCP connection that sends nothing, or drips its request headers a byte at a time (slowloris), is held
@@ -76,6 +78,9 @@ CHUNK_PREFIX = b'{"type":"chunk",'  # how every sender's chunk header begins (``
 # event-loop turn), past the memory bound of 2 chunks (docs/protocol.md section 8), for a cause not found yet.
 # 64 KiB chunks showed no growth (peak = idle within 16 KiB).
 FORWARDED_CHUNK = 64 * 1024 + 1024
+# Chunks at least this large are read in batches (``framebuffer.BATCH`` per read, at most 16 chunks): smaller ones
+# (no client sends them; a hostile sender could) keep the small buffer, or one read callback would check thousands.
+BATCHED_CHUNK = 16 * 1024
 # What ``RelayWebSocketProtocol._forward`` did with a text frame and the frame behind it.
 _DONE, _WAIT, _NO, _FAILED = object(), object(), object(), object()
 
@@ -192,6 +197,21 @@ class _Discard:
 _DISCARD = _Discard()
 
 
+def chunk_frames(text: str, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """A chunk's header (text frame, whole) and payload (binary frame header, then ``data`` itself) as they are
+    written to a receiver: built once per chunk, whatever the number of receivers."""
+    size = len(data)
+    header = _binary_headers.get(size)
+    if header is None:
+        if len(_binary_headers) >= 64:
+            _binary_headers.clear()
+        header = _binary_headers[size] = binary_frame_header(size)
+    return text_frame(text.encode()), header, data
+
+
+_binary_headers: dict[int, bytes] = {}  # by payload length: a transfer's chunks all have one or two lengths
+
+
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, final text frame carrying ``payload`` (already UTF-8), header and payload together."""
     length = len(payload)
@@ -209,12 +229,18 @@ class Forwarder(Protocol):
 
     ``ready`` says, without changing anything, whether a chunk could be forwarded now (the room is streaming and
     every receiver's transport can take a write at once); ``chunk`` hands the room a chunk's header and payload
-    and writes what it decides. ``chunk`` never raises: the service turns any failure into the room's end.
+    and queues what it decides, True if the next chunk may follow the same way (False: the room decided
+    something else, e.g. its end, which the service carries out); ``flush`` writes what was queued, one write
+    per receiver. The connection calls ``flush`` before its read callback returns, so the chunks of one read
+    leave together and before anything read after them. Neither raises: the service turns any failure into
+    the room's end.
     """
 
     def ready(self) -> bool: ...
 
-    def chunk(self, text: str, data: bytes) -> None: ...
+    def chunk(self, text: str, data: bytes) -> bool: ...
+
+    def flush(self) -> None: ...
 
 
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -305,9 +331,34 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self._parse()
 
     def _parse(self) -> None:
-        """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox."""
+        """Take the complete frames at the front of the buffer, up to a held binary frame or a full inbox; the
+        chunks forwarded on the way leave at the end, in one write per receiver (``Forwarder.flush``)."""
+        forward = self.forward
+        if forward is None:
+            self._parse_frames(None)
+            return
+        try:
+            self._parse_frames(forward)
+        finally:
+            forward.flush()
+
+    def _parse_frames(self, forward: Forwarder | None) -> None:
         frames = self.frames_in
+        batch: bool | None = None  # whether chunks may be forwarded in this pass (asked once: ``ready``)
         while frames.held is None and self.inbox_bytes < INBOX_HIGH and not self._blocked:
+            if (forward is not None and batch is not False and not self.inbox and not self.gone
+                    and not self.conn.expect_continuation_frame and self._idle()):
+                # The steady state of a transfer: the app waits, the room streams, and the buffer holds a
+                # chunk's header and payload, often several chunks (one read brings up to ``BATCH`` bytes).
+                if batch is None:
+                    batch = forward.ready()
+                if batch:
+                    pair = frames.take_chunk(WAIT_TEXT, FORWARDED_CHUNK)
+                    if pair is not None:
+                        if len(pair[1]) >= BATCHED_CHUNK:
+                            frames.batch_for(frames.pair)
+                        batch = forward.chunk(*pair)
+                        continue
             try:
                 header = frames.next_frame()
             except NotFastPath:
@@ -389,6 +440,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         binary = frames.next_frame()
         assert binary is not None and binary.fast_binary, "the frame behind the text was whole"
         frames.hold(binary)
+        if binary.length >= BATCHED_CHUNK:
+            frames.batch_for(header.header_len + header.length + binary.header_len + binary.length)
         forward.chunk(text, frames.take_binary())
         return _DONE
 
@@ -587,11 +640,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         return (self.writable.is_set() and not self.disconnected and not self.close_sent
                 and self.conn.state is State.OPEN)
 
-    def write_now(self, *parts: bytes) -> bool:
-        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to; True if the transport
-        handed everything to the kernel, False if it keeps some (``writable`` is then clear until it drained)."""
-        self.transport.writelines(parts)
-        return not self.transport.get_write_buffer_size()
+    def write_now(self, parts: list[bytes]) -> bool:
+        """``write_frames`` without waiting, for a connection ``can_write_now`` said yes to (every part in one
+        ``writev``); True if the transport handed everything to the kernel, False if it keeps some (``writable``
+        is then clear until it drained)."""
+        transport = self.transport
+        transport.writelines(parts)
+        return not transport.get_write_buffer_size()
 
     async def close_with(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; raises ``PeerGone`` if the connection is already gone."""

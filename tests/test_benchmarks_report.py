@@ -39,6 +39,16 @@ def test_the_memory_bound_allows_two_chunks_and_64_kib_per_receiver_per_room() -
     assert targets["memory 4 many rooms (100) 1 MiB"] is False  # one byte over
 
 
+def test_below_256_kib_chunks_the_memory_bound_counts_the_senders_batch_not_the_chunk() -> None:
+    """A sender's connection reads up to 256 KiB at a time while its small chunks are forwarded (docs/protocol.md
+    section 8): a room at 64 KiB chunks may hold 2 x 256 KiB + 64 KiB per receiver, not 2 x 64 KiB."""
+    allowed = 2 * 256 * 1024 + KIB64
+    at = Measurement("1 relay cost", "relay", KIB64, ok=True, rss_idle=50 * MIB, rss_peak=50 * MIB + allowed)
+    over = Measurement("1 relay cost", "relay", KIB64, ok=True, rss_idle=50 * MIB, rss_peak=50 * MIB + allowed + 1)
+    assert [t.met for t in check_targets([at]) if t.name.startswith("memory")] == [True]
+    assert [t.met for t in check_targets([over]) if t.name.startswith("memory")] == [False]
+
+
 def test_the_report_names_issue_8_and_keeps_issue_4s_other_targets() -> None:
     rows = [cost("relay", MIB, 0.45, 1200), cost("piping-server", MIB, 1.5, 700)]
     text = markdown(rows, {"date": "d", "cpu": "c", "cores": 2, "memory": "m", "kernel": "k", "python": "p",

@@ -13,8 +13,10 @@ import os
 
 import pytest
 
+from benchmarks.wsframes import client_frame
+from relay import framebuffer as fb
 from relay import protocol as p
-from relay.rooms import chunk_json, parse_frame
+from relay.rooms import Room, chunk_json, parse_frame
 from relay.service import ChunkForwarder
 from tests.peers import KeyedRoom, open_room_v2, send_sealed, start_v2
 
@@ -155,11 +157,101 @@ def test_a_header_waiting_for_its_payload_reaches_the_room_when_the_sender_goes(
     asyncio.run(run())
 
 
+def wire_chunk(data: bytes, digest: str | None = None) -> bytes:
+    """A chunk's header and payload frames as a sender's socket carries them (masked), back to back."""
+    text = p.SealedChunk(0, len(data), digest or p.chunk_digest(data)).to_json().encode()
+    return client_frame(0x1, text) + client_frame(0x2, data)
+
+
+def test_chunks_that_arrive_in_one_read_are_forwarded_in_one_pass_in_order_each_checked(relay_factory,
+                                                                                         monkeypatch) -> None:
+    relay = relay_factory()
+    batches: list[int] = []  # chunks per write to the receiver
+    checked: list[bytes] = []  # payloads the room checked
+    flush, chunk = ChunkForwarder.flush, Room.chunk
+
+    def counted_flush(self: ChunkForwarder) -> None:
+        queued = list(self._queued.values())
+        if queued:
+            batches.append(len(queued[0][1]) // 3)
+        flush(self)
+
+    def counted_chunk(self: Room, peer: int, connection: int, text: str, data: bytes, now: float) -> list:
+        checked.append(data)
+        return chunk(self, peer, connection, text, data, now)
+
+    monkeypatch.setattr(ChunkForwarder, "flush", counted_flush)
+    monkeypatch.setattr(Room, "chunk", counted_chunk)
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 21)
+        receiver = room.receivers[0]
+        await send_sealed(room.sender, sealed[0])  # from now on the sender's connection forwards as it reads
+        assert await receiver.expect("chunk") and await receiver.recv() == sealed[0]
+        room.sender.ws.transport.write(b"".join(map(wire_chunk, sealed[1:])))  # one write: one read at the relay
+        for data in sealed[1:]:
+            assert await receiver.expect("chunk") == {"type": "chunk", "epoch": 0, "size": len(data),
+                                                      "xxh3_64": p.chunk_digest(data)}
+            assert await receiver.recv() == data
+        await room.sender.close()
+        await receiver.close()
+
+    asyncio.run(run())
+    assert len(checked) == 21 and sum(batches) == 21 and max(batches) > 1
+
+
+@pytest.mark.parametrize("chunk,batched", [(1024, False), (16 * 1024, True)])
+def test_only_chunks_of_16_kib_or_more_are_read_in_batches_of_256_kib(relay_factory, chunk: int, batched: bool) -> None:
+    """A sender of tiny chunks (no client sends them) keeps the small buffer: one read callback never checks
+    thousands of them, and its room's memory stays where it was."""
+    relay = relay_factory()
+
+    async def run() -> None:
+        room = await open_room_v2(relay.ws_url)
+        plaintext = os.urandom(chunk * 4)
+        sealer, plan = await start_v2(room, p.Offer((p.FileEntry("f", len(plaintext)),), (), chunk), chunk)
+        sealed = [sealer.seal_next(plaintext[pos.offset : pos.offset + pos.length]) for pos in plan.positions()]
+        receiver = room.receivers[0]
+        for data in sealed[:2]:
+            await send_sealed(room.sender, data)
+            assert await receiver.expect("chunk") and await receiver.recv() == data
+        (seats,) = relay.relay.seats.values()
+        connection = seats[0].socket._connection
+        pair = len(wire_chunk(sealed[1]))  # the wire bytes of one chunk's two frames
+        assert connection.frames_in.floor == (fb.BATCH // pair * pair if batched else 0)
+        await room.sender.close()
+        await receiver.close()
+
+    asyncio.run(run())
+
+
+def test_a_bad_chunk_in_the_middle_of_a_read_ends_the_room_after_the_chunks_before_it(relay_factory) -> None:
+    relay = relay_factory()
+    close = p.ErrorCode.CHECKSUM_MISMATCH.close_code
+
+    async def run() -> None:
+        room, sealed = await streaming(relay.ws_url, 4)
+        receiver = room.receivers[0]
+        await send_sealed(room.sender, sealed[0])
+        assert await receiver.expect("chunk") and await receiver.recv() == sealed[0]
+        room.sender.ws.transport.write(wire_chunk(sealed[1]) + wire_chunk(sealed[2], "0" * 16)
+                                       + wire_chunk(sealed[3]) + client_frame(0x1, p.End(0).to_json().encode()))
+        assert await receiver.expect("chunk") and await receiver.recv() == sealed[1]
+        for peer in (room.sender, receiver):
+            code, seen = await peer.closed()
+            assert code == close
+            assert {"type": "error", "code": "checksum_mismatch", "message": "chunk 2 failed its xxh3_64 check"} in seen
+            assert not any(isinstance(m, dict) and m.get("type") == "chunk" for m in seen)  # nothing after it
+
+    asyncio.run(run())
+
+
 def test_the_per_chunk_cost_benchmark_runs_every_stage(capsys) -> None:
     """``python -m benchmarks.chunkpath`` (docs/design/speed.md section 11) must not rot; no speed is asserted."""
     from benchmarks import chunkpath
 
     assert chunkpath.main(["--count", "8", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    for stage in ("frame buffer", "handle(TextFrame)", "Room.chunk", "xxh3_64", "_apply", "wake-up"):
+    for stage in ("frame buffer", "take_chunk", "handle(TextFrame)", "Room.chunk", "xxh3_64", "_apply", "wake-up",
+                  "forwarding, 1 chunk per read", "forwarding, 3 chunks per read"):
         assert stage in out

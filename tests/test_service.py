@@ -478,3 +478,117 @@ async def test_a_room_end_the_chunk_forwarder_decides_is_carried_out_before_any_
     assert sender.close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code
     assert {"type": "error", "code": "checksum_mismatch", "message": "chunk 0 failed its xxh3_64 check"} in sender.sent
     assert room.receivers[0].close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code
+
+
+# --- ChunkForwarder: the chunks of one read, checked one by one, written once per receiver ----------------------
+
+
+class DirectSocket(MemorySocket):
+    """A ``MemorySocket`` that also takes forwarded chunks as the relay's own connection does (``ForwardsChunks``):
+    ``write_now`` records each write (``writes``: how many chunks each carried) and appends what it carried to
+    ``sent`` (the party's timeline); with ``full`` set, its transport keeps part of a write, so it hands back its
+    ``writable`` flag. ``blocked_on``: the flags a sender was told to wait for; ``forwarder``: its
+    ``ChunkForwarder``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.forwarder: ChunkForwarder | None = None
+        self.writes: list[int] = []
+        self.full = False
+        self.writable = asyncio.Event()
+        self.blocked_on: list[Any] = []
+
+    def forward_with(self, forwarder: ChunkForwarder | None) -> None:
+        self.forwarder = forwarder
+
+    def block_on(self, flags: list[Any]) -> None:
+        self.blocked_on += flags
+
+    def can_write_now(self) -> bool:
+        return not self.full and self.close_code is None
+
+    @staticmethod
+    def chunk_frames(text: str, data: bytes) -> tuple[bytes, bytes, bytes]:
+        return text.encode(), b"", data
+
+    def write_now(self, parts: list[bytes], payload_bytes: int) -> asyncio.Event | None:
+        assert len(parts) % 3 == 0 and payload_bytes == sum(len(part) for part in parts[2::3])
+        self.writes.append(len(parts) // 3)
+        for index in range(0, len(parts), 3):
+            self.sent += [json.loads(parts[index]), parts[index + 2]]
+        return self.writable if self.full else None
+
+
+BATCH_CHUNKS = tuple(bytes([65 + k]) * 20 for k in range(4))  # a stream of 4 chunks: 4 plaintext bytes + a tag each
+
+
+async def streaming_batches(receivers: int = 1) -> tuple[Room, ChunkForwarder]:
+    """A room of direct sockets streaming epoch 0 (``BATCH_CHUNKS``), and the sender's forwarder."""
+    room = await Room.open(DirectSocket(), *(DirectSocket() for _ in range(receivers)))
+    room.offer()
+    for receiver in room.receivers:
+        await until(lambda r=receiver: "offer" in r.types(), "the offer")
+        receiver.push({"type": "accept", "data": SEALED})
+    await until(lambda: "start" in room.sender.types(), "start")
+    room.sender.push({"type": "stream", "epoch": 0, "to": list(range(1, receivers + 1)), "chunks": 4,
+                      "bytes": sum(map(len, BATCH_CHUNKS)), "data": [SEALED] * receivers})
+    live = room.live
+    await until(lambda: live.check is not None and live.check.epoch == 0, "the open stream")
+    forwarder = room.sender.forwarder  # type: ignore[attr-defined]
+    assert forwarder is not None and forwarder.ready()
+    return room, forwarder
+
+
+def header(data: bytes, digest: str | None = None) -> str:
+    return p.SealedChunk(0, len(data), digest or p.chunk_digest(data)).to_json()
+
+
+def chunks_sent(socket: MemorySocket) -> list[Any]:
+    return [m for m in socket.sent if isinstance(m, bytes) or m["type"] == "chunk"]
+
+
+async def test_the_chunks_of_one_read_are_each_checked_then_written_once_per_receiver_in_order() -> None:
+    room, forwarder = await streaming_batches(receivers=2)
+    for data in BATCH_CHUNKS[:3]:
+        assert forwarder.chunk(header(data), data)
+    assert all(receiver.writes == [] for receiver in room.receivers)  # nothing leaves before the read is done
+    assert room.live.check.chunks_done == 3  # each one checked by the room as it came
+    forwarder.flush()
+    expected = [m for data in BATCH_CHUNKS[:3] for m in (json.loads(header(data)), data)]
+    for receiver in room.receivers:
+        assert receiver.writes == [3] and chunks_sent(receiver) == expected
+    forwarder.flush()  # nothing queued: nothing written
+    assert all(receiver.writes == [3] for receiver in room.receivers)
+    assert room.sender.blocked_on == []  # every receiver took its write at once: the sender reads on
+
+
+async def test_a_bad_chunk_in_the_middle_of_a_read_ends_the_room_after_the_chunks_before_it_left() -> None:
+    room, forwarder = await streaming_batches()
+    (receiver,) = room.receivers
+    assert forwarder.chunk(header(BATCH_CHUNKS[0]), BATCH_CHUNKS[0])
+    assert forwarder.chunk(header(BATCH_CHUNKS[1]), BATCH_CHUNKS[1])
+    # a wrong digest: the room ends; the chunks before it are written first, it never is (nor anything after:
+    # the connection stops handing chunks to a forwarder that said no)
+    assert not forwarder.chunk(header(BATCH_CHUNKS[2], "0" * 16), BATCH_CHUNKS[2])
+    assert receiver.writes == [2] and chunks_sent(receiver) == [
+        json.loads(header(BATCH_CHUNKS[0])), BATCH_CHUNKS[0], json.loads(header(BATCH_CHUNKS[1])), BATCH_CHUNKS[1]]
+    assert not forwarder.ready()
+    await room.finished()
+    error = {"type": "error", "code": "checksum_mismatch", "message": "chunk 2 failed its xxh3_64 check"}
+    assert receiver.sent[-1] == error and receiver.close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code
+    assert error in room.sender.sent and room.sender.close_code == p.ErrorCode.CHECKSUM_MISMATCH.close_code
+    assert BATCH_CHUNKS[2] not in receiver.sent and receiver.writes == [2]
+
+
+async def test_a_receiver_whose_transport_keeps_part_of_a_read_stops_the_sender_until_it_drained() -> None:
+    room, forwarder = await streaming_batches(receivers=2)
+    first, second = room.receivers
+    for data in BATCH_CHUNKS[:2]:
+        assert forwarder.chunk(header(data), data)
+    second.full = True  # its socket takes only part of what is written to it
+    forwarder.flush()
+    assert first.writes == [2] and second.writes == [2]  # both got the whole read; the kernel has part of it
+    assert room.sender.blocked_on == [second.writable]  # the sender's connection reads nothing until it drained
+    assert not forwarder.ready()  # and the next chunk is not forwarded from the read callback meanwhile
+    second.full = False
+    assert forwarder.ready()

@@ -246,6 +246,114 @@ def test_frames_the_buffer_does_not_judge_go_to_websockets_with_everything_after
     assert buffer.take_rest() == data and len(buffer) == 0
 
 
+# --- FrameBuffer.take_chunk and the batch floor: a chunk's two frames in one call, several chunks per read ------
+
+
+@pytest.mark.parametrize("text_length", [5, 125, 126, 256])
+@pytest.mark.parametrize("payload_length", [0, 125, 126, 65_535, 65_536, 70_000])
+def test_a_chunk_header_and_payload_are_taken_together_as_frame_by_frame(text_length: int,
+                                                                          payload_length: int) -> None:
+    text = b"x" * (text_length - 2) + "é".encode()  # valid UTF-8 of exactly text_length bytes
+    payload = os.urandom(payload_length)
+    after = frame(0x1, b"next")
+    data = frame(0x1, text) + frame(0x2, payload) + after
+    one, other = FrameBuffer(max_frame=1 << 20), FrameBuffer(max_frame=1 << 20)
+    feed(one, data, 1 << 20)
+    feed(other, data, 1 << 20)
+    assert one.take_chunk(256, 70_000) == (text.decode(), payload)
+    assert drain(other)[:2] == [("text", text), ("binary", payload)]  # what the frame-by-frame path gives
+    assert drain(one) == [("text", b"next")]  # the frame behind the pair is left where it was
+
+
+@pytest.mark.parametrize("data,max_text,max_binary", [
+    (frame(0x1, b"header") + frame(0x2, b"payload")[:-1], 256, 1000),  # the payload is incomplete
+    (frame(0x1, b"header")[:-1], 256, 1000),  # the header is incomplete
+    (frame(0x1, b"header") + frame(0x2, b"part", fin=False) + frame(0x0, b"rest"), 256, 1000),  # a fragment
+    (frame(0x1, b"header", fin=False) + frame(0x0, b"rest") + frame(0x2, b"payload"), 256, 1000),
+    (frame(0x1, b"header") + frame(0x2, b"payload", rsv=0x40), 256, 1000),  # RSV bits
+    (frame(0x1, b"header", rsv=0x40) + frame(0x2, b"payload"), 256, 1000),
+    (frame(0x1, b"header") + frame(0x2, b"payload", masked=False), 256, 1000),  # unmasked
+    (frame(0x1, b"header", masked=False) + frame(0x2, b"payload"), 256, 1000),
+    (frame(0x1, b"header") + frame(0x2, bytes(1001)), 256, 1000),  # a payload over the limit given
+    (frame(0x1, b"header") + frame(0x2, bytes(1500)), 256, 5000),  # a payload over max_frame (1000)
+    (frame(0x1, b"h" * 257) + frame(0x2, b"payload"), 256, 1000),  # a text over the limit given
+    (frame(0x1, b"\xff\xfe") + frame(0x2, b"payload"), 256, 1000),  # invalid UTF-8: the usual path says 1007
+    (frame(0x1, b"header") + frame(0x9, b"ping") + frame(0x2, b"payload"), 256, 1000),  # a ping in between
+    (frame(0x2, b"payload") + frame(0x1, b"header"), 256, 1000),  # binary first
+    (frame(0x1, b"header") + frame(0x1, b"header"), 256, 1000),  # no binary frame
+], ids=["payload-incomplete", "header-incomplete", "payload-fragment", "header-fragment", "payload-rsv",
+        "header-rsv", "payload-unmasked", "header-unmasked", "payload-over-limit", "payload-over-max-frame",
+        "header-over-limit", "invalid-utf8", "ping-between", "binary-first", "two-texts"])
+def test_anything_but_a_whole_header_and_payload_pair_is_left_for_the_frame_by_frame_path(
+        data: bytes, max_text: int, max_binary: int) -> None:
+    buffer = FrameBuffer(max_frame=1000)
+    feed(buffer, data, 1 << 20)
+    before = (buffer.start, buffer.end, bytes(buffer.buf[buffer.start : buffer.end]))
+    assert buffer.take_chunk(max_text, max_binary) is None
+    assert (buffer.start, buffer.end, bytes(buffer.buf[buffer.start : buffer.end])) == before
+
+
+def test_a_held_frame_is_never_taken_as_a_chunk() -> None:
+    buffer = FrameBuffer(max_frame=1 << 20)
+    feed(buffer, frame(0x2, b"held") + frame(0x1, b"header") + frame(0x2, b"payload"), 1 << 20)
+    header = buffer.next_frame()
+    assert header is not None
+    buffer.hold(header)
+    assert buffer.take_chunk(256, 1000) is None
+    assert buffer.take_binary() == b"held" and buffer.take_chunk(256, 1000) == ("header", b"payload")
+
+
+def test_with_the_batch_floor_one_read_brings_several_chunks_and_memory_stays_bounded() -> None:
+    """While a sender's chunks are forwarded (``floor``), the buffer offers the kernel room for several 64 KiB
+    chunks per read; it never grows past the floor (or one frame plus slack), and ``release`` ends it."""
+    chunk = frame(0x1, b'{"type":"chunk"}') + frame(0x2, os.urandom(65_552))
+    stream = chunk * 40
+    buffer = FrameBuffer(max_frame=4 << 20)
+    buffer.floor = fb.BATCH
+    position, reads, taken = 0, 0, 0
+    while position < len(stream) and reads < 100:  # as a socket always full would fill each view
+        view = buffer.writable()
+        count = min(len(view), len(stream) - position)
+        view[:count] = stream[position : position + count]
+        view.release()
+        buffer.wrote(count)
+        position += count
+        reads += 1
+        while (pair := buffer.take_chunk(256, 70_000)) is not None:
+            assert pair[0] == '{"type":"chunk"}' and len(pair[1]) == 65_552
+            taken += 1
+        assert len(buffer.buf) <= fb.BATCH + 65_552 + fb.MAX_HEADER + fb.SLACK
+    assert taken == 40 and reads <= 40 // 3 + 2  # three chunks or more per read, not one
+    assert buffer.release() and buffer.floor == 0 and len(buffer.writable()) == fb.SMALL
+
+
+def test_batches_of_whole_chunks_end_each_full_read_on_a_chunk_boundary() -> None:
+    """``batch_for``: as many whole chunks per read as fit in ``BATCH``; a socket that always has more to give then
+    fills each read with exactly that many, so no partial chunk is left to move to the front."""
+    chunk = frame(0x1, b'{"type":"chunk"}') + frame(0x2, os.urandom(65_552))
+    stream = chunk * 31
+    buffer = FrameBuffer(max_frame=4 << 20)
+    feed(buffer, stream[:1000], 1 << 20)  # a first read that ends inside the first chunk
+    buffer.batch_for(len(chunk))
+    assert buffer.floor == 3 * len(chunk) <= fb.BATCH
+    position, sizes, taken = 1000, [], 0
+    while position < len(stream) and len(sizes) < 100:
+        view = buffer.writable()
+        count = min(len(view), len(stream) - position)
+        view[:count] = stream[position : position + count]
+        view.release()
+        buffer.wrote(count)
+        position += count
+        sizes.append(count)
+        while buffer.take_chunk(256, 70_000) is not None:
+            taken += 1
+        assert len(buffer.buf) <= fb.BATCH + fb.SLACK
+    assert taken == 31
+    # the first read completes the first three chunks; then every read is three whole chunks, until the last one
+    assert sizes == [3 * len(chunk) - 1000] + [3 * len(chunk)] * 9 + [len(chunk)]
+    assert buffer.start == buffer.end == 0
+
+
 # --- the protocol on a real server, under asyncio and uvloop --------------------------------------------------
 
 
