@@ -100,9 +100,10 @@ class Dropped(TransferRefused):
     did not (``peers``); on a receiver, this one came back too late and its resume was refused (its parts and
     state file are kept for resume by hand). Either way, fewer receivers than asked for got the files."""
 
-    def __init__(self, message: str, peers: tuple[int, ...] = ()) -> None:
+    def __init__(self, message: str, peers: tuple[int, ...] = (), held: int = 0) -> None:
         super().__init__(ErrorCode.DROPPED, message)
         self.peers = peers
+        self.held = held  # a dropped receiver: the bytes it holds (recorded in its state file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1046,9 +1047,14 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         await destination.discard()
         await _leave(link.connection, link.connection.abort(exc.code, str(exc)), deadlines.leave)
         raise
-    except Dropped:
-        await destination.keep()  # parts and state file stay: a later attempt resumes from them
-        raise
+    except Dropped as dropped:
+        if destination.root != options.output:  # a temporary folder (a text, piped data for stdout): nothing to keep
+            await destination.discard()
+            raise
+        await destination.keep()  # parts and state file stay: a later attempt resumes from them (section 10.3)
+        raise Dropped(f"{dropped}; the {dropped.held} bytes this receiver holds are kept as partial files: when the "
+                      "sender sends the same files again, relay receive into the same folder gets only the rest",
+                      held=dropped.held) from None
     except TransferError:
         await destination.discard()
         await _leave(link.connection, link.connection.close(), deadlines.leave)
@@ -1281,9 +1287,7 @@ async def _chunk_loop(
                     destination.checkpoint(part, have)
                 else:
                     destination.save_state()
-                raise Dropped(f"{refused}; the {written} bytes this receiver holds are kept as partial files: when "
-                              "the sender sends the same files again, relay receive into the same folder gets only "
-                              "the rest") from None
+                raise Dropped(str(refused), held=written) from None
             connection, header = link.connection, None
             continue
         if isinstance(frame, memoryview):
