@@ -45,11 +45,13 @@ from clients.transfer import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-EXIT_WRONG_CODE, EXIT_TAMPERED = 5, 6
+EXIT_WRONG_CODE, EXIT_TAMPERED, EXIT_DROPPED = 5, 6, 7
 EXIT_CODES_HELP = (
     "exit status: 0 done; 1 failed or refused; 2 bad usage; 3 relay unreachable; 4 a problem on this machine; "
     "5 the code was wrong (nothing was sent: start again with a new code); 6 the data was altered on the way "
-    "(nothing was stored); 130 interrupted"
+    "(nothing was stored); 7 a receiver was dropped (it did not come back within the resume window: the sender's "
+    "other receivers got every file; the dropped receiver keeps its partial files to resume by hand); "
+    "130 interrupted"
 )
 CODE_ENV = "RELAY_CODE"
 SHOWN_NAMES = 20
@@ -136,6 +138,11 @@ class TerminalReporter(Reporter):
     def warning(self, text: str) -> None:
         self.say(f"warning: {text}")
 
+    def dropped(self, peer: int) -> None:
+        if self.bar is not None:
+            self.out.write("\n")
+        self.say(f"receiver {peer} did not come back within the resume window and was dropped; the others go on")
+
     def advanced(self, done: int) -> None:
         if self.bar is not None:
             self.bar.update(done)
@@ -181,7 +188,8 @@ class JsonReporter(TerminalReporter):
     """``--json``: one JSON object per line on stdout, for scripts; errors also go to stderr as one line.
 
     Events: ``code``, ``peer_joined``, ``connected``, ``offer``, ``started``, ``progress`` (at most ten a
-    second, and once at the end), ``skipped``, ``renamed``, ``text``, ``done``, ``error`` (with ``exit``).
+    second, and once at the end), ``skipped``, ``renamed``, ``dropped``, ``text``, ``done``, ``error`` (with
+    ``exit``).
     """
 
     def __init__(self, relay: RelayUrl, relay_flag: str = "", clock: Callable[[], float] = time.monotonic) -> None:
@@ -228,6 +236,9 @@ class JsonReporter(TerminalReporter):
 
     def renamed(self, mappings: Sequence[tuple[str, str]]) -> None:
         self.emit("renamed", names=[{"offered": offered, "saved": saved} for offered, saved in mappings])
+
+    def dropped(self, peer: int) -> None:
+        self.emit("dropped", peer=peer)
 
     def failed(self, message: str, exit_code: int, error: TransferError | None) -> None:
         said = {"peer": error.who, "said": error.said} if isinstance(error, PeerRefused) and error.said else {}
@@ -710,6 +721,8 @@ async def transfer(work: Awaitable[object], reporter: TerminalReporter, success:
             return failed(reporter, exc, EXIT_WRONG_CODE)
         if exc.code is p.ErrorCode.TAMPERED:
             return failed(reporter, exc, EXIT_TAMPERED)
+        if exc.code is p.ErrorCode.DROPPED:
+            return failed(reporter, exc, EXIT_DROPPED)
         return failed(reporter, exc, EXIT_FAILED)
     except BrokenPipeError:
         return failed(reporter, None, EXIT_LOCAL, "standard output was closed before everything was written")

@@ -487,6 +487,17 @@ class Destination:
         self._remove_leftovers()
         self.remove_state()
 
+    async def keep(self) -> None:
+        """Stop without committing and without removing anything: the parts, the state file (written by the
+        caller with what they hold) and the folders made for them stay, for resume by hand (docs/protocol.md
+        section 10.3: a receiver the relay dropped). Nothing gets a final name."""
+        for part in self.parts:
+            if part.handle is not None:
+                with contextlib.suppress(OSError):
+                    await part.handle.close()
+                part.handle = None
+        self.close()
+
     def _remove_leftovers(self) -> None:
         for part in self.parts:
             if part.written:

@@ -90,6 +90,21 @@ class Reporter:
     def warning(self, text: str) -> None:
         """Something worth saying that does not stop the transfer (e.g. an untrustworthy state file, ignored)."""
 
+    def dropped(self, peer: int) -> None:
+        """Sender: receiver ``peer`` did not come back within the relay's resume window and was dropped; the
+        transfer goes on for the others (docs/protocol.md section 10)."""
+
+
+class Dropped(TransferRefused):
+    """Receivers were dropped (docs/protocol.md section 10): on the sender, the others got every file and these
+    did not (``peers``); on a receiver, this one came back too late and its resume was refused (its parts and
+    state file are kept for resume by hand). Either way, fewer receivers than asked for got the files."""
+
+    def __init__(self, message: str, peers: tuple[int, ...] = (), held: int = 0) -> None:
+        super().__init__(ErrorCode.DROPPED, message)
+        self.peers = peers
+        self.held = held  # a dropped receiver: the bytes it holds (recorded in its state file)
+
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
@@ -407,6 +422,8 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
             await link.stop_watching()
         reporter.resent(room.resent)
         reporter.finished()
+        if room.dropped:
+            raise _dropped(room, options.receivers)
     except c.WrongCode:
         await _leave(connection, connection.close(), deadlines.leave)
         raise wrong_code() from None
@@ -532,6 +549,15 @@ async def _agreed_starts(outgoing: Outgoing, accepts: dict[int, object], reporte
     return starts
 
 
+def _dropped(room: _Parking, receivers: int) -> Dropped:
+    """The sender's end when receivers were dropped: how many got everything, and which did not."""
+    peers = tuple(sorted(room.dropped))
+    named = ", ".join(f"receiver {k}" for k in peers)
+    return Dropped(f"{len(room.verified - room.dropped)} of {receivers} receivers got every file, authenticated; "
+                   f"{named} did not come back within the resume window and {'was' if len(peers) == 1 else 'were'} "
+                   "dropped", peers)
+
+
 def _same_start(source: Path, entry: p.FileEntry, have: int, digest: str) -> bool:
     """Whether ``source`` still has the offered size and mtime and its first ``have`` bytes hash to ``digest``."""
     try:
@@ -573,6 +599,7 @@ class _Parking:
     acked: dict[int, int] = field(default_factory=dict)  # receiver -> chunks of this epoch it acknowledged
     acks: asyncio.Event = field(default_factory=asyncio.Event)  # set at each ack of this epoch
     verified: set[int] = field(default_factory=set)  # receivers whose ``verified`` this sender has read
+    dropped: set[int] = field(default_factory=set)  # receivers the relay dropped: the transfer is no longer theirs
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -605,6 +632,25 @@ class _Parking:
         waiting_for = set(self.channels) - self.verified  # none: ``complete`` comes next, not an epoch
         if self.parked.is_set() and not self.away and waiting_for and set(self.positions) >= waiting_for:
             self.ready.set()
+
+    def drop(self, peers: tuple[int, ...]) -> None:
+        """The relay dropped these receivers at its resume window's end: no epoch names them any more, and
+        nobody waits for their positions, acks or ``verified``. The others are all back (the relay drops only
+        when nobody else is away); each says where it is, and the next epoch starts from there."""
+        for peer in peers:
+            if peer in self.keys and peer not in self.dropped:
+                self.dropped.add(peer)
+                self.channels.pop(peer, None)
+                self.acked.pop(peer, None)
+                self.positions.pop(peer, None)
+                self.reporter.dropped(peer)
+        self.away -= set(peers)
+        self.acks.set()  # the slowest receiver may have been a dropped one
+        self.check_ready()
+
+    def done(self, receivers: int) -> bool:
+        """Every receiver verified or was dropped, and at least one verified: nothing more to send."""
+        return len(self.verified | self.dropped) >= receivers and bool(self.verified - self.dropped)
 
     def lost(self, away: set[int]) -> None:
         """This sender's own connection dropped and came back: every receiver resyncs and says its position;
@@ -642,7 +688,7 @@ class _SenderLink:
         when every receiver already said it authenticated and stored every file: a connection lost then (before
         the relay's ``complete``) costs nothing, and taking the seat back would only find a finished room (or,
         after a relay restart, recreate an empty one and wait out the window)."""
-        if len(self.room.verified) >= self.receivers:
+        if self.room.done(self.receivers):
             return True
         if self.seat is None:
             raise lost
@@ -665,10 +711,11 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
     receiver's sealed position.
     """
     verified: set[int] = room.verified if room is not None else set()
+    dropped: set[int] = room.dropped if room is not None else set()
     while True:
         message = await connection.receive()
         if isinstance(message, p.Complete):
-            if len(verified) < receivers:
+            if len(verified | dropped) < receivers or not verified - dropped:
                 raise TransferRefused(
                     ErrorCode.UNEXPECTED_MESSAGE,
                     f"the relay said the transfer was complete, but only {len(verified)} of {receivers} receiver(s) "
@@ -685,6 +732,8 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
         elif room is not None and isinstance(message, p.Resumed):
             room.away = set(message.parked)
             room.check_ready()
+        elif room is not None and isinstance(message, p.Dropped):
+            room.drop(message.peers)
         elif room is not None and isinstance(message, p.Resync) and message.peer in room.channels:
             half, theirs = c.new_resync_half(), _unb64(message.half)
             if len(theirs) != c.RESYNC_HALF_SIZE:
@@ -771,7 +820,7 @@ async def _one_epoch(
     await connection.send(p.Stream(epoch, plan.chunk_count(), plan.ciphertext_size(),
                                    tuple(_seal_json(room.channels[k], plan_json) for k in peers), to=peers))
     sealer = ChunkSealerInto(c.data_key(content_key, salt), plan)
-    digests = room.channels if len(room.channels) > 1 else None
+    digests = room.channels if len(room.keys) > 1 else None  # receivers expect them by the room's size
     try:
         await _stream(connection, outgoing, sealer, chunk_size, digests, reporter, watcher, deadlines.frame,
                       room, base, plan.segments, epoch)
@@ -998,6 +1047,14 @@ async def receive(options: ReceiveOptions, confirm: Confirm, reporter: Reporter 
         await destination.discard()
         await _leave(link.connection, link.connection.abort(exc.code, str(exc)), deadlines.leave)
         raise
+    except Dropped as dropped:
+        if destination.root != options.output:  # a temporary folder (a text, piped data for stdout): nothing to keep
+            await destination.discard()
+            raise
+        await destination.keep()  # parts and state file stay: a later attempt resumes from them (section 10.3)
+        raise Dropped(f"{dropped}; the {dropped.held} bytes this receiver holds are kept as partial files: when the "
+                      "sender sends the same files again, relay receive into the same folder gets only the rest",
+                      held=dropped.held) from None
     except TransferError:
         await destination.discard()
         await _leave(link.connection, link.connection.close(), deadlines.leave)
@@ -1219,7 +1276,18 @@ async def _chunk_loop(
         except ConnectionLost:
             if resume is None:
                 raise
-            await resume.again(link, deadlines.resume_window)
+            try:
+                await resume.again(link, deadlines.resume_window)
+            except TransferRefused as refused:
+                if refused.code is not ErrorCode.DROPPED:
+                    raise
+                # The others went on without us: what we hold stays, for resume by hand (section 10.3).
+                await writer.flush()
+                if part is not None:
+                    destination.checkpoint(part, have)
+                else:
+                    destination.save_state()
+                raise Dropped(str(refused), held=written) from None
             connection, header = link.connection, None
             continue
         if isinstance(frame, memoryview):
@@ -1311,10 +1379,10 @@ async def _chunk_loop(
                 await resume.resync(connection)  # the sender came back: this pair resyncs (section 10.1)
             case p.Resync() if resume is not None:
                 await resume.answered(connection, pair, frame, (current, have))
-            case p.Resumed():
-                # everyone is back: the sender's next epoch starts from what we all hold (a pair that is
-                # resyncing says it once the sender answered, on the new channel)
-                if not frame.parked and (resume is None or resume.half is None):
+            case p.Resumed() | p.Dropped():
+                # everyone is back (or dropped): the sender's next epoch starts from what we all hold (a pair that
+                # is resyncing says it once the sender answered, on the new channel)
+                if (isinstance(frame, p.Dropped) or not frame.parked) and (resume is None or resume.half is None):
                     position = p.Sealed(_seal_json(pair.channel, {"file": current, "have": have}))
                     await (connection.send(position) if resume is None else resume.send(connection, position))
             case p.End() if header is None and frame.epoch == stream.epoch:

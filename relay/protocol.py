@@ -75,6 +75,7 @@ class ErrorCode(StrEnum):
     WRONG_CODE = "wrong_code"
     TAMPERED = "tampered"
     RESUME_REFUSED = "resume_refused"
+    DROPPED = "dropped"
 
     @property
     def close_code(self) -> int:
@@ -120,6 +121,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.WRONG_CODE: 4033,
     ErrorCode.TAMPERED: 4025,
     ErrorCode.RESUME_REFUSED: 4034,
+    ErrorCode.DROPPED: 4035,
 }
 _BY_CLOSE_CODE = {close: code for code, close in CLOSE_CODES.items()}
 
@@ -986,12 +988,36 @@ class Resumed(Message):
                    tuple(_int_field(k, "parked", 0, MAX_RECEIVERS_FIELD) for k in parked))
 
 
+@dataclass(frozen=True, slots=True)
+class Dropped(Message):
+    """Relay to everyone still there: the resume window ended with receivers ``peers`` still away while the sender
+    and at least one receiver were there. Their seats are closed for good (a later ``resume`` for one is refused
+    with ``dropped``), nobody is away any more, and the transfer goes on without them (docs/protocol.md
+    section 10)."""
+
+    TYPE: ClassVar[str] = "dropped"
+    peers: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "peers": list(self.peers)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Dropped:
+        peers = data.get("peers")
+        if not isinstance(peers, list) or not 1 <= len(peers) <= MAX_RECEIVERS_FIELD:
+            raise MalformedMessage(f"field 'peers' must be a list of 1 to {MAX_RECEIVERS_FIELD} receivers")
+        dropped = tuple(_int_field(k, "peers", 1, MAX_RECEIVERS_FIELD) for k in peers)
+        if len(set(dropped)) != len(dropped):
+            raise MalformedMessage("field 'peers' names a receiver twice")
+        return cls(dropped)
+
+
 MESSAGE_TYPES_V2: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, PeerJoined, Paired, Pake, Confirm, Key, WrongCode, SealedOffer, SealedAccept, SealedDecline, Start,
         Stream, SealedChunk, End, ChunkAck, Sealed, Verified, Complete, SealedCancel, Error, PeerLeft,
-        ResumeId, Resume, Resync, Reconnecting, Resumed,
+        ResumeId, Resume, Resync, Reconnecting, Resumed, Dropped,
     )
 }
 REGISTRIES: dict[int, dict[str, type[Message]]] = {PROTOCOL_V2: MESSAGE_TYPES_V2}

@@ -243,6 +243,9 @@ class Party:
     verifier: str | None = None  # a receiver's seat: the verifier it registered
     sender_verifier: str | None = None  # on a receiver: the verifier the sender registered for this pair
     parked: bool = False  # its socket dropped mid-transfer and its seat waits for it (the room is PARKED)
+    # A receiver still away when the resume window ended while the sender and another receiver were there: its
+    # seat is closed for good (its resume is refused with ``dropped``) and the room goes on without it.
+    dropped: bool = False
     # Which of its connections the room talks to: 0 the first, one more each time ``Rooms.resume`` gives the seat
     # back on a new socket. Frames, a close and a failed send of an older one are ignored (docs/rooms.md).
     connection: int = 0
@@ -283,7 +286,7 @@ class Room:
     __slots__ = (
         "code", "expected", "settings", "sender", "receivers", "state", "check", "offer_totals",
         "created_at", "last_activity", "offered_at", "_next_peer", "outcome", "_out", "_by_peer", "parked_at",
-        "parked_from", "recreated",
+        "parked_from", "recreated", "dropped_at",
     )
 
     def __init__(self, code: str, expected: int, settings: Settings, now: float) -> None:
@@ -306,10 +309,16 @@ class Room:
         self.parked_at = now  # v2 resume: when the room parked (its resume window counts from there)
         self.parked_from = State.STREAMING  # the state it goes back to once every parked seat is back
         self.recreated: p.RoomShape | None = None  # set when a resume recreated it after a relay restart
+        self.dropped_at: float | None = None  # when the resume window's end dropped seats (``_parked_deadline``)
 
     @property
     def tag(self) -> str:
         return code_tag(self.code)
+
+    @property
+    def staying(self) -> list[Party]:
+        """The receivers the transfer is still for: every one but those dropped (docs/protocol.md section 10)."""
+        return [r for r in self.receivers if not r.dropped]
 
     @property
     def parties(self) -> list[Party]:
@@ -349,9 +358,11 @@ class Room:
         out: list[Effect] = []
         self._out = out
         party = self._by_peer.get(event.peer) if isinstance(event, _PARTY_EVENTS) else None
-        if party is not None and isinstance(event, _CONNECTION_EVENTS) and event.connection != party.connection:
+        if party is not None and isinstance(event, _CONNECTION_EVENTS) and (
+                event.connection != party.connection or party.dropped):
             # From a connection the party has replaced by resuming: its last frames, its close, a send to it that
-            # failed. The seat now belongs to the new connection; none of this is about it.
+            # failed. The seat now belongs to the new connection; none of this is about it. Nor is anything about
+            # a dropped seat's last connection: that seat is closed for good.
             return out
         if self.state is State.ENDED:
             if type(event) is Gone and party is not None:
@@ -519,7 +530,7 @@ class Room:
             raise UnexpectedMessage("verified sent twice")
         party.verified = True
         self._send(self.sender, p.Verified(party.peer))
-        if all(r.verified for r in self.receivers):
+        if all(r.verified for r in self.staying):
             # Complete only once the sender has been given every `verified`: if that write fails, the room
             # ends with peer_left first and this event finds it ended.
             self._out.append(Feed(AllVerified()))
@@ -660,8 +671,9 @@ class Room:
     def _stream(self, _: Party | None, message: object, __: float) -> None:
         """Open the epoch for every receiver (one epoch per transfer here) and give each its sealed plan."""
         assert isinstance(self.check, p.StreamCheck) and isinstance(message, p.Stream) and message.to is not None
-        if sorted(message.to) != [r.peer for r in self.receivers]:
-            raise UnexpectedMessage("this relay runs one stream epoch for every receiver of the room")
+        if sorted(message.to) != [r.peer for r in self.staying]:
+            raise UnexpectedMessage("this relay runs one stream epoch for every receiver of the room (but those "
+                                    "dropped)")
         self.check.stream(message)
         self.state = State.STREAMING  # from DONE: the catch-up epoch after a resume
         for peer, plan in zip(message.to, message.data, strict=True):
@@ -767,11 +779,28 @@ class Room:
             self.last_activity = now
 
     def _parked_deadline(self, _: Party | None, __: object, now: float) -> None:
-        if now - self.parked_at >= self.settings.resume_window:
-            away = ", ".join("the sender" if q.role is Role.SEND else f"receiver {q.peer}"
-                             for q in self.parties if q.parked)
-            self._end_with_error(ErrorCode.PEER_LEFT, f"{away} disconnected and did not come back within the resume "
+        """The resume window's end. With the sender there and at least one receiver still in the transfer
+        (connected, or verified and done), the receivers still away are dropped: their seats close for good,
+        everyone there hears ``dropped``, and the room goes back to where it parked from (``complete`` at once if
+        every receiver left in it already verified). Otherwise (the sender away, or every receiver) it ends."""
+        if now - self.parked_at < self.settings.resume_window:
+            return
+        away = [q for q in self.parties if q.parked]
+        there = [r for r in self.receivers if not r.closed or r.verified]
+        if self.sender is None or self.sender.parked or not there:
+            named = ", ".join("the sender" if q.role is Role.SEND else f"receiver {q.peer}" for q in away)
+            self._end_with_error(ErrorCode.PEER_LEFT, f"{named} disconnected and did not come back within the resume "
                                  f"window ({self.settings.resume_window:g} s); nothing was kept under a final name")
+            return
+        for seat in away:
+            seat.parked, seat.dropped = False, True  # closed and gone already, since it parked
+        self.dropped_at = now
+        text = p.Dropped(tuple(seat.peer for seat in away)).to_json()
+        self._out.extend(SendText(other.peer, text, other.connection) for other in self.parties if not other.closed)
+        self.state = self.parked_from
+        self.last_activity = now
+        if all(r.verified for r in there):
+            self._complete(None, None, now)  # their `verified` reached the sender as each came
 
     def _resync(self, party: Party | None, message: object, _: float) -> None:
         """A pair's fresh halves of its new control keys' salt: the sender's to receiver ``to``, a receiver's to
@@ -888,7 +917,8 @@ TRANSITIONS_V2: tuple[Transition, ...] = (
     Transition(State.PARKED, RELAY, "all_verified", (State.ENDED,), Room._complete),
     Transition(State.PARKED, SENDER, "rejoined", (State.PARKED, State.STREAMING, State.DONE), Room._rejoined),
     Transition(State.PARKED, RECEIVER, "rejoined", (State.PARKED, State.STREAMING, State.DONE), Room._rejoined),
-    Transition(State.PARKED, RELAY, "timer", (State.PARKED, State.ENDED), Room._parked_deadline),
+    Transition(State.PARKED, RELAY, "timer", (State.PARKED, State.STREAMING, State.DONE, State.ENDED),
+               Room._parked_deadline),
     Transition(None, SENDER, "cancel", (State.ENDED,), Room._sealed_cancel),
     Transition(None, RECEIVER, "cancel", (State.ENDED,), Room._sealed_cancel),
     Transition(None, SENDER, "error", (State.ENDED,), Room._reported_error),
@@ -930,6 +960,9 @@ class Rooms:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.by_code: dict[str, Room] = {}
+        # Rooms gone since they dropped seats: nameplate -> (until when, the dropped receivers). A dropped
+        # receiver that tries again after its room ended is told ``dropped``, not handed a recreated room.
+        self.dropped: dict[str, tuple[float, frozenset[int]]] = {}
 
     def __len__(self) -> int:
         return len(self.by_code)
@@ -1020,21 +1053,29 @@ class Rooms:
         if role != wanted:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "that seat is not waiting to be resumed")
         if room is None or room.state is State.ENDED:
+            self._forget_dropped(now)
+            until, seats = self.dropped.get(code, (0.0, frozenset()))
+            if message.peer in seats:
+                raise JoinRefused(ErrorCode.DROPPED, dropped_message(message.peer, self.settings.resume_window))
             if message.room is None:
                 raise JoinRefused(ErrorCode.ROOM_NOT_FOUND, "no transfer is waiting to be resumed with this code")
             room = self._recreate(code, message.room, now)
         elif room.recreated is not None and message.room != room.recreated:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "this room was recreated with another shape")
         party = room.party(message.peer)
+        if party is not None and party.dropped:
+            raise JoinRefused(ErrorCode.DROPPED, dropped_message(party.peer, self.settings.resume_window))
         if party is None or room.state is not State.PARKED or not party.parked:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "that seat is not waiting to be resumed")
         if party.role is Role.RECEIVE:
             pairs = [(party, party.verifier, message.tokens[0][1])]
         else:
+            # Every pair the transfer is still for; a token for a dropped receiver (a sender that has not heard
+            # of the drop yet) is not checked: that pair is over.
             given = dict(message.tokens)
-            if sorted(given) != [r.peer for r in room.receivers]:
+            if not {r.peer for r in room.staying} <= set(given) <= {r.peer for r in room.receivers}:
                 raise JoinRefused(ErrorCode.RESUME_REFUSED, "the sender must prove its seat with every receiver")
-            pairs = [(r, r.sender_verifier, given[r.peer]) for r in room.receivers]
+            pairs = [(r, r.sender_verifier, given[r.peer]) for r in room.staying]
         # In a recreated room a seat's first claim records it (the verifier was lost with the old process); the
         # end-to-end resync then refuses anyone who does not hold the pair key.
         proved = [(verifier is None and room.recreated is not None) or (verifier is not None and hmac.compare_digest(
@@ -1085,6 +1126,24 @@ class Rooms:
     def remove(self, room: Room) -> None:
         if self.by_code.get(room.code) is room:
             del self.by_code[room.code]
+        seats = frozenset(r.peer for r in room.receivers if r.dropped)
+        if seats and room.dropped_at is not None:
+            # Kept for the resume window from the room's last frame (or the drop): long enough for a dropped
+            # client still trying within its own window, which began when it dropped, before the relay dropped it.
+            self.dropped.pop(room.code, None)
+            self.dropped[room.code] = (max(room.dropped_at, room.last_activity) + self.settings.resume_window, seats)
+            while len(self.dropped) > max(1, self.settings.max_rooms):
+                del self.dropped[next(iter(self.dropped))]  # the oldest first: bounded whatever happens
+
+    def _forget_dropped(self, now: float) -> None:
+        for code in [code for code, (until, _) in self.dropped.items() if until <= now]:
+            del self.dropped[code]
+
+
+def dropped_message(peer: int, window: float) -> str:
+    """Why a dropped receiver's resume is refused (``dropped``, docs/protocol.md section 10)."""
+    return (f"receiver {peer} did not come back within the resume window ({window:g} s) and was dropped; the others "
+            "went on without it")
 
 
 def parse_receivers(raw: str | None, maximum: int) -> int:

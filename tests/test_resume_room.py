@@ -127,16 +127,16 @@ def test_a_drop_before_streaming_is_not_parked() -> None:
     assert ended(room.handle(gone(room, k), 0.0)) == "peer_left"
 
 
-def test_a_room_not_whole_within_the_resume_window_ends_with_a_clear_message() -> None:
-    _, room = resume_room(2)
-    room.handle(gone(room, 2), 10.0)
+def test_a_room_whose_only_receiver_is_not_back_within_the_resume_window_ends_with_a_clear_message() -> None:
+    _, room = resume_room(1)
+    room.handle(gone(room, 1), 10.0)
     assert room.handle(TimerFired(), 10.0 + SETTINGS.resume_window - 1) == []
     effects = room.handle(TimerFired(), 10.0 + SETTINGS.resume_window)
     assert ended(effects) == "peer_left"
     farewell = sent(effects, 0)[-1]
     assert isinstance(farewell, dict) and farewell["code"] == "peer_left"
-    assert "receiver 2 disconnected and did not come back within the resume window" in farewell["message"]
-    assert sent(effects, 2) == []  # its seat is gone: nothing is written to it
+    assert "receiver 1 disconnected and did not come back within the resume window" in farewell["message"]
+    assert sent(effects, 1) == []  # its seat is gone: nothing is written to it
 
 
 # --- proving a seat ------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ as ``(target, text or bytes)``, unmasked and reassembled), so a test can look fo
 With ``cut_after=n`` it drops one WebSocket connection, once: the first whose relay-to-page bytes (with
 ``cut_upstream``, page-to-relay bytes) pass ``n`` is aborted both ways (no close frame, as a Wi-Fi change or a
 proxy's idle timeout would), so a test can watch a page resume; ``cuts`` counts the connections it dropped.
+With ``shut_after_cut`` too, every WebSocket upgrade after the cut gets ``502`` until ``reopen()``: a page that
+cannot get back in time (``refused`` counts them).
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ START_TIMEOUT_S = 10
 
 class PrefixProxy:
     def __init__(self, upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None,
-                 cut_upstream: bool = False) -> None:
+                 cut_upstream: bool = False, shut_after_cut: bool = False) -> None:
         assert prefix.startswith("/") and prefix.endswith("/")
+        self.shut_after_cut = shut_after_cut
+        self.reopened = threading.Event()
+        self.refused = 0
         self.upstream_port = upstream_port
         self.prefix = prefix
         self.cut_after = cut_after
@@ -78,6 +83,10 @@ class PrefixProxy:
             return
         headers = [line for line in header_lines if line.split(":", 1)[0].strip().lower() != "connection"]
         upgrade = any(line.split(":", 1)[0].strip().lower() == "upgrade" for line in headers)
+        if upgrade and self.shut_after_cut and self.cuts and not self.reopened.is_set():
+            self.refused += 1
+            await self._answer(writer, "502 Bad Gateway", "")
+            return
         headers.append("Connection: Upgrade" if upgrade else "Connection: close")
         headers.append("X-Forwarded-For: 127.0.0.1")
         rewritten = "\r\n".join([f"{method} /{target[len(self.prefix):]} {version}", *headers]) + "\r\n\r\n"
@@ -94,6 +103,10 @@ class PrefixProxy:
             self.sockets.append((writer, up_writer))
         await asyncio.gather(self._pipe(reader, up_writer, frames, up_cut),
                              self._pipe(up_reader, writer, cut=down_cut, upgrade=upgrade))
+
+    def reopen(self) -> None:
+        """Carry new WebSocket connections again (``shut_after_cut``); from any thread."""
+        self.reopened.set()
 
     def cut_now(self) -> None:
         """Drop every WebSocket connection open now, both ways and without a close frame (from any thread)."""
@@ -202,9 +215,9 @@ def _unmask(payload: bytes, key: bytes) -> bytes:
 
 @contextmanager
 def prefix_proxy(upstream_port: int, prefix: str = "/relay/", cut_after: int | None = None,
-                 cut_upstream: bool = False) -> Iterator[PrefixProxy]:
+                 cut_upstream: bool = False, shut_after_cut: bool = False) -> Iterator[PrefixProxy]:
     """Run a PrefixProxy in a thread of its own for the duration of the block."""
-    proxy = PrefixProxy(upstream_port, prefix, cut_after, cut_upstream)
+    proxy = PrefixProxy(upstream_port, prefix, cut_after, cut_upstream, shut_after_cut)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()

@@ -128,6 +128,19 @@ def test_end_words_say_what_happened_what_was_saved_and_what_next():
 
 
 
+def test_a_receiving_page_the_relay_dropped_says_so_in_plain_words():
+    # Its resume was refused with `dropped` (docs/protocol.md section 10): the others went on without it.
+    dropped, = run_cases(ends=[
+        {"side": "receive", "state": "failed", "receivers": 3, "saved": {"files": 0, "total": 2},
+         "outcome": {"code": "dropped", "by": "relay", "reason": "receiver 2 did not come back within the resume "
+                     "window (300 s) and was dropped; the others went on without it"}},
+    ])["ends"]
+    assert dropped["tone"] == "bad" and dropped["quote"] is None
+    assert dropped["text"] == ("The connection to the relay was lost for longer than the relay waits for a party to "
+                               "come back, so the sender went on without this page. Nothing was saved. Ask the "
+                               "sender to send again.")
+
+
 def test_a_progress_title_changes_at_most_once_a_second_and_a_final_title_at_once():
     # Each new document.title costs the browser's UI thread a message (issue 10: 3% of a transfer's CPU at ten
     # per second); the clock is passed in, in milliseconds.

@@ -119,6 +119,13 @@ MESSAGES = [
     f'{{"type":"resync","half":"{_b64(16)}"}}', f'{{"type":"resync","half":"{_b64(16)}","peer":2}}',
     f'{{"type":"resync","half":"{_b64(15)}"}}', f'{{"type":"resync","half":"{_b64(17)}"}}', '{"type":"resync"}',
     '{"type":"error","code":"resume_refused","message":"that seat is not waiting to be resumed"}',
+    # a receiver dropped at the resume window's end (section 10)
+    '{"type":"dropped","peers":[2]}', '{"type":"dropped","peers":[1,3]}', '{"type":"dropped","peers":[]}',
+    '{"type":"dropped","peers":[0]}', '{"type":"dropped","peers":[1001]}', '{"type":"dropped","peers":[2,2]}',
+    '{"type":"dropped","peers":"2"}', '{"type":"dropped","peers":[1.5]}', '{"type":"dropped","peers":[true]}',
+    '{"type":"dropped"}', f'{{"type":"dropped","peers":{list(range(1, 1002))}}}',
+    '{"type":"dropped","peers":[2],"extra":1}', '{"type":"dropped","peers":[2],"x":"\\ud800"}',
+    '{"type":"error","code":"dropped","message":"receiver 2 did not come back within the resume window"}',
     '{"type":"frobnicate"}', '{"kind":"hello"}', "[1,2]", "not json", '{"type":7}',
     # lone surrogates anywhere: malformed_message
     '{"type":"cancel","x":"\\ud800"}', '{"type":"error","code":"write_failed","message":"\\uDFFF"}',

@@ -1,7 +1,9 @@
 """A sending page resumes (issue 11), in a real Chromium against the real relay: a receiver's connection drops and
 comes back (the page answers its resync, takes every receiver's position and opens the next epoch), and the
 page's own connection drops (it takes its seat back with one token per receiver; each receiver resyncs with it).
-A loopback proxy drops the connection once, without a close frame.
+A loopback proxy drops the connection once, without a close frame. A receiver that does not come back within the
+relay's resume window is dropped and the rest finish: a sending page says so, and a receiving page that was
+dropped says so.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import websockets
 from playwright.sync_api import BrowserContext
 
 from tests.test_resume_cli import HeldCutter
+from tests.test_resume_dropped_cli import Unreachable
 from tests.web.driver import record_status, sha256, start_sending, wait_state
 from tests.web.proxy import prefix_proxy
-from tests.web.test_folder_receive import CLI, PROCESS_TIMEOUT, READ_INBOX_FILE, accept_into_inbox, inbox
+from tests.web.test_folder_receive import (
+    CLI, PROCESS_TIMEOUT, READ_INBOX_FILE, accept_into_folder, accept_into_inbox, connect_with_inbox, inbox,
+)
 
 
 def test_a_sending_page_carries_on_when_its_receiver_drops_and_comes_back(context: BrowserContext, relay_server,
@@ -129,3 +134,131 @@ def test_a_sending_page_does_not_wait_for_a_receiver_that_verified_before_anothe
     assert text.startswith("Done"), text
     for out in outs:
         assert sha256(out / source.name) == sha256(source)
+
+
+async def _unreachable(upstream: str, after: int, ready: queue.Queue, reopen: threading.Event,
+                       stop: threading.Event) -> None:
+    """An Unreachable cutter (tests/test_resume_dropped_cli.py) on its own loop: puts its ws:// URL on ``ready``,
+    cuts its first connection after ``after`` binary frames and refuses every new one until ``reopen``; serves
+    until ``stop`` (bounded)."""
+    cutter = Unreachable(upstream, after)
+    async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
+        ready.put(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        await asyncio.to_thread(reopen.wait, 2 * PROCESS_TIMEOUT)
+        cutter.reopen.set()
+        await asyncio.to_thread(stop.wait, 2 * PROCESS_TIMEOUT)
+
+
+def test_a_sending_page_goes_on_without_a_receiver_the_relay_dropped_and_says_so(
+        context: BrowserContext, relay_factory, in_thread, tmp_path):
+    """Two terminal receivers; the second is cut mid-transfer and kept out until the relay (a 2 s resume window)
+    dropped its seat. The page stops waiting for it, streams the catch-up to the first, and ends saying in plain
+    words that 1 of 2 receivers got the files and the other was dropped. Before the fix the page failed on the
+    relay's 'dropped' (and before the relay's change the whole room ended)."""
+    relay = relay_factory(resume_window=2)
+    source = tmp_path / "one.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 777))
+    page = context.new_page()
+    page.goto(relay.http_url + "/")
+    page.set_input_files("#file-input", [str(source)])
+    page.fill("#receivers", "2")
+    page.click("#send-start")
+    page.wait_for_selector('#send-status[data-state="waiting"]')
+    record_status(page, "#send-status")
+    code = page.text_content("#send-code") or ""
+    nameplate = code.split("-", 1)[0]
+    ready: queue.Queue = queue.Queue()
+    reopen, stop = threading.Event(), threading.Event()
+    cutter = in_thread(_unreachable(relay.ws_url, 2, ready, reopen, stop))
+    try:
+        cut_url = ready.get(timeout=PROCESS_TIMEOUT)
+        env = {**os.environ, "RELAY_CODE": code}
+        outs = [tmp_path / "out1", tmp_path / "out2"]
+        for out in outs:
+            out.mkdir()
+        first = subprocess.Popen([*CLI, "receive", "--relay", relay.ws_url, "--output", str(outs[0]), "--yes",
+                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        second = subprocess.Popen([*CLI, "receive", "--relay", cut_url, "--output", str(outs[1]), "--yes",
+                                   "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            rooms = relay.relay.rooms
+            for _ in range(PROCESS_TIMEOUT * 100):
+                room = rooms.by_code.get(nameplate)
+                if (room is not None and any(r.dropped for r in room.receivers)) or nameplate in rooms.dropped:
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the relay never dropped the cut receiver")
+            reopen.set()
+            assert first.wait(PROCESS_TIMEOUT) == 0, first.stderr.read() if first.stderr else ""
+            assert second.wait(PROCESS_TIMEOUT) == 7, second.stderr.read() if second.stderr else ""
+        finally:
+            for process in (first, second):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(PROCESS_TIMEOUT)
+        text = wait_state(page, "#send-status", "verified")
+    finally:
+        reopen.set()
+        stop.set()
+        cutter.result(timeout=PROCESS_TIMEOUT)
+    assert text.startswith("Done") and "reached 1 of 2 receivers" in text, text
+    assert "did not come back within the relay's resume window, so it was dropped and did not get the files" in text
+    lines = page.evaluate("window.statusLines")
+    assert any("did not come back within the resume window and was dropped; the others go on." in line
+               for line in lines), lines
+    assert sha256(outs[0] / source.name) == sha256(source)
+    assert not (outs[1] / source.name).exists()
+
+
+def test_a_receiving_page_the_relay_dropped_says_so_and_the_others_finish(context: BrowserContext, relay_factory,
+                                                                          tmp_path):
+    """`relay send` to a terminal receiver and a page saving into a folder; the page's connection is cut and it
+    cannot get back until the relay (a 2 s resume window) dropped its seat. The terminal receiver gets the file,
+    the sender exits 7, and the page, refused with `dropped` when it gets through, says so in plain words."""
+    relay = relay_factory(resume_window=2)
+    source = tmp_path / "one.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 777))
+    out = tmp_path / "out"
+    out.mkdir()
+    sender = subprocess.Popen([*CLI, "send", "--receivers", "2", "--chunk-size", str(64 * 1024), str(source),
+                               "--relay", relay.http_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = sender.stdout.readline() if sender.stdout else ""
+        assert line.startswith("Code: "), line
+        code = line.split()[1]
+        nameplate = code.split("-", 1)[0]
+        with prefix_proxy(relay.port, cut_after=256 * 1024, shut_after_cut=True) as proxy:
+            page = context.new_page()
+            connect_with_inbox(page, code, proxy.url)
+            record_status(page, "#receive-status")
+            terminal = subprocess.Popen([*CLI, "receive", "--relay", relay.ws_url, "--output", str(out), "--yes",
+                                         "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, "RELAY_CODE": code})
+            try:
+                accept_into_folder(page)
+                rooms = relay.relay.rooms
+                for _ in range(PROCESS_TIMEOUT * 100):
+                    room = rooms.by_code.get(nameplate)
+                    if (room is not None and any(r.dropped for r in room.receivers)) or nameplate in rooms.dropped:
+                        break
+                    time.sleep(0.01)
+                else:
+                    raise AssertionError("the relay never dropped the page")
+                proxy.reopen()
+                text = wait_state(page, "#receive-status", "failed")
+                assert terminal.wait(PROCESS_TIMEOUT) == 0, terminal.stderr.read() if terminal.stderr else ""
+            finally:
+                if terminal.poll() is None:
+                    terminal.kill()
+                    terminal.wait(PROCESS_TIMEOUT)
+            assert proxy.cuts == 1 and proxy.refused >= 1
+        assert sender.wait(PROCESS_TIMEOUT) == 7, sender.stderr.read() if sender.stderr else ""
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait(PROCESS_TIMEOUT)
+    assert text.startswith("The connection to the relay was lost for longer than the relay waits for a party to "
+                           "come back, so the sender went on without this page."), text
+    assert sha256(out / source.name) == sha256(source)
+    assert source.name not in inbox(page)  # nothing under a final name in the page's folder

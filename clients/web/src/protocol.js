@@ -50,6 +50,7 @@ export const CLOSE_CODES = Object.freeze({
   wrong_code: 4033,
   tampered: 4025,
   resume_refused: 4034,
+  dropped: 4035,
 });
 
 const BY_CLOSE_CODE = new Map(Object.entries(CLOSE_CODES).map(([code, close]) => [close, code]));
@@ -400,6 +401,16 @@ const PARSERS = {
     };
   },
   resync: (d) => ({ type: "resync", half: b64Field(d.half, "half", RESYNC_HALF_SIZE, RESYNC_HALF_SIZE), peer: optionalPeer(d) }),
+  // Receivers the relay dropped at its resume window's end: the transfer goes on without them.
+  dropped: (d) => {
+    const peers = d.peers;
+    if (!Array.isArray(peers) || peers.length < 1 || peers.length > MAX_RECEIVERS_FIELD) {
+      throw malformed(`field 'peers' must be a list of 1 to ${MAX_RECEIVERS_FIELD} receivers`);
+    }
+    const dropped = peers.map((peer) => intField(peer, "peers", 1, MAX_RECEIVERS_FIELD));
+    if (new Set(dropped).size !== dropped.length) throw malformed("field 'peers' names a receiver twice");
+    return { type: "dropped", peers: dropped };
+  },
 };
 
 // A lone surrogate reaches a parsed string only through a \uD800-\uDFFF escape (or as itself); frames without

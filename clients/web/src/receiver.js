@@ -284,6 +284,18 @@ export class ReceiveSession {
           if (this.state === "reconnecting") this.#setState("transferring", `saving to ${this.sink.label}`);
         }
         return;
+      case "dropped":
+        // Receivers that did not come back within the resume window: the room goes on without them. Nobody is
+        // away any more, so the sender opens its next epoch from what every receiver still in it holds.
+        if (!this.accepted || message.peers.includes(this.peer)) throw unexpected("'dropped' out of order");
+        if (this.verifiedSent) return;
+        await this.#abandonEpoch();
+        {
+          const [file, have] = this.#held();
+          this.connection.sendMessage({ type: "sealed", data: await sealJson(this.channel, { file, have }) });
+        }
+        if (this.state === "reconnecting") this.#setState("transferring", `saving to ${this.sink.label}`);
+        return;
       default:
         throw unexpected(`unexpected '${message.type}' message`);
     }
@@ -495,7 +507,7 @@ export class ReceiveSession {
       else if (ENDINGS.has(next.type)) {
         await this.#on(next); // the room ended meanwhile: say why
         return;
-      } else if (next.type !== "resumed" && next.type !== "reconnecting") throw unexpected(`'${next.type}' before the sender's resync`);
+      } else if (!["resumed", "reconnecting", "dropped"].includes(next.type)) throw unexpected(`'${next.type}' before the sender's resync`);
     }
     if (message === null) throw unexpected("the sender did not resync");
     const received = this.channel.received;

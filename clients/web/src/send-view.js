@@ -40,6 +40,12 @@ async function copyText(text, button) {
 
 /** The status line while the session runs (the end states come from words.js). */
 function liveText(session, state) {
+  const text = liveState(session, state);
+  // A receiver dropped at the relay's resume window's end stays said until the end (the others go on).
+  return session.droppedNote && state !== "reconnecting" && text ? `${session.droppedNote} ${text}` : text;
+}
+
+function liveState(session, state) {
   const one = session.receivers === 1;
   switch (state) {
     case "connecting":
@@ -60,6 +66,14 @@ function liveText(session, state) {
     default:
       return "";
   }
+}
+
+/** The end of a send some receivers were dropped from: who, and what it means for them. */
+export function droppedWords(dropped) {
+  const named = dropped.map((peer) => `receiver ${peer}`).join(", ");
+  const one = dropped.length === 1;
+  return `${named.charAt(0).toUpperCase()}${named.slice(1)} lost ${one ? "its" : "their"} connection and did not come back `
+    + `within the relay's resume window, so ${one ? "it was" : "they were"} dropped and did not get the files; the others finished.`;
 }
 
 export function setUpSendView({ showSend }) {
@@ -294,13 +308,16 @@ export function setUpSendView({ showSend }) {
       $("send-share").hidden = true;
       const count = current.offer.files.length;
       if (next === "verified") {
-        const whom = receivers === 1 ? "the receiver" : `all ${receivers} receivers`;
+        const dropped = current.outcome?.dropped ?? [];
+        const whom = receivers === 1 ? "the receiver"
+          : dropped.length > 0 ? `${receivers - dropped.length} of ${receivers} receivers` : `all ${receivers} receivers`;
         const what = kind === "text"
           ? `the text (${formatBytes(current.total)})`
           : `${describeCounts(count, current.offer.dirs.length)} (${formatBytes(current.total)})`;
         const took = current.startedAt ? ` ${describeFinish(current.total, current.endedAt - current.startedAt)}` : "";
         const sums = kind === "text" ? "it was" : "every file was";
-        showStatus($("send-status"), next, `Done: ${what} reached ${whom} end-to-end encrypted, and ${sums} authenticated.${took}`, "ok");
+        const left = dropped.length === 0 ? "" : ` ${droppedWords(dropped)}`;
+        showStatus($("send-status"), next, `Done: ${what} reached ${whom} end-to-end encrypted, and ${sums} authenticated.${took}${left}`, "ok");
         setTitle("Sent");
         $("send-again").hidden = false;
         $("send-again").textContent = kind === "text" ? "Send something else" : "Send more files";

@@ -92,6 +92,7 @@ export class SendSession {
     this.joined = 0;
     this.fileOk = new Map(); // file index -> number of receivers that authenticated and stored it (from acks)
     this.verifiedBy = new Set(); // receivers whose `verified` the relay passed on (each holds every file)
+    this.dropped = new Set(); // receivers the relay dropped at its resume window's end: the transfer goes on without them
     this.acked = new Map(); // receiver peer -> chunks of the stream it has authenticated and written (from its acks)
     this.pakes = new Map(); // receiver peer -> its PAKE, until confirmed
     this.pairs = new Map(); // receiver peer -> its pair keys, once both PAKE messages passed
@@ -234,10 +235,14 @@ export class SendSession {
         this.verifiedBy.add(message.peer);
         this.#notify(); // one waiting for positions no longer waits for this receiver's
         break;
-      case "complete":
-        if (this.verifiedBy.size < this.receivers) throw new ProtocolError("complete before every receiver verified", "unexpected_message");
-        this.#end("verified", { code: "done", by: "relay" });
+      case "complete": {
+        const verified = [...this.verifiedBy].filter((peer) => !this.dropped.has(peer));
+        if (verified.length === 0 || verified.length + this.dropped.size < this.receivers) {
+          throw new ProtocolError("complete before every receiver verified", "unexpected_message");
+        }
+        this.#end("verified", { code: "done", by: "relay", dropped: [...this.dropped].sort((a, b) => a - b) });
         break;
+      }
       case "cancel":
         this.#end("cancelled", { code: "cancelled", reason: await this.#sealedReason(message), by: "peer", peer: message.peer });
         break;
@@ -258,6 +263,10 @@ export class SendSession {
         if (!this.#streaming()) throw new ProtocolError("'resumed' out of order", "unexpected_message");
         this.away = new Set(message.parked);
         this.#notify();
+        break;
+      case "dropped":
+        if (!this.#streaming()) throw new ProtocolError("'dropped' out of order", "unexpected_message");
+        this.#drop(message.peers);
         break;
       case "resync":
         await this.#resync(message);
@@ -328,7 +337,7 @@ export class SendSession {
 
   // A file counts as delivered once every receiver acknowledged its last chunk (receivers ack each file's end).
   #countDelivered() {
-    if (this.acked.size < this.receivers || this.fileEnds === undefined) return;
+    if (this.acked.size < this.channels.size || this.fileEnds === undefined) return;
     const slowest = Math.min(...this.acked.values());
     this.fileEnds.forEach((end, index) => {
       if (end <= slowest) this.fileOk.set(index, this.receivers);
@@ -442,6 +451,24 @@ export class SendSession {
     while (inFlight.length > 0) if (!(await sendOldest())) return false;
     connection.sendMessage({ type: "end", epoch });
     return true;
+  }
+
+  // The relay dropped these receivers (they did not come back within its resume window): no epoch names them any
+  // more and nothing waits for their positions, acks or `verified`; the others say where they are and go on.
+  #drop(peers) {
+    for (const peer of peers) {
+      if (!this.pairs.has(peer) || this.dropped.has(peer)) continue;
+      this.dropped.add(peer);
+      this.channels.delete(peer);
+      this.acked.delete(peer);
+      this.positions.delete(peer);
+      this.away.delete(peer);
+    }
+    const named = [...this.dropped].sort((a, b) => a - b).map((peer) => `Receiver ${peer}`).join(", ");
+    const verb = this.dropped.size === 1 ? "was" : "were";
+    this.droppedNote = `${named} did not come back within the resume window and ${verb} dropped; the others go on.`;
+    this.#setState(this.state, this.droppedNote);
+    this.#notify();
   }
 
   #positionsIn() {
@@ -654,7 +681,7 @@ export class SendSession {
 
   // Chunks sent beyond the slowest receiver's last ack; 0 until every receiver has acked (see ACK_WINDOW).
   #aheadOfReceivers() {
-    if (FINAL_STATES.has(this.state) || this.acked.size < this.receivers) return 0;
+    if (FINAL_STATES.has(this.state) || this.acked.size < this.channels.size) return 0;
     return this.sentChunks - Math.min(...this.acked.values());
   }
 

@@ -28,6 +28,9 @@ const WHAT = {
   declined: (side, other) => (side === "send" ? `${capitalize(other)} declined the files.` : "You declined the offer."),
   cancelled: (side, other, by) => (by === "you" ? "You cancelled the transfer." : `${capitalize(other)} cancelled the transfer.`),
   peer_left: (side, other) => `${capitalize(other)} left before the transfer finished.`,
+  dropped: (side) => (side === "receive"
+    ? "The connection to the relay was lost for longer than the relay waits for a party to come back, so the sender went on without this page."
+    : "A receiver did not come back within the relay's resume window and was dropped."),
   room_not_found: () => "No transfer is waiting under this code.",
   wrong_code: () => "The code was wrong; nothing was sent; start again with a new code.",
   tampered: () => "Some data did not authenticate: it was changed on the way, so the transfer stopped and nothing more was saved.",
@@ -82,6 +85,7 @@ const NEXT = {
   unsupported_version: { send: "Reload the page.", receive: "Reload the page." },
   read_failed: { send: "Check the file, then press Try again." },
   not_resumable: { receive: "Ask the sender to send again, and save into a folder: a transfer into a folder resumes by itself after a lost connection." },
+  dropped: { receive: "Ask the sender to send again." },
 };
 
 const DEFAULT_NEXT = {
