@@ -45,7 +45,7 @@ from typing import cast
 
 DEFAULT_DEPTH = 8
 FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file's size
-WRITE_PIECE = 256 * 1024  # the most one pwrite call carries: larger ones cost 8x in the kernel on a VM (_pwrite_all)
+WRITE_PIECE = 16 * 1024  # the most one pwrite call carries: larger ones cost 2-4x in the kernel on a VM (_pwrite_all)
 
 
 class DiskError(OSError):
@@ -68,12 +68,14 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` in calls of at most :data:`WRITE_PIECE` bytes (``os.pwrite`` may write
     less; Windows has no ``pwrite``).
 
-    Why pieces (docs/design/speed.md section 11): on the benchmark VM, whose balloon hands free memory back to
-    the host, 1 MiB writes into the page cache cost 3.5 CPU-s/GiB of system time in memory freed a few seconds
-    earlier, 256-512 KiB writes 0.4 (``dd`` with those block sizes): with 1 MiB writes the kernel fills the file
-    with large page-cache folios taken from the blocks the host took back, and every one costs a host fault.
-    That was most of a receiver's time when three wrote 3 GiB of new pages at once. The extra syscalls cost
-    ~4,000 per GiB, a few milliseconds.
+    Why pieces (docs/design/speed.md sections 11 and 15): on the benchmark VM, whose balloon hands free memory
+    back to the host, the kernel's copy into the page cache costs a host fault per page of memory the host took
+    back, and the size of a write decides which memory the kernel takes: a large write gets large page-cache
+    folios, carved from the big free blocks, which are the ones handed back; small writes get small folios,
+    which (our reading) come first from memory freed moments ago, such as the socket buffers'. In a receiver of 1 GiB,
+    interleaved: 256 KiB pieces 1.3-4.0 CPU-s/GiB, 16 KiB pieces 0.8-0.9 (user time the same), as curl writes.
+    Where memory is warm the extra syscalls (65,536 per GiB) cost little: ``dd`` into warm memory, section 11,
+    0.28 s of system time per GiB with 16 KiB blocks against 0.19-0.22 with 256 KiB.
     """
     done = 0
     while done < len(data):
