@@ -283,8 +283,11 @@ class FileReader:
         self._lock = threading.Lock()  # held by the reader thread around each read; close() takes it too
         self._offset = 0  # reader thread side: bytes read so far
         self._ended = False  # reader thread side: the last chunk (or a failure) was posted
-        for _ in range(depth):
-            self._request(bytearray(chunk_size))
+        # Buffers for what the file needs, not more: the sender makes one reader per file, and a folder of small
+        # files would otherwise allocate (and zero) depth x chunk_size bytes for each of them.
+        chunks = max(1, -(-size // chunk_size))
+        for _ in range(min(depth, chunks)):
+            self._request(bytearray(min(chunk_size, size)))
 
     async def next(self) -> memoryview | None:
         """The next chunk, or ``None`` once ``size`` bytes were returned; raises :class:`ReadFailed`."""

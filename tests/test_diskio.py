@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,23 @@ async def test_the_reader_returns_the_planned_chunks(tmp_path: Path, size: int, 
     assert b"".join(chunks) == data
     assert [len(c) for c in chunks] == ([0] if size == 0 else [min(chunk, size - i) for i in range(0, size, chunk)])
     assert await reader.next() is None
+
+
+async def test_a_small_file_is_read_without_chunk_sized_buffers(tmp_path: Path) -> None:
+    """One reader per file: a folder of small files must not cost depth x chunk_size bytes each."""
+    path = tmp_path / "small"
+    path.write_bytes(b"0123456789")
+    tracemalloc.start()
+    try:
+        reader = FileReader(path, 10, 1 << 20, depth=4)
+        allocated = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    try:
+        assert await read_all(reader) == [b"0123456789"]
+    finally:
+        reader.close()
+    assert allocated < 64 * 1024
 
 
 async def test_the_reader_reads_at_most_depth_chunks_ahead(tmp_path: Path) -> None:
