@@ -72,8 +72,8 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     back to the host, the kernel's copy into the page cache costs a host fault per page of memory the host took
     back, and the size of a write decides which memory the kernel takes: a large write gets large page-cache
     folios, carved from the big free blocks, which are the ones handed back; small writes get small folios,
-    which (our reading) come first from memory freed moments ago, such as the socket buffers'. In a receiver of 1 GiB,
-    interleaved: 256 KiB pieces 1.3-4.0 CPU-s/GiB, 16 KiB pieces 0.8-0.9 (user time the same), as curl writes.
+    which (our reading) come first from memory freed moments ago, such as the socket buffers'. A 1 GiB receiver,
+    interleaved: 256 KiB pieces 1.3-3.6 CPU-s/GiB, 16 KiB pieces 0.8-0.9 (user time the same).
     Where memory is warm the extra syscalls (65,536 per GiB) cost little: ``dd`` into warm memory, section 11,
     0.28 s of system time per GiB with 16 KiB blocks against 0.19-0.22 with 256 KiB.
     """

@@ -90,7 +90,7 @@ def _client_start_up(program: bool) -> Iterator[None]:
     """Import the client with the cyclic garbage collector paused, then freeze what the imports made.
 
     Why: start-up is a fixed cost of every transfer, a quarter of a sender's CPU for 1 GiB (docs/design/speed.md
-    section 15). The imports make about 60,000 objects that live as long as the process (modules, classes,
+    section 15). The imports make about 40,000 objects that live as long as the process (modules, classes,
     functions); while they are made the collector runs dozens of times, each full pass walking all of them again,
     and every later full pass (and the last one at exit) walks them once more. ``gc.freeze()`` moves them to the
     permanent generation, which collections skip: what CPython's documentation advises before a fork, here for
