@@ -46,16 +46,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from spake2 import SPAKE2_A, SPAKE2_B  # type: ignore[import-untyped]
-from spake2.ed25519_basic import NotOnCurve  # type: ignore[import-untyped]
-from spake2.spake2 import SPAKEError  # type: ignore[import-untyped]
+
+from clients.pake import SIDE_A, SIDE_B, PakeError, Spake2
 
 LABEL = b"relay-v2"
 KEY_SIZE = 32
 TAG_SIZE = 16
 NONCE_SIZE = 12
 EPOCH_SALT_SIZE = 32
-PAKE_MESSAGE_SIZE = 33  # python-spake2: one side byte ("A" or "B") and a 32-byte Ed25519 element
+PAKE_MESSAGE_SIZE = 33  # python-spake2's: one side byte ("A" or "B") and a 32-byte Ed25519 element (clients.pake)
 CONFIRMATION_SIZE = 32
 RESYNC_HALF_SIZE = 16
 SEALED_CONTENT_KEY_SIZE = KEY_SIZE + TAG_SIZE
@@ -165,19 +164,20 @@ RECEIVER_ID = LABEL + b" receiver"
 
 
 class Pake:
-    """One side of one SPAKE2 exchange (python-spake2 0.9, Ed25519 group; side A is the sender).
+    """One side of one SPAKE2 exchange (python-spake2 0.9's, Ed25519 group, run by ``clients.pake``; side A is the
+    sender).
 
     Construct it, send :attr:`outbound` to the peer through the relay, feed the peer's message to
     :meth:`finish`, then prove the key with :meth:`PairKeys.confirmation` before sending anything else.
-    A Pake is single-use (python-spake2 refuses a second ``finish``), as the one-guess-per-code rule needs.
+    A Pake is single-use (a second ``finish`` is refused), as the one-guess-per-code rule needs.
     """
 
     def __init__(self, role: Role, code: str, entropy: Callable[[int], bytes] = os.urandom) -> None:
         self.role = role
         self.nameplate, words = split_code(code)
         password = pake_password(self.nameplate, words)
-        side = SPAKE2_A if role is Role.SENDER else SPAKE2_B
-        self._spake = side(password, idA=SENDER_ID, idB=RECEIVER_ID, entropy_f=entropy)
+        side = SIDE_A if role is Role.SENDER else SIDE_B
+        self._spake = Spake2(side, password, SENDER_ID, RECEIVER_ID, entropy)
         self.outbound: bytes = self._spake.start()
 
     def finish(self, inbound: bytes) -> PairKeys:
@@ -189,7 +189,7 @@ class Pake:
             raise BadPakeMessage("the PAKE message comes from the wrong side")
         try:
             shared = self._spake.finish(inbound)
-        except (SPAKEError, NotOnCurve, ValueError) as error:
+        except PakeError as error:
             raise BadPakeMessage("the PAKE message is not a valid group element") from error
         sender_msg, receiver_msg = (self.outbound, inbound) if self.role is Role.SENDER else (inbound, self.outbound)
         return PairKeys.derive(shared, transcript_hash(self.nameplate, sender_msg, receiver_msg))

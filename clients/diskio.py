@@ -45,7 +45,37 @@ from typing import cast
 
 DEFAULT_DEPTH = 8
 FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file's size
-WRITE_PIECE = 256 * 1024  # the most one pwrite call carries: larger ones cost 8x in the kernel on a VM (_pwrite_all)
+BALLOON_DRIVERS = "/sys/bus/virtio/drivers/virtio_balloon"
+BALLOON_REPORTING_BIT = 5  # VIRTIO_BALLOON_F_REPORTING: the guest reports free pages, the host takes them back
+SMALL_PIECE, LARGE_PIECE = 16 * 1024, 256 * 1024  # _pwrite_all, write_piece
+
+
+def free_pages_go_to_the_host(drivers: str = BALLOON_DRIVERS) -> bool:
+    """Whether this is a virtual machine whose balloon reports free memory to its host (Linux: a virtio balloon
+    device with feature bit ``VIRTIO_BALLOON_F_REPORTING``; its ``features`` file is one character per bit)."""
+    try:
+        devices = os.listdir(drivers)
+    except OSError:
+        return False
+    for device in devices:
+        try:
+            with open(os.path.join(drivers, device, "features"), encoding="ascii") as features:
+                bits = features.read(64).strip()
+        except (OSError, ValueError):
+            continue
+        if len(bits) > BALLOON_REPORTING_BIT and bits[BALLOON_REPORTING_BIT] == "1":
+            return True
+    return False
+
+
+def write_piece(memory_goes_back: bool) -> int:
+    """The most one ``pwrite`` carries (docs/design/speed.md section 15): 16 KiB where free memory goes back to the
+    host, 256 KiB elsewhere. Small writes dodge the host's faults (``_pwrite_all``) but cost the kernel more per
+    byte: in warm memory a receiver paid about 0.2 CPU-s/GiB more with 16 KiB pieces than with 256 KiB ones."""
+    return SMALL_PIECE if memory_goes_back else LARGE_PIECE
+
+
+WRITE_PIECE = write_piece(free_pages_go_to_the_host())
 
 
 class DiskError(OSError):
@@ -68,12 +98,14 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` in calls of at most :data:`WRITE_PIECE` bytes (``os.pwrite`` may write
     less; Windows has no ``pwrite``).
 
-    Why pieces (docs/design/speed.md section 11): on the benchmark VM, whose balloon hands free memory back to
-    the host, 1 MiB writes into the page cache cost 3.5 CPU-s/GiB of system time in memory freed a few seconds
-    earlier, 256-512 KiB writes 0.4 (``dd`` with those block sizes): with 1 MiB writes the kernel fills the file
-    with large page-cache folios taken from the blocks the host took back, and every one costs a host fault.
-    That was most of a receiver's time when three wrote 3 GiB of new pages at once. The extra syscalls cost
-    ~4,000 per GiB, a few milliseconds.
+    Why pieces (docs/design/speed.md sections 11 and 15): on a VM whose balloon hands free memory back to the
+    host (the benchmark machine), the kernel's copy into the page cache costs a host fault per page of memory the
+    host took back, and the size of a write decides which memory the kernel takes: a large write gets large
+    page-cache folios, carved from the big free blocks, which are the ones handed back; small writes get small
+    folios, which (our reading) come first from memory freed moments ago, such as the socket buffers'. A 1 GiB
+    receiver there, interleaved: 256 KiB pieces 1.3-3.6 CPU-s/GiB, 16 KiB pieces 0.8-0.9. Where memory stays
+    the guest's, the 65,536 small writes per GiB cost about 0.2 CPU-s more than 4,096 of 256 KiB: see
+    :func:`write_piece`.
     """
     done = 0
     while done < len(data):
@@ -281,8 +313,11 @@ class FileReader:
         self._lock = threading.Lock()  # held by the reader thread around each read; close() takes it too
         self._offset = 0  # reader thread side: bytes read so far
         self._ended = False  # reader thread side: the last chunk (or a failure) was posted
-        for _ in range(depth):
-            self._request(bytearray(chunk_size))
+        # Buffers for what the file needs, not more: the sender makes one reader per file, and a folder of small
+        # files would otherwise allocate (and zero) depth x chunk_size bytes for each of them.
+        chunks = max(1, -(-size // chunk_size))
+        for _ in range(min(depth, chunks)):
+            self._request(bytearray(min(chunk_size, size)))
 
     async def next(self) -> memoryview | None:
         """The next chunk, or ``None`` once ``size`` bytes were returned; raises :class:`ReadFailed`."""

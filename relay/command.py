@@ -8,12 +8,15 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from relay.protocol import escape_text
-from relay.config import ENV_PREFIX, Settings, SettingsError, parse_setting, setting_name
+# Nothing of relay's own at import time: ``relay send``/``relay receive`` need none of the server's settings, and
+# the shared modules they do need are imported with the client, under ``_client_start_up`` (section 15 of
+# docs/design/speed.md). ``relay serve`` imports relay.config where it builds its parser.
 
 EXIT_OK, EXIT_USAGE = 0, 2
 PROG = "relay"
@@ -30,6 +33,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _setting_type(spec: dataclasses.Field[object]) -> object:
+    from relay.config import SettingsError, parse_setting, setting_name
+
     def convert(raw: str) -> object:
         try:
             return parse_setting(spec.type, raw, spec.name)
@@ -42,6 +47,8 @@ def _setting_type(spec: dataclasses.Field[object]) -> object:
 
 def build_parser() -> argparse.ArgumentParser:
     """``relay --help`` (every subcommand) and the full parser of ``relay serve``."""
+    from relay.config import ENV_PREFIX, Settings
+
     parser = _Parser(prog=PROG, description="Send files through a relay server, or run one.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,send,receive}")
     serve = commands.add_parser(
@@ -59,14 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``relay serve`` here; hand any other subcommand (and its flags) to ``clients.cli.main``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in CLIENT_COMMANDS:
-        from clients import cli  # the clients need nothing of the server, and the server nothing of them
+    """Run ``relay serve`` here; hand any other subcommand (and its flags) to ``clients.cli.main``.
 
-        return cli.main(args)
-    if args and args[0].startswith("-") and args[0] not in ("-h", "--help"):
-        from clients import cli  # top-level flags of the client command (e.g. --version)
+    Without ``argv`` this is the program itself (the console script): the client is then imported with
+    ``_client_start_up``. A caller that passes ``argv`` (a test, another program) keeps its collector as it was.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    # client subcommands, and top-level flags of the client command (e.g. --version)
+    if args and (args[0] in CLIENT_COMMANDS or args[0].startswith("-") and args[0] not in ("-h", "--help")):
+        with _client_start_up(program=argv is None):
+            from clients import cli  # the clients need nothing of the server, and the server nothing of them
 
         return cli.main(args)
     try:
@@ -76,8 +85,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_serve(namespace)
 
 
+@contextlib.contextmanager
+def _client_start_up(program: bool) -> Iterator[None]:
+    """Import the client with the cyclic garbage collector paused, then freeze what the imports made.
+
+    Why: start-up is a fixed cost of every transfer, a quarter of a sender's CPU for 1 GiB (docs/design/speed.md
+    section 15). The imports make about 40,000 objects that live as long as the process (modules, classes,
+    functions); while they are made the collector runs dozens of times, each full pass walking all of them again,
+    and every later full pass (and the last one at exit) walks them once more. ``gc.freeze()`` moves them to the
+    permanent generation, which collections skip: what CPython's documentation advises before a fork, here for
+    the same reason without one. Garbage made after start-up is collected as before.
+    """
+    if not program or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Read the settings (environment, then flags), then serve until SIGTERM or Ctrl-C."""
+    from relay.config import Settings, SettingsError
+
     overrides = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Settings)}
     try:
         settings = Settings.from_env(**overrides)
@@ -98,6 +131,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:
+    from relay.protocol import escape_text
+
     print(f"{PROG}: error: {escape_text(message)}", file=sys.stderr, flush=True)
     return code
 

@@ -9,7 +9,6 @@ threshold above the largest chunk (and the trim threshold with it) lets freed ch
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -24,8 +23,9 @@ def tune_allocator() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The C library the interpreter already loaded (its global symbols), not ctypes.util.find_library("c"):
+        # on Linux that runs ``ldconfig -p`` in a child process at every start of every client (~5 ms of CPU).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt thresholds)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -575,6 +575,42 @@ def test_a_transfer_does_not_import_what_only_a_proxy_needs() -> None:
     assert result.stdout.strip() == ""
 
 
+def _start_up_probe(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (this checkout first on the path); its last line of output."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+# What `relay send`/`relay receive` never need: the server, its settings and its web stack; ctypes.util
+# (find_library runs `ldconfig -p` in a child process at every start); python-spake2, whose import computes
+# parameters for 217 M instructions (clients.pake runs the same exchange on libsodium).
+NOT_AT_START = ("relay.config", "relay.server", "relay.service", "relay.rooms", "relay.transport", "relay.web",
+                "fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client", "httptools", "ctypes.util",
+                "spake2")
+
+
+def test_the_client_commands_import_nothing_they_do_not_use() -> None:
+    """Start-up is a fixed cost of every transfer (issue 12, docs/design/speed.md section 15)."""
+    probe = ("import sys\nfrom relay.command import main\n"
+             "try:\n    main(['send', '--help'])\nexcept SystemExit:\n    pass\n"
+             "import relay.tuning; relay.tuning.tune_allocator()\n"
+             "from clients import crypto; crypto.Pake(crypto.Role.SENDER, '7-ocean-table')\n"
+             f"print(sorted(m for m in {NOT_AT_START!r} if m in sys.modules), 'clients.transfer' in sys.modules)")
+    assert _start_up_probe(probe) == "[] True"
+
+
+def test_the_program_imports_the_client_with_the_collector_paused_then_frozen() -> None:
+    """``relay send``/``relay receive`` as a program: the objects of start-up go to the permanent generation and the
+    collector is on again; a caller passing its own arguments (tests, another program) keeps its collector."""
+    probe = ("import gc, sys\nfrom relay.command import main\nsys.argv = ['relay', '{args}']\n"
+             "try:\n    main({argv})\nexcept SystemExit:\n    pass\n"
+             "print(gc.get_freeze_count() > 10_000, gc.isenabled())")
+    assert _start_up_probe(probe.format(args="send', '--help", argv="")) == "True True"
+    assert _start_up_probe(probe.format(args="", argv="['send', '--help']")) == "False True"
+
+
 def test_a_weak_chosen_code_gets_a_warning(tmp_path) -> None:
     (tmp_path / "x").write_text("x")
     unreachable = f"http://127.0.0.1:{free_port()}"
