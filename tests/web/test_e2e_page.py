@@ -37,6 +37,25 @@ def words_of(code: str) -> list[str]:
     return code.split("-")[1:]
 
 
+def protocol_words_removed(message: object) -> str:
+    """``message`` as JSON with what the protocol itself spells removed (keys, and the ``type`` of a message), so
+    that a code word that is also a protocol word ("type", "chunk", about 1 code in 300) is looked for only where a
+    leak could be: in the values."""
+    if isinstance(message, dict):
+        return " ".join(protocol_words_removed(value) for key, value in message.items() if key != "type")
+    if isinstance(message, list):
+        return " ".join(protocol_words_removed(value) for value in message)
+    return json.dumps(message)
+
+
+def url_words_removed(target: str) -> str:
+    """A request target without the relay's own path (``/relay/ws``) and query keys: what is left is the
+    nameplate and the query values."""
+    path, _, query = target.partition("?")
+    values = [pair.partition("=")[2] for pair in query.split("&")]
+    return " ".join([path.removeprefix("/relay").removeprefix("/ws"), *values])
+
+
 def other_words(code: str) -> str:
     """The same nameplate with other words: what a person who mistyped or guessed would send."""
     nameplate, *words = code.split("-")
@@ -74,7 +93,7 @@ def test_page_to_page_through_a_recording_relay_reveals_no_name_plaintext_or_wor
     assert any(target.startswith("/relay/ws?") for target in sockets)
     assert any(target.startswith(f"/relay/ws/{nameplate}?") for target in sockets)
     for target in targets:
-        assert not any(word in target for word in words_of(code)), target
+        assert not any(word in url_words_removed(target) for word in words_of(code)), target
 
     texts = [data for _, data in received if isinstance(data, str)]
     binaries = [data for _, data in received if isinstance(data, bytes)]
@@ -87,7 +106,7 @@ def test_page_to_page_through_a_recording_relay_reveals_no_name_plaintext_or_wor
             opaque.append(base64.b64decode(value))
         clear = json.dumps(message)
         assert "quarterly" not in clear and "secret-plans" not in clear and "PLAINTEXT" not in clear, clear
-        assert not any(word in clear for word in words_of(code)), clear
+        assert not any(word in protocol_words_removed(message) for word in words_of(code)), clear
     for blob in binaries + opaque:
         assert marker not in blob and b"quarterly-secret-plans" not in blob and words.encode() not in blob
 
