@@ -14,10 +14,12 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import websockets
-from playwright.sync_api import BrowserContext
+from playwright.sync_api import BrowserContext, Page
 
 from tests.test_resume_cli import HeldCutter
 from tests.test_resume_dropped_cli import Unreachable
@@ -26,6 +28,52 @@ from tests.web.proxy import prefix_proxy
 from tests.web.test_folder_receive import (
     CLI, PROCESS_TIMEOUT, READ_INBOX_FILE, accept_into_folder, accept_into_inbox, connect_with_inbox, inbox,
 )
+
+
+def send_to_two(page: Page, base_url: str, source: Path) -> str:
+    """The sending page offers ``source`` to two receivers; returns the code once it waits for them."""
+    page.goto(base_url + "/")
+    page.set_input_files("#file-input", [str(source)])
+    page.fill("#receivers", "2")
+    page.click("#send-start")
+    page.wait_for_selector('#send-status[data-state="waiting"]')
+    return page.text_content("#send-code") or ""
+
+
+def two_terminal_receivers(code: str, direct_url: str, other_url: str, tmp_path: Path
+                           ) -> tuple[list[subprocess.Popen[str]], list[Path]]:
+    """`relay receive` straight to the relay and another through ``other_url``, each into a folder of its own."""
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    receivers = []
+    for url, out in zip((direct_url, other_url), outs, strict=True):
+        out.mkdir()
+        receivers.append(subprocess.Popen([*CLI, "receive", "--relay", url, "--output", str(out), "--yes", "--quiet"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env={**os.environ, "RELAY_CODE": code}))
+    return receivers, outs
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (the in-process relay's rooms) every 10 ms for at most PROCESS_TIMEOUT seconds."""
+    for _ in range(PROCESS_TIMEOUT * 100):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(what)
+
+
+def dropped(relay: Any, nameplate: str) -> bool:
+    """The relay dropped a receiver of room ``nameplate`` (the room may have ended since: its dropped seats)."""
+    rooms = relay.relay.rooms
+    room = rooms.by_code.get(nameplate)
+    return (room is not None and any(r.dropped for r in room.receivers)) or nameplate in rooms.dropped
+
+
+def kill_if_running(*processes: subprocess.Popen[str]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(PROCESS_TIMEOUT)
 
 
 def test_a_sending_page_carries_on_when_its_receiver_drops_and_comes_back(context: BrowserContext, relay_server,
@@ -90,46 +138,27 @@ def test_a_sending_page_does_not_wait_for_a_receiver_that_verified_before_anothe
     source = tmp_path / "one.bin"
     source.write_bytes(os.urandom(3 * 1024 * 1024 + 777))
     page = context.new_page()
-    page.goto(relay_server.http_url + "/")
-    page.set_input_files("#file-input", [str(source)])
-    page.fill("#receivers", "2")
-    page.click("#send-start")
-    page.wait_for_selector('#send-status[data-state="waiting"]')
-    code = page.text_content("#send-code") or ""
+    code = send_to_two(page, relay_server.http_url, source)
+    nameplate = code.split("-", 1)[0]
     ready: queue.Queue = queue.Queue()
-    release, stop = threading.Event(), threading.Event()
-    cutter = in_thread(_held_cutter(relay_server.ws_url, 2, ready, release, stop))
+    release, done = threading.Event(), threading.Event()
+    cutter = in_thread(_held_cutter(relay_server.ws_url, 2, ready, release, done))
     try:
-        held_url = ready.get(timeout=PROCESS_TIMEOUT)
-        env = {**os.environ, "RELAY_CODE": code}
-        outs = [tmp_path / "out1", tmp_path / "out2"]
-        for out in outs:
-            out.mkdir()
-        first = subprocess.Popen([*CLI, "receive", "--relay", relay_server.ws_url, "--output", str(outs[0]), "--yes",
-                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        second = subprocess.Popen([*CLI, "receive", "--relay", held_url, "--output", str(outs[1]), "--yes",
-                                   "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        receivers, outs = two_terminal_receivers(code, relay_server.ws_url, ready.get(timeout=PROCESS_TIMEOUT),
+                                                 tmp_path)
         try:
             rooms = relay_server.relay.rooms.by_code
-            for _ in range(PROCESS_TIMEOUT * 100):
-                room = rooms.get(code.split("-", 1)[0])
-                if room is not None and any(r.verified for r in room.receivers):
-                    break
-                time.sleep(0.01)
-            else:
-                raise AssertionError("no receiver verified while the other was held")
+            wait_for(lambda: nameplate in rooms and any(r.verified for r in rooms[nameplate].receivers),
+                     "no receiver verified while the other was held")
             release.set()
-            for process in (first, second):
+            for process in receivers:
                 assert process.wait(PROCESS_TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
         finally:
-            for process in (first, second):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(PROCESS_TIMEOUT)
+            kill_if_running(*receivers)
         text = wait_state(page, "#send-status", "verified")
     finally:
         release.set()
-        stop.set()
+        done.set()
         cutter.result(timeout=PROCESS_TIMEOUT)
     assert text.startswith("Done"), text
     for out in outs:
@@ -159,48 +188,26 @@ def test_a_sending_page_goes_on_without_a_receiver_the_relay_dropped_and_says_so
     source = tmp_path / "one.bin"
     source.write_bytes(os.urandom(3 * 1024 * 1024 + 777))
     page = context.new_page()
-    page.goto(relay.http_url + "/")
-    page.set_input_files("#file-input", [str(source)])
-    page.fill("#receivers", "2")
-    page.click("#send-start")
-    page.wait_for_selector('#send-status[data-state="waiting"]')
+    code = send_to_two(page, relay.http_url, source)
     record_status(page, "#send-status")
-    code = page.text_content("#send-code") or ""
     nameplate = code.split("-", 1)[0]
     ready: queue.Queue = queue.Queue()
-    reopen, stop = threading.Event(), threading.Event()
-    cutter = in_thread(_unreachable(relay.ws_url, 2, ready, reopen, stop))
+    reopen, done = threading.Event(), threading.Event()
+    cutter = in_thread(_unreachable(relay.ws_url, 2, ready, reopen, done))
     try:
-        cut_url = ready.get(timeout=PROCESS_TIMEOUT)
-        env = {**os.environ, "RELAY_CODE": code}
-        outs = [tmp_path / "out1", tmp_path / "out2"]
-        for out in outs:
-            out.mkdir()
-        first = subprocess.Popen([*CLI, "receive", "--relay", relay.ws_url, "--output", str(outs[0]), "--yes",
-                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        second = subprocess.Popen([*CLI, "receive", "--relay", cut_url, "--output", str(outs[1]), "--yes",
-                                   "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        (first, second), outs = two_terminal_receivers(code, relay.ws_url, ready.get(timeout=PROCESS_TIMEOUT),
+                                                       tmp_path)
         try:
-            rooms = relay.relay.rooms
-            for _ in range(PROCESS_TIMEOUT * 100):
-                room = rooms.by_code.get(nameplate)
-                if (room is not None and any(r.dropped for r in room.receivers)) or nameplate in rooms.dropped:
-                    break
-                time.sleep(0.01)
-            else:
-                raise AssertionError("the relay never dropped the cut receiver")
+            wait_for(lambda: dropped(relay, nameplate), "the relay never dropped the cut receiver")
             reopen.set()
             assert first.wait(PROCESS_TIMEOUT) == 0, first.stderr.read() if first.stderr else ""
             assert second.wait(PROCESS_TIMEOUT) == 7, second.stderr.read() if second.stderr else ""
         finally:
-            for process in (first, second):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(PROCESS_TIMEOUT)
+            kill_if_running(first, second)
         text = wait_state(page, "#send-status", "verified")
     finally:
         reopen.set()
-        stop.set()
+        done.set()
         cutter.result(timeout=PROCESS_TIMEOUT)
     assert text.startswith("Done") and "reached 1 of 2 receivers" in text, text
     assert "did not come back within the relay's resume window, so it was dropped and did not get the files" in text
@@ -237,27 +244,16 @@ def test_a_receiving_page_the_relay_dropped_says_so_and_the_others_finish(contex
                                         env={**os.environ, "RELAY_CODE": code})
             try:
                 accept_into_folder(page)
-                rooms = relay.relay.rooms
-                for _ in range(PROCESS_TIMEOUT * 100):
-                    room = rooms.by_code.get(nameplate)
-                    if (room is not None and any(r.dropped for r in room.receivers)) or nameplate in rooms.dropped:
-                        break
-                    time.sleep(0.01)
-                else:
-                    raise AssertionError("the relay never dropped the page")
+                wait_for(lambda: dropped(relay, nameplate), "the relay never dropped the page")
                 proxy.reopen()
                 text = wait_state(page, "#receive-status", "failed")
                 assert terminal.wait(PROCESS_TIMEOUT) == 0, terminal.stderr.read() if terminal.stderr else ""
             finally:
-                if terminal.poll() is None:
-                    terminal.kill()
-                    terminal.wait(PROCESS_TIMEOUT)
+                kill_if_running(terminal)
             assert proxy.cuts == 1 and proxy.refused >= 1
         assert sender.wait(PROCESS_TIMEOUT) == 7, sender.stderr.read() if sender.stderr else ""
     finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait(PROCESS_TIMEOUT)
+        kill_if_running(sender)
     assert text.startswith("The connection to the relay was lost for longer than the relay waits for a party to "
                            "come back, so the sender went on without this page."), text
     assert sha256(out / source.name) == sha256(source)
