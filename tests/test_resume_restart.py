@@ -118,6 +118,16 @@ async def restart(relay: RelayProcess, gates: list[tuple[str, Gate]]) -> None:
     await asyncio.to_thread(relay.start)  # the same port: the clients' next attempts find the new process
 
 
+def assert_everyone_got_everything(sent: Run, runs: list[Run], outputs: list[Path], source: Path) -> None:
+    """The sender and every receiver succeeded, and each output holds both files byte for byte and nothing else."""
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, run.stderr + run.stdout
+        assert everything_under(output) == ["src", "src/one.bin", "src/two.bin"]
+        for name in ("one.bin", "two.bin"):
+            assert sha(output / "src" / name) == sha(source / name)
+
+
 def make_files(folder: Path) -> Path:
     folder.mkdir()
     for name, seed in (("one.bin", 3), ("two.bin", 5)):
@@ -152,13 +162,9 @@ async def test_a_relay_killed_mid_transfer_and_started_again_the_transfer_comple
         await restart(relay, gates)
         runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
         sent = await finish(sender)
-    assert sent.returncode == 0, sent.stderr + sent.stdout
-    for run, output in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, run.stderr + run.stdout
+    assert_everyone_got_everything(sent, runs, outputs, source)
+    for run in runs:
         assert "connection lost, reconnecting" in run.stdout
-        assert everything_under(output) == ["src", "src/one.bin", "src/two.bin"]
-        for name in ("one.bin", "two.bin"):
-            assert sha(output / "src" / name) == sha(source / name)
     assert all("resume=1" in gate.paths[-1] for _, gate in gates)
     # The next epoch starts from what the receivers hold (each at least the first file, which it
     # acknowledged), so what is sent again is only what it had not written when the relay died: at most the second
@@ -194,10 +200,5 @@ async def test_a_receiver_that_verified_before_the_restart_is_not_waited_for(tmp
         await restart(relay, gates)
         runs: list[Run] = list(await asyncio.gather(*(finish(process) for process in receiving)))
         sent = await finish(sender)
-    assert sent.returncode == 0, sent.stderr + sent.stdout
-    for run, output in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, run.stderr + run.stdout
-        assert everything_under(output) == ["src", "src/one.bin", "src/two.bin"]
-        for name in ("one.bin", "two.bin"):
-            assert sha(output / "src" / name) == sha(source / name)
+    assert_everyone_got_everything(sent, runs, outputs, source)
     assert len(free.paths) == 1 and "resume=1" in held.paths[-1]  # A never came back; B resumed
