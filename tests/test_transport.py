@@ -303,6 +303,21 @@ def test_a_held_frame_is_never_taken_as_a_chunk() -> None:
     assert buffer.take_binary() == b"held" and buffer.take_chunk(256, 1000) == ("header", b"payload")
 
 
+def full_socket_reads(buffer: FrameBuffer, stream: bytes, position: int) -> Iterator[int]:
+    """Feed ``stream`` from ``position`` into ``buffer`` as a socket that always has more would: each read fills
+    the whole view the buffer offers; yields each read's size (at most 100 reads)."""
+    for _ in range(100):
+        if position >= len(stream):
+            return
+        view = buffer.writable()
+        count = min(len(view), len(stream) - position)
+        view[:count] = stream[position : position + count]
+        view.release()
+        buffer.wrote(count)
+        position += count
+        yield count
+
+
 def test_with_the_batch_floor_one_read_brings_several_chunks_and_memory_stays_bounded() -> None:
     """While a sender's chunks are forwarded (``floor``), the buffer offers the kernel room for several 64 KiB
     chunks per read; it never grows past the floor (or one frame plus slack), and ``release`` ends it."""
@@ -310,14 +325,8 @@ def test_with_the_batch_floor_one_read_brings_several_chunks_and_memory_stays_bo
     stream = chunk * 40
     buffer = FrameBuffer(max_frame=4 << 20)
     buffer.floor = fb.BATCH
-    position, reads, taken = 0, 0, 0
-    while position < len(stream) and reads < 100:  # as a socket always full would fill each view
-        view = buffer.writable()
-        count = min(len(view), len(stream) - position)
-        view[:count] = stream[position : position + count]
-        view.release()
-        buffer.wrote(count)
-        position += count
+    reads, taken = 0, 0
+    for _ in full_socket_reads(buffer, stream, 0):
         reads += 1
         while (pair := buffer.take_chunk(256, 70_000)) is not None:
             assert pair[0] == '{"type":"chunk"}' and len(pair[1]) == 65_552
@@ -336,14 +345,8 @@ def test_batches_of_whole_chunks_end_each_full_read_on_a_chunk_boundary() -> Non
     feed(buffer, stream[:1000], 1 << 20)  # a first read that ends inside the first chunk
     buffer.batch_for(len(chunk))
     assert buffer.floor == 3 * len(chunk) <= fb.BATCH
-    position, sizes, taken = 1000, [], 0
-    while position < len(stream) and len(sizes) < 100:
-        view = buffer.writable()
-        count = min(len(view), len(stream) - position)
-        view[:count] = stream[position : position + count]
-        view.release()
-        buffer.wrote(count)
-        position += count
+    sizes, taken = [], 0
+    for count in full_socket_reads(buffer, stream, 1000):
         sizes.append(count)
         while buffer.take_chunk(256, 70_000) is not None:
             taken += 1
