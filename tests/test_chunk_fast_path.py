@@ -18,7 +18,7 @@ from relay import framebuffer as fb
 from relay import protocol as p
 from relay.rooms import Room, chunk_json, parse_frame
 from relay.service import ChunkForwarder
-from tests.peers import KeyedRoom, open_room_v2, send_sealed, start_v2
+from tests.peers import KeyedRoom, RawPeer, open_room_v2, send_sealed, start_v2
 
 DIGEST = "0123456789abcdef"
 
@@ -86,6 +86,14 @@ async def streaming(relay_url: str, chunks: int) -> tuple[KeyedRoom, list[bytes]
     return room, sealed
 
 
+async def receives_in_order(receiver: RawPeer, sealed: list[bytes]) -> None:
+    """``receiver`` gets each of ``sealed`` in order, each behind its canonical header."""
+    for data in sealed:
+        assert await receiver.expect("chunk") == {"type": "chunk", "epoch": 0, "size": len(data),
+                                                  "xxh3_64": p.chunk_digest(data)}
+        assert await receiver.recv() == data
+
+
 def test_a_streaming_senders_chunks_are_forwarded_from_its_connection(relay_factory, monkeypatch) -> None:
     relay = relay_factory()
     forwarded: list[int] = []
@@ -102,10 +110,7 @@ def test_a_streaming_senders_chunks_are_forwarded_from_its_connection(relay_fact
         receiver = room.receivers[0]
         for data in sealed:
             await send_sealed(room.sender, data)
-        for data in sealed:
-            assert await receiver.expect("chunk") == {"type": "chunk", "epoch": 0, "size": len(data),
-                                                      "xxh3_64": p.chunk_digest(data)}
-            assert await receiver.recv() == data
+        await receives_in_order(receiver, sealed)
         await room.sender.close()
         await receiver.close()
 
@@ -189,10 +194,7 @@ def test_chunks_that_arrive_in_one_read_are_forwarded_in_one_pass_in_order_each_
         await send_sealed(room.sender, sealed[0])  # from now on the sender's connection forwards as it reads
         assert await receiver.expect("chunk") and await receiver.recv() == sealed[0]
         room.sender.ws.transport.write(b"".join(map(wire_chunk, sealed[1:])))  # one write: one read at the relay
-        for data in sealed[1:]:
-            assert await receiver.expect("chunk") == {"type": "chunk", "epoch": 0, "size": len(data),
-                                                      "xxh3_64": p.chunk_digest(data)}
-            assert await receiver.recv() == data
+        await receives_in_order(receiver, sealed[1:])
         await room.sender.close()
         await receiver.close()
 
