@@ -4,10 +4,12 @@ Every path from a sender is hostile. Confinement here is by construction, not by
 folder on the way to a file is opened relative to the previous one with ``O_NOFOLLOW``, so a symbolic link
 anywhere below the destination (planted before or during the transfer) is refused rather than followed.
 
-Files are written to ``.relay-<random>.part`` beside their final name and renamed only when the whole transfer
-has verified. The commit is all-or-nothing: if the k-th rename fails, the k-1 files already renamed are removed
-again (a file they replaced under ``overwrite`` is put back), every part is deleted and every folder this
-transfer created is removed, so nothing is ever left under a final name.
+Files are written to ``.relay-<attempt id><count>.part`` beside their final name and renamed only when the whole
+transfer has verified. Every temporary name carries the attempt's id, which the state file records before the
+first part exists: a later attempt finds and removes whatever a killed one left (docs/protocol.md section 10.3).
+The commit is all-or-nothing: if the k-th rename fails, the k-1 files already renamed are removed again (a file
+they replaced under ``overwrite`` is put back), every part is deleted and every folder this transfer created is
+removed, so nothing is ever left under a final name.
 
 Descriptors are bounded by a small constant whatever the number of files and folders: a part remembers the
 names of its folders, not an open descriptor; the one folder used last stays open (files usually arrive folder

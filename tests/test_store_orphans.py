@@ -229,3 +229,22 @@ def test_the_names_an_attempt_makes_are_told_apart_from_every_other_name() -> No
     with pytest.raises(ValueError):
         made_by("../..", ".relay-../..0000.part")
 
+
+
+async def test_a_thousand_small_files_cost_one_state_record_not_one_each(tmp_path: Path) -> None:
+    """The id is recorded once, before the first part: a part created later adds no write of the state file
+    (each record is a new file renamed over the last: the same inode means no record)."""
+    offer = p.Offer(tuple(p.FileEntry(f"many/{i}.txt", 1) for i in range(1000)))
+    destination = Destination(tmp_path)
+    destination.check(offer)
+    destination.load_state()
+    recorded = None
+    for entry in offer.files:
+        part = await destination.open_part(entry)
+        os.pwrite(destination.part_fd(part)[0], b"x", 0)
+        await destination.finish(part)
+        recorded = recorded or (tmp_path / STATE_NAME).stat().st_ino
+    assert (tmp_path / STATE_NAME).stat().st_ino == recorded
+    assert parse_state((tmp_path / STATE_NAME).read_bytes()).files == []
+    destination.commit()
+    assert temporaries(tmp_path) == [] and len(os.listdir(tmp_path / "many")) == 1000
