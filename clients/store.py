@@ -457,11 +457,12 @@ class Destination:
                   for held in self._kept.values()]
         record = {"version": STATE_VERSION, "attempt": self.attempt, "files": files}
         data = json.dumps(record, separators=(",", ":")).encode()
-        if len(data) > MAX_STATE_BYTES:  # too many files to resume by hand: the next attempt starts again, but
+        size = len(data)  # what the caller spaces the next record by, even when it is not written whole
+        if size > MAX_STATE_BYTES:  # too many files to resume by hand: the next attempt starts again, but
             record["files"] = []  # still finds (and removes) what this one made by its id
             data = json.dumps(record, separators=(",", ":")).encode()
         if not self._own_state():
-            return len(data)
+            return size
         first = not self._begun
         if first:
             self._forget_earlier()
@@ -478,7 +479,7 @@ class Destination:
                 raise _write_error(STATE_NAME, exc) from exc
             else:
                 self._begun = True
-                return len(data)
+                return size
         named = self._earlier.attempt if first and self._earlier is not None else self.attempt
         temporary = f".relay-state-{named}.tmp"
         try:
@@ -491,7 +492,7 @@ class Destination:
                 os.unlink(temporary, dir_fd=root_fd)
             raise _write_error(STATE_NAME, exc) from exc
         self._begun = True
-        return len(data)
+        return size
 
     def _forget_earlier(self) -> None:
         """Remove what the earlier attempt (the state file found here) left and this one does not take back: the
