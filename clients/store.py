@@ -4,10 +4,12 @@ Every path from a sender is hostile. Confinement here is by construction, not by
 folder on the way to a file is opened relative to the previous one with ``O_NOFOLLOW``, so a symbolic link
 anywhere below the destination (planted before or during the transfer) is refused rather than followed.
 
-Files are written to ``.relay-<random>.part`` beside their final name and renamed only when the whole transfer
-has verified. The commit is all-or-nothing: if the k-th rename fails, the k-1 files already renamed are removed
-again (a file they replaced under ``overwrite`` is put back), every part is deleted and every folder this
-transfer created is removed, so nothing is ever left under a final name.
+Files are written to ``.relay-<attempt id><count>.part`` beside their final name and renamed only when the whole
+transfer has verified. Every temporary name carries the attempt's id, which the state file records before the
+first part exists: a later attempt finds and removes whatever a killed one left (docs/protocol.md section 10.3).
+The commit is all-or-nothing: if the k-th rename fails, the k-1 files already renamed are removed again (a file
+they replaced under ``overwrite`` is put back), every part is deleted and every folder this transfer created is
+removed, so nothing is ever left under a final name.
 
 Descriptors are bounded by a small constant whatever the number of files and folders: a part remembers the
 names of its folders, not an open descriptor; the one folder used last stays open (files usually arrive folder
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -47,10 +50,26 @@ _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 # --- resume by hand: the state file beside the parts (docs/protocol.md section 10.3) ----------------------
 
 STATE_NAME = ".relay-state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_STATE_BYTES = 4 * 1024 * 1024  # a state file is read whole: bounded, whatever an earlier run or a stranger left
-PART_NAME = re.compile(r"\.relay-[0-9a-f]{12}\.part")  # what ``open_part`` makes; nothing else is ever opened
+ATTEMPT_ID = re.compile(r"[0-9a-f]{8}")  # one attempt's id: its parts, backups and state temporaries carry it
+# What ``open_part`` makes: the attempt's id, then its count of names drawn (4 to 8 hex digits; at most
+# 2 x MAX_FILES names per attempt). Nothing else is ever opened as a part.
+PART_NAME = re.compile(r"\.relay-[0-9a-f]{12,16}\.part")
 _READ_BLOCK = 1024 * 1024
+
+
+def made_by(attempt: str, name: str) -> bool:
+    """Whether ``name`` is one of the names attempt ``attempt`` makes (a part, a backup kept under overwrite, a
+    state file's temporary). ``attempt`` must match ``ATTEMPT_ID``; it is only ever compared, never put in a
+    path."""
+    if ATTEMPT_ID.fullmatch(attempt) is None:
+        raise ValueError("not an attempt id")
+    if name == f".relay-state-{attempt}.tmp":
+        return True
+    stem, dot, suffix = name.rpartition(".")
+    return (dot == "." and suffix in ("part", "old") and stem.startswith(f".relay-{attempt}")
+            and re.fullmatch(r"[0-9a-f]{4,8}", stem[len(".relay-") + 8:]) is not None)
 
 
 class BadState(ValueError):
@@ -68,9 +87,17 @@ class Held:
     have: int
 
 
-def parse_state(raw: bytes) -> list[Held]:
-    """The entries of a state file, checked like a peer's message (it is hostile input: anyone who could write
-    into the folder may have written it). Raises ``BadState``."""
+@dataclass(frozen=True, slots=True)
+class State:
+    """A state file: the id of the attempt that wrote it and what it held of each file."""
+
+    attempt: str
+    files: list[Held]
+
+
+def parse_state(raw: bytes) -> State:
+    """A state file, checked like a peer's message (it is hostile input: anyone who could write into the folder
+    may have written it). Raises ``BadState``."""
     if len(raw) > MAX_STATE_BYTES:
         raise BadState(f"it is over {MAX_STATE_BYTES} bytes")
     try:
@@ -79,6 +106,9 @@ def parse_state(raw: bytes) -> list[Held]:
         raise BadState("it is not JSON") from exc
     if not isinstance(data, dict) or data.get("version") != STATE_VERSION or not isinstance(data.get("files"), list):
         raise BadState("it is not a state file of this version")
+    attempt = data.get("attempt")
+    if not isinstance(attempt, str) or ATTEMPT_ID.fullmatch(attempt) is None:
+        raise BadState("it has a bad attempt id")
     files = data["files"]
     if len(files) > p.MAX_FILES:
         raise BadState("it lists too many files")
@@ -97,7 +127,7 @@ def parse_state(raw: bytes) -> list[Held]:
                 or not 0 <= have <= size or not (mtime is None or type(mtime) is int and 0 <= mtime <= p.MAX_MTIME)):
             raise BadState("an entry has a size, mtime or count out of range")
         held.append(Held(path, size, mtime, part, have))
-    return held
+    return State(attempt, held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,18 +209,31 @@ class Destination:
     root: Path
     overwrite: bool = False
     platform: str = sys.platform
+    attempt: str = field(default_factory=lambda: secrets.token_hex(4))  # ATTEMPT_ID: names what this one makes
     parts: list[Part] = field(default_factory=list)
     mappings: list[tuple[str, str]] = field(default_factory=list)
     created: list[tuple[str, ...]] = field(default_factory=list)  # folders this transfer made, in order
-    stale: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # an earlier attempt's unused parts
     _local: dict[str, str] = field(default_factory=dict)
+    _file_folders: set[tuple[str, ...]] = field(default_factory=set)  # the offer's files' folders (local)
     _open: tuple[tuple[str, ...], int] | None = None  # the folder used last, still open
+    _names: int = 0  # names drawn from ``attempt`` so far
+    # Resume by hand (section 10.3): the state file found here, the parts of it taken back and not yet reopened
+    # (by folder and name), whether that file was looked at (then it is ours to replace and remove), whether
+    # the earlier attempt's leftovers were removed, and whether the state file names this attempt yet.
+    _earlier: State | None = None
+    _kept: dict[tuple[tuple[str, ...], str], Held] = field(default_factory=dict)
+    _read_state: bool = False
+    _swept: bool = False
+    _begun: bool = False
+    _lock: int | None = None  # the output folder, open and locked (flock): its state file is this attempt's
+    _shared: bool = False  # another attempt holds that lock: this one neither reads nor writes the state file
 
     def check(self, offer: p.Offer) -> None:
         """Refuse, before accepting, an offer that would overwrite, go through a link, or not fit on disk."""
         if not self.root.is_dir():
             raise LocalFailure(ErrorCode.WRITE_FAILED, f"the output folder does not exist: {self.root}")
         self._map_names(offer)
+        self._file_folders = {self._folder_of(entry.path) for entry in offer.files}
         dirs = {self._local[path] for path in offer.dirs}
         existing = []
         for path in [self._local[entry.path] for entry in offer.files] + sorted(dirs):
@@ -248,16 +291,28 @@ class Destination:
         """The local spelling of an offered path (after ``check``)."""
         return self._local.get(path) or local_path(path, self.platform)
 
+    def _folder_of(self, path: str) -> tuple[str, ...]:
+        return tuple(self.local(path).split("/")[:-1])
+
+    def _name(self, suffix: str) -> str:
+        """A new temporary name of this attempt: ``.relay-<attempt><count, 4+ hex>.<suffix>``."""
+        self._names += 1
+        return f".relay-{self.attempt}{self._names - 1:04x}.{suffix}"
+
     def make_dirs(self, dirs: tuple[str, ...]) -> None:
         """Create the offer's folders (the empty ones and their parents)."""
         for path in dirs:
             self._folder(tuple(self.local(path).split("/")), path)
 
     async def open_part(self, entry: p.FileEntry) -> Part:
-        """Create the temporary file for ``entry`` (and the folders above it)."""
+        """Create the temporary file for ``entry`` (and the folders above it). The first part of an attempt is
+        created only once the state file names the attempt: a kill at any moment after leaves nothing that the
+        next attempt would not find by that id."""
+        if not self._begun:
+            self.save_state()
         *folders, name = self.local(entry.path).split("/")
         dir_fd = self._folder(tuple(folders), entry.path)
-        part = Part(entry, tuple(folders), name, f".relay-{secrets.token_hex(6)}.part")
+        part = Part(entry, tuple(folders), name, self._name("part"))
         self.parts.append(part)
         try:
             part.handle = await aiofiles.open(
@@ -273,7 +328,11 @@ class Destination:
     def load_state(self) -> list[Held]:
         """The state file an earlier attempt left in the folder ([] if none). Opened without following a link,
         read up to its bound; raises ``BadState`` for one that cannot be trusted (the caller warns and ignores
-        it)."""
+        it). Once looked at, the state file is this attempt's to replace and, at the end, to remove; what the
+        earlier attempt made and this one does not take back is removed before this one's first record."""
+        if not self._own_state():
+            return []
+        self._read_state = True
         try:
             fd = os.open(STATE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._folder((), "", False))
         except FileNotFoundError:
@@ -286,7 +345,11 @@ class Destination:
             raw = os.read(fd, MAX_STATE_BYTES + 1)
         finally:
             os.close(fd)
-        return parse_state(raw)
+        state = parse_state(raw)
+        while self.attempt == state.attempt:  # never the id of what is to be removed
+            self.attempt = secrets.token_hex(4)
+        self._earlier = state
+        return state.files
 
     def claims(self, offer: p.Offer, held: list[Held]) -> tuple[list[Claim], list[str]]:
         """What this receiver can prove it holds of ``offer``: per file matching an entry of ``held`` by path, size
@@ -296,6 +359,7 @@ class Destination:
         file is simply not claimed. Blocking: run it in a thread."""
         by_path = {entry.path: entry for entry in held}
         claims, changed = [], []
+        self._kept.clear()
         for index, entry in enumerate(offer.files):
             earlier = by_path.pop(entry.path, None)
             if earlier is None or earlier.have == 0:
@@ -306,14 +370,13 @@ class Destination:
             digest = self._digest(entry.path, earlier.part, earlier.have)
             if digest is not None:
                 claims.append(Claim(index, earlier.have, digest, earlier.part))
-        claimed = {(offer.files[c.file].path, c.part) for c in claims}
-        self.stale = [(tuple(self.local(entry.path).split("/")[:-1]), entry.part)
-                      for entry in held if (entry.path, entry.part) not in claimed]
+                self._kept[(self._folder_of(entry.path), earlier.part)] = earlier
         return claims, changed
 
     def refused(self, path: str, part_name: str) -> None:
-        """The sender did not agree to a claim (its file changed): that part is removed with the state file."""
-        self.stale.append((tuple(self.local(path).split("/")[:-1]), part_name))
+        """The sender did not agree to a claim (its file changed): that part is not taken back (it is removed
+        with the earlier attempt's other leftovers)."""
+        self._kept.pop((self._folder_of(path), part_name), None)
 
     def _digest(self, path: str, part_name: str, have: int) -> str | None:
         *folders, _ = self.local(path).split("/")
@@ -344,6 +407,8 @@ class Destination:
         relative to its folder, without following links, and only if it is a regular file."""
         if PART_NAME.fullmatch(part_name) is None:
             raise LocalFailure(ErrorCode.WRITE_FAILED, f"{escape_text(entry.path)}: not a part file name")
+        if not self._begun:
+            self.save_state()
         *folders, name = self.local(entry.path).split("/")
         dir_fd = self._folder(tuple(folders), entry.path)
         part = Part(entry, tuple(folders), name, part_name, have=have)
@@ -364,7 +429,7 @@ class Destination:
             raise _write_error(entry.path, exc) from exc
         part.written = True
         self.parts.append(part)
-        self.stale = [(f, n) for f, n in self.stale if (f, n) != (part.folders, part_name)]
+        self._kept.pop((part.folders, part_name), None)
         return part
 
     def checkpoint(self, part: Part, have: int) -> int:
@@ -375,35 +440,123 @@ class Destination:
         return self.save_state()
 
     def save_state(self) -> int:
-        """Write the state file (every part not yet committed, with its bytes written) under a temporary name and
-        rename it over the last one, so that a kill at any moment leaves a whole state file or the previous one.
-        Returns its size (the caller spaces the writes so that they stay a small share of the data written)."""
+        """Write the state file: this attempt's id, every part not yet committed with its bytes written, and every
+        part of the earlier attempt taken back and not yet reopened. It goes under a temporary name and is renamed
+        over the last one, so that a kill at any moment leaves a whole state file or the previous one.
+
+        The first record of an attempt first removes what the earlier attempt left and this one does not take
+        back, then names this attempt. Its temporary is named from the earlier attempt's id (whose leftovers the
+        next attempt removes as long as the state file names it); with no trusted state file here, the state
+        file is created directly (a kill halfway leaves a state file that is ignored and removed next time, and
+        no part yet). Later records use this attempt's id. So no temporary name is ever left that the state file
+        on disk does not lead to. Returns the size (the caller spaces the writes so that they stay a small share
+        of the data written)."""
         files = [{"path": part.entry.path, "size": part.entry.size, "mtime": part.entry.mtime,
                   "part": part.part_name, "have": part.have} for part in self.parts if part.written]
-        data = json.dumps({"version": STATE_VERSION, "files": files}, separators=(",", ":")).encode()
-        if len(data) > MAX_STATE_BYTES:
-            return len(data)  # too many files to resume by hand: the next attempt starts again
+        files += [{"path": held.path, "size": held.size, "mtime": held.mtime, "part": held.part, "have": held.have}
+                  for held in self._kept.values()]
+        record = {"version": STATE_VERSION, "attempt": self.attempt, "files": files}
+        data = json.dumps(record, separators=(",", ":")).encode()
+        size = len(data)  # what the caller spaces the next record by, even when it is not written whole
+        if size > MAX_STATE_BYTES:  # too many files to resume by hand: the next attempt starts again, but
+            record["files"] = []  # still finds (and removes) what this one made by its id
+            data = json.dumps(record, separators=(",", ":")).encode()
+        if not self._own_state():
+            return size
+        first = not self._begun
+        if first:
+            self._forget_earlier()
         root_fd = self._folder((), "", create=False)
-        temporary = f".relay-state-{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=root_fd)
+        if first and self._earlier is None:
+            if self._read_state:  # one that could not be trusted: ignored, now replaced
+                with contextlib.suppress(OSError):
+                    os.unlink(STATE_NAME, dir_fd=root_fd)
             try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+                _write_new(root_fd, STATE_NAME, data)
+            except FileExistsError:
+                pass  # a state file this attempt did not read (none was looked for): replaced whole below
+            except OSError as exc:
+                raise _write_error(STATE_NAME, exc) from exc
+            else:
+                self._begun = True
+                return size
+        named = self._earlier.attempt if first and self._earlier is not None else self.attempt
+        temporary = f".relay-state-{named}.tmp"
+        try:
+            with contextlib.suppress(FileNotFoundError):  # one a kill left halfway: this attempt's to replace
+                os.unlink(temporary, dir_fd=root_fd)
+            _write_new(root_fd, temporary, data)
             os.replace(temporary, STATE_NAME, src_dir_fd=root_fd, dst_dir_fd=root_fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=root_fd)
             raise _write_error(STATE_NAME, exc) from exc
-        return len(data)
+        self._begun = True
+        return size
+
+    def _forget_earlier(self) -> None:
+        """Remove what the earlier attempt (the state file found here) left and this one does not take back: the
+        parts its state file lists, and every file in the offer's folders and in the folders its state file
+        names whose name it made (``made_by`` its id: parts it created before it could record them, backups, its
+        state file's temporaries). Only names of that id: another attempt's files, even one writing here now,
+        stay. Bounded by the offer's and the state file's folders; done once."""
+        if self._earlier is None or self._swept:
+            return
+        self._swept = True
+        keep = set(self._kept) | {(part.folders, part.part_name) for part in self.parts}
+        for held in self._earlier.files:
+            listed = (self._folder_of(held.path), held.part)
+            if listed not in keep:
+                self._unlink(*listed)
+        folders = {()} | self._file_folders | {self._folder_of(held.path) for held in self._earlier.files}
+        for folder in sorted(folders):
+            try:
+                names = os.listdir(self._folder(folder, "/".join(folder), create=False))
+            except (OSError, LocalFailure):
+                continue  # not there (or a link): nothing of ours in it
+            for name in names:
+                if made_by(self._earlier.attempt, name) and (folder, name) not in keep:
+                    self._unlink(folder, name)
 
     def remove_state(self) -> None:
-        """Forget the earlier attempt: the state file and the parts of it this transfer did not use."""
-        for folders, name in self.stale:
+        """Forget the earlier attempt and this one's record: what the earlier attempt left (parts taken back and
+        never reopened too) and the state file, if this attempt looked at it or wrote it (one it never read, as
+        after a wrong code, belongs to an attempt still to be resumed: it stays)."""
+        for folders, name in self._kept:
             self._unlink(folders, name)
-        self.stale.clear()
-        self._unlink((), STATE_NAME)
+        self._kept.clear()
+        self._forget_earlier()
+        if self._read_state or self._begun:
+            self._unlink((), STATE_NAME)
+        self._earlier, self._read_state, self._begun = None, False, False
+        self._release()
+
+    def _own_state(self) -> bool:
+        """Whether this attempt may read and write the folder's state file: only while it holds an exclusive lock
+        (``flock``) on the output folder, taken at its first use and held until it ends (a killed process's lock
+        goes with it). Another ``relay receive`` writing into the same folder at the same time holds it: this
+        one then neither resumes from nor records into the state file, and removes nothing of the other's."""
+        if self._lock is not None:
+            return True
+        if self._shared:
+            return False
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self._shared = True
+            return False
+        self._lock = fd
+        return True
+
+    def __del__(self) -> None:  # a destination dropped unfinished lets go of the folder, as a process that ends
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # and with it the lock
+            self._lock = None
 
     def part_fd(self, part: Part) -> tuple[int, str]:
         """The open part's descriptor, for writes at offsets from the data path's writer thread
@@ -435,7 +588,7 @@ class Destination:
                 dir_fd = self._folder(part.folders, part.entry.path, create=False)
                 try:
                     if self.overwrite:
-                        part.backup = _keep_aside(dir_fd, part.name)
+                        part.backup = _keep_aside(dir_fd, part.name, self._name("old"))
                         os.replace(part.part_name, part.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                     else:
                         _rename_no_clobber(dir_fd, part.part_name, part.name)
@@ -497,6 +650,7 @@ class Destination:
                     await part.handle.close()
                 part.handle = None
         self.close()
+        self._release()
 
     def _remove_leftovers(self) -> None:
         for part in self.parts:
@@ -574,9 +728,18 @@ def _apply_metadata(fd: int, entry: p.FileEntry) -> None:
         os.utime(fd, ns=(time.time_ns(), entry.mtime * 1_000_000_000))
 
 
-def _keep_aside(dir_fd: int, name: str) -> str | None:
-    """Under overwrite: link the file about to be replaced to a temporary name so a failed commit can restore it."""
-    backup = f".relay-{secrets.token_hex(6)}.old"
+def _write_new(dir_fd: int, name: str, data: bytes) -> None:
+    """Create ``name`` (never an existing file, never through a link) holding ``data``."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _keep_aside(dir_fd: int, name: str, backup: str) -> str | None:
+    """Under overwrite: link the file about to be replaced to the temporary name ``backup`` (one of this attempt)
+    so a failed commit can restore it."""
     try:
         os.link(name, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:

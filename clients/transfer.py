@@ -1074,9 +1074,8 @@ async def _earlier_attempt(destination: Destination, offer: p.Offer, receivers: 
                            ) -> list[Claim]:
     """What this receiver holds of ``offer`` from an earlier attempt into the same folder (its state file and
     parts; protocol section 10.3). Only with one receiver: several share one ciphertext stream, which starts every
-    file at 0. A state file that cannot be trusted is ignored with a warning."""
-    if receivers != 1:
-        return []
+    file at 0 (the state file is still read, so that what the earlier attempt left is removed and not orphaned).
+    A state file that cannot be trusted is ignored with a warning."""
     try:
         held = destination.load_state()
     except BadState as exc:
@@ -1084,7 +1083,7 @@ async def _earlier_attempt(destination: Destination, offer: p.Offer, receivers: 
         return []
     except LocalFailure:
         return []
-    if not held:
+    if receivers != 1 or not held:
         return []
     claims, changed = await asyncio.to_thread(destination.claims, offer, held)
     for path in changed:

@@ -18,14 +18,15 @@ import pytest
 
 from relay import protocol as p
 from clients.errors import LocalFailure
-from clients.store import MAX_STATE_BYTES, STATE_NAME, BadState, Destination, Held, parse_state
+from clients.store import MAX_STATE_BYTES, STATE_NAME, BadState, Destination, Held, State, parse_state
 from clients.transfer import STATE_INTERVAL, STATE_PERIOD, STATE_SHARE, StatePacer
 
 PART = ".relay-0123456789ab.part"
+EARLIER = "01234567"  # the attempt that made PART
 
 
-def state(*files: dict[str, Any], version: int = 1) -> bytes:
-    return json.dumps({"version": version, "files": list(files)}).encode()
+def state(*files: dict[str, Any], version: int = 2, attempt: Any = EARLIER) -> bytes:
+    return json.dumps({"version": version, "attempt": attempt, "files": list(files)}).encode()
 
 
 def entry(**fields: Any) -> dict[str, Any]:
@@ -33,15 +34,25 @@ def entry(**fields: Any) -> dict[str, Any]:
 
 
 def test_a_good_state_file_is_read() -> None:
-    assert parse_state(state(entry())) == [Held("a/b.bin", 10, 1_700_000_000, PART, 4)]
-    assert parse_state(state(entry(mtime=None, have=0))) == [Held("a/b.bin", 10, None, PART, 0)]
+    assert parse_state(state(entry())) == State(EARLIER, [Held("a/b.bin", 10, 1_700_000_000, PART, 4)])
+    assert parse_state(state(entry(mtime=None, have=0))).files == [Held("a/b.bin", 10, None, PART, 0)]
 
 
 @pytest.mark.parametrize("raw", [
     b"not json",
     b"\xff\xfe",
     b"[]",
-    state(version=2),
+    state(version=1),
+    state(version=3),
+    state(attempt=None),
+    state(attempt=12345678),
+    state(attempt="0123456"),
+    state(attempt="012345678"),
+    state(attempt="0123456G"),
+    state(attempt="ABCDEF01"),
+    state(attempt="../../x1"),
+    state(attempt="0123456\n"),
+    state(attempt="\ud80001234567"),
     json.dumps({"version": 1, "files": {}}).encode(),
     state("not an object"),  # type: ignore[arg-type]
     state(entry(part="../../secret.txt")),
@@ -70,22 +81,23 @@ def test_a_state_file_that_cannot_be_trusted_is_refused_whole(raw: bytes) -> Non
 
 def test_a_state_file_listing_too_many_files_is_refused() -> None:
     with pytest.raises(BadState):
-        parse_state(json.dumps({"version": 1, "files": [entry()] * (p.MAX_FILES + 1)}).encode())
+        parse_state(json.dumps({"version": 2, "attempt": EARLIER, "files": [entry()] * (p.MAX_FILES + 1)}).encode())
 
 
 def test_a_state_file_that_is_a_link_a_folder_or_a_fifo_is_refused(tmp_path: Path) -> None:
     (tmp_path / "elsewhere.json").write_bytes(state(entry()))
     (tmp_path / STATE_NAME).symlink_to(tmp_path / "elsewhere.json")
+    destination = Destination(tmp_path)
     with pytest.raises(BadState):
-        Destination(tmp_path).load_state()
+        destination.load_state()
     (tmp_path / STATE_NAME).unlink()
     (tmp_path / STATE_NAME).mkdir()
     with pytest.raises(BadState):
-        Destination(tmp_path).load_state()
+        destination.load_state()
     (tmp_path / STATE_NAME).rmdir()
     os.mkfifo(tmp_path / STATE_NAME)
     with pytest.raises(BadState):  # opened without blocking, then refused: never a hang
-        Destination(tmp_path).load_state()
+        destination.load_state()
 
 
 def test_no_state_file_is_nothing_held(tmp_path: Path) -> None:
@@ -100,7 +112,7 @@ def test_a_part_is_claimed_with_the_digest_of_its_first_bytes_read_again(tmp_pat
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / PART).write_bytes(b"0123456789")
     destination = Destination(tmp_path)
-    claims, changed = destination.claims(offer(), parse_state(state(entry())))
+    claims, changed = destination.claims(offer(), parse_state(state(entry())).files)
     assert [(c.file, c.have, c.sha256, c.part) for c in claims] == [(0, 4, hashlib.sha256(b"0123").hexdigest(), PART)]
     assert changed == []
 
@@ -109,13 +121,13 @@ def test_a_file_offered_with_another_size_or_mtime_is_changed_not_claimed(tmp_pa
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / PART).write_bytes(b"0123456789")
     for changed_offer in (offer(size=11), offer(mtime=1_600_000_000)):
-        claims, changed = Destination(tmp_path).claims(changed_offer, parse_state(state(entry())))
+        claims, changed = Destination(tmp_path).claims(changed_offer, parse_state(state(entry())).files)
         assert claims == [] and changed == ["a/b.bin"]
 
 
 def test_a_part_that_is_missing_short_or_a_link_is_not_claimed(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    held = parse_state(state(entry()))
+    held = parse_state(state(entry())).files
     assert Destination(tmp_path).claims(offer(), held) == ([], [])  # missing
     (tmp_path / "a" / PART).write_bytes(b"012")
     assert Destination(tmp_path).claims(offer(), held) == ([], [])  # shorter than it says
@@ -165,7 +177,7 @@ async def test_the_state_file_follows_the_parts_and_is_gone_after_commit_or_disc
         os.pwrite(fd, b"0123", 0)
         destination.checkpoint(part, 4)
         saved = parse_state((root / STATE_NAME).read_bytes())
-        assert saved == [Held("a/b.bin", 10, 1_700_000_000, part.part_name, 4)]
+        assert saved == State(destination.attempt, [Held("a/b.bin", 10, 1_700_000_000, part.part_name, 4)])
         assert (root / "a" / part.part_name).read_bytes() == b"0123"
         if ending == "commit":
             os.pwrite(fd, b"456789", 4)
