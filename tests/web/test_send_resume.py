@@ -118,15 +118,16 @@ def test_a_sending_page_takes_its_seat_back_after_its_own_connection_drops(conte
         assert receiver.evaluate(READ_INBOX_FILE, path.name) == sha256(path), path.name
 
 
-async def _held_cutter(upstream: str, after: int, ready: queue.Queue, release: threading.Event,
-                       stop: threading.Event) -> None:
-    """A HeldCutter (tests/test_resume_cli.py) on its own loop: puts its ws:// URL on ``ready``, holds its first
-    connection after ``after`` binary frames until ``release``, then cuts it; serves until ``stop`` (bounded)."""
-    cutter = HeldCutter(upstream, after)
+async def _serve_cutter(cutter: HeldCutter | Unreachable, go_on: asyncio.Event, ready: queue.Queue,
+                        signal: threading.Event, stop: threading.Event) -> None:
+    """``cutter`` (tests/test_resume_cli.py's HeldCutter: holds its first connection after some binary frames, then
+    cuts it once ``go_on`` is set; tests/test_resume_dropped_cli.py's Unreachable: cuts it and refuses every new
+    one until ``go_on``) on its own loop: puts its ws:// URL on ``ready``, sets ``go_on`` once the test sets
+    ``signal``, serves until ``stop`` (both bounded)."""
     async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
         ready.put(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-        await asyncio.to_thread(release.wait, 2 * PROCESS_TIMEOUT)
-        cutter.release.set()
+        await asyncio.to_thread(signal.wait, 2 * PROCESS_TIMEOUT)
+        go_on.set()
         await asyncio.to_thread(stop.wait, 2 * PROCESS_TIMEOUT)
 
 
@@ -142,7 +143,8 @@ def test_a_sending_page_does_not_wait_for_a_receiver_that_verified_before_anothe
     nameplate = code.split("-", 1)[0]
     ready: queue.Queue = queue.Queue()
     release, done = threading.Event(), threading.Event()
-    cutter = in_thread(_held_cutter(relay_server.ws_url, 2, ready, release, done))
+    held = HeldCutter(relay_server.ws_url, 2)
+    cutter = in_thread(_serve_cutter(held, held.release, ready, release, done))
     try:
         receivers, outs = two_terminal_receivers(code, relay_server.ws_url, ready.get(timeout=PROCESS_TIMEOUT),
                                                  tmp_path)
@@ -165,19 +167,6 @@ def test_a_sending_page_does_not_wait_for_a_receiver_that_verified_before_anothe
         assert sha256(out / source.name) == sha256(source)
 
 
-async def _unreachable(upstream: str, after: int, ready: queue.Queue, reopen: threading.Event,
-                       stop: threading.Event) -> None:
-    """An Unreachable cutter (tests/test_resume_dropped_cli.py) on its own loop: puts its ws:// URL on ``ready``,
-    cuts its first connection after ``after`` binary frames and refuses every new one until ``reopen``; serves
-    until ``stop`` (bounded)."""
-    cutter = Unreachable(upstream, after)
-    async with websockets.serve(cutter.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as server:
-        ready.put(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-        await asyncio.to_thread(reopen.wait, 2 * PROCESS_TIMEOUT)
-        cutter.reopen.set()
-        await asyncio.to_thread(stop.wait, 2 * PROCESS_TIMEOUT)
-
-
 def test_a_sending_page_goes_on_without_a_receiver_the_relay_dropped_and_says_so(
         context: BrowserContext, relay_factory, in_thread, tmp_path):
     """Two terminal receivers; the second is cut mid-transfer and kept out until the relay (a 2 s resume window)
@@ -193,7 +182,8 @@ def test_a_sending_page_goes_on_without_a_receiver_the_relay_dropped_and_says_so
     nameplate = code.split("-", 1)[0]
     ready: queue.Queue = queue.Queue()
     reopen, done = threading.Event(), threading.Event()
-    cutter = in_thread(_unreachable(relay.ws_url, 2, ready, reopen, done))
+    unreachable = Unreachable(relay.ws_url, 2)
+    cutter = in_thread(_serve_cutter(unreachable, unreachable.reopen, ready, reopen, done))
     try:
         (first, second), outs = two_terminal_receivers(code, relay.ws_url, ready.get(timeout=PROCESS_TIMEOUT),
                                                        tmp_path)
