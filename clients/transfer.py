@@ -318,11 +318,13 @@ class SeatTokens:
     tokens: dict[int, bytes]
     shape: p.RoomShape | None = None
     verified: set[int] = field(default_factory=set)  # the sender's: receivers whose ``verified`` it has read
+    dropped: set[int] = field(default_factory=set)  # the sender's: receivers the relay dropped (``dropped``)
 
     def message(self, peer: int) -> p.Resume:
         return p.Resume(peer, tuple((k, p.SeatToken(t.hex(), verifier(self.following(t))))
                                     for k, t in sorted(self.tokens.items())), self.shape,
-                        tuple(sorted(self.verified)) if peer == 0 else ())
+                        tuple(sorted(self.verified - self.dropped)) if peer == 0 else (),
+                        tuple(sorted(self.dropped)) if peer == 0 else ())
 
     @staticmethod
     def following(token: bytes) -> bytes:
@@ -412,7 +414,8 @@ async def send(paths: list[str | os.PathLike[str]], options: SendOptions, report
         starts = await _agreed_starts(outgoing, accepts, reporter) if options.receivers == 1 else {}
         room = _Parking(channels, keys, reporter)
         if seat is not None:
-            seat.verified = room.verified  # one set: a resume says who verified (a restarted relay needs it)
+            # The same sets: a resume says who verified and who was dropped (a restarted relay needs both).
+            seat.verified, seat.dropped = room.verified, room.dropped
         reporter.started(outgoing.total_size)
         link = _SenderLink(connection, room, options.receivers, options.url, nameplate, seat, deadlines.resume_window)
         try:

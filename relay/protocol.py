@@ -889,6 +889,8 @@ class Resume(Message):
     ``room`` (optional) is the room's shape, from which a relay that has no room for the nameplate (it was
     restarted) recreates it (docs/protocol.md section 10.2). ``verified`` (the sender's, optional): the receivers
     whose ``verified`` it read before its connection dropped; a recreated room does not wait for their seats.
+    ``dropped`` (the sender's, optional): the receivers the relay had dropped (``dropped``); a recreated room
+    closes their seats at once instead of waiting out another window for them.
     """
 
     TYPE: ClassVar[str] = "resume"
@@ -896,6 +898,7 @@ class Resume(Message):
     tokens: tuple[tuple[int, SeatToken], ...]
     room: RoomShape | None = None
     verified: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         shape = {} if self.room is None else {"room": self.room.to_dict()}
@@ -904,9 +907,10 @@ class Resume(Message):
             return {"type": self.TYPE, "peer": self.peer, "token": seat.token, "next_verifier": seat.next_verifier,
                     **shape}
         done = {"verified": list(self.verified)} if self.verified else {}
+        gone = {"dropped": list(self.dropped)} if self.dropped else {}
         return {"type": self.TYPE, "peer": 0, "tokens": {
             str(k): {"token": seat.token, "next_verifier": seat.next_verifier} for k, seat in self.tokens}, **shape,
-            **done}
+            **done, **gone}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Resume:
@@ -915,8 +919,8 @@ class Resume(Message):
         if peer != 0:
             if room is not None and peer > room.receivers:
                 raise MalformedMessage(f"receiver {peer} of a room of {room.receivers}")
-            if data.get("verified") is not None:
-                raise MalformedMessage("only the sender's resume says which receivers verified")
+            if data.get("verified") is not None or data.get("dropped") is not None:
+                raise MalformedMessage("only the sender's resume says which receivers verified or were dropped")
             return cls(peer, ((peer, SeatToken.parse(data, "resume")),), room)
         tokens = data.get("tokens")
         if not isinstance(tokens, dict) or not 1 <= len(tokens) <= MAX_RECEIVERS_FIELD:
@@ -929,13 +933,21 @@ class Resume(Message):
             pairs.append((k, SeatToken.parse(value, f"tokens.{k}")))
         if room is not None and sorted(k for k, _ in pairs) != list(range(1, room.receivers + 1)):
             raise MalformedMessage(f"the sender's 'tokens' must name receivers 1 to {room.receivers}")
-        verified = data.get("verified")
-        verified = [] if verified is None else verified
         named = {k for k, _ in pairs}
-        if (not isinstance(verified, list) or len(verified) > len(named)
-                or any(type(k) is not int or k not in named for k in verified) or len(set(verified)) != len(verified)):
-            raise MalformedMessage("field 'verified' must list distinct receivers the sender holds tokens for")
-        return cls(0, tuple(sorted(pairs)), room, tuple(sorted(verified)))
+        verified, dropped = _receivers_named(data, "verified", named), _receivers_named(data, "dropped", named)
+        if set(verified) & set(dropped):
+            raise MalformedMessage("a receiver cannot be both in 'verified' and in 'dropped'")
+        return cls(0, tuple(sorted(pairs)), room, verified, dropped)
+
+
+def _receivers_named(data: dict[str, Any], name: str, named: set[int]) -> tuple[int, ...]:
+    """Optional field ``name`` of a sender's ``resume``: distinct receivers it holds tokens for, sorted."""
+    value = data.get(name)
+    value = [] if value is None else value
+    if (not isinstance(value, list) or len(value) > len(named)
+            or any(type(k) is not int or k not in named for k in value) or len(set(value)) != len(value)):
+        raise MalformedMessage(f"field '{name}' must list distinct receivers the sender holds tokens for")
+    return tuple(sorted(value))
 
 
 RESYNC_HALF_SIZE = 16  # clients.crypto.RESYNC_HALF_SIZE

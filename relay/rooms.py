@@ -1062,6 +1062,14 @@ class Rooms:
             room = self._recreate(code, message.room, now)
         elif room.recreated is not None and message.room != room.recreated:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "this room was recreated with another shape")
+        if room.recreated is not None and message.peer == 0:
+            # The receivers the sender says the relay had dropped before it restarted are not waited for again:
+            # their seats close at once (a resume of theirs is refused with ``dropped``, as before the restart).
+            for k in message.dropped:
+                out = room.party(k)
+                if out is not None and out.role is Role.RECEIVE and out.parked:
+                    out.parked, out.dropped = False, True
+                    room.dropped_at = now
         party = room.party(message.peer)
         if party is not None and party.dropped:
             raise JoinRefused(ErrorCode.DROPPED, dropped_message(party.peer, self.settings.resume_window))

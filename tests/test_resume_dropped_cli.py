@@ -156,6 +156,20 @@ def test_once_a_receiver_is_dropped_the_next_epoch_waits_only_for_the_others_pos
     assert room.ready.is_set() and sorted(room.channels) == [1, 3]  # the next epoch names receivers 1 and 3
 
 
+def test_the_senders_next_resume_names_the_dropped_receivers_for_a_relay_restarted_meanwhile() -> None:
+    """The seat's sets are the room's (as ``send`` links them): a resume after a drop says who was dropped, and
+    who verified among the others, so that a recreated room waits for neither (docs/protocol.md 10.2)."""
+    room, _ = parking(3)
+    seat = transfer.SeatTokens({k: bytes([k]) * 32 for k in (1, 2, 3)}, p.RoomShape(3, 10, 1))
+    seat.verified, seat.dropped = room.verified, room.dropped
+    room.verified.add(1)
+    room.drop((2,))
+    message = p.parse_message(seat.message(0).to_json(), p.PROTOCOL_V2)
+    assert isinstance(message, p.Resume) and message.verified == (1,) and message.dropped == (2,)
+    receiver = transfer.SeatTokens({3: bytes(32)}, p.RoomShape(3, 10, 1), dropped={2})
+    assert receiver.message(3).dropped == () and "dropped" not in receiver.message(3).to_json()
+
+
 def test_a_drop_heard_twice_is_said_once() -> None:
     room, said = parking(3)
     room.drop((2,))

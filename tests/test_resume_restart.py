@@ -30,6 +30,7 @@ import websockets
 from tests.conftest import free_port
 from tests.relayproc import RelayProcess
 from tests.test_e2e import Run, everything_under, finish, sha
+from tests.test_resume_dropped_cli import EXIT_DROPPED, RESUME_WINDOW, Unreachable
 
 pytestmark = pytest.mark.asyncio
 CHUNK = 16 * 1024
@@ -93,9 +94,11 @@ class Gate:
 
 
 @contextlib.asynccontextmanager
-async def relay_and_gates(after: int, count: int) -> AsyncIterator[tuple[RelayProcess, list[tuple[str, Gate]]]]:
-    """The relay, and ``count`` gates in front of it (one per receiver): each gate's URL and the gate."""
-    relay = RelayProcess(free_port(), flags=("--log-level", "warning"))
+async def relay_and_gates(after: int, count: int, *flags: str
+                          ) -> AsyncIterator[tuple[RelayProcess, list[tuple[str, Gate]]]]:
+    """The relay (``relay serve`` with ``flags``), and ``count`` gates in front of it (one per receiver): each
+    gate's URL and the gate."""
+    relay = RelayProcess(free_port(), flags=("--log-level", "warning", *flags))
     await asyncio.to_thread(relay.start)
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -202,3 +205,47 @@ async def test_a_receiver_that_verified_before_the_restart_is_not_waited_for(tmp
         sent = await finish(sender)
     assert_everyone_got_everything(sent, runs, outputs, source)
     assert len(free.paths) == 1 and "resume=1" in held.paths[-1]  # A never came back; B resumed
+
+
+async def test_a_receiver_dropped_before_the_restart_is_not_waited_for_again(tmp_path) -> None:
+    """The relay (a 2 s window) drops receiver B, which cannot get back; receiver A is held mid-transfer when the
+    relay is killed, and the new process has a 600 s window. The sender's resume says B was dropped, so the
+    recreated room closes B's seat at once and A gets its catch-up epoch; the sender exits 7 (one receiver
+    dropped). Before, the recreated room waited the whole new window for B (past every bound here)."""
+    source = make_files(tmp_path / "src")
+    outputs = [tmp_path / "out-a", tmp_path / "out-b"]
+    for output in outputs:
+        output.mkdir()
+    async with relay_and_gates(HELD_CHUNKS, 1, "--resume-window", str(RESUME_WINDOW)) as (relay, gates):
+        (held_url, held), = gates
+        unreachable = Unreachable(relay.ws_url, 20)
+        async with websockets.serve(unreachable.handle, "127.0.0.1", 0, compression=None, max_size=2**23) as cut:
+            cut_url = f"ws://127.0.0.1:{cut.sockets[0].getsockname()[1]}"
+            sender = await cli("send", "--relay", relay.ws_url, "--chunk-size", str(CHUNK), "--receivers", "2",
+                               str(source))
+            assert sender.stdout is not None
+            code = (await asyncio.wait_for(sender.stdout.readline(), WAIT)).decode().split()[1]
+            a = await cli("receive", "--relay", held_url, "--yes", "--output", str(outputs[0]), code=code)
+            b = await cli("receive", "--relay", cut_url, "--yes", "--output", str(outputs[1]), code=code)
+            try:
+                await asyncio.wait_for(held.holding.wait(), WAIT)
+                said: list[str] = []
+                while not any("was dropped" in line for line in said):  # the sender heard `dropped`
+                    line = (await asyncio.wait_for(sender.stdout.readline(), WAIT)).decode()
+                    assert line, said
+                    said.append(line)
+                relay.flags = ("--log-level", "warning", "--resume-window", "600")
+                await restart(relay, gates)
+                run = await finish(a)
+                sent = await finish(sender)
+            finally:
+                if b.returncode is None:
+                    b.kill()  # it keeps trying to get back through the cutter that refuses it
+                await b.wait()
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert everything_under(outputs[0]) == ["src", "src/one.bin", "src/two.bin"]
+    for name in ("one.bin", "two.bin"):
+        assert sha(outputs[0] / "src" / name) == sha(source / name)
+    assert sent.returncode == EXIT_DROPPED, sent.stderr + sent.stdout
+    assert "1 of 2 receivers got every file" in sent.stdout + sent.stderr
+    assert not (outputs[1] / "src" / "one.bin").exists() and "resume=1" in held.paths[-1]

@@ -642,20 +642,77 @@ def test_the_verified_list_is_ignored_by_a_room_that_was_not_recreated() -> None
     assert receiver_1 is not None and receiver_1.parked and not receiver_1.verified
 
 
-@pytest.mark.parametrize("verified", [[3], [1, 1], ["1"], [True], 1, {"1": True}, [1, 2, 3]])
-def test_a_bad_verified_list_is_malformed(verified: object) -> None:
-    data = json.loads(with_shape(sender_resume(2)).to_json()) | {"verified": verified}
+@pytest.mark.parametrize("field", ["verified", "dropped"])
+@pytest.mark.parametrize("listed", [[3], [1, 1], ["1"], [True], 1, {"1": True}, [1, 2, 3]])
+def test_a_bad_verified_or_dropped_list_is_malformed(field: str, listed: object) -> None:
+    data = json.loads(with_shape(sender_resume(2)).to_json()) | {field: listed}
     with pytest.raises(p.MalformedMessage):
         p.parse_message(json.dumps(data), p.PROTOCOL_V2)
 
 
-def test_only_the_sender_says_who_verified() -> None:
-    data = json.loads(with_shape(receiver_resume(1)).to_json()) | {"verified": [2]}
+@pytest.mark.parametrize("field", ["verified", "dropped"])
+def test_only_the_sender_says_who_verified_or_was_dropped(field: str) -> None:
+    data = json.loads(with_shape(receiver_resume(1)).to_json()) | {field: [2]}
     with pytest.raises(p.MalformedMessage):
         p.parse_message(json.dumps(data), p.PROTOCOL_V2)
 
 
-def test_the_verified_list_round_trips_and_is_left_out_when_empty() -> None:
+def test_a_receiver_is_not_both_verified_and_dropped() -> None:
+    data = json.loads(with_shape(sender_resume(2)).to_json()) | {"verified": [1], "dropped": [1]}
+    with pytest.raises(p.MalformedMessage):
+        p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+
+
+def test_the_verified_and_dropped_lists_round_trip_and_are_left_out_when_empty() -> None:
     resume = with_verified(sender_resume(2), [2, 1])
     assert resume.verified == (1, 2) and p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
-    assert "verified" not in json.loads(with_shape(sender_resume(2)).to_json())
+    resume = with_dropped(sender_resume(2), [2, 1])
+    assert resume.dropped == (1, 2) and p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
+    plain = json.loads(with_shape(sender_resume(2)).to_json())
+    assert "verified" not in plain and "dropped" not in plain
+
+
+# --- after a restart, receivers the relay had dropped are not waited for again ----------------------------------
+
+
+def with_dropped(resume: p.Resume, dropped: object) -> p.Resume:
+    data = json.loads(with_shape(resume).to_json()) | {"dropped": dropped}
+    parsed = p.parse_message(json.dumps(data), p.PROTOCOL_V2)
+    assert isinstance(parsed, p.Resume)
+    return parsed
+
+
+def test_a_recreated_room_closes_the_seats_of_receivers_the_sender_says_were_dropped() -> None:
+    """Receiver 1 had been dropped (it did not come back within the window) and receiver 2 was mid-transfer when
+    the relay died. Without the sender's list the recreated room waited out a whole new window for seat 1 and
+    dropped it again; now seat 1 is closed at once, its resume is refused with ``dropped``, and the transfer goes
+    on for receiver 2 alone."""
+    rooms = Rooms(SETTINGS)
+    room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(2)), 0.0)
+    room.handle(rejoined(room, 2), 0.0)
+    rooms.resume("42", "send", with_dropped(sender_resume(2), [1]), 1.0)
+    effects = room.handle(rejoined(room, 0), 1.0)
+    assert room.state is State.STREAMING  # nobody away: the sender opens receiver 2's catch-up epoch
+    assert sent(effects, 2) == [{"type": "resumed", "peer": 0, "parked": []}]
+    receiver_1 = room.party(1)
+    assert receiver_1 is not None and receiver_1.dropped and not receiver_1.parked and room.staying == [room.party(2)]
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("42", "receive", with_shape(receiver_resume(1)), 2.0)
+    assert refused.value.code is p.ErrorCode.DROPPED
+    epoch = {"type": "stream", "epoch": 1, "chunks": 1, "bytes": 4 + 16, "to": [2], "data": [SEALED]}
+    assert messages(room.handle(said(room, 0, epoch), 2.0), 2) == ["stream"]
+    room.handle(said(room, 0, {"type": "chunk", "epoch": 1, "size": 20, "xxh3_64": p.chunk_digest(b"q" * 20)}), 2.0)
+    room.handle(BinaryFrame(0, b"q" * 20, connection(room, 0)), 2.0)
+    room.handle(said(room, 0, {"type": "end", "epoch": 1}), 2.0)
+    assert room.handle(said(room, 2, {"type": "verified"}), 3.0)[-1] == Feed(AllVerified())
+    assert ended(room.handle(AllVerified(), 3.0)) == "complete"
+
+
+def test_the_dropped_list_is_ignored_by_a_room_that_was_not_recreated() -> None:
+    """A live room knows whom it dropped; a sender's list cannot close a seat that is still waited for there."""
+    rooms, room = resume_room(2)
+    room.handle(gone(room, 0), 1.0)
+    room.handle(gone(room, 1), 1.0)
+    rooms.resume(room.code, "send", with_dropped(sender_resume(2), [1]))
+    receiver_1 = room.party(1)
+    assert receiver_1 is not None and receiver_1.parked and not receiver_1.dropped

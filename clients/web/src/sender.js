@@ -529,10 +529,14 @@ export class SendSession {
         for (const [peer, token] of this.tokens) tokens[String(peer)] = { token: hex(token), next_verifier: resumeVerifier(next.get(peer)) };
         const room = { receivers: this.receivers, total_size: this.total, files: this.offer.files.length };
         const url = roomUrl(this.code.split("-", 1)[0], { role: "send", resume: "1" }, this.location);
-        // Receivers that verified hold every file and do not come back: a relay restarted meanwhile must not wait
-        // for them (docs/protocol.md section 10.2).
-        const verified = [...this.verifiedBy].sort((a, b) => a - b);
-        return requestSeat(url, { type: "resume", peer: 0, tokens, room, ...(verified.length > 0 ? { verified } : {}) }, 0);
+        // Receivers that verified hold every file and do not come back, and those the relay dropped are out of the
+        // transfer: a relay restarted meanwhile must not wait for either (docs/protocol.md section 10.2).
+        const verified = [...this.verifiedBy].filter((peer) => !this.dropped.has(peer)).sort((a, b) => a - b);
+        const dropped = [...this.dropped].sort((a, b) => a - b);
+        return requestSeat(url, {
+          type: "resume", peer: 0, tokens, room,
+          ...(verified.length > 0 ? { verified } : {}), ...(dropped.length > 0 ? { dropped } : {}),
+        }, 0);
       },
     });
     if (FINAL_STATES.has(this.state)) {
