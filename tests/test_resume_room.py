@@ -602,26 +602,31 @@ def test_a_verified_receiver_dropping_while_another_catches_up_leaves_the_catch_
 # --- after a restart, receivers that had verified are not waited for --------------------------------------------
 
 
-def with_verified(resume: p.Resume, verified: object) -> p.Resume:
-    data = json.loads(with_shape(resume).to_json()) | {"verified": verified}
+def with_listed(resume: p.Resume, **lists: object) -> p.Resume:
+    """``resume`` with the room's shape and the sender's ``verified`` and/or ``dropped`` lists, parsed."""
+    data = json.loads(with_shape(resume).to_json()) | lists
     parsed = p.parse_message(json.dumps(data), p.PROTOCOL_V2)
     assert isinstance(parsed, p.Resume)
     return parsed
 
 
-def test_a_recreated_room_does_not_wait_for_a_receiver_the_sender_says_verified() -> None:
-    """Receiver 1 verified before the relay died (its client ended with its files and never resumes); receiver
-    2 had not. Without the sender's list the recreated room waited out the window for seat 1."""
+def recreated_with_receiver_2_back(**lists: object) -> tuple[Rooms, Room, list[Any]]:
+    """A relay restarted: receiver 2 takes its seat back first (recreating the room), then the sender, whose
+    resume carries ``lists``; returns the rooms, the room and the effects of the sender's return."""
     rooms = Rooms(SETTINGS)
     room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(2)), 0.0)
     room.handle(rejoined(room, 2), 0.0)
-    rooms.resume("42", "send", with_verified(sender_resume(2), [1]), 1.0)
+    rooms.resume("42", "send", with_listed(sender_resume(2), **lists), 1.0)
     effects = room.handle(rejoined(room, 0), 1.0)
     assert room.state is State.STREAMING  # nobody away: the sender opens receiver 2's catch-up epoch
     assert sent(effects, 2) == [{"type": "resumed", "peer": 0, "parked": []}]
-    receiver_1 = room.party(1)
-    assert receiver_1 is not None and receiver_1.verified and receiver_1.closed and not receiver_1.parked
-    epoch = {"type": "stream", "epoch": 1, "chunks": 1, "bytes": 4 + 16, "to": [1, 2], "data": [SEALED, SEALED]}
+    return rooms, room, effects
+
+
+def catch_up_completes_for_receiver_2_alone(room: Room, to: list[int]) -> None:
+    """The sender's catch-up epoch (its ``stream`` names ``to``) reaches receiver 2 only, and its ``verified``
+    completes the room."""
+    epoch = {"type": "stream", "epoch": 1, "chunks": 1, "bytes": 4 + 16, "to": to, "data": [SEALED] * len(to)}
     effects = room.handle(said(room, 0, epoch), 2.0)
     assert messages(effects, 2) == ["stream"] and messages(effects, 1) == []
     chunk_effects = room.handle(said(room, 0, {"type": "chunk", "epoch": 1, "size": 20,
@@ -633,11 +638,20 @@ def test_a_recreated_room_does_not_wait_for_a_receiver_the_sender_says_verified(
     assert ended(room.handle(AllVerified(), 3.0)) == "complete"
 
 
+def test_a_recreated_room_does_not_wait_for_a_receiver_the_sender_says_verified() -> None:
+    """Receiver 1 verified before the relay died (its client ended with its files and never resumes); receiver
+    2 had not. Without the sender's list the recreated room waited out the window for seat 1."""
+    _, room, _ = recreated_with_receiver_2_back(verified=[1])
+    receiver_1 = room.party(1)
+    assert receiver_1 is not None and receiver_1.verified and receiver_1.closed and not receiver_1.parked
+    catch_up_completes_for_receiver_2_alone(room, [1, 2])
+
+
 def test_the_verified_list_is_ignored_by_a_room_that_was_not_recreated() -> None:
     rooms, room = resume_room(2)
     room.handle(gone(room, 0), 1.0)
     room.handle(gone(room, 1), 1.0)  # receiver 1 had not verified: it is parked and must be waited for
-    rooms.resume(room.code, "send", with_verified(sender_resume(2), [1]))
+    rooms.resume(room.code, "send", with_listed(sender_resume(2), verified=[1]))
     receiver_1 = room.party(1)
     assert receiver_1 is not None and receiver_1.parked and not receiver_1.verified
 
@@ -664,9 +678,9 @@ def test_a_receiver_is_not_both_verified_and_dropped() -> None:
 
 
 def test_the_verified_and_dropped_lists_round_trip_and_are_left_out_when_empty() -> None:
-    resume = with_verified(sender_resume(2), [2, 1])
+    resume = with_listed(sender_resume(2), verified=[2, 1])
     assert resume.verified == (1, 2) and p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
-    resume = with_dropped(sender_resume(2), [2, 1])
+    resume = with_listed(sender_resume(2), dropped=[2, 1])
     assert resume.dropped == (1, 2) and p.parse_message(resume.to_json(), p.PROTOCOL_V2) == resume
     plain = json.loads(with_shape(sender_resume(2)).to_json())
     assert "verified" not in plain and "dropped" not in plain
@@ -675,37 +689,18 @@ def test_the_verified_and_dropped_lists_round_trip_and_are_left_out_when_empty()
 # --- after a restart, receivers the relay had dropped are not waited for again ----------------------------------
 
 
-def with_dropped(resume: p.Resume, dropped: object) -> p.Resume:
-    data = json.loads(with_shape(resume).to_json()) | {"dropped": dropped}
-    parsed = p.parse_message(json.dumps(data), p.PROTOCOL_V2)
-    assert isinstance(parsed, p.Resume)
-    return parsed
-
-
 def test_a_recreated_room_closes_the_seats_of_receivers_the_sender_says_were_dropped() -> None:
     """Receiver 1 had been dropped (it did not come back within the window) and receiver 2 was mid-transfer when
     the relay died. Without the sender's list the recreated room waited out a whole new window for seat 1 and
     dropped it again; now seat 1 is closed at once, its resume is refused with ``dropped``, and the transfer goes
     on for receiver 2 alone."""
-    rooms = Rooms(SETTINGS)
-    room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(2)), 0.0)
-    room.handle(rejoined(room, 2), 0.0)
-    rooms.resume("42", "send", with_dropped(sender_resume(2), [1]), 1.0)
-    effects = room.handle(rejoined(room, 0), 1.0)
-    assert room.state is State.STREAMING  # nobody away: the sender opens receiver 2's catch-up epoch
-    assert sent(effects, 2) == [{"type": "resumed", "peer": 0, "parked": []}]
+    rooms, room, _ = recreated_with_receiver_2_back(dropped=[1])
     receiver_1 = room.party(1)
     assert receiver_1 is not None and receiver_1.dropped and not receiver_1.parked and room.staying == [room.party(2)]
     with pytest.raises(JoinRefused) as refused:
         rooms.resume("42", "receive", with_shape(receiver_resume(1)), 2.0)
     assert refused.value.code is p.ErrorCode.DROPPED
-    epoch = {"type": "stream", "epoch": 1, "chunks": 1, "bytes": 4 + 16, "to": [2], "data": [SEALED]}
-    assert messages(room.handle(said(room, 0, epoch), 2.0), 2) == ["stream"]
-    room.handle(said(room, 0, {"type": "chunk", "epoch": 1, "size": 20, "xxh3_64": p.chunk_digest(b"q" * 20)}), 2.0)
-    room.handle(BinaryFrame(0, b"q" * 20, connection(room, 0)), 2.0)
-    room.handle(said(room, 0, {"type": "end", "epoch": 1}), 2.0)
-    assert room.handle(said(room, 2, {"type": "verified"}), 3.0)[-1] == Feed(AllVerified())
-    assert ended(room.handle(AllVerified(), 3.0)) == "complete"
+    catch_up_completes_for_receiver_2_alone(room, [2])
 
 
 def test_the_dropped_list_is_ignored_by_a_room_that_was_not_recreated() -> None:
@@ -713,6 +708,6 @@ def test_the_dropped_list_is_ignored_by_a_room_that_was_not_recreated() -> None:
     rooms, room = resume_room(2)
     room.handle(gone(room, 0), 1.0)
     room.handle(gone(room, 1), 1.0)
-    rooms.resume(room.code, "send", with_dropped(sender_resume(2), [1]))
+    rooms.resume(room.code, "send", with_listed(sender_resume(2), dropped=[1]))
     receiver_1 = room.party(1)
     assert receiver_1 is not None and receiver_1.parked and not receiver_1.dropped
