@@ -1062,28 +1062,25 @@ class Rooms:
             room = self._recreate(code, message.room, now)
         elif room.recreated is not None and message.room != room.recreated:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "this room was recreated with another shape")
-        if room.recreated is not None and message.peer == 0:
-            # The receivers the sender says the relay had dropped before it restarted are not waited for again:
-            # their seats close at once (a resume of theirs is refused with ``dropped``, as before the restart).
-            for k in message.dropped:
-                out = room.party(k)
-                if out is not None and out.role is Role.RECEIVE and out.parked:
-                    out.parked, out.dropped = False, True
-                    room.dropped_at = now
         party = room.party(message.peer)
         if party is not None and party.dropped:
             raise JoinRefused(ErrorCode.DROPPED, dropped_message(party.peer, self.settings.resume_window))
         if party is None or room.state is not State.PARKED or not party.parked:
             raise JoinRefused(ErrorCode.RESUME_REFUSED, "that seat is not waiting to be resumed")
+        # In a recreated room, the receivers the sender says the relay had dropped before it restarted (still away)
+        # are out of the transfer: closed once this claim is proved, and no proof is asked for their pairs.
+        dropped_before = ([r for r in room.receivers if r.peer in message.dropped and r.parked]
+                          if room.recreated is not None else [])
         if party.role is Role.RECEIVE:
             pairs = [(party, party.verifier, message.tokens[0][1])]
         else:
             # Every pair the transfer is still for; a token for a dropped receiver (a sender that has not heard
             # of the drop yet) is not checked: that pair is over.
             given = dict(message.tokens)
-            if not {r.peer for r in room.staying} <= set(given) <= {r.peer for r in room.receivers}:
+            staying = [r for r in room.staying if r not in dropped_before]
+            if not {r.peer for r in staying} <= set(given) <= {r.peer for r in room.receivers}:
                 raise JoinRefused(ErrorCode.RESUME_REFUSED, "the sender must prove its seat with every receiver")
-            pairs = [(r, r.sender_verifier, given[r.peer]) for r in room.staying]
+            pairs = [(r, r.sender_verifier, given[r.peer]) for r in staying]
         # In a recreated room a seat's first claim records it (the verifier was lost with the old process); the
         # end-to-end resync then refuses anyone who does not hold the pair key.
         proved = [(verifier is None and room.recreated is not None) or (verifier is not None and hmac.compare_digest(
@@ -1096,12 +1093,16 @@ class Rooms:
             else:
                 receiver.sender_verifier = seat.next_verifier
         if room.recreated is not None:
-            # The receivers the sender says verified before the restart hold every file and will not come back:
-            # their seats are done, not waited for (the old room would have closed them: ``gone_verified``).
-            for k in message.verified:
-                done = room.party(k)
-                if done is not None and done.role is Role.RECEIVE and done.parked:
-                    done.verified, done.parked = True, False
+            # What the sender says of the seats still away (docs/protocol.md section 10.2), taken only from a
+            # proved claim. Those it heard verified hold every file and will not come back: done, not waited for
+            # (the old room would have closed them: ``gone_verified``). Those the relay had dropped close for good
+            # (a resume of theirs is refused with ``dropped``, as before the restart).
+            for receiver in room.receivers:
+                if receiver.parked and receiver.peer in message.verified:
+                    receiver.verified, receiver.parked = True, False
+            for receiver in dropped_before:
+                receiver.parked, receiver.dropped = False, True
+                room.dropped_at = now
         party.parked = party.gone = party.closed = False
         party.connection += 1  # whatever the old socket still says or does from now on is moot
         return room, party

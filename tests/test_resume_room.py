@@ -703,6 +703,22 @@ def test_a_recreated_room_closes_the_seats_of_receivers_the_sender_says_were_dro
     catch_up_completes_for_receiver_2_alone(room, [2])
 
 
+def test_a_sender_claim_that_fails_its_proof_drops_nobody() -> None:
+    """The list is taken only from a proved claim: a resume of the sender's seat with a wrong token (here after
+    the sender's own claim recorded its verifiers) is refused and leaves every seat as it was."""
+    rooms = Rooms(SETTINGS)
+    room, _ = rooms.resume("42", "receive", with_shape(receiver_resume(2)), 0.0)
+    room.handle(rejoined(room, 2), 0.0)
+    rooms.resume("42", "send", with_shape(sender_resume(2)), 1.0)  # receiver 1 is still away
+    room.handle(rejoined(room, 0), 1.0)
+    room.handle(gone(room, 0), 2.0)
+    with pytest.raises(JoinRefused) as refused:
+        rooms.resume("42", "send", with_listed(sender_resume(2, n=5), dropped=[1]), 3.0)
+    assert refused.value.code is p.ErrorCode.RESUME_REFUSED
+    receiver_1 = room.party(1)
+    assert receiver_1 is not None and receiver_1.parked and not receiver_1.dropped and room.dropped_at is None
+
+
 def test_the_dropped_list_is_ignored_by_a_room_that_was_not_recreated() -> None:
     """A live room knows whom it dropped; a sender's list cannot close a seat that is still waited for there."""
     rooms, room = resume_room(2)
