@@ -480,6 +480,11 @@ class Room:
         text = message.to_json()
         self._out.extend(SendText(r.peer, text, r.connection) for r in self.receivers if not r.closed)
 
+    def _to_everyone_there(self, message: p.Message) -> None:
+        """``message`` to every party whose connection the room has not closed, the sender included."""
+        text = message.to_json()
+        self._out.extend(SendText(q.peer, text, q.connection) for q in self.parties if not q.closed)
+
     def _end(self, outcome: str, farewells: list[tuple[Party, str | None, int]]) -> None:
         """Move to ENDED: each open party gets its last message and close, then ``Ended``."""
         self.state = State.ENDED
@@ -764,16 +769,14 @@ class Room:
             self.check.abandon(party.role is Role.SEND)
         elif party.role is Role.SEND:
             self.check.pending, self.check.discarding = None, False  # its payload died with its socket
-        text = p.Reconnecting(party.peer).to_json()
-        self._out.extend(SendText(other.peer, text, other.connection) for other in self.parties if not other.closed)
+        self._to_everyone_there(p.Reconnecting(party.peer))
 
     def _rejoined(self, party: Party | None, _: object, now: float) -> None:
         """A parked seat was proved again (``Rooms.resume``): everyone hears ``resumed``; with nobody away any
         more the room goes back to where it was, and the sender opens the next epoch."""
         assert party is not None
         away = tuple(other.peer for other in self.parties if other.parked)
-        text = p.Resumed(party.peer, away).to_json()
-        self._out.extend(SendText(other.peer, text, other.connection) for other in self.parties if not other.closed)
+        self._to_everyone_there(p.Resumed(party.peer, away))
         if not away:
             self.state = self.parked_from
             self.last_activity = now
@@ -795,8 +798,7 @@ class Room:
         for seat in away:
             seat.parked, seat.dropped = False, True  # closed and gone already, since it parked
         self.dropped_at = now
-        text = p.Dropped(tuple(seat.peer for seat in away)).to_json()
-        self._out.extend(SendText(other.peer, text, other.connection) for other in self.parties if not other.closed)
+        self._to_everyone_there(p.Dropped(tuple(seat.peer for seat in away)))
         self.state = self.parked_from
         self.last_activity = now
         if all(r.verified for r in there):
