@@ -653,7 +653,7 @@ class _Parking:
 
     def done(self, receivers: int) -> bool:
         """Every receiver verified or was dropped, and at least one verified: nothing more to send."""
-        return len(self.verified | self.dropped) >= receivers and bool(self.verified - self.dropped)
+        return every_receiver_done(self.verified, self.dropped, receivers)
 
     def lost(self, away: set[int]) -> None:
         """This sender's own connection dropped and came back: every receiver resyncs and says its position;
@@ -705,6 +705,12 @@ class _SenderLink:
         return False
 
 
+def every_receiver_done(verified: set[int], dropped: set[int], receivers: int) -> bool:
+    """Each of ``receivers`` verified or was dropped by the relay, and at least one verified (a relay that
+    dropped every receiver ends the room instead): what a sender needs before it believes ``complete``."""
+    return len(verified | dropped) >= receivers and bool(verified - dropped)
+
+
 async def _watch_receivers(connection: RelayConnection, receivers: int, room: _Parking | None = None) -> None:
     """Read what the relay passes back while streaming, until ``complete``; ending messages raise.
 
@@ -718,7 +724,7 @@ async def _watch_receivers(connection: RelayConnection, receivers: int, room: _P
     while True:
         message = await connection.receive()
         if isinstance(message, p.Complete):
-            if len(verified | dropped) < receivers or not verified - dropped:
+            if not every_receiver_done(verified, dropped, receivers):
                 raise TransferRefused(
                     ErrorCode.UNEXPECTED_MESSAGE,
                     f"the relay said the transfer was complete, but only {len(verified)} of {receivers} receiver(s) "
