@@ -112,11 +112,11 @@ def wait_zip(folder: Path, name: str) -> Path:
             time.sleep(0.1)
 
 
-def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Path,
-                       extra: Path | None = None) -> tuple[float, Sampler, bool]:
-    """One file as itself, or with `extra` two files as one zip (the page computes each file's CRC-32)."""
+def offered_for_downloads(browser: Chromium, base: str, sources: Path | list[Path]) -> tuple[Page, Page]:
+    """A sending page offering ``sources`` and a receiving page that opened the offer, set to save into the
+    downloads folder and ready to accept: (sender, receiver)."""
     sender, receiver = browser.new_page("about:blank"), browser.new_page("about:blank")
-    code = start_sending(sender, base, [source, extra] if extra else source)
+    code = start_sending(sender, base, sources)
     receiver.goto(f"{base}/#receive={code}")
     receiver.click("#receive-connect")
     receiver.wait_for("!document.getElementById('receive-offer').hidden", 30)
@@ -126,6 +126,13 @@ def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Pa
     # ready the page offers the in-memory fallback, or blocks a file too big for it).
     receiver.wait_for("document.getElementById('save-note').textContent.includes('streamed to your downloads')"
                       " && !document.getElementById('receive-accept').disabled", 30)
+    return sender, receiver
+
+
+def browser_to_browser(browser: Chromium, base: str, source: Path, downloads: Path,
+                       extra: Path | None = None) -> tuple[float, Sampler, bool]:
+    """One file as itself, or with `extra` two files as one zip (the page computes each file's CRC-32)."""
+    sender, receiver = offered_for_downloads(browser, base, [source, extra] if extra else source)
     sampler = Sampler(browser, [sender, receiver])
     started = time.monotonic()
     receiver.click("#receive-accept")

@@ -82,15 +82,7 @@ def transfer(browser: Chromium, base: str, source: Path, downloads: Path,
              js: bool = False) -> tuple[float, bool, dict, dict]:
     """measure.browser_to_browser's single-file transfer, with a snapshot at the accept and one at the end; with
     `js`, each page's main thread is sampled by the DevTools profiler meanwhile (it slows the pages down)."""
-    sender, receiver = browser.new_page("about:blank"), browser.new_page("about:blank")
-    code = m.start_sending(sender, base, source)
-    receiver.goto(f"{base}/#receive={code}")
-    receiver.click("#receive-connect")
-    receiver.wait_for("!document.getElementById('receive-offer').hidden", 30)
-    receiver.evaluate("(() => { const box = document.getElementById('save-downloads'); box.checked = true;"
-                      " box.dispatchEvent(new Event('change', { bubbles: true })); })()")
-    receiver.wait_for("document.getElementById('save-note').textContent.includes('streamed to your downloads')"
-                      " && !document.getElementById('receive-accept').disabled", 30)
+    sender, receiver = m.offered_for_downloads(browser, base, source)
     if js:
         for page in (sender, receiver):
             page.call("Profiler.enable")
