@@ -14,6 +14,11 @@ until every process exited. The client CPU includes the kernel's cost of writing
 which on this machine varies from 0.2 to 3.7 CPU-s per GiB with the state of the page cache (``dd`` of the same
 file measured alongside: ``floor_dd_write``), so compare tools within one run, not across runs.
 
+Every run starts on equally warm memory (:func:`warm_memory`): on a VM whose balloon hands free memory back to
+its host, the first write to a page freed seconds ago costs a host fault (docs/design/speed.md section 11), and
+without this the order of the runs decided who paid: each tool wrote into the memory the run before it had just
+freed, so curl's three receivers always found 3 GiB warm and the relay's found 1 GiB warm and 2 GiB cold.
+
 piping-server is installed by the benchmarks' setup (``benchmarks.servers.ensure_piping_server``, npm into
 ``benchmarks/.cache``); ``--no-install`` refuses to install it.
 """
@@ -253,6 +258,18 @@ def dd_floor(source: Path, work: Path) -> dict[str, float]:
                                     + after.children_system - before.children_system) / gib, 3)}
 
 
+def warm_memory(work: Path, size: int) -> None:
+    """Write and delete ``size`` bytes, so that the next run's writers find that much memory freed just before.
+
+    The kernel then hands the freed page-cache pages to the next writer before the balloon has reported them to
+    the host (it reports memory free for a few seconds). Not measured: ``dd`` runs before the run's clock starts.
+    """
+    target = work / "warm-up"
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={-(-size // MIB)}"],
+                   capture_output=True, timeout=600, check=True)
+    target.unlink()
+
+
 def _clean(work: Path) -> None:
     for path in work.iterdir():
         if path.name != "payload.bin":
@@ -270,6 +287,7 @@ def run_all(sizes_mib: list[int], receivers: int, attempts: int, install: bool, 
             report["floors"].append({"size_mib": size_mib, "dd_write": dd_floor(source, work)})
 
             def one(tool: str, count: int, source: Path = source, expected: str = expected) -> Run:
+                warm_memory(work, count * source.stat().st_size)
                 if tool == "relay":
                     return relay_run(source, expected, work, log_dir, count)
                 return piping_run(source, expected, work, log_dir, count, install)
