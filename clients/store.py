@@ -232,9 +232,9 @@ class Destination:
     _swept: bool = False
     _begun: bool = False
     _lock: int | None = None  # the output folder, open and locked (flock): its state file is this attempt's
+    _shared: bool = False  # another attempt holds that lock: this one neither reads nor writes the state file
     direct: bool = field(default_factory=lambda: diskio.DIRECT_WRITES)  # the machine's choice, read at creation
     direct_opener: Callable[[str, int], int] = os.open
-    _shared: bool = False  # another attempt holds that lock: this one neither reads nor writes the state file
 
     def check(self, offer: p.Offer) -> None:
         """Refuse, before accepting, an offer that would overwrite, go through a link, or not fit on disk."""
