@@ -205,7 +205,16 @@ async def test_a_buffer_from_elsewhere_is_never_written_direct(tmp_path: Path, r
     assert path.read_bytes() == foreign and recorder.direct() == []
 
 
+def resident() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 async def test_the_pool_is_page_aligned_memory_that_is_not_touched_up_front() -> None:
+    before = resident()
+    big = FileWriter(MIB, depth=32)  # 32 MiB of buffers: zeroed bytearrays would all be resident now
+    assert resident() - before < 8 * MIB
+    big.close()
     writer = FileWriter(MIB + 1, depth=3)
     try:
         buffers = [await writer.acquire() for _ in range(3)]
