@@ -45,7 +45,7 @@ class ChunkOpenerInto:
         self.position: c.ChunkPosition | None = next(self._positions, None)
         self._use_into = use_into
 
-    def open_next_into(self, sealed: bytes | bytearray | memoryview, out: bytearray) -> Placed:
+    def open_next_into(self, sealed: bytes | bytearray | memoryview, out: bytearray | memoryview) -> Placed:
         """Authenticate and decrypt the next chunk into ``out[:length]``; raise ``crypto.Tampered`` if it is not
         the chunk expected at this position (or ``ValueError`` if ``out`` is too small for it)."""
         position = self.position

@@ -34,6 +34,7 @@ import stat
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from relay import protocol as p
 from relay.protocol import ErrorCode, escape_text
+from clients import diskio
+from clients.diskio import DIRECT_FROM, Target, open_direct
 from clients.errors import LocalFailure
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -197,6 +200,7 @@ class Part:
     committed: bool = False  # renamed to ``name``
     backup: str | None = None  # under overwrite: the replaced file, kept under a temporary name until the end
     have: int = 0  # bytes of it written and flushed, as the state file says (resume by hand)
+    target: Target | None = None  # what the data path's writer writes through (``Destination.target``)
 
 
 @dataclass(slots=True)
@@ -204,6 +208,8 @@ class Destination:
     """The receiver's folder: checks an offer against it, then writes parts and renames them at the end.
 
     ``mappings`` lists ``(offered path, local path)`` for each name ``local_name`` changed on this platform.
+    ``direct``: write parts of at least ``DIRECT_FROM`` bytes with ``O_DIRECT`` too (``clients.diskio.direct_writes``
+    chooses it for the machine); ``direct_opener`` opens that second descriptor (``os.open``'s signature).
     """
 
     root: Path
@@ -227,6 +233,8 @@ class Destination:
     _begun: bool = False
     _lock: int | None = None  # the output folder, open and locked (flock): its state file is this attempt's
     _shared: bool = False  # another attempt holds that lock: this one neither reads nor writes the state file
+    direct: bool = field(default_factory=lambda: diskio.DIRECT_WRITES)  # the machine's choice, read at creation
+    direct_opener: Callable[[str, int], int] = os.open
 
     def check(self, offer: p.Offer) -> None:
         """Refuse, before accepting, an offer that would overwrite, go through a link, or not fit on disk."""
@@ -551,6 +559,8 @@ class Destination:
         return True
 
     def __del__(self) -> None:  # a destination dropped unfinished lets go of the folder, as a process that ends
+        for part in self.parts:
+            _close_direct(part)
         self._release()
 
     def _release(self) -> None:
@@ -564,8 +574,22 @@ class Destination:
         assert part.handle is not None
         return part.handle.fileno(), part.entry.path
 
+    def target(self, part: Part) -> Target:
+        """What the data path's writer (``clients.diskio.FileWriter``, flushed before :meth:`finish`) writes ``part``
+        through: its descriptor, the offered path to name in messages and, where ``direct`` and at least
+        ``DIRECT_FROM`` bytes of the file are still to come, a second descriptor of the part opened with
+        ``O_DIRECT`` (``clients.diskio.open_direct``: reopened through the open file, never by its name again; -1
+        where the file system refuses it). Made at the first call; the second descriptor is closed with the part
+        (:meth:`finish`, :meth:`discard`, :meth:`keep`)."""
+        if part.target is None:
+            fd, shown = self.part_fd(part)
+            big = part.entry.size - part.have >= DIRECT_FROM
+            part.target = Target(fd, shown, open_direct(fd, self.direct_opener) if self.direct and big else -1)
+        return part.target
+
     async def finish(self, part: Part) -> None:
         """Flush a verified part, give it the offered mode and mtime, and close it; it keeps its temporary name."""
+        _close_direct(part)
         if part.handle is not None:
             try:
                 await part.handle.flush()
@@ -631,6 +655,7 @@ class Destination:
     async def discard(self) -> None:
         """Delete every part not yet committed and every folder made for it: a failed transfer leaves nothing."""
         for part in self.parts:
+            _close_direct(part)
             if part.handle is not None:
                 try:
                     await part.handle.close()
@@ -645,6 +670,7 @@ class Destination:
         caller with what they hold) and the folders made for them stay, for resume by hand (docs/protocol.md
         section 10.3: a receiver the relay dropped). Nothing gets a final name."""
         for part in self.parts:
+            _close_direct(part)
             if part.handle is not None:
                 with contextlib.suppress(OSError):
                     await part.handle.close()
@@ -718,6 +744,15 @@ class Destination:
             raise
         self._open = (folders, fd)
         return fd
+
+
+def _close_direct(part: Part) -> None:
+    """Close ``part``'s ``O_DIRECT`` descriptor, if it has one (the writer has finished with it: the receiver
+    flushes or closes its writer first). The buffered descriptor is the handle's, closed with it."""
+    if part.target is not None and part.target.direct >= 0:
+        with contextlib.suppress(OSError):
+            os.close(part.target.direct)
+        part.target.direct = -1
 
 
 def _apply_metadata(fd: int, entry: p.FileEntry) -> None:

@@ -1273,7 +1273,6 @@ async def _chunk_loop(
     sha256 = hashlib.sha256()
     header: p.SealedChunk | None = None
     part = None
-    fd, shown = -1, ""
     written, chunks, streamed = sum(starts.values()), 0, 0
     next_ack = p.ACK_INTERVAL
     pacer = StatePacer(written, asyncio.get_running_loop().time())
@@ -1328,15 +1327,15 @@ async def _chunk_loop(
                         part = await destination.open_part(offer.files[placed.file])
                         if part.entry.size >= STATE_INTERVAL:
                             destination.save_state()  # a big file's part is known to the next attempt from its start
-                    fd, shown = destination.part_fd(part)
                     if part.entry.size >= PREALLOCATE_FROM:
-                        preallocate(fd, have, part.entry.size)
+                        preallocate(destination.part_fd(part)[0], have, part.entry.size)
                 first = have - placed.offset
                 fresh = end - have
                 if several:
                     sha256.update(memoryview(buffer)[first:placed.length])
                 if fresh:
-                    writer.submit(fd, shown, have, buffer, placed.length, first)
+                    # the part's descriptors, with an O_DIRECT one where the store chose it (made once per part)
+                    writer.submit(destination.target(part), have, buffer, placed.length, first)
                 else:
                     writer.give_back(buffer)
                 have += fresh

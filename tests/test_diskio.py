@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from clients import diskio
-from clients.diskio import WRITE_PIECE, DiskError, FileReader, FileWriter, ReadFailed, Shrank, WriteFailed, preallocate
+from clients.diskio import (
+    WRITE_PIECE, DiskError, FileReader, FileWriter, ReadFailed, Shrank, Target, WriteFailed, preallocate,
+)
 
 BOUND = 20.0
 
@@ -36,7 +38,7 @@ async def test_chunks_land_at_their_offsets_in_any_order(tmp_path: Path) -> None
             buffer = await asyncio.wait_for(writer.acquire(), BOUND)
             piece = data[offset:offset + 4096]
             buffer[:len(piece)] = piece
-            writer.submit(fd, str(path), offset, buffer, len(piece))
+            writer.submit(Target(fd, str(path)), offset, buffer, len(piece))
         await asyncio.wait_for(writer.flush(), BOUND)
         assert writer.statistics() == {"in_flight": 0, "free": 3, "depth": 3}
     finally:
@@ -64,7 +66,7 @@ async def test_a_one_mib_chunk_goes_to_the_disk_in_pieces_of_at_most_write_piece
     try:
         buffer = await asyncio.wait_for(writer.acquire(), BOUND)
         buffer[:] = data
-        writer.submit(fd, str(path), 3, buffer, len(data))
+        writer.submit(Target(fd, str(path)), 3, buffer, len(data))
         await asyncio.wait_for(writer.flush(), BOUND)
     finally:
         writer.close()
@@ -103,7 +105,7 @@ async def test_memory_is_bounded_acquire_waits_while_every_buffer_is_in_flight(t
         path = tmp_path / "f"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         first[:3] = b"abc"
-        writer.submit(fd, str(path), 0, first, 3)
+        writer.submit(Target(fd, str(path)), 0, first, 3)
         assert await asyncio.wait_for(third, BOUND) is first  # the written buffer is the one handed out again
         await writer.flush()
         os.close(fd)
@@ -120,7 +122,7 @@ async def test_a_failed_write_surfaces_as_write_failed_with_the_path_and_errno(t
     writer = FileWriter(8, depth=2)
     try:
         buffer = await writer.acquire()
-        writer.submit(fd, str(path), 0, buffer, 8)
+        writer.submit(Target(fd, str(path)), 0, buffer, 8)
         with pytest.raises(WriteFailed) as caught:
             await asyncio.wait_for(writer.flush(), BOUND)
         assert caught.value.errno == errno.EBADF and caught.value.filename == str(path)
@@ -138,7 +140,7 @@ async def test_a_full_disk_is_enospc() -> None:
     writer = FileWriter(4096, depth=2)
     try:
         buffer = await writer.acquire()
-        writer.submit(fd, "/dev/full", 0, buffer, 4096)
+        writer.submit(Target(fd, "/dev/full"), 0, buffer, 4096)
         with pytest.raises(WriteFailed) as caught:
             await asyncio.wait_for(writer.flush(), BOUND)
         assert caught.value.errno == errno.ENOSPC
@@ -264,10 +266,10 @@ async def test_a_writer_skips_the_start_of_a_chunk_the_receiver_already_holds(tm
         os.pwrite(fd, b"h" * 30, 0)  # held from before the resume
         buffer = await writer.acquire()
         buffer[:50] = b"x" * 30 + b"y" * 20  # a chunk from offset 0 whose first 30 bytes are held
-        writer.submit(fd, str(path), 30, buffer, 50, first=30)
+        writer.submit(Target(fd, str(path)), 30, buffer, 50, first=30)
         await writer.flush()
         with pytest.raises(ValueError):
-            writer.submit(fd, str(path), 0, await writer.acquire(), 10, first=11)
+            writer.submit(Target(fd, str(path)), 0, await writer.acquire(), 10, first=11)
     finally:
         writer.close()
         os.close(fd)
@@ -292,7 +294,7 @@ async def test_a_hundred_readers_and_writers_share_one_thread_each(tmp_path: Pat
             while (chunk := await reader.next()) is not None:
                 buffer = await writer.acquire()
                 buffer[:len(chunk)] = chunk
-                writer.submit(fd, "d", offset, buffer, len(chunk))
+                writer.submit(Target(fd, "d"), offset, buffer, len(chunk))
                 offset += len(chunk)
             await writer.flush()
 
