@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
-import websockets
-
 from relay import protocol as p
 from relay.protocol import ErrorCode
 from clients.errors import RelayUnavailable, TransferError, TransferRefused
-from clients.wsclient import ConnectionClosed, HandshakeFailed, RecvInProgress, WebSocketClient
+from clients.wsclient import (
+    BadWebSocketUrl, ConnectionClosed, HandshakeFailed, ProxyFailed, ProxyUnusable, RecvInProgress, WebSocketClient,
+)
 
 DEFAULT_RELAY = "ws://127.0.0.1:8000"
 OPEN_TIMEOUT = 15.0
@@ -292,9 +292,9 @@ class RelayConnection:
                                                  open_timeout=OPEN_TIMEOUT)
         except ImportError as exc:  # a socks:// proxy without the optional python-socks package
             raise BadRelayUrl(proxy or "", f"this proxy needs a package that is not installed: {exc}") from exc
-        except websockets.InvalidProxy as exc:
+        except ProxyUnusable as exc:
             raise BadRelayUrl(proxy or "", f"the proxy setting is not usable: {exc}") from exc
-        except (OSError, TimeoutError, HandshakeFailed, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+        except (OSError, TimeoutError, HandshakeFailed, ProxyFailed, BadWebSocketUrl) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST,
                                    f"cannot reach the relay at {relay.websocket_base}{via}: {exc}") from exc
 
