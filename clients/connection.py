@@ -7,11 +7,11 @@ import contextlib
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
+from relay.record import Record, set_field
 from clients.errors import RelayUnavailable, TransferError, TransferRefused
 from clients.wsclient import (
     BadWebSocketUrl, ConnectionClosed, HandshakeFailed, ProxyFailed, ProxyUnusable, RecvInProgress, WebSocketClient,
@@ -47,14 +47,20 @@ class BadRelayUrl(TransferError):
         self.url = url
 
 
-@dataclass(frozen=True, slots=True)
-class RelayUrl:
+class RelayUrl(Record):
     """A checked relay address: ``ws``/``wss``, a host, an optional port and an optional path prefix."""
 
+    __slots__ = ("secure", "host", "port", "path")
     secure: bool
     host: str
     port: int | None
     path: str
+
+    def __init__(self, secure: bool, host: str, port: int | None, path: str) -> None:
+        set_field(self, "secure", secure)
+        set_field(self, "host", host)
+        set_field(self, "port", port)
+        set_field(self, "path", path)
 
     @property
     def _netloc(self) -> str:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from dataclasses import dataclass
 from enum import IntEnum
 
 from collections.abc import Callable
+
+from relay.record import Record, set_field
 
 MaskFunction = Callable[[bytes | bytearray | memoryview, bytes], bytes]
 
@@ -88,14 +89,20 @@ class FrameError(Exception):
         self.close_code = close_code
 
 
-@dataclass(frozen=True, slots=True)
-class FrameHeader:
+class FrameHeader(Record):
     """A parsed header: the payload is ``buffer[payload_start:payload_start + length]``."""
 
+    __slots__ = ("fin", "opcode", "payload_start", "length")
     fin: bool
     opcode: Opcode
     payload_start: int
     length: int
+
+    def __init__(self, fin: bool, opcode: Opcode, payload_start: int, length: int) -> None:
+        set_field(self, "fin", fin)
+        set_field(self, "opcode", opcode)
+        set_field(self, "payload_start", payload_start)
+        set_field(self, "length", length)
 
     @property
     def end(self) -> int:

@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 
 import xxhash
 
+from relay.record import FrozenInstanceError as FrozenInstanceError, Record, set_field as _set_field
+
 PROTOCOL_V2 = 2  # end-to-end encrypted; every client says ``v=2`` (version 1 is refused: unsupported_version)
 VERSIONS = (PROTOCOL_V2,)
 DEFAULT_CHUNK_SIZE = 1024 * 1024
@@ -280,55 +282,6 @@ def _hex_field(value: object, name: str, digits: int) -> str:
         raise MalformedMessage(f"field {name!r} must be {digits} lower-case hex digits")
     return value
 
-
-
-class FrozenInstanceError(AttributeError):
-    """An attempt to set or delete a field of a ``Record`` (they are values: make a new one instead)."""
-
-
-class Record:
-    """A frozen value with slots: fields in ``__slots__`` (in ``__init__``'s order), set once in ``__init__``.
-
-    What ``@dataclass(frozen=True, slots=True)`` gave these classes (equality and hash by class and fields, a
-    ``Name(field=value, ...)`` repr, ``__match_args__``, no assignment after ``__init__``, copy and pickle), with
-    the methods written once here instead of compiled from generated source for every class at every start of
-    every process: that was about a sixth of a client's start-up (docs/design/speed.md section 16). Each class
-    writes its ``__init__`` (a plain signature, checked by mypy, and faster than the generated one).
-    """
-
-    __slots__: ClassVar[tuple[str, ...]] = ()
-    __match_args__: ClassVar[tuple[str, ...]] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.__match_args__ = cls.__slots__  # type: ignore[misc]  # for ``case Name(a, b)`` patterns
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in self.__slots__])
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._values() == other._values()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{self.__class__.__qualname__}({shown})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[type[Record], tuple[Any, ...]]:
-        return self.__class__, self._values()  # copy, deepcopy and pickle call __init__ again
-
-
-_set_field = object.__setattr__  # how a Record's __init__ sets its fields
 
 
 class Message(Record):

@@ -537,3 +537,30 @@ def test_the_text_checks_match_the_patterns_of_the_protocol(text: str) -> None:
         assert not re.fullmatch(f"[0-9a-f]{{{digits}}}", text)
     else:
         assert re.fullmatch(f"[0-9a-f]{{{digits}}}", text)
+
+
+def test_every_record_of_the_clients_sets_each_field_from_its_own_argument() -> None:
+    """The clients' value classes are Records too (relay/record.py); each ``__init__`` is written by hand."""
+    import importlib
+    import inspect
+
+    for name in ("clients.connection", "clients.chunkcrypt", "clients.crypto", "clients.offer", "clients.transfer",
+                 "clients.wsframes"):
+        importlib.import_module(name)
+    classes = [cls for cls in _all_records() if cls.__module__.startswith("clients.")]
+    assert len(classes) >= 12
+    for cls in classes:
+        assert list(inspect.signature(cls).parameters) == list(cls.__slots__) == list(cls.__match_args__), cls
+        if cls.__name__ == "StreamPlan":  # checks its values (tests/test_crypto.py)
+            continue
+        values = _distinct_values(cls)
+        assert {name: getattr(cls(**values), name) for name in cls.__slots__} == values, cls
+
+
+def _all_records() -> list[type[p.Record]]:
+    found, pending = [], [p.Record]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        found.append(cls)
+    return found
