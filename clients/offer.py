@@ -69,7 +69,7 @@ class Outgoing(Record):
         return sum(f.entry.size for f in self.files)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Walk:
     """What a walk has found so far."""
 

@@ -143,7 +143,7 @@ STATE_PERIOD = 0.5  # and at most every half second unless a file just ended (ea
 WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class StatePacer:
     """When a receiver rewrites its state file (docs/protocol.md section 10.3); pure, the caller passes the time.
 
@@ -340,7 +340,7 @@ def verifier(token: bytes) -> str:
     return hashlib.sha256(token).hexdigest()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class SeatTokens:
     """This party's current resume token per pair (a receiver has one, for peer 0... keyed by its own number).
 
@@ -617,7 +617,7 @@ class _Parked(Exception):
     """The room parked (a party's connection dropped): the epoch under way is abandoned."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Parking:
     """The sender's view of resume: who is away, each receiver's position once all are back, the resynced
     channels, and how far the stream got (to count what is sent again)."""
@@ -697,7 +697,7 @@ class _Parking:
         self.away = set(away)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _SenderLink:
     """The sender's current connection and the task reading it (``_watch_receivers``); both are replaced when a
     lost connection is resumed (``rejoin``)."""
@@ -1006,7 +1006,7 @@ async def _send_or_explain(
 # --- receiving ---------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Pair:
     """What a receiver holds after keying: the transfer's content key and its channel to the sender."""
 
@@ -1015,7 +1015,7 @@ class _Pair:
     keys: c.PairKeys
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Link:
     """The receiver's current connection, replaced when a lost one is resumed."""
 
@@ -1195,7 +1195,7 @@ def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
     return salt_bytes, plan
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Resume:
     """What a receiver needs to take its seat back after a lost connection, and its side of each resync."""
 
