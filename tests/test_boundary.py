@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# What `clients` may import from `relay`: the wire protocol, the code words, and the allocator tuning.
-SHARED = {"relay.protocol", "relay.codes", "relay.tuning"}
+# What `clients` may import from `relay`: the wire protocol, the code words, the allocator tuning, and the
+# protocol's frozen value base class (relay/record.py).
+SHARED = {"relay.protocol", "relay.codes", "relay.tuning", "relay.record"}
 # Imports that exist only because `relay serve` still has a copy in clients/cli.py until the CLI branch removes
 # it (relay/command.py runs `serve` now). Each must still be present: once it is gone, delete it here.
 PENDING: set[tuple[str, str]] = set()
