@@ -16,24 +16,30 @@ unauthenticated plaintext into ``out``, so a caller must treat ``out`` as garbag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from clients import crypto as c
+from relay.record import Record, set_field
 
 HAS_INTO = hasattr(AESGCM, "decrypt_into") and hasattr(AESGCM, "encrypt_into")
 
 
-@dataclass(frozen=True, slots=True)
-class Placed:
+class Placed(Record):
     """Where the plaintext just produced goes: ``length`` bytes at ``offset`` of ``file``; ``last`` closes it."""
 
+    __slots__ = ("file", "offset", "length", "last")
     file: int
     offset: int
     length: int
     last: bool
+
+    def __init__(self, file: int, offset: int, length: int, last: bool) -> None:
+        set_field(self, "file", file)
+        set_field(self, "offset", offset)
+        set_field(self, "length", length)
+        set_field(self, "last", last)
 
 
 class ChunkOpenerInto:

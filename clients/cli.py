@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import codecs
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -497,7 +496,7 @@ def send_command(args: argparse.Namespace) -> int:
 
 def send_options(**values: Any) -> SendOptions:
     """``SendOptions`` from the values this branch knows; ``skip_unreadable`` needs the receiving-side branch."""
-    known = {spec.name for spec in dataclasses.fields(SendOptions)}
+    known = set(SendOptions.__slots__)
     if values.get("skip_unreadable") and "skip_unreadable" not in known:
         raise UsageError("--skip-unreadable is not supported by this version of the client library")
     return SendOptions(**{name: value for name, value in values.items() if name in known})

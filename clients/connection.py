@@ -7,15 +7,15 @@ import contextlib
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
-
-import websockets
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
+from relay.record import Record, set_field
 from clients.errors import RelayUnavailable, TransferError, TransferRefused
-from clients.wsclient import ConnectionClosed, HandshakeFailed, RecvInProgress, WebSocketClient
+from clients.wsclient import (
+    BadWebSocketUrl, ConnectionClosed, HandshakeFailed, ProxyFailed, ProxyUnusable, RecvInProgress, WebSocketClient,
+)
 
 DEFAULT_RELAY = "ws://127.0.0.1:8000"
 OPEN_TIMEOUT = 15.0
@@ -47,14 +47,20 @@ class BadRelayUrl(TransferError):
         self.url = url
 
 
-@dataclass(frozen=True, slots=True)
-class RelayUrl:
+class RelayUrl(Record):
     """A checked relay address: ``ws``/``wss``, a host, an optional port and an optional path prefix."""
 
+    __slots__ = ("secure", "host", "port", "path")
     secure: bool
     host: str
     port: int | None
     path: str
+
+    def __init__(self, secure: bool, host: str, port: int | None, path: str) -> None:
+        set_field(self, "secure", secure)
+        set_field(self, "host", host)
+        set_field(self, "port", port)
+        set_field(self, "path", path)
 
     @property
     def _netloc(self) -> str:
@@ -292,9 +298,9 @@ class RelayConnection:
                                                  open_timeout=OPEN_TIMEOUT)
         except ImportError as exc:  # a socks:// proxy without the optional python-socks package
             raise BadRelayUrl(proxy or "", f"this proxy needs a package that is not installed: {exc}") from exc
-        except websockets.InvalidProxy as exc:
+        except ProxyUnusable as exc:
             raise BadRelayUrl(proxy or "", f"the proxy setting is not usable: {exc}") from exc
-        except (OSError, TimeoutError, HandshakeFailed, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+        except (OSError, TimeoutError, HandshakeFailed, ProxyFailed, BadWebSocketUrl) as exc:
             raise RelayUnavailable(ErrorCode.BAD_REQUEST,
                                    f"cannot reach the relay at {relay.websocket_base}{via}: {exc}") from exc
 

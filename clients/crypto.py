@@ -39,7 +39,6 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidTag
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from clients.pake import SIDE_A, SIDE_B, PakeError, Spake2
+from relay.record import Record, set_field
 
 LABEL = b"relay-v2"
 KEY_SIZE = 32
@@ -201,13 +201,14 @@ def transcript_hash(nameplate: str, sender_message: bytes, receiver_message: byt
     return hashlib.sha256(b"".join(_lv(part) for part in parts)).digest()
 
 
-@dataclass(frozen=True, repr=False)
-class PairKeys:
+class PairKeys(Record):
     """Every key one sender/receiver pair derives from its PAKE key (HKDF-SHA-256, salt = transcript hash).
 
     ``repr`` is suppressed so a key never lands in a log by accident.
     """
 
+    __slots__ = ("transcript", "confirm_sender", "confirm_receiver", "control_sender_to_receiver",
+                 "control_receiver_to_sender", "content_key_wrap", "resume_sender", "resume_receiver")
     transcript: bytes
     confirm_sender: bytes
     confirm_receiver: bytes
@@ -216,6 +217,18 @@ class PairKeys:
     content_key_wrap: bytes
     resume_sender: bytes
     resume_receiver: bytes
+
+    def __init__(self, transcript: bytes, confirm_sender: bytes, confirm_receiver: bytes,
+                 control_sender_to_receiver: bytes, control_receiver_to_sender: bytes, content_key_wrap: bytes,
+                 resume_sender: bytes, resume_receiver: bytes) -> None:
+        set_field(self, "transcript", transcript)
+        set_field(self, "confirm_sender", confirm_sender)
+        set_field(self, "confirm_receiver", confirm_receiver)
+        set_field(self, "control_sender_to_receiver", control_sender_to_receiver)
+        set_field(self, "control_receiver_to_sender", control_receiver_to_sender)
+        set_field(self, "content_key_wrap", content_key_wrap)
+        set_field(self, "resume_sender", resume_sender)
+        set_field(self, "resume_receiver", resume_receiver)
 
     @classmethod
     def derive(cls, shared: bytes, transcript: bytes) -> PairKeys:
@@ -394,38 +407,52 @@ class ChunkCipher:
             raise Tampered(f"chunk {chunk} of file {file} (offset {offset}) did not authenticate") from error
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(Record):
     """Plaintext bytes ``[start, end)`` of file ``file`` that one epoch carries (``end`` is the file's size)."""
 
+    __slots__ = ("file", "start", "end")
     file: int
     start: int
     end: int
 
+    def __init__(self, file: int, start: int, end: int) -> None:
+        set_field(self, "file", file)
+        set_field(self, "start", start)
+        set_field(self, "end", end)
 
-@dataclass(frozen=True)
-class ChunkPosition:
+
+class ChunkPosition(Record):
     """Where a chunk belongs: its file, its index within this epoch's part of the file, offset, length, last."""
 
+    __slots__ = ("file", "chunk", "offset", "length", "last")
     file: int
     chunk: int
     offset: int
     length: int
     last: bool
 
+    def __init__(self, file: int, chunk: int, offset: int, length: int, last: bool) -> None:
+        set_field(self, "file", file)
+        set_field(self, "chunk", chunk)
+        set_field(self, "offset", offset)
+        set_field(self, "length", length)
+        set_field(self, "last", last)
 
-@dataclass(frozen=True)
-class StreamPlan:
+
+class StreamPlan(Record):
     """What one epoch sends, in order: the segments and the chunk size (both inside the sealed offer/resume).
 
     A segment of ``n`` bytes is ``ceil(n / chunk_size)`` chunks, the last one short; an empty segment (an empty
     file) is one empty chunk, so that even an empty file ends with an authenticated last chunk.
     """
 
+    __slots__ = ("segments", "chunk_size")
     segments: tuple[Segment, ...]
     chunk_size: int
 
-    def __post_init__(self) -> None:
+    def __init__(self, segments: tuple[Segment, ...], chunk_size: int) -> None:
+        set_field(self, "segments", segments)
+        set_field(self, "chunk_size", chunk_size)
         if self.chunk_size < 1:
             raise ValueError("chunk size must be positive")
         files = [segment.file for segment in self.segments]
@@ -483,14 +510,20 @@ class StreamSealer:
         return self.position is None
 
 
-@dataclass(frozen=True)
-class OpenedChunk:
+class OpenedChunk(Record):
     """An authenticated chunk: write ``plaintext`` at ``offset`` of ``file``; ``last`` means the file is whole."""
 
+    __slots__ = ("file", "offset", "plaintext", "last")
     file: int
     offset: int
     plaintext: bytes
     last: bool
+
+    def __init__(self, file: int, offset: int, plaintext: bytes, last: bool) -> None:
+        set_field(self, "file", file)
+        set_field(self, "offset", offset)
+        set_field(self, "plaintext", plaintext)
+        set_field(self, "last", last)
 
 
 class StreamOpener:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from relay import protocol as p
 from relay.protocol import ErrorCode
+from relay.record import Record, set_field
 from clients.errors import LocalFailure
 
 SHOWN_UNREADABLE = 5  # how many unreadable paths the error names before "and N more"
@@ -34,21 +35,31 @@ class Unreadable(LocalFailure):
         self.paths = paths
 
 
-@dataclass(frozen=True, slots=True)
-class LocalFile:
+class LocalFile(Record):
     """A file to send: where it is on this machine and the relative path it is offered under."""
 
+    __slots__ = ("source", "entry")
     source: Path
     entry: p.FileEntry
 
+    def __init__(self, source: Path, entry: p.FileEntry) -> None:
+        set_field(self, "source", source)
+        set_field(self, "entry", entry)
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+
+class Outgoing(Record):
     """What will be offered, and what was left out: ``(local path, why)`` for each thing not sent."""
 
+    __slots__ = ("files", "dirs", "left_out")
     files: tuple[LocalFile, ...]
     dirs: tuple[str, ...]
-    left_out: tuple[tuple[str, str], ...] = ()
+    left_out: tuple[tuple[str, str], ...]
+
+    def __init__(self, files: tuple[LocalFile, ...], dirs: tuple[str, ...],
+                 left_out: tuple[tuple[str, str], ...] = ()) -> None:
+        set_field(self, "files", files)
+        set_field(self, "dirs", dirs)
+        set_field(self, "left_out", left_out)
 
     def offer(self, chunk_size: int, kind: p.OfferKind = p.OfferKind.FILES) -> p.Offer:
         return p.Offer(tuple(f.entry for f in self.files), self.dirs, chunk_size, kind)
@@ -58,7 +69,7 @@ class Outgoing:
         return sum(f.entry.size for f in self.files)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Walk:
     """What a walk has found so far."""
 

@@ -32,6 +32,7 @@ from typing import TypeVar
 from relay import protocol as p
 from relay.codes import wordlist
 from relay.protocol import ErrorCode
+from relay.record import Record, set_field
 from clients import crypto as c
 from clients.chunkcrypt import ChunkOpenerInto, ChunkSealerInto
 from clients.diskio import FileReader, FileWriter, ReadFailed, Shrank, WriteFailed, preallocate
@@ -106,8 +107,7 @@ class Dropped(TransferRefused):
         self.held = held  # a dropped receiver: the bytes it holds (recorded in its state file)
 
 
-@dataclass(frozen=True, slots=True)
-class Deadlines:
+class Deadlines(Record):
     """How long, in seconds, each wait may last before the transfer ends with ``DeadlineExceeded``.
 
     The defaults are generous and a bit longer than the relay's own limits, so that with a working relay its
@@ -115,15 +115,27 @@ class Deadlines:
     (``offer_timeout``), 2 minutes for an idle room.
     """
 
-    connect: float = 60.0  # the relay's ``hello`` after opening the WebSocket
-    receivers: float = 660.0  # sender: until every receiver joined; receiver: until the offer came
-    answer: float = 1860.0  # sender: until every receiver accepted; receiver: until the first chunk after accepting
-    frame: float = 300.0  # while streaming: the next frame (receiver), or the relay taking a frame (sender)
-    verified: float = 600.0  # sender: after ``done``, until every ``verified`` and ``complete``
-    leave: float = 5.0  # telling the room why this party leaves (a relay that stopped reading never takes it)
-    resume_window: float = 300.0  # DEFAULT_RESUME_WINDOW: how long a lost connection is tried again; 0: never
+    __slots__ = ("connect", "receivers", "answer", "frame", "verified", "leave", "resume_window")
+    connect: float  # the relay's ``hello`` after opening the WebSocket
+    receivers: float  # sender: until every receiver joined; receiver: until the offer came
+    answer: float  # sender: until every receiver accepted; receiver: until the first chunk after accepting
+    frame: float  # while streaming: the next frame (receiver), or the relay taking a frame (sender)
+    verified: float  # sender: after ``done``, until every ``verified`` and ``complete``
+    leave: float  # telling the room why this party leaves (a relay that stopped reading never takes it)
+    resume_window: float  # DEFAULT_RESUME_WINDOW: how long a lost connection is tried again; 0: never
+
+    def __init__(self, connect: float = 60.0, receivers: float = 660.0, answer: float = 1860.0, frame: float = 300.0,
+                 verified: float = 600.0, leave: float = 5.0, resume_window: float = 300.0) -> None:
+        set_field(self, "connect", connect)
+        set_field(self, "receivers", receivers)
+        set_field(self, "answer", answer)
+        set_field(self, "frame", frame)
+        set_field(self, "verified", verified)
+        set_field(self, "leave", leave)
+        set_field(self, "resume_window", resume_window)
 
 
+DEFAULT_DEADLINES = Deadlines()
 DEFAULT_RESUME_WINDOW = 300.0  # the relay's default --resume-window
 STATE_INTERVAL = 1024 * 1024  # a receiver records its progress in the state file after this many bytes,
 STATE_SHARE = 16  # or 16 times the state file's size (many files): at most 1/16 more written,
@@ -131,7 +143,7 @@ STATE_PERIOD = 0.5  # and at most every half second unless a file just ended (ea
 WORDS_PER_CODE = 3  # 33 bits from the 2,048-word list: one guess per code (a wrong guess ends the room)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class StatePacer:
     """When a receiver rewrites its state file (docs/protocol.md section 10.3); pure, the caller passes the time.
 
@@ -159,35 +171,56 @@ class StatePacer:
         self.written, self.at, self.size = written, now, size
 
 
-@dataclass(frozen=True, slots=True)
-class SendOptions:
+class SendOptions(Record):
     """``words`` are the secret part of the code (generated when empty); the relay adds the nameplate."""
 
-    words: str = ""
-    relay_url: str = ""
-    receivers: int = 1
-    chunk_size: int = p.DEFAULT_CHUNK_SIZE
-    skip_unreadable: bool = False  # send what can be read and report the rest, instead of refusing to start
-    kind: p.OfferKind = p.OfferKind.FILES
-    deadlines: Deadlines = field(default_factory=Deadlines)
+    __slots__ = ("words", "relay_url", "receivers", "chunk_size", "skip_unreadable", "kind", "deadlines")
+    words: str
+    relay_url: str
+    receivers: int
+    chunk_size: int
+    skip_unreadable: bool  # send what can be read and report the rest, instead of refusing to start
+    kind: p.OfferKind
+    deadlines: Deadlines
+
+    def __init__(self, words: str = "", relay_url: str = "", receivers: int = 1, chunk_size: int = p.DEFAULT_CHUNK_SIZE,
+                 skip_unreadable: bool = False, kind: p.OfferKind = p.OfferKind.FILES,
+                 deadlines: Deadlines = DEFAULT_DEADLINES) -> None:
+        set_field(self, "words", words)
+        set_field(self, "relay_url", relay_url)
+        set_field(self, "receivers", receivers)
+        set_field(self, "chunk_size", chunk_size)
+        set_field(self, "skip_unreadable", skip_unreadable)
+        set_field(self, "kind", kind)
+        set_field(self, "deadlines", deadlines)
 
     @property
     def url(self) -> str:
         return self.relay_url or default_relay_url()
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiveOptions:
+class ReceiveOptions(Record):
     """``code`` is what the sender shows, ``<nameplate>-<words>`` (normalised by ``clients.crypto.normalize_code``)."""
 
+    __slots__ = ("code", "output", "relay_url", "overwrite", "deadlines", "output_for")
     code: str
-    output: Path = Path(".")
-    relay_url: str = ""
-    overwrite: bool = False
-    deadlines: Deadlines = field(default_factory=Deadlines)
+    output: Path
+    relay_url: str
+    overwrite: bool
+    deadlines: Deadlines
     # Chooses the folder for an offer once it is known (the CLI receives a text, or piped data bound for its
     # stdout, into a temporary folder); it may raise LocalFailure to refuse the offer. None: always ``output``.
-    output_for: Callable[[p.Offer], Path] | None = None
+    output_for: Callable[[p.Offer], Path] | None
+
+    def __init__(self, code: str, output: Path = Path("."), relay_url: str = "", overwrite: bool = False,
+                 deadlines: Deadlines = DEFAULT_DEADLINES,
+                 output_for: Callable[[p.Offer], Path] | None = None) -> None:
+        set_field(self, "code", code)
+        set_field(self, "output", output)
+        set_field(self, "relay_url", relay_url)
+        set_field(self, "overwrite", overwrite)
+        set_field(self, "deadlines", deadlines)
+        set_field(self, "output_for", output_for)
 
     @property
     def url(self) -> str:
@@ -307,7 +340,7 @@ def verifier(token: bytes) -> str:
     return hashlib.sha256(token).hexdigest()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class SeatTokens:
     """This party's current resume token per pair (a receiver has one, for peer 0... keyed by its own number).
 
@@ -584,7 +617,7 @@ class _Parked(Exception):
     """The room parked (a party's connection dropped): the epoch under way is abandoned."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Parking:
     """The sender's view of resume: who is away, each receiver's position once all are back, the resynced
     channels, and how far the stream got (to count what is sent again)."""
@@ -664,7 +697,7 @@ class _Parking:
         self.away = set(away)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _SenderLink:
     """The sender's current connection and the task reading it (``_watch_receivers``); both are replaced when a
     lost connection is resumed (``rejoin``)."""
@@ -973,7 +1006,7 @@ async def _send_or_explain(
 # --- receiving ---------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Pair:
     """What a receiver holds after keying: the transfer's content key and its channel to the sender."""
 
@@ -982,7 +1015,7 @@ class _Pair:
     keys: c.PairKeys
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Link:
     """The receiver's current connection, replaced when a lost one is resumed."""
 
@@ -1162,7 +1195,7 @@ def _plan_of(opened: object, offer: p.Offer, stream: p.Stream, max_message: int,
     return salt_bytes, plan
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # state: by identity (start-up, docs/design/speed.md 16)
 class _Resume:
     """What a receiver needs to take its seat back after a lost connection, and its side of each resync."""
 

@@ -35,9 +35,8 @@ import base64
 import hashlib
 import os
 import ssl as ssl_module
-from typing import Any, cast
-
-from websockets.uri import parse_uri
+from typing import Any, NamedTuple, cast
+from urllib.parse import quote, urlsplit
 
 from clients import wsframes as wf
 from clients.wsframes import FrameError, Opcode
@@ -58,6 +57,22 @@ class HandshakeFailed(Exception):
         super().__init__(f"the WebSocket upgrade failed ({status or 'no status'}): {reason}")
         self.status = status
         self.reason = reason
+
+
+class BadWebSocketUrl(ValueError):
+    """Not a ``ws://`` or ``wss://`` URL with a host and a valid port (or it has a fragment): nothing was opened."""
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(f"{url[:200]} is not a WebSocket URL: {why}")
+        self.url = url
+
+
+class ProxyUnusable(ValueError):
+    """The proxy setting cannot be used: not a proxy URL websockets can tunnel through (its ``InvalidProxy``)."""
+
+
+class ProxyFailed(Exception):
+    """The proxy did not open the tunnel (websockets' ``InvalidHandshake``: a refusal, a bad answer, a SOCKS error)."""
 
 
 class ConnectionClosed(Exception):
@@ -117,8 +132,9 @@ class WebSocketClient(asyncio.BufferedProtocol):
                       ssl: ssl_module.SSLContext | None = None) -> WebSocketClient:
         """Open ``url`` (``ws://`` or ``wss://``), through ``proxy`` if given, and complete the upgrade.
 
-        Raises ``OSError``/``TimeoutError`` when the server or proxy cannot be reached, websockets'
-        ``InvalidProxy``/``ProxyError`` for proxy trouble, :class:`HandshakeFailed` when the server refuses.
+        Raises :class:`BadWebSocketUrl` for a URL that is not one, ``OSError``/``TimeoutError`` when the server or
+        proxy cannot be reached, :class:`ProxyUnusable`/:class:`ProxyFailed` for proxy trouble,
+        :class:`HandshakeFailed` when the server refuses.
         """
         async with asyncio.timeout(open_timeout):
             return await cls._connect(url, headers or {}, proxy, max_size, ssl)
@@ -126,7 +142,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
     @classmethod
     async def _connect(cls, url: str, headers: dict[str, str], proxy: str | None, max_size: int,
                        ssl: ssl_module.SSLContext | None) -> WebSocketClient:
-        uri = parse_uri(url)
+        uri = parse_websocket_url(url)
         key = base64.b64encode(os.urandom(16))
         protocol = cls(_upgrade_request(uri.host, uri.port, uri.secure, uri.resource_name, key, headers), key,
                        max_size)
@@ -138,25 +154,7 @@ class WebSocketClient(asyncio.BufferedProtocol):
             await loop.create_connection(lambda: protocol, uri.host, uri.port, ssl=tls,
                                          server_hostname=uri.host if tls else None)
         else:
-            # websockets' asyncio client is only here for its proxy tunnels: imported when a proxy is set
-            # (about 10 ms of every start otherwise)
-            from websockets.asyncio.client import connect_http_proxy, connect_socks_proxy
-            from websockets.proxy import parse_proxy
-
-            parsed = parse_proxy(proxy)
-            if parsed.scheme.startswith("socks"):
-                sock = await connect_socks_proxy(parsed, uri)
-                await loop.create_connection(lambda: protocol, sock=sock, ssl=tls,
-                                             server_hostname=uri.host if tls else None)
-            else:
-                proxy_kwargs: dict[str, Any] = {"ssl": True} if parsed.scheme == "https" else {}
-                transport = await connect_http_proxy(parsed, uri, **proxy_kwargs)
-                transport.set_protocol(protocol)
-                if tls is not None:
-                    started = await loop.start_tls(transport, protocol, tls, server_hostname=uri.host)
-                    assert started is not None
-                    transport = started
-                protocol.connection_made(transport)
+            await _through_proxy(loop, protocol, url, uri, proxy, tls)
         try:
             await protocol._handshake
         except BaseException:
@@ -514,3 +512,83 @@ def _upgrade_request(host: str, port: int, secure: bool, resource: str, key: byt
             raise ValueError("a header name or value holds a line break")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class WebSocketUrl(NamedTuple):
+    """What opening a WebSocket needs from its URL: TLS or not, the host (IDNA), the port, the request target."""
+
+    secure: bool
+    host: str
+    port: int
+    resource_name: str
+
+
+# RFC 3987's gen-delims and sub-delims: kept as they are when an IRI's path or query is made a URI
+_DELIMS = ":/?#[]@!$&'()*+,;="
+
+
+def parse_websocket_url(url: str) -> WebSocketUrl:
+    """Split a ``ws://``/``wss://`` URL as websockets' ``parse_uri`` does (the default port, ``/`` for an empty
+    path, a non-ASCII host in IDNA and a non-ASCII path or query percent-encoded), without importing websockets
+    for it: importing any part of websockets imports ``importlib.metadata`` (docs/design/speed.md section 16).
+
+    A user name or password is refused rather than ignored (a relay's token goes in ``RELAY_TOKEN``).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # an unbalanced "[", a port that is not a number from 0 to 65535
+        raise BadWebSocketUrl(url, str(exc)) from None
+    if parts.scheme not in ("ws", "wss"):
+        raise BadWebSocketUrl(url, "the scheme is not ws or wss")
+    if not parts.hostname:
+        raise BadWebSocketUrl(url, "there is no host")
+    if parts.fragment or url.endswith("#"):
+        raise BadWebSocketUrl(url, "a fragment means nothing to a WebSocket")
+    if parts.username is not None or parts.password is not None:
+        raise BadWebSocketUrl(url, "no user name or password in the URL")
+    secure = parts.scheme == "wss"
+    host, path, query = parts.hostname, parts.path, parts.query
+    if not url.isascii():  # an IRI: made a URI
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise BadWebSocketUrl(url, f"the host is not a valid international name ({exc})") from None
+        path, query = quote(path, safe=_DELIMS), quote(query, safe=_DELIMS)
+    resource_name = (path or "/") + (f"?{query}" if query else "")
+    return WebSocketUrl(secure, host, port or (443 if secure else 80), resource_name)
+
+
+async def _through_proxy(loop: asyncio.AbstractEventLoop, protocol: WebSocketClient, url: str, uri: WebSocketUrl,
+                         proxy: str, tls: ssl_module.SSLContext | None) -> None:
+    """Open the tunnel with websockets' own helpers (``CONNECT``, or SOCKS with python-socks) and start the
+    upgrade through it. websockets is imported here only: a connection without a proxy never needs it (about
+    10 ms of every start, ``importlib.metadata`` included). Its exceptions become :class:`ProxyUnusable` and
+    :class:`ProxyFailed`, so that callers need not import it either."""
+    from websockets.asyncio.client import connect_http_proxy, connect_socks_proxy
+    from websockets.exceptions import InvalidHandshake, InvalidProxy, InvalidURI
+    from websockets.proxy import parse_proxy
+    from websockets.uri import parse_uri
+
+    try:
+        parsed = parse_proxy(proxy)
+        target = parse_uri(url)
+        if parsed.scheme.startswith("socks"):
+            sock = await connect_socks_proxy(parsed, target)
+            await loop.create_connection(lambda: protocol, sock=sock, ssl=tls,
+                                         server_hostname=uri.host if tls else None)
+            return
+        proxy_kwargs: dict[str, Any] = {"ssl": True} if parsed.scheme == "https" else {}
+        transport = await connect_http_proxy(parsed, target, **proxy_kwargs)
+    except InvalidProxy as exc:
+        raise ProxyUnusable(str(exc)) from exc
+    except InvalidURI as exc:
+        raise BadWebSocketUrl(url, str(exc)) from exc
+    except InvalidHandshake as exc:
+        raise ProxyFailed(str(exc)) from exc
+    transport.set_protocol(protocol)
+    if tls is not None:
+        started = await loop.start_tls(transport, protocol, tls, server_hostname=uri.host)
+        assert started is not None
+        transport = started
+    protocol.connection_made(transport)

@@ -17,16 +17,52 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+import sys
 from enum import IntEnum
 
 from collections.abc import Callable
 
-_apply_mask_c: Callable[[bytes | bytearray | memoryview, bytes], bytes] | None
-try:  # the C helper websockets ships (wheels on Linux, macOS and Windows): ~0.03 CPU-s per GiB
-    from websockets.speedups import apply_mask as _apply_mask_c
-except ImportError:  # pragma: no cover - a websockets without its compiled extension
-    _apply_mask_c = None
+from relay.record import Record, set_field
+
+MaskFunction = Callable[[bytes | bytearray | memoryview, bytes], bytes]
+
+
+def _load_c_apply_mask() -> MaskFunction | None:
+    """The C ``apply_mask`` websockets ships (wheels on Linux, macOS and Windows): ~0.03 CPU-s per GiB.
+
+    Loaded from its file without running ``websockets/__init__.py`` when websockets is not imported yet: that
+    imports ``websockets.version``, which imports ``importlib.metadata`` (with ``email``, ``zipfile``, ``csv``...),
+    about 10 ms of every client's start for a version string (docs/design/speed.md section 16). The extension
+    itself imports nothing of websockets. Anything unexpected falls back to the ordinary import.
+    """
+    loaded = sys.modules.get("websockets.speedups")
+    if loaded is None and "websockets" not in sys.modules:
+        try:
+            from importlib.machinery import ExtensionFileLoader, PathFinder
+            from importlib.util import module_from_spec
+
+            package = PathFinder.find_spec("websockets")
+            where = package.submodule_search_locations if package is not None else None
+            spec = PathFinder.find_spec("websockets.speedups", list(where)) if where is not None else None
+            if spec is not None and isinstance(spec.loader, ExtensionFileLoader):
+                loaded = module_from_spec(spec)
+                spec.loader.exec_module(loaded)
+                # CPython lists a single-phase extension in sys.modules as it loads it: taken out again, so that
+                # websockets, if imported later, imports its submodule as usual (and names it on the package)
+                sys.modules.pop("websockets.speedups", None)
+        except (ImportError, OSError):  # pragma: no cover - then as websockets itself imports it
+            loaded = None
+    if loaded is None:
+        try:
+            from websockets import speedups
+        except ImportError:  # pragma: no cover - a websockets without its compiled extension
+            return None
+        loaded = speedups
+    function: MaskFunction = loaded.apply_mask
+    return function
+
+
+_apply_mask_c = _load_c_apply_mask()
 
 MAX_CONTROL_PAYLOAD = 125
 MAX_HEADER_SIZE = 14  # 2 bytes, 8 bytes of extended length, 4 bytes of mask key
@@ -53,14 +89,20 @@ class FrameError(Exception):
         self.close_code = close_code
 
 
-@dataclass(frozen=True, slots=True)
-class FrameHeader:
+class FrameHeader(Record):
     """A parsed header: the payload is ``buffer[payload_start:payload_start + length]``."""
 
+    __slots__ = ("fin", "opcode", "payload_start", "length")
     fin: bool
     opcode: Opcode
     payload_start: int
     length: int
+
+    def __init__(self, fin: bool, opcode: Opcode, payload_start: int, length: int) -> None:
+        set_field(self, "fin", fin)
+        set_field(self, "opcode", opcode)
+        set_field(self, "payload_start", payload_start)
+        set_field(self, "length", length)
 
     @property
     def end(self) -> int:

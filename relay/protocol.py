@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import unicodedata
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import xxhash
+
+from relay.record import FrozenInstanceError as FrozenInstanceError, Record, set_field as _set_field
 
 PROTOCOL_V2 = 2  # end-to-end encrypted; every client says ``v=2`` (version 1 is refused: unsupported_version)
 VERSIONS = (PROTOCOL_V2,)
@@ -222,11 +223,15 @@ def path_key(path: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
 
 
-_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
-
-
 def _has_surrogate(text: str) -> bool:
-    return _SURROGATE_RE.search(text) is not None
+    """Whether ``text`` holds a lone surrogate (U+D800 to U+DFFF): the only characters UTF-8 cannot encode."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def escape_text(text: str) -> str:
@@ -240,12 +245,21 @@ def escape_text(text: str) -> str:
     return "".join(out)
 
 
-NAMEPLATE_RE = re.compile(r"[0-9]{1,8}")
-
-
 def is_nameplate(text: str) -> bool:
     """A room name: 1 to 8 ASCII digits, allocated by the relay (the secret words never reach it)."""
-    return NAMEPLATE_RE.fullmatch(text) is not None
+    return len(text) <= 8 and _is_ascii_digits(text)
+
+
+# The checks of text below are plain str methods, not regular expressions: the same rules, without compiling
+# patterns at every start (docs/design/speed.md section 16); tests/test_protocol.py holds them to the patterns.
+_DIGITS = "0123456789"
+_HEX_DIGITS = "0123456789abcdef"
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _is_ascii_digits(text: str) -> bool:
+    """``[0-9]+``: not ``str.isdigit``, which also takes other scripts' digits and superscripts."""
+    return bool(text) and not text.strip(_DIGITS)
 
 
 # --- messages ----------------------------------------------------------------------------------------------
@@ -264,26 +278,26 @@ def _str_field(value: object, name: str, maximum: int = MAX_TEXT) -> str:
 
 
 def _hex_field(value: object, name: str, digits: int) -> str:
-    if not isinstance(value, str) or len(value) != digits or not _HEX.fullmatch(value):
+    if not isinstance(value, str) or len(value) != digits or value.strip(_HEX_DIGITS):
         raise MalformedMessage(f"field {name!r} must be {digits} lower-case hex digits")
     return value
 
 
-_HEX = re.compile(r"[0-9a-f]+")
 
-
-class Message:
+class Message(Record):
     """Base of every control message; ``TYPE`` is its wire ``type``."""
 
     TYPE: ClassVar[str]
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.TYPE}
-        for spec in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, spec.name)
+        name: str
+        for name in self.__slots__:
+            value = getattr(self, name)
             if value is None:
                 continue
-            data[spec.name] = value
+            data[name] = value
         return data
 
     def to_json(self) -> str:
@@ -294,15 +308,24 @@ class Message:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
 class Hello(Message):
     TYPE: ClassVar[str] = "hello"
+    __slots__ = ("version", "role", "peer", "receivers", "max_message", "nameplate")
     version: int
     role: str
     peer: int
     receivers: int
     max_message: int
-    nameplate: str | None = None  # to the sender: the room the relay allocated
+    nameplate: str | None  # to the sender: the room the relay allocated
+
+    def __init__(self, version: int, role: str, peer: int, receivers: int, max_message: int,
+                 nameplate: str | None = None) -> None:
+        _set_field(self, "version", version)
+        _set_field(self, "role", role)
+        _set_field(self, "peer", peer)
+        _set_field(self, "receivers", receivers)
+        _set_field(self, "max_message", max_message)
+        _set_field(self, "nameplate", nameplate)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hello:
@@ -322,12 +345,17 @@ class Hello(Message):
         )
 
 
-@dataclass(frozen=True, slots=True)
 class PeerJoined(Message):
     TYPE: ClassVar[str] = "peer_joined"
+    __slots__ = ("peer", "joined", "receivers")
     peer: int
     joined: int
     receivers: int
+
+    def __init__(self, peer: int, joined: int, receivers: int) -> None:
+        _set_field(self, "peer", peer)
+        _set_field(self, "joined", joined)
+        _set_field(self, "receivers", receivers)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeerJoined:
@@ -338,10 +366,13 @@ class PeerJoined(Message):
         )
 
 
-@dataclass(frozen=True, slots=True)
 class Paired(Message):
     TYPE: ClassVar[str] = "paired"
+    __slots__ = ("receivers",)
     receivers: int
+
+    def __init__(self, receivers: int) -> None:
+        _set_field(self, "receivers", receivers)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Paired:
@@ -360,18 +391,24 @@ class OfferKind(StrEnum):
     STDIN = "stdin"
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+class FileEntry(Record):
     """One offered file: its relative POSIX path and size in bytes, and optionally its mtime and executable bit.
 
     ``mtime`` is whole seconds since the epoch (0 to year 9999); ``exec`` is ``True`` when the file should be
     executable. Both are hints the receiver applies on commit; absent means "today" and "not executable".
     """
 
+    __slots__ = ("path", "size", "mtime", "exec")
     path: str
     size: int
-    mtime: int | None = None
-    exec: bool = False
+    mtime: int | None
+    exec: bool
+
+    def __init__(self, path: str, size: int, mtime: int | None = None, exec: bool = False) -> None:
+        _set_field(self, "path", path)
+        _set_field(self, "size", size)
+        _set_field(self, "mtime", mtime)
+        _set_field(self, "exec", exec)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "size": self.size}
@@ -397,15 +434,22 @@ class FileEntry:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class Offer(Message):
     """The manifest: every file (by index) and every folder to create, the sender's chunk size, and its kind."""
 
     TYPE: ClassVar[str] = "offer"
+    __slots__ = ("files", "dirs", "chunk_size", "kind")
     files: tuple[FileEntry, ...]
-    dirs: tuple[str, ...] = ()
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    kind: OfferKind = OfferKind.FILES
+    dirs: tuple[str, ...]
+    chunk_size: int
+    kind: OfferKind
+
+    def __init__(self, files: tuple[FileEntry, ...], dirs: tuple[str, ...] = (), chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 kind: OfferKind = OfferKind.FILES) -> None:
+        _set_field(self, "files", files)
+        _set_field(self, "dirs", dirs)
+        _set_field(self, "chunk_size", chunk_size)
+        _set_field(self, "kind", kind)
 
     @property
     def total_size(self) -> int:
@@ -485,40 +529,48 @@ def _twins(first: str, second: str) -> str:
     return shown if first == second else f"{shown} and {escape_text(second)}"
 
 
-@dataclass(frozen=True, slots=True)
 class Start(Message):
     TYPE: ClassVar[str] = "start"
+    __slots__ = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Start:
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
 class Verified(Message):
     TYPE: ClassVar[str] = "verified"
-    peer: int | None = None
+    __slots__ = ("peer",)
+    peer: int | None
+
+    def __init__(self, peer: int | None = None) -> None:
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verified:
         return cls(_optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class Complete(Message):
     TYPE: ClassVar[str] = "complete"
+    __slots__ = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Complete:
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
 class Error(Message):
     TYPE: ClassVar[str] = "error"
+    __slots__ = ("code", "message", "peer")
     code: str
-    message: str = ""
-    peer: int | None = None
+    message: str
+    peer: int | None
+
+    def __init__(self, code: str, message: str = "", peer: int | None = None) -> None:
+        _set_field(self, "code", code)
+        _set_field(self, "message", message)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Error:
@@ -536,11 +588,15 @@ class Error(Message):
         return cls(error.code.value, error.message[:MAX_TEXT], peer)
 
 
-@dataclass(frozen=True, slots=True)
 class PeerLeft(Message):
     TYPE: ClassVar[str] = "peer_left"
+    __slots__ = ("peer", "role")
     peer: int
     role: str
+
+    def __init__(self, peer: int, role: str) -> None:
+        _set_field(self, "peer", peer)
+        _set_field(self, "role", role)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeerLeft:
@@ -569,7 +625,6 @@ MAX_SEALED = DEFAULT_MAX_MESSAGE  # decoded bytes of one sealed value (the frame
 MAX_RECEIVERS_FIELD = 1000  # bound on a `to` list before the room compares it with its own receivers
 MAX_EPOCH = 2**32 - 1
 MAX_RESUMES = 64  # reconnections one transfer may make (each one may resend up to a chunk per file)
-_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def _b64_field(value: object, name: str, size: int | None = None, minimum: int = TAG_SIZE,
@@ -581,7 +636,7 @@ def _b64_field(value: object, name: str, size: int | None = None, minimum: int =
     low, high = (size, size) if size is not None else (minimum, maximum)
     if not isinstance(value, str) or len(value) > 4 * (-(-high // 3)) or len(value) % 4:
         raise MalformedMessage(f"field {name!r} must be base64 of {low} to {high} bytes")
-    if not _B64_RE.fullmatch(value):
+    if not _is_padded_base64_text(value):
         raise MalformedMessage(f"field {name!r} must be standard base64 with padding")
     decoded = len(value) // 4 * 3 - value[-2:].count("=")
     if not low <= decoded <= high:
@@ -593,73 +648,102 @@ def _b64_field(value: object, name: str, size: int | None = None, minimum: int =
     return value
 
 
+def _is_padded_base64_text(value: str) -> bool:
+    """``[A-Za-z0-9+/]*={0,2}``: the base64 alphabet, then at most two ``=``."""
+    body = value.rstrip("=")
+    return len(value) - len(body) <= 2 and not body.strip(_B64_ALPHABET)
+
+
 def _optional_to(data: dict[str, Any]) -> int | None:
     to = data.get("to")
     return None if to is None else _int_field(to, "to", 1, MAX_RECEIVERS_FIELD)
 
 
-@dataclass(frozen=True, slots=True)
 class Pake(Message):
     """One SPAKE2 message (33 bytes), relayed opaquely between the sender and receiver ``to``/``peer``."""
 
     TYPE: ClassVar[str] = "pake"
+    __slots__ = ("data", "to", "peer")
     data: str
-    to: int | None = None
-    peer: int | None = None
+    to: int | None
+    peer: int | None
+
+    def __init__(self, data: str, to: int | None = None, peer: int | None = None) -> None:
+        _set_field(self, "data", data)
+        _set_field(self, "to", to)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pake:
         return cls(_b64_field(data.get("data"), "data", PAKE_SIZE), _optional_to(data), _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class Confirm(Message):
     """A key-confirmation MAC (32 bytes): the sender's first, then the receiver's."""
 
     TYPE: ClassVar[str] = "confirm"
+    __slots__ = ("data", "to", "peer")
     data: str
-    to: int | None = None
-    peer: int | None = None
+    to: int | None
+    peer: int | None
+
+    def __init__(self, data: str, to: int | None = None, peer: int | None = None) -> None:
+        _set_field(self, "data", data)
+        _set_field(self, "to", to)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Confirm:
         return cls(_b64_field(data.get("data"), "data", CONFIRM_SIZE), _optional_to(data), _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class Key(Message):
     """The transfer's content key sealed to receiver ``to`` (48 bytes), after both confirmations."""
 
     TYPE: ClassVar[str] = "key"
+    __slots__ = ("data", "to")
     data: str
-    to: int | None = None
+    to: int | None
+
+    def __init__(self, data: str, to: int | None = None) -> None:
+        _set_field(self, "data", data)
+        _set_field(self, "to", to)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Key:
         return cls(_b64_field(data.get("data"), "data", SEALED_KEY_SIZE), _optional_to(data))
 
 
-@dataclass(frozen=True, slots=True)
 class WrongCode(Message):
     """Key confirmation failed: the room ends for everyone with ``wrong_code`` (the sender names ``to``)."""
 
     TYPE: ClassVar[str] = "wrong_code"
-    to: int | None = None
+    __slots__ = ("to",)
+    to: int | None
+
+    def __init__(self, to: int | None = None) -> None:
+        _set_field(self, "to", to)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WrongCode:
         return cls(_optional_to(data))
 
 
-@dataclass(frozen=True, slots=True)
 class SealedOffer(Message):
     """The offer sealed to receiver ``to``; only its total size and file count are clear (for the limits)."""
 
     TYPE: ClassVar[str] = "offer"
+    __slots__ = ("total_size", "files", "data", "to")
     total_size: int
     files: int
     data: str
-    to: int | None = None
+    to: int | None
+
+    def __init__(self, total_size: int, files: int, data: str, to: int | None = None) -> None:
+        _set_field(self, "total_size", total_size)
+        _set_field(self, "files", files)
+        _set_field(self, "data", data)
+        _set_field(self, "to", to)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SealedOffer:
@@ -671,13 +755,17 @@ class SealedOffer(Message):
         )
 
 
-@dataclass(frozen=True, slots=True)
 class SealedAccept(Message):
     """A receiver accepts; ``data`` is sealed (what it already holds, once resume exists)."""
 
     TYPE: ClassVar[str] = "accept"
-    data: str | None = None
-    peer: int | None = None
+    __slots__ = ("data", "peer")
+    data: str | None
+    peer: int | None
+
+    def __init__(self, data: str | None = None, peer: int | None = None) -> None:
+        _set_field(self, "data", data)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SealedAccept:
@@ -685,14 +773,19 @@ class SealedAccept(Message):
         return cls(None if sealed is None else _b64_field(sealed, "data"), _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class SealedDecline(Message):
     """A receiver declines; ``code`` is an error code's value, any human reason is sealed in ``data``."""
 
     TYPE: ClassVar[str] = "decline"
-    code: str = ErrorCode.DECLINED.value
-    data: str | None = None
-    peer: int | None = None
+    __slots__ = ("code", "data", "peer")
+    code: str
+    data: str | None
+    peer: int | None
+
+    def __init__(self, code: str = ErrorCode.DECLINED.value, data: str | None = None, peer: int | None = None) -> None:
+        _set_field(self, "code", code)
+        _set_field(self, "data", data)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SealedDecline:
@@ -703,7 +796,6 @@ class SealedDecline(Message):
         return cls(code, None if sealed is None else _b64_field(sealed, "data"), _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class Stream(Message):
     """Starts epoch ``epoch``: clear ``chunks``/``bytes`` for the relay's counts, one sealed plan per receiver.
 
@@ -712,11 +804,20 @@ class Stream(Message):
     """
 
     TYPE: ClassVar[str] = "stream"
+    __slots__ = ("epoch", "chunks", "bytes", "data", "to")
     epoch: int
     chunks: int
     bytes: int
     data: tuple[str, ...] | str
-    to: tuple[int, ...] | None = None
+    to: tuple[int, ...] | None
+
+    def __init__(self, epoch: int, chunks: int, bytes: int, data: tuple[str, ...] | str,
+                 to: tuple[int, ...] | None = None) -> None:
+        _set_field(self, "epoch", epoch)
+        _set_field(self, "chunks", chunks)
+        _set_field(self, "bytes", bytes)
+        _set_field(self, "data", data)
+        _set_field(self, "to", to)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.TYPE, "epoch": self.epoch, "chunks": self.chunks, "bytes": self.bytes}
@@ -743,7 +844,6 @@ class Stream(Message):
         return cls(epoch, chunks, size, tuple(_b64_field(plan, "data") for plan in plans), receivers)
 
 
-@dataclass(frozen=True, slots=True)
 class SealedChunk(Message):
     """Header of the binary frame that follows: ciphertext of ``size`` bytes in epoch ``epoch``, and its XXH3-64.
 
@@ -751,9 +851,15 @@ class SealedChunk(Message):
     """
 
     TYPE: ClassVar[str] = "chunk"
+    __slots__ = ("epoch", "size", "xxh3_64")
     epoch: int
     size: int
     xxh3_64: str
+
+    def __init__(self, epoch: int, size: int, xxh3_64: str) -> None:
+        _set_field(self, "epoch", epoch)
+        _set_field(self, "size", size)
+        _set_field(self, "xxh3_64", xxh3_64)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SealedChunk:
@@ -764,27 +870,35 @@ class SealedChunk(Message):
         )
 
 
-@dataclass(frozen=True, slots=True)
 class End(Message):
     """All of epoch ``epoch``'s chunks have been sent."""
 
     TYPE: ClassVar[str] = "end"
+    __slots__ = ("epoch",)
     epoch: int
+
+    def __init__(self, epoch: int) -> None:
+        _set_field(self, "epoch", epoch)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> End:
         return cls(_int_field(data.get("epoch"), "epoch", 0, MAX_EPOCH))
 
 
-@dataclass(frozen=True, slots=True)
 class ChunkAck(Message):
     """Receiver progress: ``chunks`` chunks of epoch ``epoch`` authenticated and written (clear: the relay sees
     as much anyway)."""
 
     TYPE: ClassVar[str] = "ack"
+    __slots__ = ("epoch", "chunks", "peer")
     epoch: int
     chunks: int
-    peer: int | None = None
+    peer: int | None
+
+    def __init__(self, epoch: int, chunks: int, peer: int | None = None) -> None:
+        _set_field(self, "epoch", epoch)
+        _set_field(self, "chunks", chunks)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChunkAck:
@@ -792,27 +906,36 @@ class ChunkAck(Message):
                    _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class Sealed(Message):
     """Any other party-to-party message, sealed on the pair's control channel and forwarded opaquely."""
 
     TYPE: ClassVar[str] = "sealed"
+    __slots__ = ("data", "to", "peer")
     data: str
-    to: int | None = None
-    peer: int | None = None
+    to: int | None
+    peer: int | None
+
+    def __init__(self, data: str, to: int | None = None, peer: int | None = None) -> None:
+        _set_field(self, "data", data)
+        _set_field(self, "to", to)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sealed:
         return cls(_b64_field(data.get("data"), "data"), _optional_to(data), _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class SealedCancel(Message):
     """A party gives up; a receiver may seal its reason for the sender in ``data``."""
 
     TYPE: ClassVar[str] = "cancel"
-    data: str | None = None
-    peer: int | None = None
+    __slots__ = ("data", "peer")
+    data: str | None
+    peer: int | None
+
+    def __init__(self, data: str | None = None, peer: int | None = None) -> None:
+        _set_field(self, "data", data)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SealedCancel:
@@ -823,11 +946,9 @@ class SealedCancel(Message):
 # --- v2 resume (docs/protocol.md section 10): seats proved with tokens derived from the pair key -----------
 
 VERIFIER_DIGITS = 64  # hex(SHA-256(token))
-_PEER_KEY = re.compile(r"[1-9][0-9]{0,3}")
 TOKEN_DIGITS = 64  # hex of a 32-byte resume token
 
 
-@dataclass(frozen=True, slots=True)
 class ResumeId(Message):
     """A party registers the verifier (SHA-256 of its resume token) of its seat; the sender names receiver ``to``.
 
@@ -835,20 +956,29 @@ class ResumeId(Message):
     """
 
     TYPE: ClassVar[str] = "resume_id"
+    __slots__ = ("verifier", "to")
     verifier: str
-    to: int | None = None
+    to: int | None
+
+    def __init__(self, verifier: str, to: int | None = None) -> None:
+        _set_field(self, "verifier", verifier)
+        _set_field(self, "to", to)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResumeId:
         return cls(_hex_field(data.get("verifier"), "verifier", VERIFIER_DIGITS), _optional_to(data))
 
 
-@dataclass(frozen=True, slots=True)
-class SeatToken:
+class SeatToken(Record):
     """One seat's proof: the current token, and the verifier of the next one (a token is good once)."""
 
+    __slots__ = ("token", "next_verifier")
     token: str
     next_verifier: str
+
+    def __init__(self, token: str, next_verifier: str) -> None:
+        _set_field(self, "token", token)
+        _set_field(self, "next_verifier", next_verifier)
 
     @classmethod
     def parse(cls, value: object, name: str) -> SeatToken:
@@ -858,15 +988,20 @@ class SeatToken:
                    _hex_field(value.get("next_verifier"), f"{name}.next_verifier", VERIFIER_DIGITS))
 
 
-@dataclass(frozen=True, slots=True)
-class RoomShape:
+class RoomShape(Record):
     """What a relay that lost its rooms (a restart) needs to recreate one from a ``resume``: the number of
     receivers and the offer's clear totals (the only things it checks the stream against). Every party knows
     them: the sender chose them, a receiver got them in ``hello`` and in the sealed offer's clear fields."""
 
+    __slots__ = ("receivers", "total_size", "files")
     receivers: int
     total_size: int
     files: int
+
+    def __init__(self, receivers: int, total_size: int, files: int) -> None:
+        _set_field(self, "receivers", receivers)
+        _set_field(self, "total_size", total_size)
+        _set_field(self, "files", files)
 
     def to_dict(self) -> dict[str, int]:
         return {"receivers": self.receivers, "total_size": self.total_size, "files": self.files}
@@ -880,7 +1015,6 @@ class RoomShape:
                    _int_field(value.get("files"), "room.files", 1, MAX_FILES))
 
 
-@dataclass(frozen=True, slots=True)
 class Resume(Message):
     """The first message on a ``resume=1`` socket: party ``peer`` takes its seat back.
 
@@ -894,11 +1028,20 @@ class Resume(Message):
     """
 
     TYPE: ClassVar[str] = "resume"
+    __slots__ = ("peer", "tokens", "room", "verified", "dropped")
     peer: int
     tokens: tuple[tuple[int, SeatToken], ...]
-    room: RoomShape | None = None
-    verified: tuple[int, ...] = ()
-    dropped: tuple[int, ...] = ()
+    room: RoomShape | None
+    verified: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def __init__(self, peer: int, tokens: tuple[tuple[int, SeatToken], ...], room: RoomShape | None = None,
+                 verified: tuple[int, ...] = (), dropped: tuple[int, ...] = ()) -> None:
+        _set_field(self, "peer", peer)
+        _set_field(self, "tokens", tokens)
+        _set_field(self, "room", room)
+        _set_field(self, "verified", verified)
+        _set_field(self, "dropped", dropped)
 
     def to_dict(self) -> dict[str, Any]:
         shape = {} if self.room is None else {"room": self.room.to_dict()}
@@ -927,7 +1070,7 @@ class Resume(Message):
             raise MalformedMessage(f"field 'tokens' must map 1 to {MAX_RECEIVERS_FIELD} receivers to their tokens")
         pairs = []
         for name, value in tokens.items():
-            k = int(name) if isinstance(name, str) and _PEER_KEY.fullmatch(name) else None
+            k = int(name) if isinstance(name, str) and _is_peer_key(name) else None
             if k is None or k > MAX_RECEIVERS_FIELD:
                 raise MalformedMessage("the keys of 'tokens' must be receiver numbers in ASCII digits")
             pairs.append((k, SeatToken.parse(value, f"tokens.{k}")))
@@ -938,6 +1081,11 @@ class Resume(Message):
         if set(verified) & set(dropped):
             raise MalformedMessage("a receiver cannot be both in 'verified' and in 'dropped'")
         return cls(0, tuple(sorted(pairs)), room, verified, dropped)
+
+
+def _is_peer_key(name: str) -> bool:
+    """``[1-9][0-9]{0,3}``: a receiver's number as a key of ``tokens``."""
+    return len(name) <= 4 and _is_ascii_digits(name) and name[0] != "0"
 
 
 def _receivers_named(data: dict[str, Any], name: str, named: set[int]) -> tuple[int, ...]:
@@ -953,40 +1101,52 @@ def _receivers_named(data: dict[str, Any], name: str, named: set[int]) -> tuple[
 RESYNC_HALF_SIZE = 16  # clients.crypto.RESYNC_HALF_SIZE
 
 
-@dataclass(frozen=True, slots=True)
 class Resync(Message):
     """After a resume, each party of a pair sends its fresh random half of the new control keys' salt, in clear
     (the sender names receiver ``to``; the sender gets a receiver's with ``peer``)."""
 
     TYPE: ClassVar[str] = "resync"
+    __slots__ = ("half", "to", "peer")
     half: str
-    to: int | None = None
-    peer: int | None = None
+    to: int | None
+    peer: int | None
+
+    def __init__(self, half: str, to: int | None = None, peer: int | None = None) -> None:
+        _set_field(self, "half", half)
+        _set_field(self, "to", to)
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Resync:
         return cls(_b64_field(data.get("half"), "half", RESYNC_HALF_SIZE), _optional_to(data), _optional_peer(data))
 
 
-@dataclass(frozen=True, slots=True)
 class Reconnecting(Message):
     """Relay to the others: party ``peer``'s socket dropped; its seat is parked for the resume window."""
 
     TYPE: ClassVar[str] = "reconnecting"
+    __slots__ = ("peer",)
     peer: int
+
+    def __init__(self, peer: int) -> None:
+        _set_field(self, "peer", peer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Reconnecting:
         return cls(_int_field(data.get("peer"), "peer", 0, MAX_RECEIVERS_FIELD))
 
 
-@dataclass(frozen=True, slots=True)
 class Resumed(Message):
     """Relay to everyone: party ``peer`` proved its seat and is back; ``parked`` lists the seats still away."""
 
     TYPE: ClassVar[str] = "resumed"
+    __slots__ = ("peer", "parked")
     peer: int
-    parked: tuple[int, ...] = ()
+    parked: tuple[int, ...]
+
+    def __init__(self, peer: int, parked: tuple[int, ...] = ()) -> None:
+        _set_field(self, "peer", peer)
+        _set_field(self, "parked", parked)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.TYPE, "peer": self.peer, "parked": list(self.parked)}
@@ -1000,7 +1160,6 @@ class Resumed(Message):
                    tuple(_int_field(k, "parked", 0, MAX_RECEIVERS_FIELD) for k in parked))
 
 
-@dataclass(frozen=True, slots=True)
 class Dropped(Message):
     """Relay to everyone still there: the resume window ended with receivers ``peers`` still away while the sender
     and at least one receiver were there. Their seats are closed for good (a later ``resume`` for one is refused
@@ -1008,7 +1167,11 @@ class Dropped(Message):
     section 10)."""
 
     TYPE: ClassVar[str] = "dropped"
+    __slots__ = ("peers",)
     peers: tuple[int, ...]
+
+    def __init__(self, peers: tuple[int, ...]) -> None:
+        _set_field(self, "peers", peers)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.TYPE, "peers": list(self.peers)}
@@ -1073,16 +1236,17 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise MalformedMessage("text frame is not valid JSON") from exc
-    if _MAY_HOLD_SURROGATE.search(text) is not None and not _encodable(data):
+    if _may_hold_surrogate(text) and not _encodable(data):
         raise MalformedMessage("text frame holds a string that is not valid Unicode (a lone surrogate)")
     if not isinstance(data, dict):
         raise MalformedMessage("a control message must be a JSON object")
     return data
 
 
-# A lone surrogate reaches a parsed string only through a \\uD800-\\uDFFF escape (or as itself, in a str a
-# caller built); frames without either skip the walk.
-_MAY_HOLD_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
+def _may_hold_surrogate(text: str) -> bool:
+    """A lone surrogate reaches a parsed string only through a ``\\u`` escape (``\\uD800`` to ``\\uDFFF``) or as
+    itself (in a str a caller built): frames with neither skip the walk of ``_encodable``."""
+    return "\\u" in text or _has_surrogate(text)
 
 
 def _encodable(data: object) -> bool:

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# What `clients` may import from `relay`: the wire protocol, the code words, and the allocator tuning.
-SHARED = {"relay.protocol", "relay.codes", "relay.tuning"}
+# What `clients` may import from `relay`: the wire protocol, the code words, the allocator tuning, and the
+# protocol's frozen value base class (relay/record.py).
+SHARED = {"relay.protocol", "relay.codes", "relay.tuning", "relay.record"}
 # Imports that exist only because `relay serve` still has a copy in clients/cli.py until the CLI branch removes
 # it (relay/command.py runs `serve` now). Each must still be present: once it is gone, delete it here.
 PENDING: set[tuple[str, str]] = set()
@@ -47,11 +48,11 @@ def test_the_walk_sees_every_form_of_import(tmp_path: Path) -> None:
 
 
 def test_the_shared_modules_do_not_pull_in_the_server() -> None:
-    code = ("import sys; import relay.protocol, relay.codes, relay.tuning; "
+    code = ("import sys; import relay.protocol, relay.codes, relay.tuning, relay.record; "
             "print(sorted(m for m in sys.modules if m.startswith(('relay.', 'fastapi', 'uvicorn', 'starlette'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['relay.codes', 'relay.protocol', 'relay.tuning']"
+    assert done.stdout.strip() == "['relay.codes', 'relay.protocol', 'relay.record', 'relay.tuning']"
 
 
 def test_metrics_and_service_do_not_import_each_other() -> None:

@@ -585,10 +585,12 @@ def _start_up_probe(code: str) -> str:
 
 # What `relay send`/`relay receive` never need: the server, its settings and its web stack; ctypes.util
 # (find_library runs `ldconfig -p` in a child process at every start); python-spake2, whose import computes
-# parameters for 217 M instructions (clients.pake runs the same exchange on libsodium).
+# parameters for 217 M instructions (clients.pake runs the same exchange on libsodium); websockets, whose package
+# imports importlib.metadata and with it email, csv and zipfile (~10 ms: only a proxy needs websockets' code, and
+# the C apply_mask is loaded from its file; docs/design/speed.md section 16).
 NOT_AT_START = ("relay.config", "relay.server", "relay.service", "relay.rooms", "relay.transport", "relay.web",
                 "fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client", "httptools", "ctypes.util",
-                "spake2")
+                "spake2", "websockets", "importlib.metadata", "email")
 
 
 def test_the_client_commands_import_nothing_they_do_not_use() -> None:
@@ -597,6 +599,9 @@ def test_the_client_commands_import_nothing_they_do_not_use() -> None:
              "try:\n    main(['send', '--help'])\nexcept SystemExit:\n    pass\n"
              "import relay.tuning; relay.tuning.tune_allocator()\n"
              "from clients import crypto; crypto.Pake(crypto.Role.SENDER, '7-ocean-table')\n"
+             "from clients import wsclient, wsframes\n"
+             "wsclient.parse_websocket_url('ws://127.0.0.1:1/ws?role=receive'); wsframes.apply_mask(b'ab', b'1234')\n"
+             "assert wsframes._apply_mask_c is not None\n"
              f"print(sorted(m for m in {NOT_AT_START!r} if m in sys.modules), 'clients.transfer' in sys.modules)")
     assert _start_up_probe(probe) == "[] True"
 

@@ -423,3 +423,35 @@ def test_data_key_depends_on_content_key_and_salt():
     assert c.data_key(content_key, salt) != c.data_key(c.new_content_key(), salt)
     with pytest.raises(ValueError):
         c.data_key(content_key, salt[:16])
+
+
+# --- the value classes are Records (relay/record.py): fields by name and position, frozen, keys never shown ------
+
+
+@pytest.mark.parametrize(("cls", "values"), [
+    (c.Segment, {"file": 1, "start": 2, "end": 3}),
+    (c.ChunkPosition, {"file": 1, "chunk": 2, "offset": 3, "length": 4, "last": True}),
+    (c.StreamPlan, {"segments": (c.Segment(0, 0, 5),), "chunk_size": 2}),
+    (c.OpenedChunk, {"file": 1, "offset": 2, "plaintext": b"x", "last": False}),
+    (c.PairKeys, {name: name.encode() for name in c.PairKeys.__slots__}),
+], ids=lambda value: getattr(value, "__name__", ""))
+def test_a_value_class_sets_each_field_from_its_own_argument_and_is_frozen(cls, values) -> None:
+    import inspect
+
+    from relay.record import FrozenInstanceError
+
+    assert list(inspect.signature(cls).parameters) == list(cls.__slots__) == list(values)
+    record = cls(**values)
+    assert record == cls(*values.values()) and hash(record) == hash(cls(*values.values()))
+    assert {name: getattr(record, name) for name in values} == values
+    with pytest.raises(FrozenInstanceError):
+        record.file = 9
+    if cls is c.PairKeys:
+        assert repr(record) == "PairKeys(<secret>)"
+
+
+def test_a_stream_plan_still_refuses_what_it_refused() -> None:
+    with pytest.raises(ValueError, match="chunk size"):
+        c.StreamPlan((), 0)
+    with pytest.raises(ValueError, match="twice"):
+        c.StreamPlan((c.Segment(0, 0, 1), c.Segment(0, 1, 2)), 1)

@@ -433,3 +433,134 @@ def test_stream_totals_that_cannot_carry_the_offer_fail(chunks: int, size: int) 
 def test_a_second_epoch_is_unexpected_in_this_version() -> None:
     with pytest.raises(p.UnexpectedMessage):
         stream_check().stream(p.Stream(1, 2, 42, (SEALED,), (1,)))
+
+
+# --- records: what @dataclass(frozen=True, slots=True) gave, without generating code at every start ----------
+
+
+def _records() -> list[type[p.Record]]:
+    found, pending = [], [p.Record]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__ == p.__name__ and cls not in (p.Record, p.Message):
+            found.append(cls)
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+def _distinct_values(cls: type[p.Record]) -> dict[str, object]:
+    return {name: f"{cls.__name__}.{name}" for name in cls.__slots__}
+
+
+def test_every_message_type_is_a_record() -> None:
+    assert set(p.MESSAGE_TYPES_V2.values()) <= set(_records())
+    assert {p.FileEntry, p.SeatToken, p.RoomShape} <= set(_records())
+
+
+@pytest.mark.parametrize("cls", _records(), ids=lambda cls: cls.__name__)
+def test_a_record_sets_each_field_from_its_own_argument(cls: type[p.Record]) -> None:
+    import inspect
+
+    parameters = list(inspect.signature(cls).parameters)
+    assert parameters == list(cls.__slots__) == list(cls.__match_args__)
+    values = _distinct_values(cls)
+    by_position, by_name = cls(*values.values()), cls(**values)
+    for record in (by_position, by_name):
+        assert {name: getattr(record, name) for name in cls.__slots__} == values
+    assert by_position == by_name and hash(by_position) == hash(by_name)
+    assert not hasattr(by_position, "__dict__")
+
+
+@pytest.mark.parametrize("cls", _records(), ids=lambda cls: cls.__name__)
+def test_a_record_is_frozen_compares_by_class_and_fields_and_copies(cls: type[p.Record]) -> None:
+    import copy
+    import pickle
+
+    values = _distinct_values(cls)
+    record = cls(**values)
+    for name in [*cls.__slots__, "other"]:
+        with pytest.raises(p.FrozenInstanceError):
+            setattr(record, name, 1)
+        with pytest.raises(AttributeError):
+            delattr(record, name)
+    assert record == copy.copy(record) == copy.deepcopy(record) == pickle.loads(pickle.dumps(record))
+    if cls.__slots__:
+        changed = cls(**{**values, cls.__slots__[-1]: "else"})
+        assert record != changed and (record == changed) is False
+    assert record.__eq__(tuple(values.values())) is NotImplemented
+    shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+    assert repr(record) == f"{cls.__qualname__}({shown})"
+
+
+def test_records_of_different_classes_with_the_same_fields_differ() -> None:
+    assert p.Start() != p.Complete() and p.Start() == p.Start()
+    assert p.Pake(B64, to=1) != p.Confirm(B64, to=1)
+
+
+def test_records_keep_their_defaults() -> None:
+    assert p.Hello(2, "send", 0, 1, 4096).nameplate is None
+    assert p.FileEntry("a", 1) == p.FileEntry("a", 1, None, False)
+    assert p.Offer((p.FileEntry("a", 1),)).to_dict()["chunk_size"] == p.DEFAULT_CHUNK_SIZE
+    assert p.Error("declined").to_dict() == {"type": "error", "code": "declined", "message": ""}
+    assert p.SealedDecline().code == ErrorCode.DECLINED.value
+
+
+def test_a_record_in_a_match_statement() -> None:
+    match p.SealedChunk(3, 20, "0" * 16):
+        case p.SealedChunk(epoch, size, digest):
+            assert (epoch, size, digest) == (3, 20, "0" * 16)
+        case _:
+            pytest.fail("a positional class pattern did not match")
+
+
+# --- the text checks are the patterns they replaced (no regex compiled at import) ------------------------------
+
+TEXTS = ["", "0", "1", "9", "01", "10", "9999", "10000", "12345678", "123456789", "٣", "²", "1\n", "\n1", " 1", "a",
+         "0123456789abcdef", "0123456789ABCDEF", "0123456789abcdeg", "QUJD", "QUI=", "QQ==", "Q===", "=", "==",
+         "QU=J", "QUJD\n", "+/+/", "-_-_", "QUJ\u00e9", "lone\ud800", "\udfff", "é", "\\ud800", "\\u00e9"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_text_checks_match_the_patterns_of_the_protocol(text: str) -> None:
+    import re
+
+    assert p.is_nameplate(text) == bool(re.fullmatch(r"[0-9]{1,8}", text))
+    assert p._is_peer_key(text) == bool(re.fullmatch(r"[1-9][0-9]{0,3}", text))
+    assert p._is_padded_base64_text(text) == bool(re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", text))
+    assert p._has_surrogate(text) == bool(re.search(r"[\ud800-\udfff]", text))
+    if re.search(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]", text):
+        assert p._may_hold_surrogate(text)
+    digits = len(text) or 1
+    try:
+        p._hex_field(text, "x", digits)
+    except p.MalformedMessage:
+        assert not re.fullmatch(f"[0-9a-f]{{{digits}}}", text)
+    else:
+        assert re.fullmatch(f"[0-9a-f]{{{digits}}}", text)
+
+
+def test_every_record_of_the_clients_sets_each_field_from_its_own_argument() -> None:
+    """The clients' value classes are Records too (relay/record.py); each ``__init__`` is written by hand."""
+    import importlib
+    import inspect
+
+    for name in ("clients.connection", "clients.chunkcrypt", "clients.crypto", "clients.offer", "clients.transfer",
+                 "clients.wsframes"):
+        importlib.import_module(name)
+    classes = [cls for cls in _all_records() if cls.__module__.startswith("clients.")]
+    assert len(classes) >= 12
+    for cls in classes:
+        assert list(inspect.signature(cls).parameters) == list(cls.__slots__) == list(cls.__match_args__), cls
+        if cls.__name__ == "StreamPlan":  # checks its values (tests/test_crypto.py)
+            continue
+        values = _distinct_values(cls)
+        assert {name: getattr(cls(**values), name) for name in cls.__slots__} == values, cls
+
+
+def _all_records() -> list[type[p.Record]]:
+    found, pending = [], [p.Record]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        found.append(cls)
+    return found

@@ -394,3 +394,59 @@ async def test_a_connection_that_carries_only_control_messages_keeps_a_small_buf
             assert json.loads(await asyncio.wait_for(client.recv(), BOUND))["chunks"] == n
         assert len(client._buffer) == 64 * 1024
         await client.close()
+
+
+# --- the URL, split without websockets (importing any of it imports importlib.metadata) -------------------------
+
+SAME_AS_PARSE_URI = [
+    "ws://127.0.0.1:8000/ws?role=send&v=2", "ws://127.0.0.1:8000/ws/42?role=receive&v=2&resume=1",
+    "wss://relay.example/prefix/ws?role=send", "ws://relay.example", "wss://relay.example:443/", "ws://HOST.Example:80",
+    "ws://[::1]:9/ws", "ws://[2001:db8::1]/", "wss://bücher.example/ws/über?name=é", "ws://h/a%20b?q=%C3%A9",
+    "ws://h:0/", "ws://h:65535/x",
+]
+
+
+@pytest.mark.parametrize("url", SAME_AS_PARSE_URI)
+def test_a_websocket_url_is_split_as_websockets_splits_it(url: str) -> None:
+    from websockets.uri import parse_uri
+
+    from clients.wsclient import parse_websocket_url
+
+    theirs = parse_uri(url)
+    assert parse_websocket_url(url) == (theirs.secure, theirs.host, theirs.port, theirs.resource_name)
+
+
+@pytest.mark.parametrize("url", [
+    "http://relay.example/ws", "relay.example:80", "ws://", "ws://:80/", "ws://h:65536/", "ws://h:-1/", "ws://h:x/",
+    "ws://[::1/ws", "ws://h/ws#frag", "ws://h/ws#", "ws://user:pass@h/", "ws://user@h/", "wss://a..b\u00e9/",
+    "ws://" + "\u00e9" * 64 + ".example/",
+])
+def test_anything_else_is_a_bad_websocket_url_before_any_socket(url: str) -> None:
+    from clients.wsclient import BadWebSocketUrl, parse_websocket_url
+
+    with pytest.raises(BadWebSocketUrl) as caught:
+        parse_websocket_url(url)
+    assert "is not a WebSocket URL" in str(caught.value) and isinstance(caught.value, ValueError)
+
+
+async def test_a_proxy_setting_websockets_cannot_use_is_proxy_unusable() -> None:
+    from clients.wsclient import ProxyUnusable
+
+    with pytest.raises(ProxyUnusable):
+        await WebSocketClient.connect("ws://127.0.0.1:9/", proxy="ftp://127.0.0.1:1", open_timeout=BOUND)
+
+
+async def test_a_proxy_that_refuses_the_tunnel_is_proxy_failed() -> None:
+    from clients.wsclient import ProxyFailed
+
+    async def refusing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    proxy_server = await asyncio.start_server(refusing, "127.0.0.1", 0)
+    async with proxy_server:
+        port = proxy_server.sockets[0].getsockname()[1]
+        with pytest.raises(ProxyFailed):
+            await WebSocketClient.connect("ws://127.0.0.1:9/", proxy=f"http://127.0.0.1:{port}", open_timeout=BOUND)

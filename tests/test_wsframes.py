@@ -114,3 +114,21 @@ def test_any_bytes_parse_to_a_header_none_or_a_frame_error(data: bytes, max_size
         return
     if header is not None:
         assert 2 <= header.payload_start <= 10 and 0 <= header.length <= max_size
+
+
+def test_the_c_mask_is_loaded_without_importing_websockets_which_imports_it_as_usual_afterwards() -> None:
+    """wsframes takes websockets' C apply_mask from its file (the package's __init__ imports importlib.metadata);
+    websockets imported afterwards finds its own submodule, named on the package as usual."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import sys\nfrom clients import wsframes as wf\n"
+             "before = sorted(m for m in sys.modules if m.startswith(('websockets', 'importlib.metadata')))\n"
+             "import websockets.speedups, websockets.frames\n"
+             "print(before, type(wf._apply_mask_c).__name__, wf.apply_mask(b'abcd', b'1234') == "
+             "websockets.speedups.apply_mask(b'abcd', b'1234') == websockets.frames.apply_mask(b'abcd', b'1234'))")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "builtin_function_or_method", "True"]
