@@ -9,6 +9,7 @@ kernel does (the only thing faked: the kernel's answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -83,6 +84,19 @@ def part(path: Path) -> tuple[int, int]:
     return fd, direct
 
 
+@contextlib.contextmanager
+def writing(path: Path, buffer_size: int, depth: int) -> Iterator[tuple[FileWriter, int, int]]:
+    """A new part at ``path`` (:func:`part`) and a writer for it; the writer closed, then both descriptors."""
+    fd, direct = part(path)
+    writer = FileWriter(buffer_size, depth=depth)
+    try:
+        yield writer, fd, direct
+    finally:
+        writer.close()
+        os.close(direct)
+        os.close(fd)
+
+
 async def write_chunks(writer: FileWriter, target: Target, data: bytes, chunk: int, start: int = 0) -> None:
     """Write ``data[start:]`` in the plan's chunks of ``chunk`` bytes from offset 0, as the receiver does: the chunk
     that holds ``start`` is written from ``start`` on (``first``), as after a resume from an odd count."""
@@ -104,15 +118,9 @@ async def test_the_aligned_bytes_go_through_the_o_direct_descriptor_and_the_tail
         tmp_path: Path, recorder: Recorder) -> None:
     data = os.urandom(3 * MIB + 5000)  # three whole chunks and a tail that is not a multiple of 4096
     path = tmp_path / "part"
-    fd, direct = part(path)
-    writer = FileWriter(MIB, depth=4)
-    try:
+    with writing(path, MIB, 4) as (writer, fd, direct):
         target = Target(fd, str(path), direct)
         await write_chunks(writer, target, data, MIB)
-    finally:
-        writer.close()
-        os.close(direct)
-        os.close(fd)
     assert path.read_bytes() == data
     check_direct_calls(recorder.direct())
     assert sum(call.length for call in recorder.direct()) == 3 * MIB + 4096  # all but the last 904 bytes
@@ -132,15 +140,9 @@ async def test_odd_chunk_sizes_and_resumed_starts_land_byte_for_byte(
         tmp_path: Path, recorder: Recorder, chunk: int, start: int) -> None:
     data = os.urandom(2 * MIB + 12345)
     path = tmp_path / "part"
-    fd, direct = part(path)
-    os.pwrite(fd, data[:start], 0)  # held from the earlier attempt
-    writer = FileWriter(chunk, depth=3)
-    try:
+    with writing(path, chunk, 3) as (writer, fd, direct):
+        os.pwrite(fd, data[:start], 0)  # held from the earlier attempt
         await write_chunks(writer, Target(fd, str(path), direct), data, chunk, start)
-    finally:
-        writer.close()
-        os.close(direct)
-        os.close(fd)
     assert path.read_bytes() == data
     check_direct_calls(recorder.direct())
     if chunk % ALIGN == 0:  # every aligned page from the first after ``start`` to the last whole one went direct
@@ -152,15 +154,9 @@ async def test_a_write_the_file_system_refuses_is_done_buffered_and_the_rest_of_
     recorder.refuse = errno.EINVAL  # as a file system without direct I/O answers the first direct write
     data = os.urandom(4 * MIB + 77)
     path = tmp_path / "part"
-    fd, direct = part(path)
-    writer = FileWriter(MIB, depth=2)
-    target = Target(fd, str(path), direct)
-    try:
+    with writing(path, MIB, 2) as (writer, fd, direct):
+        target = Target(fd, str(path), direct)
         await write_chunks(writer, target, data, MIB)
-    finally:
-        writer.close()
-        os.close(direct)
-        os.close(fd)
     assert path.read_bytes() == data  # nothing lost, silently
     assert target.refused and not target.writes_direct
     assert len(recorder.direct()) == 1  # asked once; every later chunk went straight to the page cache
@@ -172,18 +168,12 @@ async def test_a_full_disk_or_an_io_error_on_a_direct_write_is_write_failed_as_b
         tmp_path: Path, recorder: Recorder, error: int) -> None:
     recorder.refuse = error
     path = tmp_path / "part"
-    fd, direct = part(path)
-    writer = FileWriter(MIB, depth=2)
-    target = Target(fd, "offered/name.bin", direct)
-    try:
+    with writing(path, MIB, 2) as (writer, fd, direct):
+        target = Target(fd, "offered/name.bin", direct)
         buffer = await writer.acquire()
         writer.submit(target, 0, buffer, MIB)
         with pytest.raises(WriteFailed) as caught:
             await asyncio.wait_for(writer.flush(), BOUND)
-    finally:
-        writer.close()
-        os.close(direct)
-        os.close(fd)
     assert caught.value.errno == error and caught.value.filename == "offered/name.bin"
     assert caught.value.strerror == os.strerror(error)
     assert not target.refused  # not a refusal of direct I/O: the transfer fails, as it did with buffered writes
@@ -192,16 +182,10 @@ async def test_a_full_disk_or_an_io_error_on_a_direct_write_is_write_failed_as_b
 async def test_a_buffer_from_elsewhere_is_never_written_direct(tmp_path: Path, recorder: Recorder) -> None:
     """Only the pool's buffers are known to be aligned in memory."""
     path = tmp_path / "part"
-    fd, direct = part(path)
-    writer = FileWriter(MIB, depth=1)
-    try:
+    with writing(path, MIB, 1) as (writer, fd, direct):
         foreign = memoryview(bytearray(os.urandom(MIB)))
         writer.submit(Target(fd, str(path), direct), 0, foreign, MIB)
         await asyncio.wait_for(writer.flush(), BOUND)
-    finally:
-        writer.close()
-        os.close(direct)
-        os.close(fd)
     assert path.read_bytes() == foreign and recorder.direct() == []
 
 
